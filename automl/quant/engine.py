@@ -1,0 +1,256 @@
+"""The quantize-and-prune engine: a policy becomes a gather, not a re-quantization.
+
+At construction the float model is copied, BatchNorm is folded into the convolution
+before it, and every quantizable layer is wrapped in a :class:`QuantLayer` holding its
+fake-quantized weights for every bit-width the search space allows. Activation ranges are
+calibrated once. :meth:`QuantEngine.apply` then only gathers per-channel weight rows and
+looks up activation scales, so trying a new policy costs a few index operations.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from automl.analysis.records import ModelAnalysis
+from automl.errors import PolicyError
+from automl.quant.fake import FLOAT_BITS, act_qparams, quantize_weight, quantize_weight_ste, weight_scales
+from search_spaces.policy import Policy
+from search_spaces.space import SearchSpace
+
+_SAMPLE_PER_BATCH = 16384
+
+
+def fold_batchnorm(model: nn.Module, analysis: ModelAnalysis) -> tuple[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Return an eval-mode copy of ``model`` with BatchNorm folded into the preceding conv.
+
+    Also returns, per folded layer, the BatchNorm's ``(gamma, beta)``: the output
+    statistics that BatchNorm re-estimation (fidelity 2) restores.
+    """
+    folded = copy.deepcopy(model).eval()
+    affine: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for layer in analysis.layers:
+        if layer.folded_bn is None:
+            continue
+        conv = folded.get_submodule(layer.name)
+        bn = folded.get_submodule(layer.folded_bn)
+        assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        with torch.no_grad():
+            std = torch.sqrt(bn.running_var + bn.eps)
+            gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+            beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+            factor = gamma / std
+            w = conv.weight * factor.view(-1, *([1] * (conv.weight.dim() - 1)))
+            b0 = conv.bias if conv.bias is not None else torch.zeros_like(std)
+            b = (b0 - bn.running_mean) * factor + beta
+            conv.weight = nn.Parameter(w.clone())
+            conv.bias = nn.Parameter(b.clone())
+        affine[layer.name] = (gamma.detach().clone(), beta.detach().clone())
+        folded.set_submodule(layer.folded_bn, nn.Identity())
+    return folded, affine
+
+
+class QuantLayer(nn.Module):
+    """A Conv1d/Conv2d/Linear with fake-quantized input activations and weights.
+
+    In the default mode the layer runs with the weight tensor last set by the engine
+    (gathered from the precomputed bank). With :meth:`enable_qat` its float weights become
+    trainable and are fake-quantized on every forward with a straight-through gradient.
+    """
+
+    def __init__(self, layer: nn.Module, bank_bits: Sequence[int], method: str, power_of_two: bool) -> None:
+        super().__init__()
+        self.op = layer  # keeps conv hyper-parameters; its own weight is not used in forward
+        w = layer.weight.detach().clone()
+        b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(w.shape[0])
+        self.bank_bits = tuple(int(x) for x in bank_bits)
+        self.register_buffer("w_float", w)
+        self.register_buffer("b_float", b)
+        banks, scales = [], []
+        for bits in self.bank_bits:
+            bt = torch.full((w.shape[0],), bits)
+            if bits == 0:
+                banks.append(torch.zeros_like(w))
+                scales.append(torch.ones(w.shape[0]))
+            elif bits >= FLOAT_BITS:
+                banks.append(w)
+                scales.append(torch.ones(w.shape[0]))
+            else:
+                banks.append(quantize_weight(w, bt, method, power_of_two))
+                scales.append(weight_scales(w, bt, method, power_of_two))
+        self.register_buffer("bank", torch.stack(banks))  # [n_bits, C, ...]
+        self.register_buffer("scale_bank", torch.stack(scales))  # [n_bits, C]
+        self.register_buffer("weight", w.clone())
+        self.register_buffer("bias", b.clone())
+        self.register_buffer("bits", torch.full((w.shape[0],), FLOAT_BITS))
+        self.act: tuple[float, int, int] | None = None
+        self.correction: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.qat = False
+        self._arange = torch.arange(w.shape[0])
+        self._lookup = {b: i for i, b in enumerate(self.bank_bits)}
+
+    def set_bits(self, bits: Sequence[int]) -> None:
+        try:
+            idx = torch.tensor([self._lookup[int(b)] for b in bits])
+        except KeyError as exc:
+            raise PolicyError(f"bit-width {exc.args[0]} has no precomputed weights; allowed are {self.bank_bits}") from exc
+        self.bits = torch.tensor(list(bits))
+        self.weight = self.bank[idx, self._arange]
+        self.bias = self.b_float * (self.bits > 0)
+        self._scale = self.scale_bank[idx, self._arange]
+
+    def enable_qat(self) -> None:
+        """Make the float weights trainable, quantized on the fly with the current bits."""
+        live = (self.bits > 0).to(self.w_float.dtype)
+        self.w_param = nn.Parameter(self.w_float * live.view(-1, *([1] * (self.w_float.dim() - 1))))
+        self.b_param = nn.Parameter(self.b_float * live)
+        self.qat = True
+
+    def _run(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        op = self.op
+        if isinstance(op, nn.Linear):
+            return F.linear(x, w, b)
+        if isinstance(op, nn.Conv2d):
+            return F.conv2d(x, w, b, op.stride, op.padding, op.dilation, op.groups)
+        return F.conv1d(x, w, b, op.stride, op.padding, op.dilation, op.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            scale, qmin, qmax = self.act
+            x = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
+        if self.qat:
+            live = (self.bits > 0).to(x.dtype)
+            w = quantize_weight_ste(self.w_param, self.bits, self._scale)
+            out = self._run(x, w, self.b_param * live)
+        else:
+            out = self._run(x, self.weight, self.bias)
+        if self.correction is not None:
+            a, c = self.correction
+            shape = (1, -1) + (1,) * (out.dim() - 2) if out.dim() > 2 else (1, -1)
+            out = out * a.view(shape) + c.view(shape)
+        return out
+
+
+class QuantEngine:
+    """Applies policies to a BN-folded, fake-quantized copy of a float model.
+
+    Args:
+        model: the trained float network (never modified).
+        analysis: its analysis (layer names, folded BatchNorms).
+        space: the search space (which bit-widths to precompute per layer).
+        calib_batches: input batches for activation range calibration.
+        weight_method: ``"mse"`` or ``"max"`` per-channel weight clipping.
+        act_method: ``"mse"``, ``"percentile"`` or ``"minmax"`` activation clipping.
+        power_of_two: round every scale up to a power of two (shift-only hardware).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        analysis: ModelAnalysis,
+        space: SearchSpace,
+        calib_batches: Iterable[torch.Tensor],
+        *,
+        weight_method: str = "mse",
+        act_method: str = "mse",
+        power_of_two: bool = False,
+    ) -> None:
+        self.analysis = analysis
+        self.space = space
+        self.folded, self.bn_affine = fold_batchnorm(model, analysis)
+        self.qmodel = copy.deepcopy(self.folded).eval()
+        self.layers: dict[str, QuantLayer] = {}
+        for ls in space.layers:
+            bank_bits = sorted(set(ls.weight_bits) | {FLOAT_BITS})
+            ql = QuantLayer(self.qmodel.get_submodule(ls.name), bank_bits, weight_method, power_of_two)
+            self.qmodel.set_submodule(ls.name, ql)
+            self.layers[ls.name] = ql
+        self.act_params = self._calibrate(list(calib_batches), act_method, power_of_two)
+        self.current: Policy | None = None
+
+    def _calibrate(
+        self, batches: list[torch.Tensor], method: str, power_of_two: bool
+    ) -> dict[str, dict[int, tuple[float, int, int]]]:
+        if not batches:
+            raise PolicyError("activation calibration needs at least one calibration batch")
+        samples: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
+        gen = torch.Generator().manual_seed(0)
+
+        def hook(name: str):
+            def fn(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                x = args[0].detach().flatten()
+                if x.numel() > _SAMPLE_PER_BATCH:
+                    x = x[torch.randint(x.numel(), (_SAMPLE_PER_BATCH,), generator=gen)]
+                samples[name].append(x)
+
+            return fn
+
+        handles = [ql.register_forward_pre_hook(hook(n)) for n, ql in self.layers.items()]
+        try:
+            with torch.inference_mode():
+                for xb in batches:
+                    self.qmodel(xb)
+        finally:
+            for h in handles:
+                h.remove()
+        params: dict[str, dict[int, tuple[float, int, int]]] = {}
+        for ls in self.space.layers:
+            sample = torch.cat(samples[ls.name])
+            signed = bool((sample < 0).any())
+            params[ls.name] = {
+                b: act_qparams(sample, b, signed, method, power_of_two) for b in ls.act_bits if b < FLOAT_BITS
+            }
+        return params
+
+    def apply(self, policy: Policy) -> nn.Module:
+        """Set every layer to ``policy`` (coupling resolved) and return the quantized model."""
+        policy = self.space.resolve(policy)
+        for name, lp in policy:
+            ql = self.layers[name]
+            ql.set_bits(lp.weight_bits)
+            ql.act = None if lp.act_bits >= FLOAT_BITS else self.act_params[name][lp.act_bits]
+            ql.correction = None
+        self.current = policy
+        return self.qmodel
+
+    def reestimate_batchnorm(self, batch: torch.Tensor) -> None:
+        """Re-estimate BatchNorm statistics of the current policy (fidelity 2).
+
+        For each layer that had a BatchNorm, in execution order, the per-channel mean and
+        standard deviation of its quantized output are measured with all earlier layers
+        already corrected, and the output is mapped back to the BatchNorm's ``beta`` and
+        ``|gamma|``: exactly what recomputing the running statistics of the unfolded
+        BatchNorm under the compressed network does. Pruned channels stay at zero.
+        """
+        handles = []
+
+        def hook(name: str):
+            gamma, beta = self.bn_affine[name]
+
+            def fn(mod: QuantLayer, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+                dims = [d for d in range(out.dim()) if d != 1]
+                mean = out.mean(dim=dims)
+                std = out.std(dim=dims).clamp_min(1e-5)
+                live = (mod.bits > 0).to(out.dtype)
+                a = gamma.abs() / std * live
+                c = (beta - a * mean) * live
+                mod.correction = (a, c)
+                shape = (1, -1) + (1,) * (out.dim() - 2)
+                return out * a.view(shape) + c.view(shape)
+
+            return fn
+
+        for name, ql in self.layers.items():
+            ql.correction = None
+            if name in self.bn_affine:
+                handles.append(ql.register_forward_hook(hook(name)))
+        try:
+            with torch.no_grad():
+                self.qmodel(batch)
+        finally:
+            for h in handles:
+                h.remove()

@@ -1,0 +1,123 @@
+"""The quantize-and-prune engine: what a user relies on when a policy is applied."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from automl.analysis import analyse
+from automl.quant import QuantEngine, fold_batchnorm, quantize_weight, quantize_weight_ste
+from search_spaces import LayerPolicy, SearchSpace, SpaceConfig
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.lists(st.sampled_from([2, 3, 4, 5, 6, 8]), min_size=3, max_size=12), seed=st.integers(0, 1000))
+def test_b_bit_channel_holds_at_most_2_pow_b_values(bits, seed):
+    w = torch.randn(len(bits), 4, 3, 3, generator=torch.Generator().manual_seed(seed))
+    q = quantize_weight(w, torch.tensor(bits))
+    for c, b in enumerate(bits):
+        assert q[c].unique().numel() <= 2**b
+
+
+def test_zero_bits_gives_zero_and_32_bits_keeps_float():
+    w = torch.randn(3, 5)
+    q = quantize_weight(w, torch.tensor([0, 32, 4]))
+    assert torch.equal(q[0], torch.zeros(5))
+    assert torch.equal(q[1], w[1])
+    assert not torch.equal(q[2], w[2])
+
+
+def test_power_of_two_scales_are_powers_of_two():
+    w = torch.randn(4, 16)
+    q = quantize_weight(w, torch.full((4,), 4), power_of_two=True)
+    for c in range(4):
+        nz = q[c][q[c] != 0].abs()
+        ratio = torch.log2(nz.min())
+        assert torch.allclose(ratio, ratio.round()), "smallest level must be a power of two"
+
+
+def test_ste_passes_gradient_and_blocks_pruned_channels():
+    w = torch.randn(3, 4, requires_grad=True)
+    out = quantize_weight_ste(w, torch.tensor([0, 4, 8]), torch.full((3,), 0.1))
+    out.sum().backward()
+    assert torch.equal(out[0], torch.zeros(4))
+    assert torch.equal(w.grad[0], torch.zeros(4))
+    assert (w.grad[1:] != 0).all()
+
+
+def test_bn_folding_keeps_float_outputs(tiny_resnet):
+    x = torch.randn(4, 1, 28, 28)
+    analysis = analyse(tiny_resnet, x)
+    folded, _ = fold_batchnorm(tiny_resnet, analysis)
+    with torch.no_grad():
+        assert (folded(x) - tiny_resnet(x)).abs().max() <= 1e-5
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_resnet.modules()), "float model must not change"
+
+
+def _engine(model, x, **space):
+    analysis = analyse(model, x)
+    space = SearchSpace.build(analysis, SpaceConfig(**space))
+    return analysis, space, QuantEngine(model, analysis, space, [x])
+
+
+def test_zero_bit_channel_output_is_exactly_zero(plain_cnn):
+    x = torch.randn(8, 1, 28, 28)
+    analysis, space, engine = _engine(plain_cnn, x)
+    policy = space.uniform(4)
+    name = "fc1"  # a prunable layer
+    bits = list(policy[name].weight_bits)
+    bits[3] = 0
+    policy = policy.replace(name, LayerPolicy(policy[name].act_bits, tuple(bits)))
+    model = engine.apply(policy)
+    seen = {}
+    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.setdefault("out", o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert torch.equal(seen["out"][:, 3], torch.zeros(8))
+
+
+def test_applying_a_policy_never_touches_the_float_model(plain_cnn, rng):
+    x = torch.randn(8, 1, 28, 28)
+    before = {k: v.clone() for k, v in plain_cnn.state_dict().items()}
+    _, space, engine = _engine(plain_cnn, x)
+    engine.apply(space.sample(rng))
+    for k, v in plain_cnn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_eight_bit_policy_is_close_to_float_and_two_bit_is_not(tiny_resnet):
+    x = torch.randn(16, 1, 28, 28)
+    _, space, engine = _engine(tiny_resnet, x)
+    with torch.no_grad():
+        ref = tiny_resnet(x)
+        err8 = (engine.apply(space.uniform(8))(x) - ref).abs().mean()
+        err2 = (engine.apply(space.uniform(2))(x) - ref).abs().mean()
+    assert err8 < 0.05 * ref.abs().mean()
+    assert err2 > 4 * err8
+
+
+def test_policy_apply_is_a_gather_of_precomputed_weights(plain_cnn):
+    x = torch.randn(8, 1, 28, 28)
+    _, space, engine = _engine(plain_cnn, x)
+    engine.apply(space.uniform(4))
+    layer = engine.layers["fc1"]
+    direct = quantize_weight(layer.w_float, torch.full((layer.w_float.shape[0],), 4))
+    assert torch.equal(layer.weight, direct)
+
+
+def test_coupled_channels_are_pruned_together_in_the_engine(tiny_resnet):
+    x = torch.randn(4, 1, 28, 28)
+    analysis, space, engine = _engine(tiny_resnet, x, pin_first_last=False)
+    stream = next(g for g in analysis.groups if len(g.producers) >= 2)
+    first = stream.producers[1]
+    policy = space.uniform(8)
+    bits = list(policy[first].weight_bits)
+    bits[0] = 0
+    engine.apply(policy.replace(first, LayerPolicy(8, tuple(bits))))
+    for producer in stream.producers:
+        assert int(engine.layers[producer].bits[0]) == 0, producer
+    assert np.all(np.asarray(engine.current[stream.producers[0]].weight_bits)[1:] == 8)
