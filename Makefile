@@ -1,0 +1,37 @@
+# One entry point for a fresh machine: `make run` (set up + main job) and `make test`.
+# torch is installed first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-slow lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/automl search
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+lint: setup
+	$(BIN)/ruff check automl envs agents search_spaces tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/eval_speed.py
+	$(BIN)/python benchmarks/cost_speed.py
+	$(BIN)/python benchmarks/env_speed.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
