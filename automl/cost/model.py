@@ -1,0 +1,294 @@
+"""Price policies on an analysed model, from the policy alone (no forward pass).
+
+Conventions (the float model and every policy are priced by the same formulas):
+
+- **Size.** Every kept weight at its bit-width; one 32-bit float scale per kept output
+  channel of a quantized (< 32-bit) layer; BatchNorm folded into the preceding convolution,
+  so a layer with a bias or a folded BatchNorm stores one 32-bit bias per kept output
+  channel (the BatchNorm's own four parameters are not counted separately); modules left
+  at full precision (``ModelAnalysis.unquantized``) at 32 bits, shrinking with their
+  channel group when they follow one. The float model is every layer at 32 bits with no
+  scales. Sizes are in bytes (bits / 8, not rounded).
+- **Pruning.** A channel pruned in one producer of a coupled group is pruned in all
+  (union, as :meth:`SearchSpace.resolve`); a layer reading a group loses those input
+  features (``Segment.features_per_channel`` each); a depthwise layer keeps one input per
+  kept output channel.
+- **MACs / BitOps.** MACs of the pruned network per sample; BitOps = sum over kept output
+  channels of MACs x weight bits x input activation bits (32-bit float counts as 32).
+- **Peak activation memory.** The largest, over layers, of the layer's input (kept
+  features at its activation bits) plus its output (kept channels at the widest activation
+  bits among the layers reading it, 32 bits for a model output), per sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+
+from automl.analysis.records import ModelAnalysis
+from automl.cost.batch import LayerBatch
+from automl.cost.costs import Costs, latency_metric
+from automl.cost.profiles import HardwareProfile
+from automl.errors import PolicyError, ProfileError, SearchSpaceError
+from search_spaces.policy import FLOAT_BITS, Policy
+from search_spaces.space import SearchSpace
+
+
+class CostModel:
+    """Prices policies of one search space on one analysed model.
+
+    Args:
+        analysis: the analysed model.
+        space: the search space built from ``analysis`` (defines the layer order).
+        profiles: hardware profiles whose latency every price includes.
+    """
+
+    def __init__(self, analysis: ModelAnalysis, space: SearchSpace, profiles: Sequence[HardwareProfile] = ()) -> None:
+        if analysis.names != space.names:
+            raise SearchSpaceError(
+                f"the search space was built for layers {list(space.names)}, the analysis has "
+                f"{list(analysis.names)}. Build both from the same model."
+            )
+        self.analysis = analysis
+        self.space = space
+        self.profiles = tuple(profiles)
+        names = [p.name for p in self.profiles]
+        if len(set(names)) != len(names):
+            raise ProfileError(f"two hardware profiles share a name: {names}. Give each profile its own 'name'.")
+        self.names = space.names
+        self._build_tables()
+        for p in self.profiles:
+            p.check(self.names, [int(x) for x in self.in_total], [int(x) for x in self.out_total])
+
+    # tables ------------------------------------------------------------------------
+    def _build_tables(self) -> None:
+        layers = self.analysis.layers
+        self.out_total = np.array([lay.out_channels for lay in layers])
+        self.offsets = np.concatenate([[0], np.cumsum(self.out_total)[:-1]]).astype(np.int64)
+        self.n_channels = int(self.out_total.sum())
+        group_by_id = {g.gid: g for g in self.analysis.groups}
+        # Groups with a producer: their channels' kept state is the AND over producers.
+        self.group_ids = tuple(sorted({lay.out_group for lay in layers}))
+        gindex = {g: i for i, g in enumerate(self.group_ids)}
+        self.group_channels = np.array([group_by_id[g].channels for g in self.group_ids])
+        self.group_offsets = np.concatenate([[0], np.cumsum(self.group_channels)[:-1]]).astype(np.int64)
+        producers: dict[int, list[int]] = {g: [] for g in self.group_ids}
+        for li, lay in enumerate(layers):
+            producers[lay.out_group].append(li)
+        self._chan_gc = np.empty(self.n_channels, dtype=np.int64)
+        for g, members in producers.items():
+            base = self.group_offsets[gindex[g]]
+            for li in members:
+                chans = np.arange(self.out_total[li])
+                self._chan_gc[self.offsets[li] + chans] = base + chans
+        # Producer slots: slot k lists, for every group channel with a k-th producer, that
+        # producer's channel. A group channel is kept when it is kept in every slot.
+        order = np.argsort(self._chan_gc, kind="stable")
+        starts = np.searchsorted(self._chan_gc[order], np.arange(int(self.group_channels.sum())))
+        per_channel = np.diff(np.append(starts, order.size))
+        self._slots = [
+            (sel, order[starts[sel] + k]) for k in range(int(per_channel.max())) for sel in [np.flatnonzero(per_channel > k)]
+        ]
+        self._hist_base = np.repeat(np.arange(len(layers)), self.out_total) * 33
+        self.out_gidx = np.array([gindex[lay.out_group] for lay in layers])
+        self._build_inputs(gindex)
+        self._build_shapes(gindex)
+
+    def _build_inputs(self, gindex: dict[int, int]) -> None:
+        """Input features (a constant part from groups nobody produces + kept channels x
+        features per channel) and, per layer, the layers that read its output."""
+        layers = self.analysis.layers
+        self.in_const = np.zeros(len(layers))
+        self.in_matrix = np.zeros((len(self.group_ids), len(layers)))
+        consumers: dict[int, list[int]] = {}
+        for li, lay in enumerate(layers):
+            for seg in lay.in_segments:
+                if seg.group in gindex:
+                    self.in_matrix[gindex[seg.group], li] += seg.features_per_channel
+                    consumers.setdefault(seg.group, []).append(li)
+                else:
+                    self.in_const[li] += seg.channels * seg.features_per_channel
+        self.in_total = self.in_const + self.group_channels @ self.in_matrix
+        self.consumers = tuple(tuple(dict.fromkeys(consumers.get(lay.out_group, []))) for lay in layers)
+        # Readers' activation bits are gathered from [act | 0 | 32]: padding reads the 0
+        # column, a layer nobody reads (a model output) reads the 32 column.
+        cw = max([len(c) for c in self.consumers] + [1])
+        self._cons = np.full((len(layers), cw), len(layers), dtype=np.int64)
+        for li, cons in enumerate(self.consumers):
+            self._cons[li, : len(cons)] = cons
+            if not cons:
+                self._cons[li, 0] = len(layers) + 1
+
+    def _build_shapes(self, gindex: dict[int, int]) -> None:
+        """Per-layer constants and the full-precision modules' parameters."""
+        layers = self.analysis.layers
+        self.kernel = np.array([lay.kernel_numel for lay in layers], dtype=float)
+        self.depthwise = np.array([lay.depthwise for lay in layers])
+        self._per_input = self.kernel / np.array([lay.groups for lay in layers], dtype=float)
+        self.out_spatial = np.array([lay.out_spatial for lay in layers], dtype=float)
+        self.in_elem_per_feature = np.array([np.prod(lay.in_shape) for lay in layers], dtype=float) / self.in_total
+        self.out_elem_per_channel = np.array([np.prod(lay.out_shape) for lay in layers], dtype=float) / self.out_total
+        self.has_bias = np.array([lay.bias_params > 0 or lay.folded_bn is not None for lay in layers], dtype=float)
+        # Full-precision modules: those following a group shrink with it.
+        followers = {f: g for g in self.analysis.groups for f in g.followers if g.gid in gindex}
+        self.follower_params = np.zeros(len(self.group_ids))
+        self.fixed_params = 0.0
+        for name, _kind, params in self.analysis.unquantized:
+            if name in followers:
+                g = gindex[followers[name]]
+                self.follower_params[g] += params / self.group_channels[g]
+            else:
+                self.fixed_params += params
+        self._any_depthwise = bool(self.depthwise.any())
+        self._sentinels = np.zeros((1, 2), dtype=np.int64)
+        self._sentinels[:, 1] = FLOAT_BITS
+        self._lut_bits = np.arange(FLOAT_BITS + 1, dtype=float)
+        self._lut_quant = ((self._lut_bits > 0) & (self._lut_bits < FLOAT_BITS)).astype(float)
+
+    # vectorised core -----------------------------------------------------------------
+    def layer_batch(self, bits: np.ndarray, act_bits: np.ndarray) -> LayerBatch:
+        """Decode ``bits`` (``[n, C]``, all layers' channels concatenated) and ``act_bits`` (``[n, L]``)."""
+        n = bits.shape[0]
+        kept = bits > 0
+        kept_gc = kept[:, self._slots[0][1]]
+        for sel, idx in self._slots[1:]:
+            kept_gc[:, sel] &= kept[:, idx]
+        eff = bits * kept_gc[:, self._chan_gc]
+        group_kept = np.add.reduceat(kept_gc, self.group_offsets, axis=1).astype(float)
+        kept_out = group_kept[:, self.out_gidx]
+        kept_in = self.in_const + group_kept @ self.in_matrix
+        wpo = kept_in * self._per_input
+        if self._any_depthwise:
+            wpo = np.where(self.depthwise, self.kernel, wpo)
+        sentinels = self._sentinels if n == 1 else np.repeat(self._sentinels, n, axis=0)
+        act_ext = np.concatenate([act_bits, sentinels], axis=1)
+        out_bits = act_ext[:, self._cons].max(axis=2)
+        return LayerBatch(
+            names=self.names, eff_bits=eff, offsets=self.offsets, act_bits=act_bits, out_bits=out_bits,
+            kept_in=kept_in, in_total=self.in_total, kept_out=kept_out, out_total=self.out_total,
+            weights_per_out=wpo, out_spatial=self.out_spatial, in_elems=kept_in * self.in_elem_per_feature,
+            out_elems=kept_out * self.out_elem_per_channel, group_kept=group_kept, hist_base=self._hist_base,
+        )
+
+    def layer_size_bits(self, batch: LayerBatch) -> np.ndarray:
+        """``[n, L]`` stored bits of every layer: weights, per-channel scales and biases."""
+        weights = batch.weight_bits_sum * batch.weights_per_out
+        return weights + FLOAT_BITS * (self.has_bias * batch.kept_out + batch.channel_sum(self._lut_quant))
+
+    def group_size_bits(self, batch: LayerBatch) -> np.ndarray:
+        """``[n, G]`` bits of the full-precision modules that shrink with each group."""
+        return FLOAT_BITS * batch.group_kept * self.follower_params
+
+    @property
+    def fixed_size_bits(self) -> float:
+        """Bits of full-precision modules that no pruning touches."""
+        return FLOAT_BITS * self.fixed_params
+
+    def _table(self, bits: np.ndarray, act_bits: np.ndarray) -> dict[str, np.ndarray]:
+        b = self.layer_batch(bits, act_bits)
+        size = self.layer_size_bits(b).sum(axis=1) + self.group_size_bits(b).sum(axis=1) + self.fixed_size_bits
+        out = {
+            "size": size / 8.0,
+            "macs": b.macs.sum(axis=1),
+            "bitops": (b.macs_per_channel * b.weight_bits_sum * b.act_bits).sum(axis=1),
+            "peak_act": (b.in_elems * b.act_bits + b.out_elems * b.out_bits).max(axis=1) / 8.0,
+        }
+        for p in self.profiles:
+            out[latency_metric(p.name)] = p.latency_ms(b)
+        return out
+
+    # public API ----------------------------------------------------------------------
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric this model prices (the keys of :meth:`price_batch`)."""
+        return ("size", "macs", "bitops", "peak_act") + tuple(latency_metric(p.name) for p in self.profiles)
+
+    def policy_arrays(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+        """``(bits [C], act_bits [L])`` of ``policy``, checked against the layers."""
+        layers = policy.layers
+        if policy.names != self.names or [len(lp.weight_bits) for _, lp in layers] != self._out_list:
+            self.space.validate(policy)
+            raise PolicyError("the policy does not match the model's layers")  # validate() names the cause
+        # bytes() packs the 0..32 bit-widths in one C loop: the fastest way from tuples to an array.
+        bits = np.frombuffer(bytes(itertools.chain.from_iterable(lp.weight_bits for _, lp in layers)), dtype=np.uint8)
+        act = np.fromiter((lp.act_bits for _, lp in layers), dtype=np.int64, count=len(layers))
+        return bits, act
+
+    @cached_property
+    def _out_list(self) -> list[int]:
+        return [int(c) for c in self.out_total]
+
+    def price(self, policy: Policy) -> Costs:
+        """Price ``policy`` (channel coupling applied) on every metric and profile."""
+        bits, act = self.policy_arrays(policy)
+        table = self._table(bits[None, :], act[None, :])
+        return Costs(
+            size_bytes=float(table["size"][0]),
+            macs=float(table["macs"][0]),
+            bitops=float(table["bitops"][0]),
+            peak_act_bytes=float(table["peak_act"][0]),
+            latency_ms=tuple((p.name, float(table[latency_metric(p.name)][0])) for p in self.profiles),
+        )
+
+    def price_batch(self, weight_bits: Sequence[np.ndarray], act_bits: np.ndarray) -> dict[str, np.ndarray]:
+        """Price ``n`` policies at once.
+
+        Args:
+            weight_bits: per layer in space order, an int array ``[n, C_l]`` of channel bits.
+            act_bits: int array ``[n, L]`` of activation bits.
+
+        Returns:
+            metric -> ``[n]`` values, with the keys of :meth:`Costs.value`.
+        """
+        if len(weight_bits) != len(self.names):
+            raise PolicyError(f"expected weight bits of {len(self.names)} layers, got {len(weight_bits)}")
+        act = np.asarray(act_bits, dtype=np.int64)
+        n = act.shape[0]
+        for name, w, c in zip(self.names, weight_bits, self._out_list, strict=True):
+            if np.shape(w) != (n, c):
+                raise PolicyError(f"layer {name!r}: expected weight bits of shape ({n}, {c}), got {np.shape(w)}")
+        if act.shape != (n, len(self.names)):
+            raise PolicyError(f"expected activation bits of shape ({n}, {len(self.names)}), got {act.shape}")
+        bits = np.concatenate([np.asarray(w, dtype=np.int64) for w in weight_bits], axis=1)
+        return self._table(bits, act)
+
+    def price_arrays(self, bits: np.ndarray, act_bits: np.ndarray) -> dict[str, np.ndarray]:
+        """Like :meth:`price_batch` with the layers' channel bits already concatenated (``[n, C]``)."""
+        return self._table(np.asarray(bits), np.asarray(act_bits, dtype=np.int64))
+
+    @cached_property
+    def _float(self) -> Costs:
+        bits = np.full((1, self.n_channels), FLOAT_BITS, dtype=np.int64)
+        act = np.full((1, len(self.names)), FLOAT_BITS, dtype=np.int64)
+        t = self._table(bits, act)
+        return Costs(
+            float(t["size"][0]), float(t["macs"][0]), float(t["bitops"][0]), float(t["peak_act"][0]),
+            tuple((p.name, float(t[latency_metric(p.name)][0])) for p in self.profiles),
+        )
+
+    def float_costs(self) -> Costs:
+        """Costs of the unpruned float model (every weight and activation at 32 bits)."""
+        return self._float
+
+    @cached_property
+    def _cheapest(self) -> Policy:
+        out = []
+        for s in self.space.layers:
+            wb = s.nonzero_bits[0]
+            for level in sorted(s.sparsity_levels, reverse=True):
+                try:
+                    lp = self.space.decode(s.name, level, [wb] * s.n_groups, s.act_bits[0])
+                    break
+                except PolicyError:
+                    continue
+            out.append((s.name, lp))
+        return Policy(tuple(out))
+
+    def cheapest_policy(self) -> Policy:
+        """Every free layer at its lowest non-zero weight bits, lowest activation bits and
+        highest sparsity level (pinned layers at their pinned bits): the lowest cost in the
+        space on every metric, since all costs are monotone in bits and kept channels."""
+        return self._cheapest
