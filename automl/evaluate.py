@@ -188,3 +188,13 @@ class Evaluator:
 
     def evaluate_many(self, policies: Sequence[Policy], fidelity: int | None = None) -> list[Metrics]:
         return [self.evaluate(p, fidelity) for p in policies]
+
+    def final(self, policy: Policy, finetune_steps: int, split: str = "test") -> tuple[Metrics, nn.Module]:
+        """The deliverable of a search: ``policy`` with BatchNorm re-estimated and fine-tuned
+        for ``finetune_steps`` (none when 0), scored on ``split``. Returns the metrics and
+        the trained quantized model (a copy; the engine's model is left as is)."""
+        start = time.perf_counter()
+        model = self.engine.apply(policy)
+        self.engine.reestimate_batchnorm(self._bn_batch)
+        model = self.finetune(model, finetune_steps)
+        return self._score(model, split, 3 if finetune_steps else 2, start), model

@@ -114,11 +114,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     ev = session.evaluator.evaluator
     steps = session.config.finetune_steps
     for label, r in best.items():
-        model = ev.engine.apply(r.policy)
-        if steps:
-            ev.engine.reestimate_batchnorm(ev._bn_batch)
-            model = ev.finetune(model, steps)
-        test[label] = float(ev._score(model, "test", 3 if steps else 1, 0.0).accuracy)
+        test[label] = ev.final(r.policy, steps, "test")[0].accuracy
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -343,6 +343,3 @@ class SearchSpace:
             for d in data["layers"]
         )
         return cls(layers, data["schema_version"], SpaceConfig(**cfg))
-
-    def with_config(self, **changes: Any) -> SpaceConfig:
-        return replace(self.config, **changes)

@@ -93,3 +93,13 @@ def test_a_loader_with_no_batches_is_a_clear_error(tiny_task):
     tiny_task.calib_loader = DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0)), batch_size=4)
     with pytest.raises(DataError, match="calib_loader yielded no batches"):
         Evaluator(Problem.from_task(tiny_task))
+
+
+def test_final_fine_tune_scores_on_test_and_leaves_the_engine_model(evaluator):
+    policy = evaluator.problem.space.uniform(3, 4)
+    engine_model = evaluator.engine.apply(policy)
+    before = {k: v.clone() for k, v in engine_model.state_dict().items()}
+    metrics, trained = evaluator.final(policy, 3, "test")
+    assert metrics.fidelity == 3 and trained is not engine_model
+    for k, v in evaluator.engine.qmodel.state_dict().items():
+        assert torch.equal(v, before[k]), k
