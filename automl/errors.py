@@ -50,3 +50,7 @@ class ProfileError(AutoMLError, ValueError):
 
 class TrackingError(AutoMLError, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class ExportError(AutoMLError, ValueError):
+    """A model cannot be exported, or a file is not a readable automl-mpq export."""

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
+from automl.export import export_policy  # noqa: E402
 
 if TYPE_CHECKING:
     from automl.runner import Session
@@ -113,8 +114,16 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     test: dict[str, float] = {}
     ev = session.evaluator.evaluator
     steps = session.config.finetune_steps
-    for label, r in best.items():
-        test[label] = ev.final(r.policy, steps, "test")[0].accuracy
+    export = None
+    for i, (label, r) in enumerate(best.items()):
+        metrics, model = ev.final(r.policy, steps, "test")
+        test[label] = metrics.accuracy
+        if i == 0:  # the budget's winner becomes a deployable file, measured for real
+            export = export_policy(
+                model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
+                sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
+                cost_model=session.cost_model, threads=session.config.threads,
+            )
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -122,7 +131,11 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     )
     table = summary_table(result, best, test)
     (run_dir / "best_policies.md").write_text(table + "\n")
+    if export is not None:
+        (run_dir / "export_report.json").write_text(json.dumps(export.to_dict(), indent=1, default=str))
     artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
+    if export is not None:
+        artifacts += [run_dir / "best_model.ampq", run_dir / "export_report.json"]
     if best:
         artifacts.append(layer_chart(session, best))
     if tracker is not None:
@@ -137,12 +150,19 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         if first is not None:
             metrics.update({"best_val_accuracy": first.accuracy, "best_test_accuracy": next(iter(test.values())),
                             "best_size_kb": first.costs.size_bytes / 1024, "best_bitops_g": first.costs.bitops / 1e9})
+        if export is not None:
+            metrics.update({"export_file_kb": export.file_bytes / 1024, "export_predicted_kb": (export.predicted_bytes or 0) / 1024,
+                            "export_latency_ms": export.latency_exported_ms, "float_latency_ms": export.latency_float_ms})
         tracker.log_parent_metrics(metrics)
     if not quiet:
         print(table)
         stats = session.evaluator.stats
         print(f"\n{result.n_evaluations} evaluations in {result.wall_seconds:.0f} s "
               f"(cache hits {stats.hits}); results in {run_dir}")
+        if export is not None:
+            print(f"exported the best policy to {export.path}: {export.file_bytes / 1024:.1f} KiB on disk "
+                  f"(float checkpoint {export.float_file_bytes / 1024:.1f} KiB), {export.latency_exported_ms:.2f} ms "
+                  f"vs float {export.latency_float_ms:.2f} ms per batch on {export.threads} thread(s)")
         print(f"open the UI: automl ui --output {session.config.output}    then: automl best --output {session.config.output}")
         sys.stdout.flush()
     return best

@@ -92,6 +92,7 @@ class LayerSpace:
     channel_groups: tuple[tuple[int, ...], ...]
     coupled_group: int
     pinned: bool = False
+    shares_group: bool = False  # other layers' outputs are pruned together with this one's
 
     def __post_init__(self) -> None:
         if sorted(self.channel_rank) != list(range(self.out_channels)):
@@ -108,6 +109,17 @@ class LayerSpace:
     @property
     def nonzero_bits(self) -> tuple[int, ...]:
         return tuple(b for b in self.weight_bits if b > 0)
+
+    @property
+    def group_bits(self) -> tuple[int, ...]:
+        """Bit-widths a channel group may take in :meth:`SearchSpace.decode`.
+
+        0 is offered only where the layer alone owns its channels: in a coupled group the
+        members share one importance ranking, so pruning through the layer-level sparsity
+        prunes the same channels everywhere, while 0-bit groups chosen independently by
+        several members could together prune more than ``max_sparsity`` allows.
+        """
+        return self.nonzero_bits if self.shares_group else self.weight_bits
 
     @property
     def max_pruned(self) -> int:
@@ -154,6 +166,7 @@ class SearchSpace:
             if layer.name in pinned:
                 prunable_groups.discard(layer.out_group)
         levels = config.sparsity_levels()
+        producers = {g.gid: len(g.producers) for g in analysis.groups}
         spaces = []
         for layer in analysis.layers:
             rank = tuple(int(c) for c in (channel_rank or {}).get(layer.name, range(layer.out_channels)))
@@ -186,6 +199,7 @@ class SearchSpace:
                     channel_groups=groups,
                     coupled_group=layer.out_group,
                     pinned=is_pinned,
+                    shares_group=producers.get(layer.out_group, 1) > 1,
                 )
             )
         return cls(tuple(spaces), config=config)
@@ -249,7 +263,7 @@ class SearchSpace:
         for s in self.layers:
             while True:
                 sp = float(rng.choice(s.sparsity_levels))
-                gb = [int(rng.choice(s.weight_bits)) for _ in range(s.n_groups)]
+                gb = [int(rng.choice(s.group_bits)) for _ in range(s.n_groups)]
                 ab = int(rng.choice(s.act_bits))
                 try:
                     out.append((s.name, self.decode(s.name, sp, gb, ab)))
@@ -292,6 +306,20 @@ class SearchSpace:
             raise PolicyError("the policy lists the model's layers in another order than the model runs them")
         for s, (_, lp) in zip(self.layers, policy):
             self._check_layer(s, lp)
+        by_name = policy.as_dict()
+        for members in self.coupled().values():
+            if len(members) < 2:
+                continue
+            pruned = np.zeros(len(by_name[members[0]].weight_bits), dtype=bool)
+            for m in members:
+                pruned |= np.asarray(by_name[m].weight_bits) == 0
+            limit = min(self.layer(m).max_pruned for m in members)
+            if int(pruned.sum()) > limit:
+                raise PolicyError(
+                    f"layers {list(members)} are pruned together; together they prune {int(pruned.sum())} of "
+                    f"{len(pruned)} channels, at most {limit} are allowed. Prune the same (least important) channels "
+                    "in each, e.g. through SearchSpace.decode's sparsity."
+                )
         return policy
 
     def resolve(self, policy: Policy) -> Policy:

@@ -97,3 +97,22 @@ def test_unknown_pinned_layer_is_explained(tiny_resnet):
 def test_bad_policy_json_schema_is_explained():
     with pytest.raises(PolicyError, match="schema version"):
         Policy.from_dict({"schema_version": 99, "layers": {}})
+
+
+def test_coupled_layers_never_prune_more_than_max_sparsity_together(tiny_resnet):
+    a = analyse(tiny_resnet, torch.zeros(1, 1, 28, 28))
+    space = SearchSpace.build(a, SpaceConfig(pin_first_last=False, max_sparsity=0.5))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        policy = space.resolve(space.sample(rng))  # validate() inside checks the union
+        for members in space.coupled().values():
+            assert policy[members[0]].sparsity <= 0.5
+    shared = space.layer("layer2.0.conv2")
+    assert shared.shares_group and 0 not in shared.group_bits
+    members = ("layer2.0.conv2", "layer2.0.shortcut.0")
+    policy = space.uniform(8)
+    n = space.layer(members[0]).out_channels
+    policy = policy.replace(members[0], LayerPolicy(8, (0,) * (n // 2) + (8,) * (n - n // 2)))
+    policy = policy.replace(members[1], LayerPolicy(8, (8,) * (n // 2) + (0,) * (n - n // 2)))
+    with pytest.raises(PolicyError, match="pruned together"):
+        space.validate(policy)

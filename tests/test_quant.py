@@ -131,3 +131,34 @@ def test_activation_grid_is_the_same_with_and_without_gradients(plain_cnn):
         fast = model(x)
     slow = model(x.requires_grad_(True))  # fused fake-quant op used for QAT
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_pruned_channel_stays_zero_through_an_unfolded_batchnorm():
+    from torch import nn
+
+    from automl.analysis import prune_model
+
+    class PreAct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 6, 3, padding=1)
+            self.b = nn.Conv2d(1, 6, 3, padding=1)
+            self.bn = nn.BatchNorm2d(6)  # after the addition: cannot be folded into a conv
+            self.head = nn.Conv2d(6, 3, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.a(x) + self.b(x)))).mean(dim=(2, 3))
+
+    from .conftest import randomise_batchnorm
+
+    model = randomise_batchnorm(PreAct())
+    x = torch.randn(4, 1, 8, 8)
+    analysis, space, engine = _engine(model, x, pin_first_last=False, act_bits=(8, 32))
+    policy = space.uniform(32, 32)
+    bits = list(policy["a"].weight_bits)
+    bits[2] = 0
+    policy = space.resolve(policy.replace("a", LayerPolicy(32, tuple(bits))))
+    with torch.no_grad():
+        quantized = engine.apply(policy)(x)
+        pruned = prune_model(model, analysis, policy)(x)
+    assert torch.allclose(quantized, pruned, atol=1e-5)

@@ -49,7 +49,7 @@ def test_search_writes_the_expected_mlflow_structure(tmp_path):
     assert len(best) == 1 and best[0].data.metrics["feasible"] == 1.0
     assert best[0].data.metrics["accuracy"] == pytest.approx(result.best.accuracy)
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"pareto_front.png", "pareto_front.csv", "best_policies.md", "best_policies_layers.png",
+    assert {"pareto_front.png", "pareto_front.csv", "best_policies.md", "best_policies_layers.png", "best_model.ampq", "export_report.json",
             "search_space.json", "budget.json", "config.json"} <= parent_files
     assert "float_val_accuracy" in parents[0].data.metrics
 

@@ -133,7 +133,7 @@ class CostModel:
         self.out_elem_per_channel = np.array([np.prod(lay.out_shape) for lay in layers], dtype=float) / self.out_total
         self.has_bias = np.array([lay.bias_params > 0 or lay.folded_bn is not None for lay in layers], dtype=float)
         # Full-precision modules: those following a group shrink with it.
-        followers = {f: g for g in self.analysis.groups for f in g.followers if g.gid in gindex}
+        followers = {f: g.gid for g in self.analysis.groups for f in g.followers if g.gid in gindex}
         self.follower_params = np.zeros(len(self.group_ids))
         self.fixed_params = 0.0
         for name, _kind, params in self.analysis.unquantized:

@@ -174,6 +174,25 @@ class QuantEngine:
             self.layers[ls.name] = ql
         self.act_params = self._calibrate(list(calib_batches), act_method, power_of_two)
         self.current: Policy | None = None
+        # A BatchNorm that could not be folded (e.g. after an addition) would turn a pruned,
+        # all-zero channel into its shift; masking its output keeps pruned channels at zero,
+        # as in the physically pruned network.
+        folded = {layer.folded_bn for layer in analysis.layers}
+        self._masks: dict[int, torch.Tensor] = {}
+        self._group_of_layer = {layer.name: layer.out_group for layer in analysis.layers}
+        for group in analysis.groups:
+            for name in group.followers:
+                if name not in folded:
+                    self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(group.gid))
+
+    def _mask_hook(self, gid: int):
+        def fn(_mod: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+            mask = self._masks.get(gid)
+            if mask is None:
+                return out
+            return out * mask.view((1, -1) + (1,) * (out.dim() - 2))
+
+        return fn
 
     def _calibrate(
         self, batches: list[torch.Tensor], method: str, power_of_two: bool
@@ -212,11 +231,15 @@ class QuantEngine:
     def apply(self, policy: Policy) -> nn.Module:
         """Set every layer to ``policy`` (coupling resolved) and return the quantized model."""
         policy = self.space.resolve(policy)
+        self._masks = {}
         for name, lp in policy:
             ql = self.layers[name]
             ql.set_bits(lp.weight_bits)
             ql.act = None if lp.act_bits >= FLOAT_BITS else self.act_params[name][lp.act_bits]
             ql.correction = None
+            gid = self._group_of_layer[name]
+            live = (ql.bits > 0).to(ql.w_float.dtype)
+            self._masks[gid] = live if gid not in self._masks else self._masks[gid] * live
         self.current = policy
         return self.qmodel
 
