@@ -1,0 +1,89 @@
+"""AJPQ-style joint channel pruning and mixed-precision quantization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from automl.errors import ConfigError
+from envs.base import CompressionEnv
+from envs.choices import ACT, GROUP, SPARSITY, Component, Decision, LayerChoices
+from search_spaces.space import LayerSpace
+
+HIERARCHIES = ("two_level", "per_layer")
+
+
+class JointPruneQuantEnv(CompressionEnv):
+    """Prune and quantize each layer: a layer-level sparsity, then channel-level bit-widths.
+
+    For each layer, the layer-level decision is a sparsity level: that share of the least
+    important output channels gets 0 bits. The channel-level decision gives each
+    importance-ranked channel group its weight bit-width (0 allowed: the group is pruned
+    too, within the layer's ``max_sparsity``) and the layer its activation bit-width.
+    :meth:`SearchSpace.decode` turns the two into per-channel bits.
+
+    Args:
+        hierarchy: ``two_level`` (a layer step, then a channel step, with a phase flag in
+            the observation) or ``per_layer`` (both in one step).
+        **kwargs: see :class:`~envs.base.CompressionEnv`.
+
+    ## Action Space
+
+    ``Box(-1, 1, (D,), float32)``; each dimension is cut into equal intervals, one per
+    option, lowest first. ``two_level``: the layer step reads ``action[0]`` (sparsity level);
+    the channel step reads ``action[0:G]`` (bits of groups from the most to the least
+    important) and ``action[G]`` (activation bits), ``D = G + 1``. ``per_layer``:
+    ``action[0]`` sparsity, ``action[1:G+1]`` group bits, ``action[G+1]`` activation bits,
+    ``D = G + 2``. ``G`` is the largest number of groups of any layer; dimensions a step does
+    not read are ignored. :class:`~envs.wrappers.DiscreteActions` gives the
+    ``MultiDiscrete`` form with ``action_masks()`` for MaskablePPO.
+
+    ## Observation Space
+
+    ``Box(-1, 1, (n,), float32)``: the layer's normalised features (index, kind one-hot,
+    depthwise flag, log in/out channels, kernel size, stride, log feature-map size, log
+    parameters, log MACs, sensitivity), the episode's progress, the phase flag (0 layer
+    step, 1 channel step; ``two_level`` only is it ever 1), the share of action dimensions
+    this step reads, the previous step's choices (each in [0, 1]; in a channel step, the
+    sparsity just chosen) and, per budget constraint, the committed cost as a fraction of
+    the limit and the share of the budget's slack still unused.
+
+    ## Reward
+
+    0 on every step but the last; then ``scale * accuracy / float accuracy - cost_weight *
+    cost / float cost - Lagrangian penalty`` (see :class:`~envs.config.RewardConfig`).
+
+    ## Episode End
+
+    The episode terminates after the last free layer's last decision; it is never
+    truncated. The last ``info`` carries ``policy``, ``costs``, ``feasible``,
+    ``violations``, ``metrics``, ``repair``, ``repaired``, ``reward_terms``,
+    ``projections`` and ``multipliers``; a projected step carries ``info["projection"]``.
+    """
+
+    def __init__(self, *args: Any, hierarchy: str = "two_level", **kwargs: Any) -> None:
+        if hierarchy not in HIERARCHIES:
+            raise ConfigError(
+                f"hierarchy must be one of {list(HIERARCHIES)}, got {hierarchy!r}: 'two_level' takes a layer step "
+                "then a channel step, 'per_layer' takes both in one action"
+            )
+        self.hierarchy = hierarchy
+        self.has_phase = hierarchy == "two_level"
+        super().__init__(*args, **kwargs)
+
+    def _layer_choices(self, s: LayerSpace) -> LayerChoices:
+        return LayerChoices(s, s.group_bits, s.sparsity_levels)
+
+    def _decisions(self) -> list[Decision]:
+        out = []
+        for i, c in enumerate(self.choices):
+            level = Component(SPARSITY, len(c.levels))
+            channel = tuple(Component(GROUP, len(c.weight_bits), g) for g in range(c.n_groups))
+            channel += (Component(ACT, len(c.act_bits)),)
+            if self.hierarchy == "per_layer":
+                steps = [(0, (level, *channel))]
+            else:
+                steps = [(0, (level,)), (1, channel)]
+            for phase, comps in steps:
+                if any(comp.n > 1 for comp in comps):
+                    out.append(Decision(i, phase, comps))
+        return out
