@@ -1,0 +1,66 @@
+"""Searchers: one ask/tell interface over random search, the integer program, Optuna and RL.
+
+Build an :class:`Objective` (evaluator + cost model + bound budget), pick a searcher by
+name and run it::
+
+    from agents import Objective, make_searcher
+    objective = Objective(evaluator, cost_model, Budget.parse("size<=0.125x").bind(cost_model))
+    result = make_searcher("tpe", objective, seed=0).run(150)
+    print(result.best.accuracy, result.best.policy)
+
+RL searchers import stable-baselines3 and the envs; they are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from agents.base import Callback, Searcher
+from agents.objective import Objective
+from agents.records import SearchResult, TrialRecord, best_record, pareto_front
+
+# name -> (module, class); modules are imported on demand (RL pulls in torch-heavy SB3).
+SEARCHERS: dict[str, tuple[str, str]] = {
+    "random": ("agents.random_search", "RandomSearcher"),
+    "ilp": ("agents.ilp", "ILPSearcher"),
+    "tpe": ("agents.optuna_search", "TPESearcher"),
+    "nsga2": ("agents.optuna_search", "NSGA2Searcher"),
+    "gp": ("agents.optuna_search", "GPSearcher"),
+    "cmaes": ("agents.optuna_search", "CmaEsSearcher"),
+    "ppo": ("agents.rl", "PPOSearcher"),
+    "maskable_ppo": ("agents.rl", "MaskablePPOSearcher"),
+    "ddpg": ("agents.rl", "DDPGSearcher"),
+    "td3": ("agents.rl", "TD3Searcher"),
+    "sac": ("agents.rl", "SACSearcher"),
+}
+
+
+def searcher_class(name: str) -> type[Searcher]:
+    """The searcher class registered under ``name`` (see :data:`SEARCHERS`)."""
+    from automl.errors import ConfigError
+
+    key = name.lower().replace("-", "_")
+    if key not in SEARCHERS:
+        raise ConfigError(f"unknown searcher {name!r}; choose one of {sorted(SEARCHERS)}")
+    module, cls = SEARCHERS[key]
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_searcher(name: str, objective: Objective, *, seed: int = 0, **options: Any) -> Searcher:
+    """Build the searcher ``name`` on ``objective``; ``options`` go to its constructor."""
+    return searcher_class(name)(objective, seed=seed, **options)
+
+
+__all__ = [
+    "SEARCHERS",
+    "Callback",
+    "Objective",
+    "SearchResult",
+    "Searcher",
+    "TrialRecord",
+    "best_record",
+    "make_searcher",
+    "pareto_front",
+    "searcher_class",
+]

@@ -1,0 +1,127 @@
+"""The one way every searcher scores a policy: price, repair if asked, evaluate, record.
+
+An :class:`Objective` wraps the evaluator, the cost model and the bound budget, so random
+search, the integer program, Optuna samplers and RL agents all produce identical
+:class:`~agents.records.TrialRecord` values for identical policies. Feasibility is decided
+by the cost model alone (no forward pass), so a searcher can reject a proposal before
+spending an evaluation on it (:meth:`Objective.feasible`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from agents.records import TrialRecord
+from automl.budget import BoundBudget
+from automl.cost import CostModel, Costs
+from automl.metrics import PolicyEvaluator
+from automl.repair import RepairRecord
+from automl.repair import repair as repair_policy
+from automl.sensitivity import Sensitivities, SensitivityFn, as_sensitivities
+from search_spaces.policy import Policy
+from search_spaces.space import SearchSpace
+
+
+class Objective:
+    """Scores policies for searchers; never changes a policy without recording it.
+
+    Args:
+        evaluator: ``evaluate(policy) -> Metrics`` (an :class:`automl.evaluate.Evaluator`,
+            a :class:`automl.cache.CachedEvaluator`, or a fake in tests).
+        cost_model: prices policies; its ``space`` is the search space.
+        bound: the budget resolved against ``cost_model`` (:meth:`Budget.bind`).
+        sensitivities: per-layer damage tables or a callable (see
+            :mod:`automl.sensitivity`); the heuristic prior when ``None``. Used by repair
+            and by searchers that need a proxy (the integer program).
+        repair: when true, a policy over budget is repaired (:func:`automl.repair.repair`)
+            before it is evaluated and the repair is recorded; when false it is evaluated
+            as proposed and recorded as infeasible, so it can never be a search's best.
+
+    Attributes:
+        n_calls: evaluations made through this objective (in this process).
+    """
+
+    def __init__(
+        self,
+        evaluator: PolicyEvaluator,
+        cost_model: CostModel,
+        bound: BoundBudget,
+        *,
+        sensitivities: Sensitivities | SensitivityFn | None = None,
+        repair: bool = True,
+    ) -> None:
+        self.evaluator = evaluator
+        self.cost_model = cost_model
+        self.bound = bound
+        self.space: SearchSpace = cost_model.space
+        self.sensitivities = as_sensitivities(self.space, sensitivities)
+        self.repair_enabled = repair
+        self.n_calls = 0
+
+    # cost-only checks ----------------------------------------------------------------
+    def price(self, policy: Policy) -> Costs:
+        """Costs of ``policy`` (checked against the space)."""
+        return self.cost_model.price(policy)
+
+    def feasible(self, policy: Policy) -> bool:
+        """Whether ``policy`` meets the budget, judged by the cost model alone."""
+        return self.bound.feasible(self.price(policy))
+
+    def violations(self, policy: Policy) -> dict[str, float]:
+        """metric -> relative excess over the limit (``value / limit - 1``) for exceeded limits."""
+        return self.bound.violations(self.price(policy))
+
+    def repair(self, policy: Policy) -> tuple[Policy, RepairRecord | None]:
+        """``policy`` made feasible by the budget module, or unchanged with ``None`` if it already is."""
+        if self.feasible(policy):
+            return policy, None
+        fixed, record = repair_policy(policy, self.cost_model, self.bound, self.sensitivities)
+        return fixed, record if record.changed else None
+
+    @property
+    def limits(self) -> tuple[tuple[str, float], ...]:
+        return self.bound.limits
+
+    @property
+    def budget_text(self) -> tuple[str, ...]:
+        return tuple(c.text for c in self.bound.budget.constraints)
+
+    # evaluation ----------------------------------------------------------------------
+    def __call__(
+        self, policy: Policy, *, number: int | None = None, searcher: str = "", repair: bool | None = None
+    ) -> TrialRecord:
+        """Evaluate ``policy`` (repaired first if over budget and repair is on).
+
+        Args:
+            policy: a policy of :attr:`space`.
+            number: the trial number to record; this objective's call count when ``None``.
+            searcher: name recorded with the trial.
+            repair: overrides the objective's repair setting for this call (an RL env that
+                handles the budget itself evaluates its policies as they are).
+
+        Raises:
+            PolicyError: if ``policy`` does not belong to the search space.
+        """
+        start = time.perf_counter()
+        self.space.validate(policy)
+        evaluated, record = policy, None
+        costs = self.price(policy)
+        if (self.repair_enabled if repair is None else repair) and not self.bound.feasible(costs):
+            evaluated, record = repair_policy(policy, self.cost_model, self.bound, self.sensitivities)
+            costs = self.price(evaluated)
+            if not record.changed:
+                record = None
+        metrics = self.evaluator.evaluate(evaluated)
+        trial = TrialRecord(
+            number=self.n_calls if number is None else int(number),
+            policy=evaluated,
+            proposed=policy,
+            metrics=metrics,
+            costs=costs,
+            feasible=self.bound.feasible(costs),
+            repair=record,
+            searcher=searcher,
+            seconds=time.perf_counter() - start,
+        )
+        self.n_calls += 1
+        return trial

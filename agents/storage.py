@@ -1,0 +1,132 @@
+"""Optuna study storage from a URL: SQLite by default, any RDB URL, a journal file, or memory.
+
+Several workers on several machines share one study by opening the same PostgreSQL (or
+MySQL) URL; workers on one machine can share a SQLite file or a journal file. With an RDB
+storage, running trials send heartbeats, so the trial of a worker that died is failed and
+re-enqueued (same parameters) by the next worker that asks, instead of being lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from automl.errors import ConfigError
+
+DEFAULT_STORAGE = "sqlite:///automl-optuna.db"
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+
+
+def open_storage(
+    storage: str | BaseStorage | None = None,
+    *,
+    heartbeat_interval: int | None = 30,
+    grace_period: int | None = 120,
+) -> BaseStorage:
+    """An Optuna storage for ``storage``.
+
+    Args:
+        storage: ``None`` for :data:`DEFAULT_STORAGE` (a SQLite file in the working
+            directory); ``":memory:"``; an RDB URL (``sqlite:///study.db``,
+            ``postgresql://user@host:5432/db``); ``journal:<path>`` or a path ending in
+            ``.log`` / ``.journal`` for a journal file; or a storage object, used as is.
+        heartbeat_interval: seconds between heartbeats of a running trial (RDB only;
+            ``None`` disables stale-trial detection).
+        grace_period: seconds without a heartbeat after which a running trial is stale.
+    """
+    if isinstance(storage, BaseStorage):
+        return storage
+    url = DEFAULT_STORAGE if storage is None else str(storage)
+    if url in (":memory:", "memory"):
+        return InMemoryStorage()
+    if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
+        path = Path(url.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError(
+            f"storage {url!r} is neither a database URL nor a journal file; use e.g. 'sqlite:///study.db', "
+            "'postgresql://user@host/db', 'journal:study.log' or ':memory:'"
+        )
+    kwargs: dict = {}
+    if url.startswith("sqlite"):
+        # Concurrent workers on one SQLite file wait for the lock instead of failing at once.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        db = url.split(":///", 1)[-1]
+        if db and db != ":memory:":
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("postgresql://") and _has("psycopg2") and not _has("psycopg"):
+        # SQLAlchemy 2.1 defaults to psycopg 3; the 'postgres' extra installs psycopg2.
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    try:
+        with quiet_optuna():
+            if heartbeat_interval:
+                kwargs.update(
+                    heartbeat_interval=int(heartbeat_interval),
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+            return RDBStorage(url, **kwargs)
+    except Exception as exc:  # SQLAlchemy raises driver-specific errors
+        raise ConfigError(
+            f"cannot open the study storage {url!r}: {exc}. For PostgreSQL install psycopg2-binary "
+            "(pip install 'automl-mpq[postgres]') and check that the server accepts connections."
+        ) from exc
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's notes that heartbeats are experimental and meant for ``Study.optimize``:
+    this module runs the heartbeat thread that ``optimize`` would run, around ask/tell."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+@contextlib.contextmanager
+def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record heartbeats of ``trial_id`` while the block runs (a no-op without heartbeats)."""
+    inner = storage
+    if not isinstance(inner, RDBStorage) or not heartbeat_enabled(inner):
+        yield
+        return
+    interval = inner.get_heartbeat_interval()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            inner.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale(study: optuna.Study, storage: BaseStorage) -> None:
+    """Fail (and re-enqueue) trials of ``study`` (opened on ``storage``) whose worker stopped sending heartbeats."""
+    if heartbeat_enabled(storage):
+        with quiet_optuna():
+            optuna.storages.fail_stale_trials(study)

@@ -1,0 +1,116 @@
+"""One contract, every searcher (like Optuna's BasicSamplerTestCase).
+
+Each searcher runs on the same tiny problem (the conftest-sized ResNet-8, a size budget, a
+deterministic synthetic evaluator) and must: return only feasible policies as best, honour
+``n_evaluations``, repeat itself for a seed, end better than it started, and call callbacks.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import pytest
+
+from agents import Callback, Objective, Searcher, SearchResult, make_searcher
+from tests.agents_support import make_objective
+
+N = 16
+
+# name -> options that keep each searcher fast on the tiny problem
+FACTORIES: dict[str, dict] = {
+    "random": {},
+    "ilp": {},
+    "tpe": {"storage": ":memory:", "warm_start": False, "n_startup_trials": 5},
+    "nsga2": {"storage": ":memory:", "warm_start": False, "population_size": 6},
+    "gp": {"storage": ":memory:", "warm_start": False, "n_startup_trials": 5},
+    "ppo": {"episodes_per_update": 2},
+    "maskable_ppo": {"episodes_per_update": 2},
+    "ddpg": {"warmup_episodes": 3},
+    "td3": {"warmup_episodes": 3},
+    "sac": {"warmup_episodes": 3},
+}
+SLOW = {"gp"}  # a GP fit per trial: tens of seconds
+PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in FACTORIES]
+
+SearcherFactory = Callable[..., Searcher]
+
+
+@pytest.fixture(params=PARAMS)
+def factory(request) -> SearcherFactory:
+    name = request.param
+
+    def build(objective: Objective | None = None, seed: int = 0) -> Searcher:
+        return make_searcher(name, objective or make_objective(), seed=seed, **FACTORIES[name])
+
+    build.searcher_name = name  # type: ignore[attr-defined]
+    return build
+
+
+def test_best_is_feasible_and_every_record_is_judged_by_the_budget(factory: SearcherFactory) -> None:
+    searcher = factory()
+    result = searcher.run(N)
+    best = result.best
+    assert best is not None
+    assert best.feasible
+    bound = searcher.objective.bound
+    assert bound.feasible(searcher.objective.cost_model.price(best.policy))
+    for r in result.records:
+        assert r.feasible == bound.feasible(r.costs)
+        assert r.costs == searcher.objective.cost_model.price(r.policy)
+    assert all(r.accuracy <= best.accuracy for r in result.records if r.feasible)
+
+
+def test_honours_n_evaluations(factory: SearcherFactory) -> None:
+    objective = make_objective()
+    result = factory(objective).run(N)
+    assert result.n_evaluations == N
+    assert objective.n_calls == N
+    assert objective.evaluator.n_evaluations == N
+    assert sorted(r.number for r in result.records) == [r.number for r in result.records]
+
+
+def test_deterministic_for_a_seed(factory: SearcherFactory) -> None:
+    first = [r.policy.key() for r in factory(seed=3).run(N).records]
+    again = [r.policy.key() for r in factory(seed=3).run(N).records]
+    assert first == again
+
+
+def test_ends_better_than_it_starts(factory: SearcherFactory) -> None:
+    result = factory().run(N)
+    accuracies = [r.accuracy for r in result.records]
+    assert result.best.accuracy > statistics.mean(accuracies[:4])
+    assert result.best.accuracy >= max(r.accuracy for r in result.records[:4] if r.feasible)
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.events: list[str] = []
+        self.stop_after = stop_after
+        self.result: SearchResult | None = None
+
+    def on_start(self, searcher, objective) -> None:
+        self.events.append("start")
+
+    def on_trial(self, record) -> bool:
+        self.events.append("trial")
+        return self.stop_after is None or self.events.count("trial") < self.stop_after
+
+    def on_end(self, result) -> None:
+        self.events.append("end")
+        self.result = result
+
+
+def test_callbacks_see_every_trial_and_can_stop(factory: SearcherFactory) -> None:
+    full, stopper = Recorder(), Recorder(stop_after=3)
+    result = factory().run(6, callbacks=[full, stopper])
+    assert full.events == ["start"] + ["trial"] * 3 + ["end"]
+    assert result.n_evaluations == 3
+    assert stopper.result is not None and stopper.result.n_evaluations == 3
+
+
+def test_result_round_trips_through_json(factory: SearcherFactory) -> None:
+    result = factory().run(4)
+    again = SearchResult.from_json(result.to_json())
+    assert again == result
+    assert again.best == result.best

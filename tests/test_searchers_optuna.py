@@ -1,0 +1,152 @@
+"""Optuna searchers: warm start, resume, shared studies (SQLite, journal file, PostgreSQL), Pareto fronts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from agents.codec import PolicyCodec, uniform_policies
+from agents.ilp import ILPSearcher
+from agents.optuna_search import RECORD_ATTR, SURPLUS_ATTR, NSGA2Searcher, TPESearcher
+from agents.records import TrialRecord
+from agents.storage import open_storage
+from automl.errors import ConfigError
+from tests.agents_support import make_objective
+from tests.postgres_support import ENV_URL, postgres_bin, start_postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_codec_round_trips_uniform_and_sampled_policies(rng) -> None:
+    objective = make_objective()
+    codec = PolicyCodec(objective.space)
+    for _, _, policy in uniform_policies(objective.space):
+        assert codec.decode(codec.encode(policy)) == policy
+    for _ in range(20):
+        params = {k: int(rng.integers(n)) for k, n in codec.ranges.items()}
+        policy = codec.decode(params)
+        assert codec.decode(codec.encode(policy)) == policy
+
+
+def test_warm_start_evaluates_the_ilp_policy_first() -> None:
+    objective = make_objective()
+    ilp = ILPSearcher(make_objective()).solve()
+    result = TPESearcher(objective, storage=":memory:").run(3)
+    assert result.records[0].policy == ilp
+    assert result.best.accuracy >= result.records[0].accuracy
+
+
+def test_infeasible_proposals_are_constrained_not_best_without_repair() -> None:
+    objective = make_objective(budget="size<=0.1x", repair=False)
+    searcher = TPESearcher(objective, storage=":memory:", warm_start=False, n_startup_trials=4)
+    result = searcher.run(12)
+    assert any(not r.feasible for r in result.records), "the random start should propose over-budget policies"
+    for t in searcher.study.trials:
+        record = TrialRecord.from_json(t.user_attrs[RECORD_ATTR])
+        assert (max(t.constraints.values()) <= 1e-9) == record.feasible
+    assert result.best is None or result.best.feasible
+
+
+def test_a_reopened_study_resumes_without_re_evaluating(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = TPESearcher(make_objective(), storage=url, study_name="resume", warm_start=False).run(5)
+    objective = make_objective()
+    searcher = TPESearcher(objective, storage=url, study_name="resume", warm_start=False, seed=1)
+    assert [r.policy for r in searcher.records] == [r.policy for r in first.records]
+    result = searcher.run(8)
+    assert objective.n_calls == 3
+    assert result.n_evaluations == 8
+    assert result.records[:5] == first.records
+
+
+def test_a_study_with_other_objectives_is_refused(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    TPESearcher(make_objective(), storage=url, study_name="s", warm_start=False).run(1)
+    with pytest.raises(ConfigError, match="other objectives"):
+        NSGA2Searcher(make_objective(), storage=url, study_name="s", warm_start=False)
+
+
+def test_nsga2_front_is_non_dominated_over_accuracy_and_costs() -> None:
+    result = NSGA2Searcher(make_objective(), storage=":memory:", population_size=6).run(18)
+    front = result.pareto_front(("size", "bitops"))
+    assert front
+    for r in front:
+        for other in result.records:
+            better_or_equal = (other.accuracy >= r.accuracy and other.cost("size") <= r.cost("size")
+                               and other.cost("bitops") <= r.cost("bitops"))
+            strictly = (other.accuracy > r.accuracy or other.cost("size") < r.cost("size")
+                        or other.cost("bitops") < r.cost("bitops"))
+            assert not (better_or_equal and strictly)
+
+
+def _run_workers(storage: str, study: str, n: int, seeds: tuple[int, ...]) -> list[list[int]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.agents_support", storage, study, str(n), str(seed)],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in seeds
+    ]
+    outputs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    return outputs
+
+
+def _check_shared_study(storage: str, study: str, n: int, evaluated: list[list[int]]) -> None:
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage, heartbeat_interval=None)).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert all(t.user_attrs.get(SURPLUS_ATTR) for t in trials if t.state == TrialState.FAIL)
+    numbers = sorted(TrialRecord.from_json(t.user_attrs[RECORD_ATTR]).number for t in complete)
+    assert numbers == sorted(t.number for t in complete)
+    every = sorted(n for worker in evaluated for n in worker)
+    assert every == numbers, "each finished trial was evaluated by exactly one worker"
+    assert all(evaluated), "both workers took part"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_share_one_file_study(tmp_path, kind: str) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    evaluated = _run_workers(storage, "shared", 24, (1, 2))
+    _check_shared_study(storage, "shared", 24, evaluated)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    if os.environ.get(ENV_URL):
+        yield os.environ[ENV_URL]
+        return
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL binaries: apt-get install -y postgresql (or set AUTOML_TEST_POSTGRES_URL)")
+    pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (the 'postgres' extra)")
+    server = start_postgres()
+    try:
+        yield server.url
+    finally:
+        server.remove()
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_postgres_study(postgres_url: str) -> None:
+    evaluated = _run_workers(postgres_url, "shared-pg", 20, (1, 2))
+    _check_shared_study(postgres_url, "shared-pg", 20, evaluated)
+
+
+def test_the_sampler_sees_accuracy_with_a_small_kl_slope() -> None:
+    searcher = TPESearcher(make_objective(), storage=":memory:", warm_start=False, kl_weight=0.01)
+    result = searcher.run(3)
+    for t, record in zip(searcher.study.trials, result.records, strict=True):
+        assert t.value == pytest.approx(record.accuracy - 0.01 * record.metrics.kl)
+    with pytest.raises(ConfigError, match="kl_weight"):
+        TPESearcher(make_objective(), storage=":memory:", kl_weight=-1.0)

@@ -1,0 +1,48 @@
+"""RL searchers: checkpoints resume a search, ask() shows the agent's policy, env budget modes."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.rl import DDPGSearcher, MaskablePPOSearcher, PPOSearcher
+from tests.agents_support import make_objective
+
+
+@pytest.mark.parametrize("cls", [PPOSearcher, DDPGSearcher])
+def test_a_checkpointed_search_resumes_where_it_stopped(tmp_path, cls) -> None:
+    options = {"checkpoint_dir": tmp_path, "checkpoint_every": 2, "episodes_per_update": 2, "warmup_episodes": 2}
+    first = cls(make_objective(), seed=0, **options).run(4)
+    assert (tmp_path / "model.zip").is_file() and (tmp_path / "result.json").is_file()
+    objective = make_objective()
+    resumed = cls(objective, seed=0, **options)
+    assert resumed.records == list(first.records)
+    result = resumed.run(7)
+    assert objective.n_calls == 3
+    assert result.n_evaluations == 7
+    assert [r.number for r in result.records] == list(range(7))
+    assert result.records[:4] == first.records
+
+
+def test_ask_returns_the_agents_policy_without_evaluating() -> None:
+    objective = make_objective()
+    searcher = MaskablePPOSearcher(objective, seed=0, episodes_per_update=2)
+    policy = searcher.ask()
+    objective.space.validate(policy)
+    assert objective.feasible(policy), "mask mode keeps every episode within the budget"
+    assert objective.n_calls == 0
+
+
+def test_lagrangian_episodes_are_recorded_as_the_env_proposed_them() -> None:
+    objective = make_objective(budget="size<=0.1x")
+    result = PPOSearcher(objective, seed=0, budget_mode="lagrangian", episodes_per_update=2).run(6)
+    assert all(not r.repaired and r.policy == r.proposed for r in result.records)
+    assert all(r.feasible == objective.bound.feasible(r.costs) for r in result.records)
+    assert result.best is None or result.best.feasible
+
+
+def test_env_repair_is_recorded_with_the_requested_policy() -> None:
+    objective = make_objective(budget="size<=0.1x")
+    result = PPOSearcher(objective, seed=0, budget_mode="repair", episodes_per_update=2).run(6)
+    repaired = [r for r in result.records if r.repaired]
+    assert repaired, "random early episodes overshoot a tight budget"
+    assert all(r.feasible and r.proposed != r.policy for r in repaired)
