@@ -74,12 +74,32 @@ def open_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 )
-            return RDBStorage(url, **kwargs)
+            rdb = RDBStorage(url, **kwargs)
+            if url.startswith("sqlite"):
+                _fast_sqlite(rdb)
+            return rdb
     except Exception as exc:  # SQLAlchemy raises driver-specific errors
         raise ConfigError(
             f"cannot open the study storage {url!r}: {exc}. For PostgreSQL install psycopg2-binary "
             "(pip install 'automl-mpq[postgres]') and check that the server accepts connections."
         ) from exc
+
+
+def _fast_sqlite(storage: RDBStorage) -> None:
+    """Write-ahead logging with ``synchronous=NORMAL``: a commit no longer waits for an
+    fsync (Optuna commits once per suggested parameter, ~50 per trial here, which took
+    20 ms each on this disk). A process crash loses nothing; only a power cut can lose
+    the last commits."""
+    from sqlalchemy import event, text
+
+    def on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 - SQLAlchemy's signature
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    with storage.engine.connect() as conn:
+        conn.execute(text("PRAGMA journal_mode=WAL"))
 
 
 def _has(module: str) -> bool:
