@@ -307,12 +307,7 @@ class SearchSpace:
         for s, (_, lp) in zip(self.layers, policy):
             self._check_layer(s, lp)
         by_name = policy.as_dict()
-        for members in self.coupled().values():
-            if len(members) < 2:
-                continue
-            pruned = np.zeros(len(by_name[members[0]].weight_bits), dtype=bool)
-            for m in members:
-                pruned |= np.asarray(by_name[m].weight_bits) == 0
+        for members, pruned in self._coupled_pruning(by_name):
             limit = min(self.layer(m).max_pruned for m in members)
             if int(pruned.sum()) > limit:
                 raise PolicyError(
@@ -321,6 +316,17 @@ class SearchSpace:
                     "in each, e.g. through SearchSpace.decode's sparsity."
                 )
         return policy
+
+    def _coupled_pruning(self, by_name: Mapping[str, LayerPolicy]) -> list[tuple[tuple[str, ...], np.ndarray]]:
+        """Per coupled group of two or more layers: its members and the union of their pruned channels."""
+        out = []
+        for members in self.coupled().values():
+            if len(members) > 1:
+                pruned = np.zeros(len(by_name[members[0]].weight_bits), dtype=bool)
+                for m in members:
+                    pruned |= np.asarray(by_name[m].weight_bits) == 0
+                out.append((members, pruned))
+        return out
 
     def resolve(self, policy: Policy) -> Policy:
         """Apply channel coupling: a channel pruned in one member of a group is pruned in all.
@@ -331,12 +337,7 @@ class SearchSpace:
         self.validate(policy)
         by_name = policy.as_dict()
         changed = False
-        for members in self.coupled().values():
-            if len(members) < 2:
-                continue
-            pruned = np.zeros(len(by_name[members[0]].weight_bits), dtype=bool)
-            for m in members:
-                pruned |= np.asarray(by_name[m].weight_bits) == 0
+        for members, pruned in self._coupled_pruning(by_name):
             for m in members:
                 bits = np.asarray(by_name[m].weight_bits)
                 if (bits[pruned] != 0).any():
