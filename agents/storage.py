@@ -74,7 +74,7 @@ def open_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 )
-            rdb = RDBStorage(url, **kwargs)
+            rdb = _open_rdb(url, kwargs)
             if url.startswith("sqlite"):
                 _fast_sqlite(rdb)
             return rdb
@@ -83,6 +83,21 @@ def open_storage(
             f"cannot open the study storage {url!r}: {exc}. For PostgreSQL install psycopg2-binary "
             "(pip install 'automl-mpq[postgres]') and check that the server accepts connections."
         ) from exc
+
+
+def _open_rdb(url: str, kwargs: dict, attempts: int = 4) -> RDBStorage:
+    """Open an RDB storage; workers that start together on a new database race to create its
+    schema (PostgreSQL: 'type studydirection already exists'), so the loser retries."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - driver-specific; re-raised on the last attempt
+            if attempt == attempts - 1 or "already exists" not in str(exc):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _fast_sqlite(storage: RDBStorage) -> None:
