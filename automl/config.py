@@ -26,7 +26,10 @@ class SearchConfig:
         budget: constraints that must all hold, e.g. ``("size<=0.125x", "bitops<=0.5G")``.
         searcher: searcher name (see ``automl search --help``).
         evaluations: how many policies to evaluate.
-        fidelity: 1 (PTQ), 2 (+ BatchNorm re-estimation), 3 (+ short QAT).
+        fidelity: 1 (PTQ), 2 (+ BatchNorm re-estimation), 3 (+ short QAT). The default is 2:
+            at 2-3 bits plain PTQ collapses (ResNet-20 W2A2: 36 % at fidelity 1, 96.9 % at
+            fidelity 2, see benchmarks/uniform_ptq.py), so fidelity 1 ranks low-bit
+            policies by noise; re-estimation costs one extra forward pass of the calibration set.
         seed: seeds the searcher and the evaluator.
         threads: torch intra-op threads.
         workers: parallel worker processes (Optuna searchers share one study).
@@ -44,7 +47,7 @@ class SearchConfig:
     budget: tuple[str, ...] = DEFAULT_BUDGET
     searcher: str = DEFAULT_SEARCHER
     evaluations: int = DEFAULT_EVALUATIONS
-    fidelity: int = 1
+    fidelity: int = 2
     seed: int = 0
     threads: int = 1
     workers: int = 1
