@@ -31,10 +31,10 @@ def best_per_budget(session: Session, result: SearchResult) -> dict[str, TrialRe
         out["budget: " + ", ".join(result.budget)] = result.best
     limits = dict(session.bound.limits)
     if len(limits) > 1:
-        for c, (metric, limit) in zip(session.bound.budget.constraints, limits.items()):
+        for metric, limit in limits.items():  # several constraints on one metric merge into one limit
             rec = result.best_for({metric: limit})
             if rec is not None:
-                out[c.text] = rec
+                out[f"{metric}<={format_value(metric.split('@')[0], limit)}"] = rec
     return out
 
 

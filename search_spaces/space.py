@@ -234,7 +234,7 @@ class SearchSpace:
         if len(group_bits) != s.n_groups:
             raise PolicyError(f"layer {name!r}: expected {s.n_groups} group bit-widths, got {len(group_bits)}")
         bits = np.empty(s.out_channels, dtype=np.int64)
-        for members, b in zip(s.channel_groups, group_bits):
+        for members, b in zip(s.channel_groups, group_bits, strict=True):
             bits[list(members)] = b
         n_pruned = int(round(sparsity * s.out_channels))
         if n_pruned:
@@ -304,7 +304,7 @@ class SearchSpace:
                     f"model does not have {extra}. Was the policy made for another model?"
                 )
             raise PolicyError("the policy lists the model's layers in another order than the model runs them")
-        for s, (_, lp) in zip(self.layers, policy):
+        for s, (_, lp) in zip(self.layers, policy, strict=True):
             self._check_layer(s, lp)
         by_name = policy.as_dict()
         for members, pruned in self._coupled_pruning(by_name):

@@ -224,7 +224,7 @@ class _Analyser:
             return self._fresh(node, f"constant added at {node.name}")
         known = [lay for lay in layouts if lay is not None]
         out_shape = _shape(node)
-        full = [lay for lay, t in zip(layouts, tensors) if lay is not None and _shape(t) == out_shape]
+        full = [lay for lay, t in zip(layouts, tensors, strict=True) if lay is not None and _shape(t) == out_shape]
         base = full[0] if full else (known[0] if known else None)
         if base is None:
             return None
@@ -232,7 +232,7 @@ class _Analyser:
             if lay is base:
                 continue
             if [s.channels for s in lay.segments] == [s.channels for s in base.segments]:
-                for a, b in zip(lay.segments, base.segments):
+                for a, b in zip(lay.segments, base.segments, strict=True):
                     self.st.uf.union(a.group, b.group)
             else:
                 self.st.block(lay, f"broadcast at {node.name}")
