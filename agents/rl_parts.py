@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
@@ -42,6 +43,27 @@ class ProposalEvaluator:
 
     def baseline(self) -> Metrics:
         return Metrics(accuracy=1.0, loss=0.0, kl=0.0, fidelity=0)
+
+
+class KLShapedReward(gym.Wrapper):
+    """Subtracts ``kl_weight * KL`` of the episode's evaluation from its final reward.
+
+    Post-training quantization has a cliff: most early policies score chance accuracy, so
+    the env's accuracy reward is flat where the agent starts. The KL divergence from the
+    float model's outputs still orders those policies (less broken first); a small weight
+    leaves working policies ordered by accuracy. The same slope as the Optuna searchers'.
+    """
+
+    def __init__(self, env: gym.Env, kl_weight: float) -> None:
+        super().__init__(env)
+        self.kl_weight = float(kl_weight)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        metrics = info.get("metrics") if terminated else None
+        if metrics is not None and math.isfinite(metrics.kl):
+            reward = float(reward) - self.kl_weight * metrics.kl
+        return obs, reward, terminated, truncated, info
 
 
 class DecayingNormalNoise(ActionNoise):
