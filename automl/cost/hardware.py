@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -58,7 +59,7 @@ class Reader:
         return tuple(sorted(set(value)))
 
 
-class HardwareProfile:
+class HardwareProfile(abc.ABC):
     """Base of the latency models. Subclasses are frozen dataclasses.
 
     Every model has the same shape, which the integer program
@@ -74,9 +75,9 @@ class HardwareProfile:
     def network_overhead_ms(self) -> float:
         return 0.0
 
+    @abc.abstractmethod
     def layer_terms(self, batch: LayerBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(compute, memory without the output write, fixed overhead)``, each ``[n, L]`` ms."""
-        raise NotImplementedError
 
     def output_ms(self, elems: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """Milliseconds to write ``elems`` output activations of ``bits`` bits (elementwise)."""
@@ -94,5 +95,6 @@ class HardwareProfile:
     def check(self, names: Sequence[str], in_features: Sequence[int], out_channels: Sequence[int]) -> None:
         """Raise :class:`ProfileError` if the profile cannot price this model (default: any model)."""
 
+    @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The profile as the YAML mapping it was read from."""
