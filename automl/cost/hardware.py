@@ -94,6 +94,7 @@ class HardwareProfile(abc.ABC):
 
     def check(self, names: Sequence[str], in_features: Sequence[int], out_channels: Sequence[int]) -> None:
         """Raise :class:`ProfileError` if the profile cannot price this model (default: any model)."""
+        return None
 
     @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
