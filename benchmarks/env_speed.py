@@ -63,8 +63,7 @@ def steps_per_second(env: object, seconds: float, seed: int = 0) -> tuple[float,
     while time.perf_counter() - start < seconds:
         for _ in range(256):
             if masked:
-                mask = env.action_masks()  # type: ignore[attr-defined]
-                action = _first_allowed(env, mask, rng)
+                action = env.sample_allowed(rng)  # type: ignore[attr-defined]
             else:
                 action = actions[steps % len(actions)]
             _, _, terminated, _, _ = env.step(action)  # type: ignore[attr-defined]
@@ -74,16 +73,6 @@ def steps_per_second(env: object, seconds: float, seed: int = 0) -> tuple[float,
                 env.reset()  # type: ignore[attr-defined]
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return steps / elapsed, episodes / elapsed, steps / cpu
-
-
-def _first_allowed(env: DiscreteActions, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | int:
-    if env.form == "discrete":
-        return int(rng.choice(np.flatnonzero(mask)))
-    out, start = [], 0
-    for width in env.nvec:
-        out.append(int(rng.choice(np.flatnonzero(mask[start : start + width]))))
-        start += width
-    return np.array(out)
 
 
 def price_micros(cost_model: CostModel, space: SearchSpace, repeats: int = 2000) -> float:

@@ -73,6 +73,17 @@ class DiscreteActions(gym.ActionWrapper):
         idx = self._indices(action)
         return base.box_from_options(idx[: len(d.components)], d, base.action_dim)
 
+    def sample_allowed(self, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray | int:
+        """A uniformly random action among those :meth:`action_masks` allows (per dimension)."""
+        mask = self.action_masks() if mask is None else mask
+        if self.form == "discrete":
+            return int(rng.choice(np.flatnonzero(mask)))
+        out, start = [], 0
+        for width in self.nvec:
+            out.append(int(rng.choice(np.flatnonzero(mask[start : start + width]))))
+            start += int(width)
+        return np.array(out)
+
     def action_masks(self) -> np.ndarray:
         """Which actions keep the episode feasible (and valid) at the current step."""
         base: CompressionEnv = self.env.unwrapped  # type: ignore[assignment]

@@ -65,24 +65,12 @@ def cnn() -> Problem:
     return Problem(PlainCNN(width=4))
 
 
-def masked_sample(rng: np.random.Generator, env: DiscreteActions) -> np.ndarray | int:
-    """A uniformly random action among those ``action_masks()`` allows."""
-    mask = env.action_masks()
-    if env.form == "discrete":
-        return int(rng.choice(np.flatnonzero(mask)))
-    out, start = [], 0
-    for width in env.nvec:
-        out.append(int(rng.choice(np.flatnonzero(mask[start : start + width]))))
-        start += width
-    return np.array(out)
-
-
 def rollout(env: gym.Env, rng: np.random.Generator, seed: int | None = None) -> tuple[list, dict]:
     """One episode of random actions (masked ones for a discrete wrapper); steps' infos and the last."""
     env.reset(seed=seed)
     infos = []
     while True:
-        action = masked_sample(rng, env) if isinstance(env, DiscreteActions) else env.action_space.sample()
+        action = env.sample_allowed(rng) if isinstance(env, DiscreteActions) else env.action_space.sample()
         _, reward, terminated, truncated, info = env.step(action)
         infos.append(info)
         assert not truncated
@@ -204,7 +192,7 @@ def test_masks_are_exact_against_the_reference_pricing(resnet, kind, form):
                 assert mask[int(env.nvec[:k].sum()) + o] == allowed, (d, where)
             else:
                 assert mask[np.ravel_multi_index(where, tuple(env.nvec))] == allowed, (d, where)
-        _, _, terminated, _, info = env.step(masked_sample(rng, env))
+        _, _, terminated, _, info = env.step(env.sample_allowed(rng))
         if form == "discrete":
             assert "projection" not in info  # the joint mask is exact: no allowed action is moved
     assert info["feasible"]
