@@ -177,6 +177,8 @@ class SearchResult:
         budget: the budget as the user wrote it (``"size<=0.125x"``), for reports.
         wall_seconds: wall time of the search (summed over resumed sessions).
         seed: the searcher's seed.
+        sensitivity_evaluations: what the search's sensitivity tables cost, in evaluations
+            (counted once, also when a resumed search read them from the cache).
     """
 
     searcher: str
@@ -185,6 +187,7 @@ class SearchResult:
     budget: tuple[str, ...] = ()
     wall_seconds: float = 0.0
     seed: int | None = None
+    sensitivity_evaluations: int = 0
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -237,6 +240,7 @@ class SearchResult:
             "seed": self.seed,
             "wall_seconds": self.wall_seconds,
             "n_evaluations": self.n_evaluations,
+            "sensitivity_evaluations": self.sensitivity_evaluations,
             "best": None if best is None else best.number,
             "pareto": {m: [r.number for r in self.pareto_front((m,))] for m in self.cost_metrics},
             "records": [r.to_dict() for r in self.records],
@@ -256,6 +260,7 @@ class SearchResult:
             budget=tuple(str(b) for b in data.get("budget", ())),
             wall_seconds=float(data.get("wall_seconds", 0.0)),
             seed=None if data.get("seed") is None else int(data["seed"]),
+            sensitivity_evaluations=int(data.get("sensitivity_evaluations", 0)),
         )
 
     def to_json(self) -> str:

@@ -40,6 +40,10 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue a previous search: its MLflow run id or run directory")
     p.add_argument("--profile", dest="profiles", action="append", help="hardware profile name or YAML path, repeatable")
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help="QAT steps for the final best policy")
+    p.add_argument("--finetune-lr", dest="finetune_lr", type=float, help="peak learning rate of the final fine-tune")
+    p.add_argument("--finetune-optimizer", dest="finetune_optimizer", help="sgd | adam (final fine-tune)")
+    p.add_argument("--sensitivity", dest="sensitivity_method",
+                   help="per-layer sensitivities before the search: hessian | fisher | measured | heuristic")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ from automl.errors import ConfigError
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "tpe"
 DEFAULT_EVALUATIONS = 120
+SENSITIVITY_METHODS = ("measured", "fisher", "hessian", "heuristic")
+FINETUNE_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,22 @@ class SearchConfig:
         resume: a previous search's run id or directory to continue.
         profiles: hardware profile names or YAML paths priced besides size/MACs/BitOps.
         n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space.
-        finetune_steps: QAT steps of the final fine-tune of the best policy (0 = off).
+        sensitivity_method: how the per-layer sensitivities that guide the ILP, the repair,
+            the TPE warm start and the RL observation are made before the search starts:
+            ``measured`` (one evaluation per layer choice at the search fidelity, ~290 on
+            ResNet-20), ``fisher`` (squared gradients x quantization noise), ``hessian``
+            (Hutchinson trace x noise energy, HAWQ-V2/V3) or ``heuristic`` (every layer
+            alike, free). Cached per model, space, fidelity and method; see automl/sensitivity_stage.py.
+        finetune_steps: optimiser steps of the final fine-tune of the best policy (0 = off).
+        finetune_lr: its peak learning rate (cosine schedule to 0).
+        finetune_optimizer: ``sgd`` (Nesterov momentum 0.9) or ``adam``.
+        finetune_batch_size: training images per fine-tune step.
+        finetune_distill_weight: share of distillation from the float model in the
+            fine-tune loss (the rest is the task's loss on labels, cross-entropy by default).
+        finetune_eval_every: validate every this many steps and keep the best checkpoint
+            (the model before the fine-tune included), so the fine-tune never lowers
+            validation accuracy.
+        finetune_lsq: also learn the quantizers' step sizes (LSQ).
     """
 
     task: str = "reference:resnet20"
@@ -62,7 +79,14 @@ class SearchConfig:
     weight_bits: tuple[int, ...] = (0, 2, 3, 4, 5, 6, 8, 32)
     act_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     allow_pruning: bool = True
-    finetune_steps: int = 200
+    sensitivity_method: str = "hessian"
+    finetune_steps: int = 300
+    finetune_lr: float = 0.01
+    finetune_optimizer: str = "sgd"
+    finetune_batch_size: int = 64
+    finetune_distill_weight: float = 0.5
+    finetune_eval_every: int = 50
+    finetune_lsq: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +98,25 @@ class SearchConfig:
             raise ConfigError(f"threads and workers must be >= 1, got {self.threads} and {self.workers}")
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
+        self._check_stages()
+
+    def _check_stages(self) -> None:
+        if self.sensitivity_method not in SENSITIVITY_METHODS:
+            raise ConfigError(
+                f"sensitivity_method must be one of {list(SENSITIVITY_METHODS)}, got {self.sensitivity_method!r}; "
+                "e.g. --sensitivity hessian (cheap) or --sensitivity measured (one evaluation per layer choice)"
+            )
+        if self.finetune_optimizer not in FINETUNE_OPTIMIZERS:
+            raise ConfigError(f"finetune_optimizer must be one of {list(FINETUNE_OPTIMIZERS)}, got {self.finetune_optimizer!r}")
+        if self.finetune_steps < 0 or self.finetune_eval_every < 0 or self.finetune_batch_size < 1:
+            raise ConfigError(
+                f"finetune_steps and finetune_eval_every must be >= 0 and finetune_batch_size >= 1, got "
+                f"{self.finetune_steps}, {self.finetune_eval_every} and {self.finetune_batch_size}"
+            )
+        if not self.finetune_lr > 0:
+            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
+        if not 0.0 <= self.finetune_distill_weight <= 1.0:
+            raise ConfigError(f"finetune_distill_weight must lie in [0, 1], got {self.finetune_distill_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

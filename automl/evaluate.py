@@ -9,10 +9,9 @@ gathers weights and runs one pass over the validation split.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +19,11 @@ from torch import nn
 
 from automl.analysis import ModelAnalysis, analyse
 from automl.errors import ConfigError, DataError
+from automl.finetune import FinetuneConfig, FinetuneReport
+from automl.finetune import finetune as run_finetune
 from automl.importance import channel_importance, channel_ranking
 from automl.metrics import Metrics
-from automl.quant.engine import QuantEngine, QuantLayer
+from automl.quant.engine import QuantEngine
 from automl.task import Task
 from search_spaces.policy import Policy
 from search_spaces.space import SearchSpace, SpaceConfig
@@ -36,7 +37,9 @@ class EvalConfig:
 
     Attributes:
         fidelity: 1 = PTQ; 2 = PTQ + BatchNorm re-estimation; 3 = 2 + ``qat_steps`` of
-            quantization-aware fine-tuning distilled from the float model.
+            quantization-aware fine-tuning distilled from the float model. A network
+            without BatchNorm has nothing to re-estimate: there fidelity 2 scores exactly
+            like fidelity 1 (and costs the same; the re-estimation pass is skipped).
         weight_method / act_method / power_of_two: see :class:`QuantEngine`.
         importance: channel importance criterion (``l1``, ``l2``, ``taylor``).
         calib_batches: how many calibration batches calibrate activation ranges.
@@ -107,7 +110,8 @@ class Evaluator:
         )
         self._bn_batch = torch.cat(calib)
         self._splits: dict[str, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
-        self._train: list[torch.Tensor] | None = None
+        self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_finetune: FinetuneReport | None = None
         self.n_evaluations = 0
 
     # data ----------------------------------------------------------------------------
@@ -149,52 +153,60 @@ class Evaluator:
         if fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {fidelity!r}")
         model = self.engine.apply(policy)
-        if fidelity >= 2:
+        if fidelity >= 2 and self.engine.bn_affine:  # without BatchNorm, fidelity 2 is fidelity 1
             self.engine.reestimate_batchnorm(self._bn_batch)
         if fidelity == 3:
             model = self.finetune(model, self.config.qat_steps)
         self.n_evaluations += 1
         return self._score(model, split, fidelity, start)
 
-    def finetune(self, qmodel: nn.Module, steps: int, lr: float | None = None) -> nn.Module:
-        """A trained copy of ``qmodel``: ``steps`` of QAT distilled from the float model.
+    def finetune(
+        self, qmodel: nn.Module, steps: int, lr: float | None = None, config: FinetuneConfig | None = None
+    ) -> nn.Module:
+        """A trained copy of ``qmodel`` (see :func:`automl.finetune.finetune`).
 
-        The float weights behind every quantized layer are trained through a
-        straight-through estimator at the layer's fixed per-channel bit-widths; pruned
-        channels stay exactly zero.
+        Without ``config`` this is the short QAT of fidelity 3: ``steps`` of Adam on
+        distillation from the float model at ``lr`` (``qat_lr`` by default), no validation.
+        The report of the last fine-tune is kept in :attr:`last_finetune`.
         """
-        torch.manual_seed(self.config.seed)
-        student = copy.deepcopy(qmodel)
-        params: list[nn.Parameter] = []
-        for m in student.modules():
-            if isinstance(m, QuantLayer):
-                m.enable_qat()
-                params += [m.w_param, m.b_param]
-        if self._train is None:
-            gen = torch.Generator().manual_seed(self.config.seed)
-            xs = torch.cat([x for x, _ in _batches(self.problem.task.train_loader, "train_loader")])
-            self._train = list(xs[torch.randperm(len(xs), generator=gen)].split(64))
-        opt = torch.optim.Adam(params, lr=lr or self.config.qat_lr)
-        student.train()
-        for step in range(steps):
-            x = self._train[step % len(self._train)]
-            with torch.no_grad():
-                teacher = F.log_softmax(self.float_model(x), dim=1)
-            loss = F.kl_div(F.log_softmax(student(x), dim=1), teacher, log_target=True, reduction="batchmean")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return student.eval()
+        cfg = config or FinetuneConfig.legacy(steps, lr or self.config.qat_lr)
+        if config is None:
+            cfg = replace(cfg, seed=self.config.seed)
+        model, self.last_finetune = run_finetune(self, qmodel, cfg)
+        return model
+
+    def score(self, model: nn.Module, split: str = "val") -> Metrics:
+        """Metrics of any model (e.g. a fine-tuned copy) on ``split``."""
+        return self._score(model, split, 0, time.perf_counter())
+
+    def train_batches(self, batch_size: int = 64, seed: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The training split shuffled once by ``seed`` and cut into batches (kept in memory)."""
+        seed = self.config.seed if seed is None else seed
+        if self._train_data is None:
+            batches = _batches(self.problem.task.train_loader, "train_loader")
+            self._train_data = (torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
+        xs, ys = self._train_data
+        perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed))
+        return list(zip(xs[perm].split(batch_size), ys[perm].split(batch_size), strict=True))
 
     def evaluate_many(self, policies: Sequence[Policy], fidelity: int | None = None) -> list[Metrics]:
         return [self.evaluate(p, fidelity) for p in policies]
 
-    def final(self, policy: Policy, finetune_steps: int, split: str = "test") -> tuple[Metrics, nn.Module]:
-        """The deliverable of a search: ``policy`` with BatchNorm re-estimated and fine-tuned
-        for ``finetune_steps`` (none when 0), scored on ``split``. Returns the metrics and
-        the trained quantized model (a copy; the engine's model is left as is)."""
+    def final(
+        self, policy: Policy, finetune_steps: int, split: str = "test", *, finetune: FinetuneConfig | None = None
+    ) -> tuple[Metrics, nn.Module]:
+        """The deliverable of a search: ``policy`` with BatchNorm re-estimated (a no-op
+        without BatchNorm) and fine-tuned, scored on ``split``.
+
+        ``finetune`` is the recipe (:class:`~automl.finetune.FinetuneConfig`: labels plus
+        distillation, cosine schedule, keep-best on validation); without it the default
+        recipe runs for ``finetune_steps`` steps (none when 0). The fine-tune's report
+        (validation before and after) is kept in :attr:`last_finetune`. Returns the metrics
+        and the trained quantized model (a copy; the engine's model is left as is)."""
         start = time.perf_counter()
         model = self.engine.apply(policy)
-        self.engine.reestimate_batchnorm(self._bn_batch)
-        model = self.finetune(model, finetune_steps)
-        return self._score(model, split, 3 if finetune_steps else 2, start), model
+        if self.engine.bn_affine:
+            self.engine.reestimate_batchnorm(self._bn_batch)
+        cfg = finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed)
+        model, self.last_finetune = run_finetune(self, model, cfg)
+        return self._score(model, split, 3 if self.last_finetune.steps else 2, start), model

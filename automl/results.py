@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
 from automl.export import export_policy  # noqa: E402
+from automl.finetune import FinetuneConfig  # noqa: E402
 
 if TYPE_CHECKING:
     from automl.runner import Session
@@ -114,10 +115,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     test: dict[str, float] = {}
     ev = session.evaluator.evaluator
     steps = session.config.finetune_steps
+    recipe = FinetuneConfig.from_search(session.config)
+    tuned = {}
     export = None
     for i, (label, r) in enumerate(best.items()):
-        metrics, model = ev.final(r.policy, steps, "test")
+        metrics, model = ev.final(r.policy, steps, "test", finetune=recipe)
         test[label] = metrics.accuracy
+        tuned[label] = ev.last_finetune
         if i == 0:  # the budget's winner becomes a deployable file, measured for real
             export = export_policy(
                 model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
@@ -127,6 +131,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
+                            "val_before_finetune": tuned[label].before.accuracy, "val_after_finetune": tuned[label].after.accuracy,
+                            "finetune": tuned[label].to_dict(),
                             "costs": r.costs.to_dict(), "policy": r.policy.to_dict()} for label, r in best.items()}, indent=1)
     )
     table = summary_table(result, best, test)
@@ -145,9 +151,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         runs = tracker.logged_trials()
         tracker.tag_best({label: runs[r.number] for label, r in best.items() if r.number in runs})
         metrics = {"n_evaluations": float(result.n_evaluations), "wall_seconds": result.wall_seconds,
+                   "sensitivity_evaluations": float(result.sensitivity_evaluations),
                    "mlflow_log_seconds": tracker.log_seconds}
         first = next(iter(best.values()), None)
         if first is not None:
+            ft = next(iter(tuned.values()))
+            metrics.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
+                            "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
             metrics.update({"best_val_accuracy": first.accuracy, "best_test_accuracy": next(iter(test.values())),
                             "best_size_kb": first.costs.size_bytes / 1024, "best_bitops_g": first.costs.bitops / 1e9})
         if export is not None:
@@ -158,7 +168,11 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         print(table)
         stats = session.evaluator.stats
         print(f"\n{result.n_evaluations} evaluations in {result.wall_seconds:.0f} s "
-              f"(cache hits {stats.hits}); results in {run_dir}")
+              f"(cache hits {stats.hits}) after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
+              f"({session.config.sensitivity_method}); results in {run_dir}")
+        for label, rep in tuned.items():
+            print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
+                  f"(best step {rep.best_step} of {rep.steps}, {rep.seconds:.0f} s)")
         if export is not None:
             print(f"exported the best policy to {export.path}: {export.file_bytes / 1024:.1f} KiB on disk "
                   f"(float checkpoint {export.float_file_bytes / 1024:.1f} KiB), {export.latency_exported_ms:.2f} ms "

@@ -291,6 +291,9 @@ def run_search(config: SearchConfig, task: Task | None = None, callbacks: Sequen
     tracker = session.tracker
     assert tracker is not None
     _start_tracking(session, resuming)
+    from automl.sensitivity_stage import run_stage
+
+    sensitivity = run_stage(session, resuming, quiet)  # before the searcher: it reads the tables
     searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if resuming:
         resume_searcher(searcher, read_journal(run_dir / JOURNAL), single_worker=cfg.workers == 1)
@@ -307,7 +310,7 @@ def run_search(config: SearchConfig, task: Task | None = None, callbacks: Sequen
     cbs.extend(callbacks)
     status = "FAILED"
     try:
-        result = searcher.run(cfg.evaluations, cbs)
+        result = replace(searcher.run(cfg.evaluations, cbs), sensitivity_evaluations=sensitivity.evaluations)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

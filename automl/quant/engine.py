@@ -18,7 +18,15 @@ from torch import nn
 
 from automl.analysis.records import ModelAnalysis
 from automl.errors import PolicyError
-from automl.quant.fake import FLOAT_BITS, act_qparams, quantize_weight, quantize_weight_ste, weight_scales
+from automl.quant.fake import (
+    FLOAT_BITS,
+    act_qparams,
+    lsq_quantize,
+    quantize_weight,
+    quantize_weight_ste,
+    weight_qmax,
+    weight_scales,
+)
 from search_spaces.policy import Policy
 from search_spaces.space import SearchSpace
 
@@ -103,12 +111,37 @@ class QuantLayer(nn.Module):
         self.bias = self.b_float * (self.bits > 0)
         self._scale = self.scale_bank[idx, self._arange]
 
-    def enable_qat(self) -> None:
-        """Make the float weights trainable, quantized on the fly with the current bits."""
+    def enable_qat(self, lsq: bool = False) -> None:
+        """Make the float weights trainable, quantized on the fly with the current bits.
+
+        With ``lsq`` the per-channel weight scales and the activation scale are trainable
+        too (:func:`~automl.quant.fake.lsq_quantize`); :meth:`freeze_scales` writes them back.
+        """
         live = (self.bits > 0).to(self.w_float.dtype)
         self.w_param = nn.Parameter(self.w_float * live.view(-1, *([1] * (self.w_float.dim() - 1))))
         self.b_param = nn.Parameter(self.b_float * live)
         self.qat = True
+        self.w_scale = nn.Parameter(self._scale.clone()) if lsq else None
+        self.a_scale = nn.Parameter(torch.tensor(float(self.act[0]))) if lsq and self.act is not None else None
+
+    def freeze_scales(self) -> None:
+        """Make learned LSQ scales the layer's fixed scales (what inference and export use)."""
+        if getattr(self, "w_scale", None) is not None:
+            self._scale = self.w_scale.detach().abs().clamp_min(1e-12)
+            self.w_scale = None
+        if getattr(self, "a_scale", None) is not None and self.act is not None:
+            self.act = (float(self.a_scale.detach().abs().clamp_min(1e-12)), self.act[1], self.act[2])
+            self.a_scale = None
+
+    def _qat_weight(self) -> torch.Tensor:
+        if getattr(self, "w_scale", None) is None:
+            return quantize_weight_ste(self.w_param, self.bits, self._scale)
+        shape = (-1,) + (1,) * (self.w_param.dim() - 1)
+        qmax = weight_qmax(self.bits).view(shape)
+        live = (self.bits > 0).to(self.w_param.dtype).view(shape)
+        factor = 1.0 / float(self.w_param[0].numel() * max(float(qmax.max()), 1.0)) ** 0.5
+        q = lsq_quantize(self.w_param, self.w_scale.abs().clamp_min(1e-12).view(shape), -qmax, qmax, factor)
+        return torch.where((self.bits >= FLOAT_BITS).view(shape), self.w_param, q) * live
 
     def _run(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         op = self.op
@@ -121,14 +154,16 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             scale, qmin, qmax = self.act
-            if torch.is_grad_enabled():  # straight-through gradient for QAT
+            a_scale = getattr(self, "a_scale", None)
+            if a_scale is not None:  # learnable step size (LSQ fine-tune)
+                x = lsq_quantize(x, a_scale.abs().clamp_min(1e-12), qmin, qmax, 1.0 / (x[0].numel() * qmax) ** 0.5)
+            elif torch.is_grad_enabled():  # straight-through gradient for QAT
                 x = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
             else:  # same grid; one allocation and in-place passes are ~5x faster on CPU than the fused op
                 x = x.mul(1.0 / scale).round_().clamp_(qmin, qmax).mul_(scale)
         if self.qat:
             live = (self.bits > 0).to(x.dtype)
-            w = quantize_weight_ste(self.w_param, self.bits, self._scale)
-            out = self._run(x, w, self.b_param * live)
+            out = self._run(x, self._qat_weight(), self.b_param * live)
         else:
             out = self._run(x, self.weight, self.bias)
         if self.correction is not None:

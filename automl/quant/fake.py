@@ -118,3 +118,24 @@ def act_qparams(
     if power_of_two:
         scale = float(_pow2(torch.tensor(scale)))
     return scale, qmin, levels
+
+
+def _scale_grad(scale: torch.Tensor, factor: float) -> torch.Tensor:
+    """``scale`` in the forward pass, its gradient multiplied by ``factor`` in the backward."""
+    return (scale - scale * factor).detach() + scale * factor
+
+
+def lsq_quantize(
+    x: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor | float, qmax: torch.Tensor | float, grad_factor: float
+) -> torch.Tensor:
+    """Fake quantization with a learnable step size (LSQ, Esser et al. 2020).
+
+    ``round(clamp(x / s, qmin, qmax)) * s`` with a straight-through gradient for the
+    rounding, so ``s`` receives the LSQ gradient, scaled by ``grad_factor`` (the paper's
+    ``1 / sqrt(n * qmax)``). ``scale``, ``qmin`` and ``qmax`` broadcast against ``x``, so
+    channels with different bit-widths share one call (torch's learnable fake-quantize ops
+    take one integer range per tensor, which mixed per-channel bit-widths do not have).
+    """
+    s = _scale_grad(scale, grad_factor)
+    v = torch.clamp(x / s, qmin, qmax)
+    return ((v.round() - v).detach() + v) * s

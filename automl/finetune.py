@@ -1,0 +1,237 @@
+"""The final fine-tune of a search's winner: labels plus distillation, a schedule, keep-best.
+
+:func:`finetune` trains the float weights behind every quantized layer through a
+straight-through estimator at the policy's fixed per-channel bit-widths (pruned channels
+stay exactly zero), optionally with learnable quantizer step sizes (LSQ). The loss is
+
+    (1 - distill_weight) * task_loss(student, labels) + distill_weight * distill_loss(student, float model)
+
+where ``task_loss`` is the task's own ``loss`` when it has one (else cross-entropy) and
+``distill_loss`` the task's ``distill_loss`` when it has one (else the KL divergence from
+the float model's softmax at ``temperature``). The learning rate follows a cosine
+schedule from ``lr`` to 0 (or stays constant). Every ``eval_every`` steps and at the end
+the model is scored on the validation split, and the best checkpoint (the untrained
+model included) is returned, so the result is never worse on validation than the input.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from automl.config import FINETUNE_OPTIMIZERS as OPTIMIZERS
+from automl.errors import ConfigError
+from automl.metrics import Metrics
+from automl.quant.engine import QuantLayer
+
+if TYPE_CHECKING:
+    from automl.evaluate import Evaluator
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the winner of a search is fine-tuned.
+
+    Attributes:
+        steps: optimiser steps (0 = no fine-tune); ignored when ``epochs`` is set.
+        epochs: passes over the training split instead of ``steps`` (0 = use ``steps``).
+        lr: peak learning rate.
+        optimizer: ``sgd`` (momentum ``momentum``, Nesterov) or ``adam``.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty on the trained weights (not on LSQ scales).
+        batch_size: training images per step.
+        distill_weight: share of the distillation loss, 0 (labels only) to 1 (float model only).
+        temperature: softmax temperature of the default distillation loss.
+        schedule: ``cosine`` (to 0 over the run) or ``constant``.
+        eval_every: validate every this many steps (0 = only before and after) and keep
+            the best checkpoint.
+        keep_best: return the best validated checkpoint (the untrained model included);
+            when false, the last one.
+        lsq: learn the quantizers' step sizes (weights per channel, activations per layer).
+        seed: data order and initialisation.
+    """
+
+    steps: int = 300
+    epochs: float = 0.0
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    distill_weight: float = 0.5
+    temperature: float = 1.0
+    schedule: str = "cosine"
+    eval_every: int = 50
+    keep_best: bool = True
+    lsq: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.epochs < 0:
+            raise ConfigError(f"finetune steps and epochs must be >= 0, got {self.steps} and {self.epochs}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"finetune lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"finetune optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"finetune schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"finetune distill_weight must lie in [0, 1], got {self.distill_weight}")
+        if self.batch_size < 1 or self.eval_every < 0 or self.temperature <= 0:
+            raise ConfigError("finetune batch_size must be >= 1, eval_every >= 0 and temperature > 0")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
+            raise ConfigError("finetune momentum must lie in [0, 1) and weight_decay be >= 0")
+
+    @classmethod
+    def legacy(cls, steps: int, lr: float) -> FinetuneConfig:
+        """The fine-tune of fidelity 3: Adam on distillation alone, constant rate, no validation."""
+        return cls(steps=steps, lr=lr, optimizer="adam", distill_weight=1.0, schedule="constant", eval_every=0,
+                   keep_best=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown finetune keys {unknown}; known are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_search(cls, config: Any) -> FinetuneConfig:
+        """The ``finetune_*`` fields of a :class:`~automl.config.SearchConfig`."""
+        values = {f.name: getattr(config, f"finetune_{f.name}") for f in fields(cls) if hasattr(config, f"finetune_{f.name}")}
+        values.setdefault("seed", getattr(config, "seed", 0))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class FinetuneReport:
+    """What a fine-tune did.
+
+    Attributes:
+        steps: optimiser steps taken.
+        before / after: validation metrics of the input and of the returned model.
+        best_step: the step of the returned checkpoint (0 = the untrained model).
+        history: ``(step, validation accuracy, validation loss)`` of every check.
+        seconds: wall time.
+    """
+
+    steps: int
+    before: Metrics
+    after: Metrics
+    best_step: int
+    history: tuple[tuple[int, float, float], ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "before": self.before.to_dict(), "after": self.after.to_dict(),
+                "best_step": self.best_step, "history": [list(h) for h in self.history], "seconds": self.seconds}
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
+def _losses(task: Any, config: FinetuneConfig) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    task_loss = getattr(task, "loss", None) or F.cross_entropy
+    distill = getattr(task, "distill_loss", None) or (lambda s, t: _kl(s, t, config.temperature))
+    return task_loss, distill
+
+
+def _prepare(student: nn.Module, lsq: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    weights: list[nn.Parameter] = []
+    scales: list[nn.Parameter] = []
+    for m in student.modules():
+        if isinstance(m, QuantLayer):
+            m.enable_qat(lsq=lsq)
+            weights += [m.w_param, m.b_param]
+            scales += [p for p in (m.w_scale, m.a_scale) if p is not None]
+    return weights, scales
+
+
+def _optimizer(config: FinetuneConfig, weights: list[nn.Parameter], scales: list[nn.Parameter]) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = [{"params": weights, "weight_decay": config.weight_decay}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0})
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in model.named_parameters()}
+
+
+def _better(m: Metrics, best: Metrics) -> bool:
+    return m.accuracy > best.accuracy or (m.accuracy == best.accuracy and m.loss < best.loss)
+
+
+def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) -> tuple[nn.Module, FinetuneReport]:
+    """A fine-tuned copy of ``qmodel`` (the engine's model is left as is) and its report.
+
+    Args:
+        evaluator: supplies the float teacher, the training batches and the validation score.
+        qmodel: the quantized model of a policy (``QuantEngine.apply`` after any BN re-estimation).
+        config: see :class:`FinetuneConfig`.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    student = copy.deepcopy(qmodel).eval()
+    # Eval mode throughout: BatchNorms that could not be folded keep their statistics.
+    validate = config.keep_best or config.eval_every > 0
+    before = evaluator.score(student, "val") if validate else Metrics(float("nan"), float("nan"), float("nan"), 0)
+    batches = evaluator.train_batches(config.batch_size, config.seed)
+    steps = int(math.ceil(config.epochs * len(batches))) if config.epochs else config.steps
+    weights, scales = _prepare(student, config.lsq)
+    task_loss, distill = _losses(evaluator.problem.task, config)
+    opt = _optimizer(config, weights, scales)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if config.schedule == "cosine" else None
+    best, best_step, best_state = before, 0, _trainable_state(student)
+    history = [(0, before.accuracy, before.loss)] if validate else []
+    alpha = config.distill_weight
+    for step in range(1, steps + 1):
+        x, y = batches[(step - 1) % len(batches)]
+        out = student(x)
+        loss = out.new_zeros(())
+        if alpha < 1:
+            loss = loss + (1 - alpha) * task_loss(out, y)
+        if alpha > 0:
+            with torch.no_grad():
+                teacher = evaluator.float_model(x)
+            loss = loss + alpha * distill(out, teacher)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if validate and ((config.eval_every and step % config.eval_every == 0) or step == steps):
+            m = evaluator.score(student, "val")
+            history.append((step, m.accuracy, m.loss))
+            if _better(m, best) or not config.keep_best:
+                best, best_step, best_state = m, step, _trainable_state(student)
+    if config.keep_best:
+        with torch.no_grad():
+            for k, p in student.named_parameters():
+                p.copy_(best_state[k])
+    for m in student.modules():
+        if isinstance(m, QuantLayer):
+            m.freeze_scales()
+    after = best if validate else before
+    report = FinetuneReport(steps, before, after, best_step if config.keep_best else steps, tuple(history),
+                            time.perf_counter() - start)
+    return student.eval(), report
