@@ -176,6 +176,7 @@ class DistinctEvaluator:
         self._charged: set[tuple[str, int]] = set()
         self.hits = 0
         self.calls = 0
+        self.charged_evaluations = 0
 
     def __getattr__(self, name: str) -> Any:
         inner = self.__dict__.get("evaluator")
@@ -191,13 +192,22 @@ class DistinctEvaluator:
 
     @property
     def distinct(self) -> int:
-        """Distinct policies evaluated through this wrapper, plus those charged with :meth:`charge`."""
-        return len(self._memory.keys() | self._charged)
+        """Distinct policies evaluated through this wrapper, plus what :meth:`charge` added."""
+        return len(self._memory.keys() | self._charged) + self.charged_evaluations
 
-    def charge(self, keys: Iterable[tuple[str, int]]) -> None:
-        """Count ``keys`` (from :meth:`key` or another counter's :meth:`keys`) as evaluated here:
-        work done once for several searchers (a shared sensitivity stage) is charged to each."""
+    def charge(self, keys: Iterable[tuple[str, int]] = (), evaluations: int = 0) -> None:
+        """Count work done once for several searchers (a shared sensitivity stage) here too.
+
+        Args:
+            keys: canonical keys (from :meth:`key` or another counter's :meth:`keys`) of
+                policies evaluated elsewhere; they count once, and asking for one later is free.
+            evaluations: work that evaluated no policy of the space (a curvature estimate),
+                in evaluations of the search's evaluator.
+        """
+        if evaluations < 0:
+            raise ConfigError(f"evaluations must be >= 0, got {evaluations}")
         self._charged.update((str(k), int(f)) for k, f in keys)
+        self.charged_evaluations += int(evaluations)
 
     def keys(self) -> set[tuple[str, int]]:
         """The canonical keys counted so far."""

@@ -74,6 +74,8 @@ def test_charged_stage_counts_once_and_its_policies_are_free(problem: Problem) -
     assert counter.distinct == 3
     counter.evaluate(problem.space.uniform(3))
     assert counter.distinct == 4
+    counter.charge(evaluations=7)  # a curvature estimate worth seven evaluations
+    assert counter.distinct == 11
 
 
 @pytest.mark.parametrize("name", ["ilp", "random"])
