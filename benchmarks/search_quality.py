@@ -1,202 +1,338 @@
-"""Search quality on the reference ResNet-20: every searcher, the same evaluations, several budgets.
+"""Can the benchmark rank searchers? Same distinct evaluations, a fair uniform baseline, fine-tuned test accuracy.
 
-For each budget the best uniform-precision policy that fits (every weight bit-width x every
-sparsity level, evaluated) is the baseline; then each searcher runs ``--evaluations``
-evaluations on the validation split at fidelity 1 (post-training quantization). The best
-policy of each row is fine-tuned briefly (fidelity 3: QAT distilled from the float model)
-and scored on the test split. Sensitivities for the integer program and the repair are
-measured once (KL damage, one factor at a time from uniform 8 bits) and cached.
+Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents.Objective`):
 
-    python benchmarks/search_quality.py                      # 150 evaluations, 3 budgets
-    python benchmarks/search_quality.py --evaluations 10 --searchers uniform,random,ilp,tpe
+- **Search fidelity, stage, fine-tune as ``automl search``**: the evaluator scores at
+  ``SearchConfig().fidelity`` on the validation split; the sensitivity stage runs first with
+  ``SearchConfig().sensitivity_method`` (:func:`automl.sensitivity_stage.sensitivity_stage`);
+  every row's best policy gets the search's final fine-tune
+  (``FinetuneConfig.from_search(SearchConfig())``) and is scored on the test split.
+- **Same distinct evaluations**: each searcher counts through a
+  :class:`automl.baselines.DistinctEvaluator` (repeats and cache hits are free) that is
+  charged the sensitivity stage's cost first; the search stops when the count reaches
+  ``--evaluations`` (a searcher that runs out of new proposals, like the integer program's
+  sweep, stops earlier and shows fewer). The wall seconds include the stage's.
+- **Fair uniform baseline**: every uniform (weight bits, activation bits, sparsity)
+  combination that fits (W2A8-style included, :func:`automl.baselines.feasible_uniform`),
+  all evaluated at the search fidelity, the best fine-tuned like the winners.
+- **Ranking** on ResNet-8 at ``size<=0.0625x``, ``size<=0.03125x``, a size + BitOps budget
+  and a latency budget on the shipped ``bitserial`` profile; 3 seeds for ilp/tpe/nsga2/random
+  and the best RL agent of seed 0 (mean +- sd), one seed for the others.
+- **Headline** on ResNet-20 with the default searcher at ``size<=0.125x``/``0.0625x``/``0.03125x``.
+- **Ground truth**: the small plain CNN with layer-level choices only (one bit-width and
+  sparsity per layer); its whole space at one budget is enumerated, and each searcher's
+  regret (optimum minus its best, validation points at the search fidelity) after 10 % of
+  the enumeration count is reported.
 
-The last line is ``RESULT best_minus_uniform=<points> best_learning_minus_ilp=<points>`` for
-the tighter size budget (validation accuracy, percentage points): the best searcher against
-the best uniform policy, and the best learning searcher (TPE, NSGA-II, RL) against the ILP.
+    python benchmarks/search_quality.py --jobs 2            # the full protocol (about 2 h on 2 cores)
+    python benchmarks/search_quality.py --quick --jobs 1    # one seed, two budgets, fewer evaluations
+
+It ends ``RESULT ft_gap_1_16=<points> ft_gap_1_32=<points> best_minus_uniform_1_16=<points>
+best_minus_uniform_1_32=<points> regret_tiny=<points>``: ResNet-20 float test accuracy minus
+the best fine-tuned test accuracy of its headline rows (default searcher or uniform); on
+ResNet-8 the best searcher's mean fine-tuned test accuracy minus the uniform baseline's;
+and the default searcher's regret on the plain CNN.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from agents import Objective, make_searcher
-from agents.codec import uniform_policies
-from agents.records import SearchResult
+from automl.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform
 from automl.budget import Budget
 from automl.cache import CachedEvaluator
+from automl.config import SearchConfig
 from automl.cost import CostModel
+from automl.cost.profiles import load_profiles
 from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.finetune import FinetuneConfig
 from automl.reference import default_cache_dir, reference_task
-from automl.sensitivity import Sensitivities, measure_sensitivities
+from automl.sensitivity_stage import SensitivityReport, sensitivity_stage
+from automl.timing import pin_threads
+from search_spaces.space import SpaceConfig
 
-DEFAULT_BUDGETS = ("size<=0.0625x", "size<=0.125x", "bitops<=0.0125x")
-DEFAULT_SEARCHERS = ("uniform", "random", "ilp", "tpe", "nsga2", "ppo", "maskable_ppo", "ddpg")
-LEARNING = ("tpe", "nsga2", "gp", "cmaes", "ppo", "maskable_ppo", "ddpg", "td3", "sac")
-OPTIONS: dict[str, dict[str, Any]] = {
-    "ilp": {"time_limit": 10.0, "mip_rel_gap": 1e-3},
-    "tpe": {"storage": ":memory:"},
-    "nsga2": {"storage": ":memory:"},
-    "gp": {"storage": ":memory:"},
-    "cmaes": {"storage": ":memory:"},
-}
+DEFAULTS = SearchConfig()
+RANK_BUDGETS = ("size<=0.0625x", "size<=0.03125x", "size<=0.0625x,bitops<=0.01x", "latency<=0.02x@bitserial")
+HEADLINE_BUDGETS = ("size<=0.125x", "size<=0.0625x", "size<=0.03125x")
+SEEDED = ("ilp", "tpe", "nsga2", "random")
+RL = ("ppo", "maskable_ppo", "ddpg", "td3", "sac")
+ALL_SEARCHERS = ("ilp", "tpe", "nsga2", "random", "gp", "cmaes", *RL)
+QUICK_SEARCHERS = ("ilp", "tpe", "nsga2", "random", "maskable_ppo")
+TINY_BUDGET = "size<=0.2x"
+TINY_SPACE = SpaceConfig(weight_bits=(0, 2, 4, 8), act_bits=(4, 8), n_groups=1, max_sparsity=0.5, sparsity_step=0.25)
+TINY_SPACE_QUICK = replace(TINY_SPACE, max_sparsity=0.25)
+
+
+def options_for(name: str, distinct: int) -> dict[str, Any]:
+    """Constructor options: in-memory Optuna studies; the ILP may sweep as many optima as it has evaluations."""
+    if name in ("tpe", "nsga2", "gp", "cmaes"):
+        return {"storage": ":memory:"}
+    if name == "ilp":
+        return {"sweep": max(1, distinct), "time_limit": 10.0, "mip_rel_gap": 1e-3}
+    return {}
 
 
 @dataclass
 class Row:
+    arch: str
     budget: str
     searcher: str
-    val_accuracy: float
-    test_accuracy: float
+    seed: int
+    score: float
+    test: float
     size_kb: float
     bitops_m: float
-    evaluations: int
+    distinct: int
     seconds: float
 
 
 @dataclass
-class Bench:
+class Setup:
+    """One network's shared parts: the evaluator, the cost model, the stage's tables."""
+
+    arch: str
     problem: Problem
-    evaluator: Evaluator
     cost_model: CostModel
-    sensitivities: Sensitivities
-    float_val: float
+    evaluator: Evaluator
+    stage: SensitivityReport
+    recipe: FinetuneConfig
     float_test: float
 
 
-def build(threads: int, log: bool = True) -> Bench:
-    torch.set_num_threads(threads)
-    task = reference_task("resnet20", log=print if log else None)
-    problem = Problem.from_task(task)
-    evaluator = Evaluator(problem, EvalConfig(fidelity=1, qat_steps=40))
-    cost_model = CostModel(problem.analysis, problem.space)
-    start = time.perf_counter()
-    sens = measure_sensitivities(
-        evaluator.evaluate, problem.space, problem.space.uniform(8), metric="kl",
-        cache_path=default_cache_dir() / "sensitivities.json", cache_tag=f"{task.name}:val:fid1",
-    )
-    if log:
-        print(f"sensitivities ({sens.source}) ready in {time.perf_counter() - start:.0f} s", flush=True)
-    return Bench(problem, evaluator, cost_model, sens, evaluator.baseline("val").accuracy,
-                 evaluator.baseline("test").accuracy)
+_SETUPS: dict[tuple[str, bool], Setup] = {}
 
 
-def test_accuracy(bench: Bench, policy: Any) -> float:
-    """Test accuracy of ``policy`` after a short distilled fine-tune (fidelity 3)."""
-    return bench.evaluator.evaluate(policy, fidelity=3, split="test").accuracy
+def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: int = DEFAULTS.finetune_steps) -> Setup:
+    """The network's setup, built once per process (the stage's tables come from ``cache_dir`` after the first)."""
+    key = (arch, quick)
+    if key not in _SETUPS:
+        pin_threads(threads)
+        task = reference_task(arch, log=None)
+        space = (TINY_SPACE_QUICK if quick else TINY_SPACE) if arch == "plaincnn" else None
+        problem = Problem.from_task(task, space)
+        cost_model = CostModel(problem.analysis, problem.space, load_profiles(["bitserial"]))
+        evaluator = Evaluator(problem, EvalConfig(fidelity=DEFAULTS.fidelity, seed=DEFAULTS.seed))
+        stage = sensitivity_stage(evaluator, problem.space, DEFAULTS.fidelity, DEFAULTS.sensitivity_method, cache_dir)
+        recipe = FinetuneConfig.from_search(replace(DEFAULTS, finetune_steps=finetune_steps))
+        _SETUPS[key] = Setup(arch, problem, cost_model, evaluator, stage, recipe,
+                             evaluator.baseline("test").accuracy)
+    return _SETUPS[key]
 
 
-def uniform_row(bench: Bench, budget: str) -> tuple[Row, Any]:
-    start = time.perf_counter()
-    objective = Objective(CachedEvaluator(bench.evaluator), bench.cost_model,
-                          Budget.parse(budget).bind(bench.cost_model), sensitivities=bench.sensitivities)
-    fitting = [p for _, _, p in uniform_policies(bench.problem.space) if objective.feasible(p)]
-    records = [objective(p, number=i, searcher="uniform") for i, p in enumerate(fitting)]
-    result = SearchResult("uniform", tuple(records), objective.limits, objective.budget_text,
-                          time.perf_counter() - start)
-    return _row(bench, budget, result, time.perf_counter() - start), result
+def _counter(s: Setup) -> DistinctEvaluator:
+    """A fresh cache per run (wall seconds stay honest), counted, charged the stage's cost."""
+    counter = DistinctEvaluator(CachedEvaluator(s.evaluator), s.problem.space)
+    counter.charge(evaluations=s.stage.evaluations)
+    return counter
 
 
-def searcher_row(bench: Bench, budget: str, name: str, n: int, seed: int) -> tuple[Row, SearchResult]:
-    start = time.perf_counter()
-    objective = Objective(CachedEvaluator(bench.evaluator), bench.cost_model,
-                          Budget.parse(budget).bind(bench.cost_model), sensitivities=bench.sensitivities)
-    result = make_searcher(name, objective, seed=seed, **OPTIONS.get(name, {})).run(n)
-    return _row(bench, budget, result, time.perf_counter() - start), result
-
-
-def _row(bench: Bench, budget: str, result: SearchResult, seconds: float) -> Row:
-    best = result.best
+def _finish(s: Setup, budget: str, name: str, seed: int, best: Any, distinct: int, start: float, finetune: bool) -> Row:
     if best is None:
         nan = float("nan")
-        return Row(budget, result.searcher, nan, nan, nan, nan, result.n_evaluations, seconds)
-    return Row(budget, result.searcher, best.accuracy, test_accuracy(bench, best.policy), best.costs.size_bytes / 1e3,
-               best.costs.bitops / 1e6, result.n_evaluations, seconds)
+        return Row(s.arch, budget, name, seed, nan, nan, nan, nan, distinct, time.perf_counter() - start)
+    test = s.evaluator.final(best.policy, s.recipe.steps, "test", finetune=s.recipe)[0].accuracy if finetune else float("nan")
+    costs = s.cost_model.price(best.policy)
+    return Row(s.arch, budget, name, seed, best.accuracy, test, costs.size_bytes / 1e3, costs.bitops / 1e6, distinct,
+               time.perf_counter() - start + s.stage.seconds)
 
 
-def run_budget(budget: str, searchers: list[str], n: int, seed: int, threads: int, out_dir: str | None) -> list[Row]:
-    """All rows of one budget (one process: the evaluator is built here)."""
-    bench = build(threads, log=False)
-    rows = []
+def uniform_row(s: Setup, budget: str) -> Row:
+    start = time.perf_counter()
+    bound = Budget.parse(budget).bind(s.cost_model)
+    counter = DistinctEvaluator(CachedEvaluator(s.evaluator), s.problem.space)
+    objective = Objective(counter, s.cost_model, bound, repair=False)
+    records = [objective(c.policy, number=i, searcher="uniform")
+               for i, c in enumerate(feasible_uniform(s.problem.space, s.cost_model, bound))]
+    best = max((r for r in records if r.feasible), key=lambda r: r.accuracy, default=None)
+    row = _finish(s, budget, "uniform", 0, best, counter.distinct, start, True)
+    return replace(row, seconds=row.seconds - s.stage.seconds)  # the baseline needs no sensitivities
+
+
+def searcher_row(s: Setup, budget: str, name: str, seed: int, distinct: int, finetune: bool = True,
+                 evaluator: Any = None) -> tuple[Row, Any]:
+    start = time.perf_counter()
+    bound = Budget.parse(budget).bind(s.cost_model)
+    counter = _counter(s) if evaluator is None else DistinctEvaluator(evaluator, s.problem.space)
+    if evaluator is not None:
+        counter.charge(evaluations=s.stage.evaluations)
+    objective = Objective(counter, s.cost_model, bound, sensitivities=s.stage.sensitivities)
+    remaining = max(1, distinct - counter.distinct)
+    searcher = make_searcher(name, objective, seed=seed, **options_for(name, remaining))
+    result = searcher.run(3 * distinct, callbacks=[DistinctLimit(counter, distinct)])
+    return _finish(s, budget, name, seed, result.best, counter.distinct, start, finetune), result
+
+
+# jobs ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    arch: str
+    budget: str
+    searcher: str
+    seed: int
+    distinct: int
+    quick: bool
+    threads: int
+    cache_dir: str
+    finetune_steps: int
+
+
+def run_job(job: Job) -> Row:
+    s = setup(job.arch, job.quick, job.threads, job.cache_dir, job.finetune_steps)
+    row = uniform_row(s, job.budget) if job.searcher == "uniform" else \
+        searcher_row(s, job.budget, job.searcher, job.seed, job.distinct)[0]
+    print(f"[{job.arch}] {format_row(row)}", flush=True)
+    return row
+
+
+def run_jobs(jobs: list[Job], n: int) -> list[Row]:
+    if n <= 1:
+        return [run_job(j) for j in jobs]
+    with ProcessPoolExecutor(min(n, len(jobs)), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(run_job, jobs))
+
+
+def ground_truth(quick: bool, threads: int, cache_dir: str,
+                 searchers: tuple[str, ...]) -> tuple[list[tuple[str, float, int]], float, int]:
+    """``(searcher, regret in points, distinct)`` rows, the optimum and the enumeration count on the plain CNN."""
+    s = setup("plaincnn", quick, threads, cache_dir)
+    bound = Budget.parse(TINY_BUDGET).bind(s.cost_model)
+    shared = CachedEvaluator(s.evaluator)
+    feasible = [p for p in enumerate_layer_policies(s.problem.space) if bound.feasible(s.cost_model.price(p))]
+    optimum = max(shared.evaluate(p).accuracy for p in feasible)
+    budget = max(1, len(feasible) // 10)
+    out = []
     for name in searchers:
-        if name == "uniform":
-            row, result = uniform_row(bench, budget)
-        else:
-            row, result = searcher_row(bench, budget, name, n, seed)
-        rows.append(row)
-        print(f"[{budget}] {format_row(row)}", flush=True)
-        if out_dir:
-            path = Path(out_dir) / f"{budget.replace('<=', '_le_').replace('/', '_')}-{name}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result.to_dict()))
-    return rows
+        row, _ = searcher_row(s, TINY_BUDGET, name, 0, budget, finetune=False, evaluator=shared)
+        out.append((name, 100 * (optimum - row.score), row.distinct))
+        print(f"[tiny] {name}: best {100 * row.score:.2f} %, regret {out[-1][1]:.2f} points, {row.distinct} distinct",
+              flush=True)
+    return out, optimum, len(feasible)
+
+
+# report ----------------------------------------------------------------------------------
+HEADER = ("| network | budget | searcher | seeds | val acc % (fid. {f}) | test acc % (fine-tuned) | size KB | MBitOps "
+          "| distinct evaluations | wall s |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: Row) -> str:
-    return (f"| {r.budget} | {r.searcher} | {100 * r.val_accuracy:.2f} | {100 * r.test_accuracy:.2f} | "
-            f"{r.size_kb:.2f} | {r.bitops_m:.2f} | {r.evaluations} | {r.seconds:.0f} |")
+    return (f"| {r.arch} | {r.budget} | {r.searcher} | {r.seed} | {100 * r.score:.2f} | {100 * r.test:.2f} | "
+            f"{r.size_kb:.2f} | {r.bitops_m:.2f} | {r.distinct} | {r.seconds:.0f} |")
 
 
-HEADER = ("| budget | searcher | val acc % (fid. 1) | test acc % (fine-tuned) | size KB | MBitOps | evaluations "
-          "| wall s |\n|---|---|---|---|---|---|---|---|")
+def _ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{scale * values[0]:.{digits}f}"
+    return f"{scale * statistics.mean(values):.{digits}f} +- {scale * statistics.stdev(values):.{digits}f}"
 
 
-def summary(rows: list[Row], tight: str) -> str:
-    """The RESULT line for budget ``tight``."""
-    mine = [r for r in rows if r.budget == tight]
-    uniform = max((r.val_accuracy for r in mine if r.searcher == "uniform"), default=float("nan"))
-    best = max((r.val_accuracy for r in mine if r.searcher != "uniform"), default=float("nan"))
-    learning = max((r.val_accuracy for r in mine if r.searcher in LEARNING), default=float("nan"))
-    ilp = max((r.val_accuracy for r in mine if r.searcher == "ilp"), default=float("nan"))
-    return (f"RESULT best_minus_uniform={100 * (best - uniform):.2f} "
-            f"best_learning_minus_ilp={100 * (learning - ilp):.2f}")
+def table(rows: list[Row]) -> list[str]:
+    """One line per (network, budget, searcher): mean +- sd over its seeds."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.arch, r.budget, r.searcher), []).append(r)
+    out = []
+    for (arch, budget, name), rs in groups.items():
+        out.append(
+            f"| {arch} | {budget} | {name} | {len(rs)} | {_ms([r.score for r in rs])} | {_ms([r.test for r in rs])} | "
+            f"{_ms([r.size_kb for r in rs], 1)} | {_ms([r.bitops_m for r in rs], 1)} | "
+            f"{_ms([float(r.distinct) for r in rs], 1, 0)} | {_ms([r.seconds for r in rs], 1, 0)} |"
+        )
+    return out
 
 
-def tightest_size(budgets: list[str]) -> str:
-    sized = [b for b in budgets if b.strip().startswith("size")]
-    if not sized:
-        return budgets[0]
-    return min(sized, key=lambda b: Budget.parse(b).constraints[0].limit)
+def mean_test(rows: list[Row], arch: str, budget: str, name: str) -> float:
+    vals = [r.test for r in rows if (r.arch, r.budget, r.searcher) == (arch, budget, name)]
+    return statistics.mean(vals) if vals else float("nan")
+
+
+def best_rl(rows: list[Row], budgets: tuple[str, ...]) -> str | None:
+    scores = {n: statistics.mean(mean_test(rows, "resnet8", b, n) for b in budgets)
+              for n in RL if any(r.searcher == n for r in rows)}
+    return max(scores, key=lambda n: scores[n]) if scores else None
+
+
+def summary(rows: list[Row], tiny: list[tuple[str, float, int]], float_test: float) -> str:
+    def gap(budget: str) -> float:
+        r20 = [r for r in rows if r.arch == "resnet20" and r.budget == budget]
+        if not r20:
+            return float("nan")
+        return 100 * (float_test - max(r.test for r in r20))
+
+    def best_minus_uniform(budget: str) -> float:
+        names = {r.searcher for r in rows if r.arch == "resnet8" and r.budget == budget} - {"uniform"}
+        best = max((mean_test(rows, "resnet8", budget, n) for n in names), default=float("nan"))
+        return 100 * (best - mean_test(rows, "resnet8", budget, "uniform"))
+
+    regret = next((g for n, g, _ in tiny if n == DEFAULTS.searcher), float("nan"))
+    return (f"RESULT ft_gap_1_16={gap('size<=0.0625x'):.2f} ft_gap_1_32={gap('size<=0.03125x'):.2f} "
+            f"best_minus_uniform_1_16={best_minus_uniform('size<=0.0625x'):.2f} "
+            f"best_minus_uniform_1_32={best_minus_uniform('size<=0.03125x'):.2f} regret_tiny={regret:.2f}")
+
+
+def plan(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int, int]:
+    """``(ranking budgets, headline budgets, searchers, ranking evaluations, headline evaluations)``."""
+    if args.quick:
+        return RANK_BUDGETS[:2], HEADLINE_BUDGETS[1:], QUICK_SEARCHERS, args.evaluations or 60, args.headline_evaluations or 60
+    return (RANK_BUDGETS, HEADLINE_BUDGETS, ALL_SEARCHERS, args.evaluations or 150,
+            args.headline_evaluations or DEFAULTS.evaluations)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--evaluations", type=int, default=150)
-    ap.add_argument("--budgets", default=",".join(DEFAULT_BUDGETS), help="semicolon- or comma-separated budgets")
-    ap.add_argument("--searchers", default=",".join(DEFAULT_SEARCHERS))
+    ap.add_argument("--quick", action="store_true", help="one seed, two budgets per network, fewer evaluations")
+    ap.add_argument("--evaluations", type=int, default=0, help="distinct evaluations per ResNet-8 search (stage included)")
+    ap.add_argument("--headline-evaluations", type=int, default=0, help="the same for the ResNet-20 rows")
+    ap.add_argument("--searchers", default="", help="comma-separated subset of the ranking searchers")
+    ap.add_argument("--seeds", type=int, default=0, help="seeds of ilp/tpe/nsga2/random/best RL (3; 1 with --quick)")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    ap.add_argument("--jobs", type=int, default=1, help="budgets run in parallel processes")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", default=None, help="write every search result as JSON here")
+    ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="where the sensitivity tables are cached")
+    ap.add_argument("--finetune-steps", type=int, default=DEFAULTS.finetune_steps,
+                    help="steps of the final fine-tune (SearchConfig's default; lower only to smoke-test the script)")
     args = ap.parse_args(argv)
-    budgets = [b.strip() for b in args.budgets.replace(";", ",").split(",") if b.strip()]
-    searchers = [s.strip() for s in args.searchers.split(",") if s.strip()]
     start = time.perf_counter()
-    bench = build(args.threads)  # trains the reference and measures sensitivities once, before forking
-    print(f"float model: val {100 * bench.float_val:.2f} %, test {100 * bench.float_test:.2f} %; "
-          f"{bench.cost_model.float_costs().size_bytes / 1e3:.1f} KB", flush=True)
-    del bench
-    jobs = [(b, searchers, args.evaluations, args.seed, args.threads, args.out_dir) for b in budgets]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=get_context("spawn")) as pool:
-            rows = [r for part in pool.map(run_budget, *zip(*jobs, strict=True)) for r in part]
-    else:
-        rows = [r for job in jobs for r in run_budget(*job)]
-    print(f"\nResNet-20 on MNIST, {args.evaluations} evaluations per searcher, seed {args.seed}, "
-          f"{time.perf_counter() - start:.0f} s in total\n")
-    print(HEADER)
-    for r in rows:
-        print(format_row(r))
-    print(summary(rows, tightest_size(budgets)))
+    rank_budgets, head_budgets, searchers, n_rank, n_head = plan(args)
+    if args.searchers:
+        searchers = tuple(x.strip() for x in args.searchers.split(",") if x.strip())
+    seeds = args.seeds or (1 if args.quick else 3)
+    float_test = {}
+    for arch in ("resnet8", "resnet20", "plaincnn"):  # stage tables cached before any fork
+        s = setup(arch, args.quick, args.threads, args.cache_dir, args.finetune_steps)
+        float_test[arch] = s.float_test
+        print(f"{arch}: float test {100 * s.float_test:.2f} %, sensitivities ({s.stage.method}) worth "
+              f"{s.stage.evaluations} evaluations, {s.stage.seconds:.0f} s", flush=True)
+    tiny, optimum, count = ground_truth(args.quick, args.threads, args.cache_dir, searchers)  # cheap: first
+    common = {"quick": args.quick, "threads": args.threads, "cache_dir": args.cache_dir,
+              "finetune_steps": args.finetune_steps}
+    jobs = [Job("resnet8", b, n, 0, n_rank, **common) for b in rank_budgets for n in ("uniform", *searchers)]
+    jobs += [Job("resnet20", b, n, 0, n_head, **common) for b in head_budgets for n in ("uniform", DEFAULTS.searcher)]
+    rows = run_jobs(jobs, args.jobs)
+    if seeds > 1:
+        extra = [n for n in searchers if n in SEEDED]
+        rl = best_rl(rows, rank_budgets)
+        extra += [rl] if rl else []
+        more = [Job("resnet8", b, n, seed, n_rank, **common) for seed in range(1, seeds) for b in rank_budgets for n in extra]
+        more += [Job("resnet20", b, DEFAULTS.searcher, seed, n_head, **common) for seed in range(1, seeds) for b in head_budgets]
+        rows += run_jobs(more, args.jobs)
+    print(f"\nsearch fidelity {DEFAULTS.fidelity}, sensitivities {DEFAULTS.sensitivity_method}, fine-tune "
+          f"{_SETUPS[('resnet8', args.quick)].recipe}; ResNet-8 {n_rank} and ResNet-20 {n_head} distinct evaluations per "
+          f"search; {seeds} seed(s); {time.perf_counter() - start:.0f} s in total\n")
+    print(HEADER.format(f=DEFAULTS.fidelity))
+    print("\n".join(table(rows)))
+    print(f"\nGround truth: plain CNN, layer-level space, {TINY_BUDGET}: {count} feasible policies enumerated, optimum "
+          f"{100 * optimum:.2f} % (val, fidelity {DEFAULTS.fidelity}); each searcher {max(1, count // 10)} distinct "
+          "evaluations\n\n| searcher | regret (points) | distinct evaluations |\n|---|---|---|")
+    for name, regret, distinct in tiny:
+        print(f"| {name} | {regret:.2f} | {distinct} |")
+    print(summary(rows, tiny, float_test["resnet20"]))
     return 0
 
 
