@@ -16,14 +16,23 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from automl.config import SearchConfig, load_config
-from automl.errors import AutoMLError
+from automl.config import SearchConfig, read_config_file
+from automl.config_schema import flatten_sections
+from automl.errors import AutoMLError, ConfigError
+from automl.lifecycle import Terminated, handle_termination
 
 EXIT_USAGE = 2
 
 
+def _debug_flag() -> argparse.ArgumentParser:
+    """``--debug`` for every subcommand, so it works anywhere on the line."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    return parent
+
+
 def _search_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search a joint prune/quantize policy under a budget")
+    p = sub.add_parser("search", help="search a joint prune/quantize policy under a budget", parents=[_debug_flag()])
     p.add_argument("--config", help="YAML file with the same keys as these options (options override it)")
     p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | package.module:function")
     p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@bitserial")
@@ -52,34 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
 
-    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the run store")
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the run store", parents=[_debug_flag()])
     ui.add_argument("--output", default="automl-runs")
     ui.add_argument("--tracking-uri", dest="tracking_uri", default="")
     ui.add_argument("--port", type=int, default=5000)
 
-    best = sub.add_parser("best", help="print the best policies from the tracking store")
+    best = sub.add_parser("best", help="print the best policies from the tracking store", parents=[_debug_flag()])
     best.add_argument("--output", default="automl-runs")
     best.add_argument("--tracking-uri", dest="tracking_uri", default="")
     best.add_argument("--experiment", default="automl-mpq")
 
-    show = sub.add_parser("show", help="print one evaluated policy layer by layer")
+    show = sub.add_parser("show", help="print one evaluated policy layer by layer", parents=[_debug_flag()])
     show.add_argument("run_id")
     show.add_argument("--output", default="automl-runs")
     show.add_argument("--tracking-uri", dest="tracking_uri", default="")
 
-    tr = sub.add_parser("train-reference", help="train and cache a reference network")
+    tr = sub.add_parser("train-reference", help="train and cache a reference network", parents=[_debug_flag()])
     tr.add_argument("--arch", default="resnet20", choices=("resnet8", "resnet20"))
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--threads", type=int)
+    tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--force", action="store_true")
+    tr.add_argument("--ship", action="store_true", help="also store it compactly in automl/weights (for maintainers)")
 
-    ph = sub.add_parser("profile-hardware", help="measure a latency profile of this machine for a model")
+    ph = sub.add_parser("profile-hardware", help="measure a latency profile of this machine for a model", parents=[_debug_flag()])
     ph.add_argument("--task", default="reference:resnet20")
     ph.add_argument("--output", default="automl-runs/profiles/measured.yaml")
     ph.add_argument("--threads", type=int, default=1)
     ph.add_argument("--repeats", type=int, default=5)
 
-    an = sub.add_parser("analyse", help="print a model's quantizable layers and channel coupling")
+    an = sub.add_parser("analyse", help="print a model's quantizable layers and channel coupling", parents=[_debug_flag()])
     an.add_argument("--task", default="reference:resnet20")
     return parser
 
@@ -87,10 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_search(args: argparse.Namespace) -> int:
     from automl.runner import run_search
 
-    config = load_config(args.config).merged(
-        {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
-    )
-    run_search(config)
+    data = read_config_file(args.config) if args.config else {}
+    try:
+        config = SearchConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {args.config!r}: {exc}") from exc
+    overrides = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
+    config = config.merged(overrides)
+    explicit = set(flatten_sections(SearchConfig, data)[0]) | {k for k, v in overrides.items() if v is not None}
+    run_search(config, explicit=explicit)
     return 0
 
 
@@ -101,17 +117,45 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from automl.tracking import artifact_root, check_tracking
+    from automl.tracking import artifact_root
+    from automl.uris import check_tracking_uri
 
     uri = _tracking_uri(args)
-    check_tracking(uri)
+    check_tracking_uri(uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
         artifact_root(args.output), "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1",
     ]
-    proc = subprocess.Popen(cmd, env=env)
-    url = f"http://127.0.0.1:{args.port}"
+    # Its own session, so stopping it reaches the server's worker processes too.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        with handle_termination():
+            return _serve(proc, args.port, uri)
+    except KeyboardInterrupt:
+        return 0
+    except Terminated as exc:
+        return 128 + exc.signum
+    finally:
+        _stop_server(proc)
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (its workers too), SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _serve(proc: subprocess.Popen, port: int, uri: str) -> int:
+    url = f"http://127.0.0.1:{port}"
     import urllib.request
 
     for _ in range(120):
@@ -124,18 +168,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.5)
     print(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)", flush=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
-        return 0
+    return proc.wait()
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
+    from automl.lifecycle import close_stale_in_store
     from automl.report import best_table
 
-    print(best_table(_tracking_uri(args), args.experiment))
+    uri = _tracking_uri(args)
+    for run_id in close_stale_in_store(uri):
+        print(f"closed run {run_id} as KILLED: its search process is gone (killed without clean-up)", file=sys.stderr)
+    print(best_table(uri, args.experiment))
     return 0
 
 
@@ -149,7 +192,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_train_reference(args: argparse.Namespace) -> int:
     from automl.reference import train_reference
 
-    train_reference(args.arch, epochs=args.epochs, threads=args.threads, force=args.force)
+    path = train_reference(args.arch, epochs=args.epochs, seed=args.seed, threads=args.threads, force=args.force)
+    if args.ship:
+        from automl.weights import ship
+
+        ship(path)
     return 0
 
 
@@ -191,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"automl {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted; every evaluated policy is saved. Continue with `automl search --resume <run dir>`.", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        from automl.console import command_prefix
+
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}; every evaluated policy is saved. Continue with `{command_prefix()} search --resume <run dir>`.",
+              file=sys.stderr)
+        return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)

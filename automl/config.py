@@ -1,15 +1,25 @@
-"""The typed configuration of one search, built once from a YAML file and/or the command line."""
+"""The typed configuration of one search, built once from a YAML file and/or the command line.
+
+:class:`SearchConfig` is a frozen dataclass; :mod:`automl.config_schema` validates it with
+pydantic (every field's type, strictly) and maps nested YAML sections onto its flat,
+prefixed fields (``space:``, ``evaluation:``, ``finetune:``, ``searcher:`` ...).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from automl.errors import ConfigError
+from automl.config_schema import check_types, flatten_sections, normalise
+from automl.errors import AutoMLError, ConfigError
+
+if TYPE_CHECKING:
+    from automl.evaluate import EvalConfig
+    from search_spaces.space import SpaceConfig
 
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "tpe"
@@ -21,6 +31,10 @@ FINETUNE_OPTIMIZERS = ("sgd", "adam")
 @dataclass(frozen=True)
 class SearchConfig:
     """Every option of ``automl search`` (the same keys in ``--config run.yaml``).
+
+    In YAML the prefixed keys may also be grouped in sections: ``space: {min_sparsity: 0.25}``,
+    ``evaluation: {weight_method: max}``, ``finetune: {steps: 50}``,
+    ``searcher: {name: tpe, options: {n_startup_trials: 20}}``.
 
     Attributes:
         task: ``reference:resnet20``, ``reference:resnet8`` or ``package.module:function``
@@ -41,7 +55,21 @@ class SearchConfig:
         output: directory of the run's files (journal, best policies as JSON, stores).
         resume: a previous search's run id or directory to continue.
         profiles: hardware profile names or YAML paths priced besides size/MACs/BitOps.
-        n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space.
+        n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space
+            (section ``space``).
+        space_min_sparsity: smallest layer-level pruning fraction.
+        space_sparsity_step: step between the layer-level pruning fractions.
+        space_pin_first_last: hold the first and the last layer at ``space_pinned_bits``.
+        space_pinned_bits: bit-width of the pinned layers (weights and activations).
+        space_pinned: further layer names held at ``space_pinned_bits``.
+        space_importance: channel importance criterion that ranks channels into groups
+            (``l1``, ``l2``, ``taylor``).
+        eval_weight_method: per-channel weight clipping, ``mse`` or ``max``.
+        eval_act_method: activation range calibration, ``mse``, ``percentile`` or ``minmax``.
+        eval_power_of_two: restrict quantization scales to powers of two.
+        eval_calib_batches: calibration batches for activation ranges and BatchNorm re-estimation.
+        eval_qat_steps: QAT steps per evaluation at fidelity 3.
+        eval_qat_lr: learning rate of those QAT steps.
         sensitivity_method: how the per-layer sensitivities that guide the ILP, the repair,
             the TPE warm start and the RL observation are made before the search starts:
             ``measured`` (one evaluation per layer choice at the search fidelity, ~290 on
@@ -58,6 +86,8 @@ class SearchConfig:
             (the model before the fine-tune included), so the fine-tune never lowers
             validation accuracy.
         finetune_lsq: also learn the quantizers' step sizes (LSQ).
+        searcher_options: keyword options of the searcher's constructor, checked against
+            its signature (e.g. ``{"n_startup_trials": 20}`` for ``tpe``).
     """
 
     task: str = "reference:resnet20"
@@ -74,11 +104,23 @@ class SearchConfig:
     output: str = "automl-runs"
     resume: str = ""
     profiles: tuple[str, ...] = ()
-    n_groups: int = 4
+    n_groups: int | None = 4
     max_sparsity: float = 0.75
     weight_bits: tuple[int, ...] = (0, 2, 3, 4, 5, 6, 8, 32)
     act_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     allow_pruning: bool = True
+    space_min_sparsity: float = 0.0
+    space_sparsity_step: float = 0.125
+    space_pin_first_last: bool = True
+    space_pinned_bits: int = 8
+    space_pinned: tuple[str, ...] = ()
+    space_importance: Literal["l1", "l2", "taylor"] = "l1"
+    eval_weight_method: Literal["mse", "max"] = "mse"
+    eval_act_method: Literal["mse", "percentile", "minmax"] = "mse"
+    eval_power_of_two: bool = False
+    eval_calib_batches: int = 2
+    eval_qat_steps: int = 40
+    eval_qat_lr: float = 5e-4
     sensitivity_method: str = "hessian"
     finetune_steps: int = 300
     finetune_lr: float = 0.01
@@ -87,17 +129,31 @@ class SearchConfig:
     finetune_distill_weight: float = 0.5
     finetune_eval_every: int = 50
     finetune_lsq: bool = False
+    searcher_options: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, value in check_types(type(self), normalise(type(self), asdict(self))).items():
+            object.__setattr__(self, name, value)
         if self.evaluations < 1:
             raise ConfigError(f"evaluations must be >= 1, got {self.evaluations}")
         if self.fidelity not in (1, 2, 3):
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity}")
         if self.threads < 1 or self.workers < 1:
             raise ConfigError(f"threads and workers must be >= 1, got {self.threads} and {self.workers}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"finetune_steps must be >= 0 (0 turns the final fine-tune off), got {self.finetune_steps}")
+        if self.eval_qat_lr <= 0:
+            raise ConfigError(f"eval_qat_lr must be > 0, got {self.eval_qat_lr}")
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
+        out = Path(self.output).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output {self.output!r} is an existing file, not a directory; pass a directory for the run's files")
+        self.space_config()  # the space's and the evaluator's own range checks, before any work
+        self.eval_config()
         self._check_stages()
 
     def _check_stages(self) -> None:
@@ -118,22 +174,51 @@ class SearchConfig:
         if not 0.0 <= self.finetune_distill_weight <= 1.0:
             raise ConfigError(f"finetune_distill_weight must lie in [0, 1], got {self.finetune_distill_weight}")
 
+    def space_config(self) -> SpaceConfig:
+        """The search-space settings of this configuration."""
+        from search_spaces.space import SpaceConfig
+
+        try:
+            return SpaceConfig(
+                weight_bits=self.weight_bits, act_bits=self.act_bits, n_groups=self.n_groups,
+                min_sparsity=self.space_min_sparsity, max_sparsity=self.max_sparsity,
+                sparsity_step=self.space_sparsity_step, pin_first_last=self.space_pin_first_last,
+                pinned_bits=self.space_pinned_bits, pinned=self.space_pinned, allow_pruning=self.allow_pruning,
+            )
+        except AutoMLError as exc:
+            raise ConfigError(f"search space settings (section 'space'): {exc}") from exc
+
+    def eval_config(self) -> EvalConfig:
+        """The evaluation settings of this configuration."""
+        from automl.evaluate import EvalConfig
+
+        try:
+            return EvalConfig(
+                fidelity=self.fidelity, weight_method=self.eval_weight_method, act_method=self.eval_act_method,
+                power_of_two=self.eval_power_of_two, importance=self.space_importance,
+                calib_batches=self.eval_calib_batches, qat_steps=self.eval_qat_steps, qat_lr=self.eval_qat_lr,
+                seed=self.seed,
+            )
+        except AutoMLError as exc:
+            raise ConfigError(f"evaluation settings (section 'evaluation'): {exc}") from exc
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["extra"] = dict(self.extra)
+        d["searcher_options"] = dict(self.searcher_options)
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown configuration keys {unknown}; known keys are {sorted(known)}")
-        values = dict(data)
-        for key in ("budget", "profiles", "weight_bits", "act_bits"):
-            if key in values and values[key] is not None:
-                v = values[key]
-                values[key] = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        """Build from flat keys and/or nested sections; every key and type is checked.
+
+        Raises:
+            ConfigError: naming an unknown key, or each key of a wrong type with the
+                expected type and the value that arrived.
+        """
+        flat, names = flatten_sections(cls, data)
+        values = normalise(cls, {**{f.name: getattr(_DEFAULTS, f.name) for f in fields(cls)}, **flat})
+        check_types(cls, values, names)  # quotes the keys as the file spells them
         return cls(**values)
 
     def merged(self, overrides: Mapping[str, Any]) -> SearchConfig:
@@ -144,19 +229,28 @@ class SearchConfig:
         return SearchConfig.from_dict(base) if changes else self
 
 
-def load_config(path: str | Path | None) -> SearchConfig:
-    """Read a YAML run configuration (keys of :class:`SearchConfig`)."""
-    if path is None:
-        return SearchConfig()
+_DEFAULTS = SearchConfig()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML run configuration, unchecked."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML file with keys of `automl search`")
     try:
         data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of option: value, got {type(data).__name__}")
-    return SearchConfig.from_dict({k.replace("-", "_"): v for k, v in data.items()})
+    return dict(data)
 
 
+def load_config(path: str | Path | None) -> SearchConfig:
+    """Read a YAML run configuration (keys of :class:`SearchConfig`, flat or in sections)."""
+    if path is None:
+        return SearchConfig()
+    try:
+        return SearchConfig.from_dict(read_config_file(path))
+    except ConfigError as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc}") from exc

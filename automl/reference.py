@@ -5,9 +5,11 @@ trains one on the train split and stores it with its validation and test accurac
 :func:`load_reference` reads it back (training on first use); :func:`reference_task`
 wraps it with the MNIST loaders into a :class:`~automl.task.Task`.
 
-Checkpoints live in ``$AUTOML_CACHE_DIR`` or, when that is unset, in
-``$XDG_CACHE_HOME/automl-mpq`` (``~/.cache/automl-mpq``), one file per architecture
-and seed: ``resnet20-seed0.pt``.
+The package ships ResNet-8 and ResNet-20 trained with seed 0 (:mod:`automl.weights`,
+sha256-checked), and :func:`load_reference` prefers them, so a first search trains nothing
+and every machine starts from the same network. Checkpoints trained here live in
+``$AUTOML_CACHE_DIR`` or, when that is unset, in ``$XDG_CACHE_HOME/automl-mpq``
+(``~/.cache/automl-mpq``), one file per architecture and seed: ``resnet20-seed0.pt``.
 """
 
 from __future__ import annotations
@@ -144,10 +146,13 @@ def load_reference(
     cache_dir: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     log: Log | None = print,
+    prefer_shipped: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a cached reference network, training it first if it is not cached.
+    """Load a reference network: the shipped one, else the cached one, else train it.
 
-    The cached checkpoint is used whatever settings it was trained with (its metadata
+    The shipped network (:mod:`automl.weights`) is used when ``cache_dir`` is ``None``,
+    ``prefer_shipped`` is set and one ships for ``arch`` and ``seed`` with a matching
+    sha256. A cached checkpoint is used whatever settings it was trained with (its metadata
     records them); call :func:`train_reference` to retrain with other settings.
 
     Args:
@@ -157,16 +162,26 @@ def load_reference(
         cache_dir: directory of the checkpoint; ``None`` takes :func:`default_cache_dir`.
         threads: threads for training, if training happens (see :func:`train_reference`).
         log: receives progress lines; ``None`` silences them.
+        prefer_shipped: use the shipped network when there is one (see above).
 
     Returns:
         The network in eval mode, and the checkpoint's metadata (everything but the
-        ``state_dict``, plus its ``path``).
+        ``state_dict``, plus its ``path``; ``shipped`` is true for a shipped network).
 
     Raises:
         ConfigError: if ``arch`` is unknown, or no readable checkpoint exists and
             ``train_if_missing`` is false.
     """
     path = checkpoint_path(arch, seed, cache_dir)
+    if prefer_shipped and cache_dir is None:
+        from automl.weights import load_shipped
+
+        shipped = load_shipped(arch, seed, log)
+        if shipped is not None:
+            model = REFERENCE_MODELS[arch]()
+            model.load_state_dict(shipped[0])
+            model.eval()
+            return model, shipped[1]
     checkpoint, problem = _read(path)
     if checkpoint is None:
         if not train_if_missing:

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
+from automl.console import closing_lines, stage  # noqa: E402
 from automl.export import export_policy  # noqa: E402
 from automl.finetune import FinetuneConfig  # noqa: E402
 
@@ -119,15 +120,17 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     tuned = {}
     export = None
     for i, (label, r) in enumerate(best.items()):
-        metrics, model = ev.final(r.policy, steps, "test", finetune=recipe)
+        with stage(f"final fine-tune of trial {r.number} (best for {label}): {steps} steps, then the test split", quiet):
+            metrics, model = ev.final(r.policy, steps, "test", finetune=recipe)
         test[label] = metrics.accuracy
         tuned[label] = ev.last_finetune
         if i == 0:  # the budget's winner becomes a deployable file, measured for real
-            export = export_policy(
-                model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
-                sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
-                cost_model=session.cost_model, threads=session.config.threads,
-            )
+            with stage(f"export of trial {r.number}: packing the weights and timing float and exported latency", quiet):
+                export = export_policy(
+                    model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
+                    sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
+                    cost_model=session.cost_model, threads=session.config.threads,
+                )
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -177,6 +180,6 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             print(f"exported the best policy to {export.path}: {export.file_bytes / 1024:.1f} KiB on disk "
                   f"(float checkpoint {export.float_file_bytes / 1024:.1f} KiB), {export.latency_exported_ms:.2f} ms "
                   f"vs float {export.latency_float_ms:.2f} ms per batch on {export.threads} thread(s)")
-        print(f"open the UI: automl ui --output {session.config.output}    then: automl best --output {session.config.output}")
+        print(closing_lines(session))
         sys.stdout.flush()
     return best

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,21 @@ from agents.records import SearchResult, TrialRecord
 from automl.budget import BoundBudget, Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
+from automl.config_schema import check_searcher_options
+from automl.console import budget_line, command_prefix
 from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.evaluate import Evaluator, Problem
+from automl.lifecycle import RUN_DIR_TAG, Terminated, handle_termination, owner_alive, remove_owner, write_owner
 from automl.loading import load_task
+from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, plan_run, read_journal
 from automl.task import Task
 from automl.timing import pin_threads
-from automl.tracking import MlflowTracker, artifact_root, check_tracking, default_tracking_uri
-from search_spaces.space import SpaceConfig
+from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
+from automl.uris import check_storage, check_tracking_uri
 
-JOURNAL, STATE, CONFIG = "trials.jsonl", "state.json", "config.json"
+__all__ = ["CONFIG", "JOURNAL", "STATE", "read_journal", "run_search", "search"]
 
 
 def searcher_names() -> tuple[str, ...]:
@@ -49,13 +52,25 @@ def make_searcher(name: str, objective: Objective, config: SearchConfig, run_dir
     from agents.rl import RLSearcher
 
     cls = searcher_class(name)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(config.searcher_options)
     if issubclass(cls, OptunaSearcher):
         kwargs["storage"] = config.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
         kwargs["study_name"] = f"automl-{run_dir.name}"
     elif issubclass(cls, RLSearcher):
         kwargs["checkpoint_dir"] = run_dir / "agent"
     return cls(objective, seed=config.seed, **kwargs)
+
+
+RESERVED_OPTIONS = {"seed": "seed", "storage": "storage", "study_name": "output", "checkpoint_dir": "output"}
+
+
+def check_searcher(config: SearchConfig) -> None:
+    """The searcher's name and its ``searcher_options``, checked before any work."""
+    if config.searcher not in searcher_names():
+        raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(searcher_names())}")
+    from agents import searcher_class
+
+    check_searcher_options(config.searcher, searcher_class(config.searcher), config.searcher_options, RESERVED_OPTIONS)
 
 
 # callbacks -------------------------------------------------------------------------------
@@ -74,20 +89,6 @@ class Journal(Callback):
                 os.fsync(fh.fileno())
             self.known.add(record.number)
         return True
-
-
-def read_journal(path: Path) -> list[TrialRecord]:
-    """Records of a journal; a torn last line (crash mid-write) is ignored."""
-    if not path.exists():
-        return []
-    out: dict[int, TrialRecord] = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = TrialRecord.from_json(line)
-        except (json.JSONDecodeError, KeyError):
-            continue
-        out.setdefault(record.number, record)
-    return [out[n] for n in sorted(out)]
 
 
 def trial_metrics(record: TrialRecord) -> dict[str, float]:
@@ -164,72 +165,43 @@ class Session:
     tracker: MlflowTracker | None
 
 
-def _space_config(config: SearchConfig) -> SpaceConfig:
-    return SpaceConfig(
-        weight_bits=tuple(config.weight_bits), act_bits=tuple(config.act_bits), n_groups=config.n_groups,
-        max_sparsity=config.max_sparsity, allow_pruning=config.allow_pruning,
-    )
-
-
-def resolve_run_dir(config: SearchConfig) -> tuple[SearchConfig, Path, bool]:
-    """The run directory; on ``--resume`` the saved config (with new evaluations/threads)."""
-    base = Path(config.output)
-    if not config.resume:
-        run_dir = base / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        while run_dir.exists():
-            run_dir = run_dir.with_name(run_dir.name + "x")
-        return config, run_dir, False
-    candidates = [Path(config.resume), base / "runs" / config.resume]
-    run_dir = next((p for p in candidates if (p / CONFIG).exists()), None)
-    if run_dir is None:
-        for state in sorted(base.glob(f"runs/*/{STATE}")):
-            if json.loads(state.read_text()).get("parent_run_id") == config.resume:
-                run_dir = state.parent
-    if run_dir is None:
-        raise ConfigError(
-            f"cannot resume {config.resume!r}: no run directory or MLflow run id of that name under {base}/runs. "
-            "Pass the run directory printed by the interrupted search."
-        )
-    saved = SearchConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
-    return replace(saved, evaluations=max(config.evaluations, 1), threads=config.threads, resume=config.resume), run_dir, True
-
-
-def build_session(config: SearchConfig, task: Task | None = None, track: bool = True) -> tuple[Session, bool]:
-    config, run_dir, resuming = resolve_run_dir(config)
+def build_session(plan: RunPlan, task: Task | None = None, track: bool = True) -> Session:
+    """Check everything a user can get wrong, cheapest first, then build the problem."""
+    config, run_dir = plan.config, plan.run_dir
     uri = config.tracking_uri or default_tracking_uri(config.output)
     if track:
-        check_tracking(uri)  # before any evaluation work
+        check_tracking_uri(uri)  # before any evaluation work
+    check_storage(config.storage)
     budget = Budget.parse(list(config.budget))
-    if config.searcher not in searcher_names():
-        raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(searcher_names())}")
+    check_searcher(config)
+    cwd = plan.state.get("cwd")
+    if isinstance(cwd, str) and cwd not in sys.path:
+        sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
     pin_threads(config.threads)
     task = task or load_task(config.task, threads=config.threads)
-    problem = Problem.from_task(task, _space_config(config))
+    problem = Problem.from_task(task, config.space_config(), importance=config.space_importance)
     profiles = load_profiles(tuple(dict.fromkeys([*config.profiles, *budget.profile_refs])))
     cost_model = CostModel(problem.analysis, problem.space, profiles)
     bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = CachedEvaluator(
-        Evaluator(problem, EvalConfig(fidelity=config.fidelity, seed=config.seed)), path=run_dir / "cache.sqlite"
-    )
+    evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
     tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
-    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker), resuming
+    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker)
 
 
-def _start_tracking(session: Session, resuming: bool) -> None:
+def _start_tracking(session: Session, resuming: bool, state: dict[str, Any]) -> None:
     tracker, cfg = session.tracker, session.config
     if tracker is None:
         return
     state_path = session.run_dir / STATE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if resuming and state.get("parent_run_id"):
         tracker.attach_parent(state["parent_run_id"])
         tracker.mark_unfinished_children()
         return
     tracker.start_parent(
         f"{cfg.searcher}-{session.run_dir.name}", cfg.to_dict(),
-        {"automl.run_dir": str(session.run_dir.resolve()), "searcher": cfg.searcher, "budget": ", ".join(cfg.budget)},
+        {RUN_DIR_TAG: str(session.run_dir.resolve()), "searcher": cfg.searcher, "budget": ", ".join(cfg.budget)},
     )
     state["parent_run_id"] = tracker.parent_id
     state_path.write_text(json.dumps(state))
@@ -283,53 +255,102 @@ def restore_records(searcher: Searcher, journal: list[TrialRecord]) -> None:
     searcher.records.sort(key=lambda r: r.number)
 
 
-def run_search(config: SearchConfig, task: Task | None = None, callbacks: Sequence[Callback] = (), quiet: bool = False) -> SearchResult:
-    """Run (or resume) one search and return its result; see :class:`SearchConfig`."""
-    session, resuming = build_session(config, task)
-    cfg, run_dir = session.config, session.run_dir
+def _finished_result(plan: RunPlan) -> SearchResult | None:
+    """The saved result of a FINISHED run that a resume would add nothing to."""
+    path = plan.run_dir / "result.json"
+    if plan.state.get("status") != "FINISHED" or len(plan.journal) < plan.config.evaluations or not path.is_file():
+        return None
+    return SearchResult.from_json(path.read_text())
+
+
+def _close(session: Session, status: str, state: dict[str, Any]) -> None:
+    """End the parent run with ``status`` and record it; runs whatever ended the search."""
+    try:
+        if session.tracker is not None:
+            session.tracker.finish_parent(status)
+            session.tracker.close()
+    finally:
+        state["status"] = status
+        (session.run_dir / STATE).write_text(json.dumps(state))
+        remove_owner(session.run_dir)
+
+
+def run_search(
+    config: SearchConfig, task: Task | None = None, callbacks: Sequence[Callback] = (), quiet: bool = False,
+    explicit: Collection[str] | None = None,
+) -> SearchResult:
+    """Run (or resume) one search and return its result; see :class:`SearchConfig`.
+
+    ``explicit`` names the keys the user set (a resume keeps the run's own value of every
+    other key); ``None`` takes those that differ from the defaults. The parent run ends
+    FINISHED, FAILED, or KILLED (Ctrl-C, SIGTERM).
+    """
+    plan = plan_run(config, explicit)
+    cfg, run_dir = plan.config, plan.run_dir
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    if plan.resuming:
+        if owner_alive(run_dir):
+            raise ConfigError(f"run {str(run_dir)!r} is still being searched by another process; stop it before resuming")
+        say(f"resuming {run_dir} with its own configuration: {len(plan.journal)} of {cfg.evaluations} evaluations done")
+        for note in plan.notes:
+            say(f"  override {note}")
+        finished = _finished_result(plan)
+        if finished is not None:
+            say(f"the run is FINISHED with {finished.n_evaluations} evaluations; nothing to add "
+                f"(pass --evaluations N with N > {finished.n_evaluations} to add trials)")
+            return finished
+    session = build_session(plan, task)
+    state = dict(plan.state)
     (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
-    tracker = session.tracker
+    write_owner(run_dir)
+    with handle_termination():
+        status = "FAILED"
+        try:
+            result = _search(session, plan, state, callbacks, quiet, say)
+            status = "FINISHED"
+        except (KeyboardInterrupt, Terminated):
+            status = "KILLED"
+            raise
+        finally:
+            _close(session, status, state)
+    return result
+
+
+def _search(
+    session: Session, plan: RunPlan, state: dict[str, Any], callbacks: Sequence[Callback], quiet: bool, say: Any,
+) -> SearchResult:
+    cfg, run_dir, tracker = session.config, session.run_dir, session.tracker
     assert tracker is not None
-    _start_tracking(session, resuming)
+    _start_tracking(session, plan.resuming, state)
     from automl.sensitivity_stage import run_stage
 
-    sensitivity = run_stage(session, resuming, quiet)  # before the searcher: it reads the tables
+    sensitivity = run_stage(session, plan.resuming, quiet)  # before the searcher: it reads the tables
     searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
-    if resuming:
-        resume_searcher(searcher, read_journal(run_dir / JOURNAL), single_worker=cfg.workers == 1)
+    if plan.resuming:
+        resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
     done = {r.number for r in searcher.records}
     logged = set(tracker.logged_trials())
-    cbs: list[Callback] = [Journal(run_dir / JOURNAL, set(read_journal_numbers(run_dir / JOURNAL))), MlflowLogging(tracker, logged, cfg.fidelity)]
+    journal = Journal(run_dir / JOURNAL, {r.number for r in plan.journal})
+    cbs: list[Callback] = [journal, MlflowLogging(tracker, logged, cfg.fidelity)]
     for record in searcher.records:  # trials evaluated before a crash but not yet journaled/logged
         for cb in cbs:
             cb.on_trial(record)
     best = max((r.accuracy for r in searcher.records if r.feasible), default=None)
     if not quiet:
+        say(f"run directory: {run_dir}  (resume with: {command_prefix()} search --resume {run_dir})")
+        say("budget: " + budget_line(session.bound))
         cbs.append(Progress(cfg.evaluations, len(done), best))
-        print(f"run directory: {run_dir}  (resume with: automl search --resume {run_dir})", file=sys.stderr)
     cbs.extend(callbacks)
-    status = "FAILED"
-    try:
-        result = replace(searcher.run(cfg.evaluations, cbs), sensitivity_evaluations=sensitivity.evaluations)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.flush()
-        if status != "FINISHED":
-            tracker.finish_parent(status)
-            tracker.close()
+    result = replace(searcher.run(cfg.evaluations, cbs), sensitivity_evaluations=sensitivity.evaluations)
+    tracker.flush()
     from automl.results import finish_search
 
     finish_search(session, result, quiet=quiet)
-    tracker.finish_parent("FINISHED")
-    tracker.close()
     return result
-
-
-def read_journal_numbers(path: Path) -> list[int]:
-    return [r.number for r in read_journal(path)]
 
 
 def search(task: Task, budget: str | Sequence[str] = ("size<=0.125x",), searcher: str | None = None, **options: Any) -> SearchResult:
@@ -346,4 +367,5 @@ def search(task: Task, budget: str | Sequence[str] = ("size<=0.125x",), searcher
     if searcher is not None:
         values["searcher"] = searcher
     quiet = bool(values.pop("quiet", False))
-    return run_search(SearchConfig.from_dict({**SearchConfig(task=task.name).to_dict(), **values}), task=task, quiet=quiet)
+    config = SearchConfig.from_dict({**SearchConfig(task=task.name).to_dict(), **values})
+    return run_search(config, task=task, quiet=quiet, explicit=set(values))
