@@ -263,7 +263,7 @@ def resume_searcher(searcher: Searcher, journal: list[TrialRecord], single_worke
             from optuna.trial import TrialState
 
             for t in searcher.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                searcher.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                searcher.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         searcher.sync()
         return
     restore_records(searcher, journal)
