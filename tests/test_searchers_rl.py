@@ -42,7 +42,8 @@ def test_lagrangian_episodes_are_recorded_as_the_env_proposed_them() -> None:
 
 def test_env_repair_is_recorded_with_the_requested_policy() -> None:
     objective = make_objective(budget="size<=0.1x")
-    result = PPOSearcher(objective, seed=0, budget_mode="repair", episodes_per_update=2).run(6)
+    result = PPOSearcher(objective, seed=0, budget_mode="repair", episodes_per_update=2, reference="none",
+                         warm_start=False).run(6)
     repaired = [r for r in result.records if r.repaired]
     assert repaired, "random early episodes overshoot a tight budget"
     assert all(r.feasible and r.proposed != r.policy for r in repaired)
