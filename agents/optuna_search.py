@@ -251,12 +251,13 @@ class OptunaSearcher(Searcher):
             trial.set_user_attr("repaired", True)
             trial.set_user_attr("repair", {"steps": len(record.repair.steps), "proposed_excess": excess})
         trial.set_user_attr(RECORD_ATTR, record.to_json())
-        if pruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
-            return record
-        score = self.score(record) - (0.0 if self.supports_constraints else excess)
-        values = [score] + [record.cost(m) for m in self.cost_objectives]
-        self.study.tell(trial, values if self.multi_objective else values[0])
+        with quiet_optuna():
+            if pruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return record
+            score = self.score(record) - (0.0 if self.supports_constraints else excess)
+            values = [score] + [record.cost(m) for m in self.cost_objectives]
+            self.study.tell(trial, values if self.multi_objective else values[0])
         return record
 
     def score(self, record: TrialRecord) -> float:
@@ -394,6 +395,7 @@ class CmaEsSearcher(OptunaSearcher):
         super().__init__(objective, **kwargs)
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.CmaEsSampler(
-            seed=self.seed, n_startup_trials=self.n_startup_trials, with_margin=True, warn_independent_sampling=False,
-        )
+        with quiet_optuna():
+            return optuna.samplers.CmaEsSampler(
+                seed=self.seed, n_startup_trials=self.n_startup_trials, with_margin=True, warn_independent_sampling=False,
+            )

@@ -124,7 +124,7 @@ class RLSearcher(Searcher):
         episodes_per_update: int = 4,
         net_arch: Sequence[int] = (64, 64),
         learning_rate: float | None = None,
-        noise_sigma: float = 0.3,
+        noise_sigma: float = 0.15,
         noise_decay: float | None = None,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1,
@@ -206,7 +206,8 @@ class RLSearcher(Searcher):
             kw["learning_rate"] = self.learning_rate
         if self.off_policy:
             warm = len(self.warm_policies) if self.warm_start else 0
-            warmup = warm + min(self.warmup_episodes, max(1, n_evaluations // 10))
+            # Random warm-up episodes only without a warm start: relative to a reference they are random policies.
+            warmup = warm + (0 if warm else min(self.warmup_episodes, max(1, n_evaluations // 10)))
             kw.update(
                 learning_starts=episodes_to_steps(warmup, self.episode_length),
                 buffer_size=min(100_000, episodes_to_steps(n_evaluations + 20, self.episode_length)), batch_size=64,
@@ -222,8 +223,9 @@ class RLSearcher(Searcher):
                 )
         else:
             if not self.masked:
-                # A narrower start (std 0.6 instead of 1) keeps early actions off the clipped ends of [-1, 1].
-                kw["policy_kwargs"]["log_std_init"] = -0.5
+                # A narrower start than std 1 keeps early actions off the clipped ends of [-1, 1]; relative
+                # to a reference, std 0.25 explores about 1-2 options around it.
+                kw["policy_kwargs"]["log_std_init"] = -0.5 if self.reference is None else float(np.log(0.25))
             n_steps = episodes_to_steps(self.episodes_per_update, self.episode_length)
             # Minibatches of whole episodes divide the rollout evenly.
             batch = self.episode_length * max(1, self.episodes_per_update // 2)

@@ -41,6 +41,10 @@ class SearchConfig:
         profiles: hardware profile names or YAML paths priced besides size/MACs/BitOps.
         n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space.
         finetune_steps: QAT steps of the final fine-tune of the best policy (0 = off).
+        searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
+            ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
+            and promotes the better half (successive halving) to ``fidelity``; both stages
+            are counted.
     """
 
     task: str = "reference:resnet20"
@@ -63,6 +67,7 @@ class SearchConfig:
     act_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     allow_pruning: bool = True
     finetune_steps: int = 200
+    searcher_stage_fidelity: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +77,11 @@ class SearchConfig:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity}")
         if self.threads < 1 or self.workers < 1:
             raise ConfigError(f"threads and workers must be >= 1, got {self.threads} and {self.workers}")
+        if not 0 <= self.searcher_stage_fidelity < self.fidelity:
+            raise ConfigError(
+                f"searcher_stage_fidelity must be 0 (one stage) or a fidelity below fidelity={self.fidelity}, "
+                f"got {self.searcher_stage_fidelity}"
+            )
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
 

@@ -53,6 +53,7 @@ def make_searcher(name: str, objective: Objective, config: SearchConfig, run_dir
     if issubclass(cls, OptunaSearcher):
         kwargs["storage"] = config.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
         kwargs["study_name"] = f"automl-{run_dir.name}"
+        kwargs["stage_fidelity"] = config.searcher_stage_fidelity or None
     elif issubclass(cls, RLSearcher):
         kwargs["checkpoint_dir"] = run_dir / "agent"
     return cls(objective, seed=config.seed, **kwargs)
