@@ -39,6 +39,7 @@ class Objective:
 
     Attributes:
         n_calls: evaluations made through this objective (in this process).
+        evaluations_by_fidelity: fidelity -> evaluations at it (a staged trial counts at each).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Objective:
         self.sensitivities = as_sensitivities(self.space, sensitivities)
         self.repair_enabled = repair
         self.n_calls = 0
+        self.evaluations_by_fidelity: dict[int, int] = {}
 
     # cost-only checks ----------------------------------------------------------------
     def price(self, policy: Policy) -> Costs:
@@ -88,7 +90,13 @@ class Objective:
 
     # evaluation ----------------------------------------------------------------------
     def __call__(
-        self, policy: Policy, *, number: int | None = None, searcher: str = "", repair: bool | None = None
+        self,
+        policy: Policy,
+        *,
+        number: int | None = None,
+        searcher: str = "",
+        repair: bool | None = None,
+        fidelity: int | None = None,
     ) -> TrialRecord:
         """Evaluate ``policy`` (repaired first if over budget and repair is on).
 
@@ -98,6 +106,9 @@ class Objective:
             searcher: name recorded with the trial.
             repair: overrides the objective's repair setting for this call (an RL env that
                 handles the budget itself evaluates its policies as they are).
+            fidelity: the evaluator's fidelity for this call (its default when ``None``): a
+                multi-fidelity searcher scores cheaply first. Counted per fidelity in
+                :attr:`evaluations_by_fidelity`.
 
         Raises:
             PolicyError: if ``policy`` does not belong to the search space.
@@ -111,7 +122,8 @@ class Objective:
             costs = self.price(evaluated)
             if not record.changed:
                 record = None
-        metrics = self.evaluator.evaluate(evaluated)
+        metrics = self.evaluator.evaluate(evaluated) if fidelity is None else self.evaluator.evaluate(evaluated, fidelity)
+        self.evaluations_by_fidelity[metrics.fidelity] = self.evaluations_by_fidelity.get(metrics.fidelity, 0) + 1
         trial = TrialRecord(
             number=self.n_calls if number is None else int(number),
             policy=evaluated,

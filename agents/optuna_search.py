@@ -1,7 +1,9 @@
 """Optuna samplers as searchers: TPE, NSGA-II (Pareto front), GP and CMA-ES.
 
-A policy is a flat vector of integer parameters (:class:`agents.codec.PolicyCodec`). Every
-trial of the study stores its :class:`~agents.records.TrialRecord` as a user attribute, so
+A policy is a compact vector of integer parameters (:class:`agents.codec.PolicyCodec`: one
+sparsity per coupled group, weight and activation bits per layer, one importance spread of
+channel-group bits per coupled group; 63 parameters for ResNet-20). Every trial of the
+study stores its :class:`~agents.records.TrialRecord` as a user attribute, so
 
 - re-opening a study (same storage and study name) resumes it: finished trials are loaded
   into the result, never evaluated again, and only the missing evaluations run;
@@ -10,11 +12,22 @@ trial of the study stores its :class:`~agents.records.TrialRecord` as a user att
   beyond them (two workers racing for the last slot) is marked failed with the user
   attribute ``surplus`` before anything is evaluated, so no trial is lost or duplicated.
 
-The budget reaches the sampler through trial constraints (``value / limit - 1`` per limit,
-:meth:`optuna.trial.Trial.set_constraint`, which replaces ``constraints_func`` in Optuna 5):
-with the objective's repair on, every evaluated policy meets the budget and the sampler
-optimises accuracy of the repaired proposal; with repair off, an over-budget proposal is
-evaluated, marked infeasible and ranked below every feasible trial by its excess.
+**The budget is visible to the sampler.** Each trial carries the *proposed* policy's
+constraint values (``value / limit - 1`` per limit, :meth:`optuna.trial.Trial.set_constraint`,
+which Optuna 5's TPE, NSGA-II and GP samplers read in place of ``constraints_func``), even
+when the objective's repair made the evaluated policy feasible: the sampler ranks an
+over-budget proposal below every feasible one by its excess and learns where the boundary
+is, while the record keeps the repaired policy's result (a repaired trial also carries the
+user attributes ``repaired`` and ``repair``, and the runner tags it in MLflow). CMA-ES has no
+constraint handling: it is told ``score - excess`` for an over-budget proposal instead.
+
+**Multi-fidelity** (``stage_fidelity``): every proposal is first scored at a cheap fidelity
+and reported to the study (:meth:`optuna.trial.Trial.report`); Optuna's
+:class:`~optuna.pruners.SuccessiveHalvingPruner` promotes the better share to the search
+fidelity and the rest end ``PRUNED`` (the sampler still learns from their cheap score).
+Both stages are evaluations: the objective counts them per fidelity, the record's
+``seconds`` holds both, and the trial's ``stages`` user attribute lists each. A pruned
+trial's record keeps the cheap metrics, so it never competes for ``best``.
 """
 
 from __future__ import annotations
@@ -36,13 +49,17 @@ from agents.codec import PolicyCodec, uniform_policies
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from agents.storage import fail_stale, heartbeat, open_storage, quiet_optuna
+from automl.cache import evaluator_fidelity
 from automl.errors import AutoMLError, ConfigError
 from automl.ilp import solve_ilp
 from search_spaces.policy import Policy
 
 RECORD_ATTR = "record"
 SURPLUS_ATTR = "surplus"
-_ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING)
+WARM_ATTR = "warm_start"
+STAGES_ATTR = "stages"
+_ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+_DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def warm_start_policies(objective: Objective, ilp_time_limit: float = 60.0) -> list[Policy]:
@@ -83,10 +100,17 @@ class OptunaSearcher(Searcher):
             while their KL still tells "less broken" from "more broken". The small weight
             leaves the order of working policies to accuracy. Records, ``best`` and the
             Pareto front always use accuracy itself.
+        spread: the codec's channel-group spread (``group``, ``layer``, ``none``; see
+            :class:`~agents.codec.PolicyCodec`).
+        stage_fidelity: score each proposal at this fidelity first and promote the better
+            ``1 / reduction_factor`` to the evaluator's own fidelity (``None``: one stage).
+            Warm-start trials are always promoted.
+        reduction_factor: the successive-halving pruner's factor (2 promotes half).
     """
 
     name = "optuna"
     multi_objective = False
+    supports_constraints = True
 
     def __init__(
         self,
@@ -99,22 +123,30 @@ class OptunaSearcher(Searcher):
         objectives: Sequence[str] | None = None,
         heartbeat_interval: int | None = 30,
         kl_weight: float = 0.01,
+        spread: str = "group",
+        stage_fidelity: int | None = None,
+        reduction_factor: int = 2,
     ) -> None:
         super().__init__(objective, seed=seed)
         if kl_weight < 0:
             raise ConfigError(f"kl_weight must be >= 0, got {kl_weight}")
+        if reduction_factor < 2:
+            raise ConfigError(f"reduction_factor must be >= 2, got {reduction_factor}")
         self.kl_weight = float(kl_weight)
-        self.codec = PolicyCodec(self.space)
+        self.stage_fidelity = self._check_stage(stage_fidelity)
+        self.codec = PolicyCodec(self.space, spread=spread)
         self.distributions = {k: IntDistribution(0, n - 1) for k, n in self.codec.ranges.items()}
         self.cost_objectives = self._cost_objectives(objectives)
         self.storage = open_storage(storage, heartbeat_interval=heartbeat_interval)
         self.study_name = study_name or self.default_study_name()
         directions = ["maximize"] + ["minimize"] * len(self.cost_objectives)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
         self.study = optuna.create_study(
             storage=self.storage, sampler=self.make_sampler(), study_name=self.study_name,
-            directions=directions, load_if_exists=True,
+            directions=directions, load_if_exists=True, pruner=pruner,
         )
+        self._study_id = self.storage.get_study_id_from_name(self.study_name)
         if list(self.study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise ConfigError(
                 f"study {self.study_name!r} exists with other objectives ({len(self.study.directions)}); "
@@ -130,6 +162,17 @@ class OptunaSearcher(Searcher):
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         """The Optuna sampler (subclasses override)."""
         return optuna.samplers.RandomSampler(seed=self.seed)
+
+    def _check_stage(self, stage: int | None) -> int | None:
+        if stage is None:
+            return None
+        full = evaluator_fidelity(self.objective.evaluator)
+        if stage not in (1, 2, 3) or (full and stage >= full):
+            raise ConfigError(
+                f"stage_fidelity must be a fidelity below the search's ({full}), got {stage!r}; "
+                "use None for a single-stage search"
+            )
+        return int(stage)
 
     def _cost_objectives(self, objectives: Sequence[str] | None) -> tuple[str, ...]:
         if not self.multi_objective:
@@ -153,12 +196,16 @@ class OptunaSearcher(Searcher):
 
     # warm start ----------------------------------------------------------------------
     def enqueue(self, policies: Sequence[Policy]) -> int:
-        """Queue ``policies`` as the next trials; returns how many were expressible and queued."""
+        """Queue ``policies`` as the next trials; returns how many were expressible and queued.
+
+        The integer program's policy (one width per layer, one level per coupled group) and
+        the uniform baselines are expressible exactly; others are not queued.
+        """
         queued = 0
         for policy in policies:
             params = self.codec.encode(policy)
             if params is not None:
-                self.study.enqueue_trial(params, skip_if_exists=True)
+                self.study.enqueue_trial(params, user_attrs={WARM_ATTR: True}, skip_if_exists=True)
                 queued += 1
         return queued
 
@@ -166,7 +213,7 @@ class OptunaSearcher(Searcher):
     def sync(self) -> None:
         """Load every finished trial's record from the study (this and other workers')."""
         records = {}
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in self.study.get_trials(deepcopy=False, states=_DONE):
             text = t.user_attrs.get(RECORD_ATTR)
             if text is not None:
                 records[t.number] = TrialRecord.from_json(text)
@@ -192,13 +239,25 @@ class OptunaSearcher(Searcher):
             return None
         return trial
 
-    def _complete(self, trial: Trial, record: TrialRecord) -> TrialRecord:
+    def _complete(self, trial: Trial, record: TrialRecord, pruned: bool = False) -> TrialRecord:
         record = replace(record, number=trial.number)
+        proposed = record.costs if record.proposed == record.policy else self.objective.price(record.proposed)
+        excess = 0.0
         for metric, limit in self.objective.limits:
-            trial.set_constraint(metric, record.cost(metric) / limit - 1.0)
+            value = proposed.value(metric) / limit - 1.0
+            excess += max(value, 0.0)
+            trial.set_constraint(metric, value)
+        if record.repair is not None:
+            trial.set_user_attr("repaired", True)
+            trial.set_user_attr("repair", {"steps": len(record.repair.steps), "proposed_excess": excess})
         trial.set_user_attr(RECORD_ATTR, record.to_json())
-        values = [self.score(record)] + [record.cost(m) for m in self.cost_objectives]
-        self.study.tell(trial, values if self.multi_objective else values[0])
+        with quiet_optuna():
+            if pruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return record
+            score = self.score(record) - (0.0 if self.supports_constraints else excess)
+            values = [score] + [record.cost(m) for m in self.cost_objectives]
+            self.study.tell(trial, values if self.multi_objective else values[0])
         return record
 
     def score(self, record: TrialRecord) -> float:
@@ -223,6 +282,22 @@ class OptunaSearcher(Searcher):
         self.records = [r for r in self.records if r.number != record.number] + [done]
 
     # driver --------------------------------------------------------------------------
+    def _evaluate_trial(self, trial: Trial) -> tuple[TrialRecord, bool]:
+        """The trial's record and whether the pruner stopped it at the cheap stage."""
+        policy = self.codec.decode(trial.params)
+        if self.stage_fidelity is None:
+            return self.objective(policy, number=trial.number, searcher=self.label), False
+        cheap = self.objective(policy, number=trial.number, searcher=self.label, fidelity=self.stage_fidelity)
+        stages = [{"fidelity": cheap.metrics.fidelity, "score": self.score(cheap), "seconds": cheap.seconds}]
+        trial.report(self.score(cheap), step=1)
+        if not trial.user_attrs.get(WARM_ATTR) and trial.should_prune():
+            trial.set_user_attr(STAGES_ATTR, stages)
+            return cheap, True
+        full = self.objective(policy, number=trial.number, searcher=self.label)
+        stages.append({"fidelity": full.metrics.fidelity, "score": self.score(full), "seconds": full.seconds})
+        trial.set_user_attr(STAGES_ATTR, stages)
+        return replace(full, seconds=cheap.seconds + full.seconds), False
+
     def run(self, n_evaluations: int, callbacks: Sequence[Callback] = ()) -> SearchResult:
         """Run until the study holds ``n_evaluations`` finished trials (counting other workers')."""
         check_evaluations(n_evaluations)
@@ -234,10 +309,10 @@ class OptunaSearcher(Searcher):
             trial = self._next_trial(n_evaluations)
             if trial is None:
                 break
-            policy = self.codec.decode(trial.params)
-            with heartbeat(self.storage, trial._trial_id):
-                record = self.objective(policy, number=trial.number, searcher=self.label)
-            record = self._complete(trial, record)
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+            with heartbeat(self.storage, trial_id):
+                record, pruned = self._evaluate_trial(trial)
+            record = self._complete(trial, record, pruned)
             self.records.append(record)
             if not notify_trial(callbacks, record):
                 break
@@ -302,9 +377,14 @@ class GPSearcher(OptunaSearcher):
 
 
 class CmaEsSearcher(OptunaSearcher):
-    """CMA-ES with margin (for integer parameters); needs the ``cmaes`` package."""
+    """CMA-ES with margin (for integer parameters); needs the ``cmaes`` package.
+
+    It has no constraint handling, so an over-budget proposal is told ``score - excess``
+    (its summed relative excess over the limits).
+    """
 
     name = "cmaes"
+    supports_constraints = False
 
     def __init__(self, objective: Objective, *, n_startup_trials: int = 1, **kwargs) -> None:
         try:
@@ -315,6 +395,7 @@ class CmaEsSearcher(OptunaSearcher):
         super().__init__(objective, **kwargs)
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.CmaEsSampler(
-            seed=self.seed, n_startup_trials=self.n_startup_trials, with_margin=True, warn_independent_sampling=False,
-        )
+        with quiet_optuna():
+            return optuna.samplers.CmaEsSampler(
+                seed=self.seed, n_startup_trials=self.n_startup_trials, with_margin=True, warn_independent_sampling=False,
+            )

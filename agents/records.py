@@ -132,7 +132,7 @@ def _meets(record: TrialRecord, limits: Mapping[str, float]) -> bool:
 
 
 def best_record(records: Iterable[TrialRecord], limits: Mapping[str, float] | None = None) -> TrialRecord | None:
-    """The most accurate feasible record (ties: smaller size, then earlier trial).
+    """The most accurate feasible record at the highest fidelity present (ties: smaller size, then earlier trial).
 
     Args:
         records: evaluated trials.
@@ -144,6 +144,10 @@ def best_record(records: Iterable[TrialRecord], limits: Mapping[str, float] | No
     pool = [r for r in pool if math.isfinite(r.accuracy)]
     if not pool:
         return None
+    # A multi-fidelity search stops unpromising trials at a cheap score; only records scored
+    # at the search's own (highest) fidelity compete.
+    top = max(r.metrics.fidelity for r in pool)
+    pool = [r for r in pool if r.metrics.fidelity == top]
     return max(pool, key=lambda r: (r.accuracy, -r.costs.size_bytes, -r.number))
 
 

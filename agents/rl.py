@@ -5,13 +5,34 @@ finished episode is one evaluation. The env evaluates the episode's policy throu
 :class:`~agents.rl_parts.ObjectiveEvaluator`, so it is scored by the shared
 :class:`~agents.objective.Objective` and recorded like any other searcher's trial; an
 SB3 callback stops learning when the search holds ``n_evaluations`` records or a search
-callback asks to stop. The agent (and an off-policy agent's replay buffer) is saved to
-``checkpoint_dir`` every few episodes and at the end, with the records so far; a searcher
-built on the same directory resumes from there and runs only the missing evaluations.
+callback asks to stop.
 
-Defaults are chosen for small evaluation budgets (100-200 episodes): small networks
-(64 x 64), a few random warm-up episodes for off-policy agents, decaying Gaussian
-exploration noise for DDPG and TD3 (HAQ's recipe), PPO updates every 4 episodes.
+What makes the agents start where TPE starts, and learn from what happened:
+
+- **Relative actions.** The env's Box actions are offsets from a reference policy (the
+  integer program's, ``reference="ilp"``, or uniform 8-bit), so the zero action is the
+  reference and Gaussian exploration starts around a good policy instead of the middle of
+  the space (sparsity 0.375 everywhere, middle bits).
+- **Warm start.** The first episodes replay the warm-start policies (the integer program's
+  and the uniform policies that fit, as TPE's enqueued trials); they are evaluated, and
+  off-policy agents keep them in the replay buffer. PPO and MaskablePPO first take a short
+  behaviour-cloning pass towards the reference (:func:`~agents.rl_parts.behaviour_clone`).
+- **Executed actions.** What the agent stores is the action the env applied after masks,
+  projection and scripts (:class:`~agents.rl_parts.EvaluationBudget`); every projection of
+  an episode is recorded on its trial like a repair (``repair.steps``).
+- **A real tell.** :meth:`RLSearcher.tell` replays a told record's policy through the env
+  (no evaluation) into the replay buffer, or behaviour-clones it when it is the best so far
+  (on-policy), so records restored from the runner's journal are learned from.
+- **Checkpoints at rollout boundaries.** The agent (and the replay buffer) is saved when
+  its state includes every episode up to a known record count (``learned``); the records
+  are saved after every episode. A resumed searcher tells the records past ``learned`` to
+  the agent, so resuming loses no learning.
+- **Reward relative to float** on the search's own validation data and fidelity:
+  ``accuracy / float accuracy`` (the evaluator's ``baseline()``), minus the KL slope.
+
+Defaults are chosen for small evaluation budgets (60-200 episodes): small networks
+(64 x 64), Gaussian exploration noise for DDPG and TD3 decaying to its floor over the
+search, PPO updates every 4 episodes.
 """
 
 from __future__ import annotations
@@ -30,6 +51,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.base import Callback, Searcher, check_evaluations, notify_trial
 from agents.objective import Objective
+from agents.optuna_search import warm_start_policies
 from agents.records import SearchResult, TrialRecord, repair_from_dict
 from agents.rl_parts import (
     DecayingNormalNoise,
@@ -37,15 +59,20 @@ from agents.rl_parts import (
     KLShapedReward,
     ObjectiveEvaluator,
     ProposalEvaluator,
+    add_to_replay_buffer,
+    behaviour_clone,
     episodes_to_steps,
+    replay_episode,
 )
 from automl.errors import ConfigError
+from automl.repair import RepairRecord
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv, LayerQuantEnv
 from envs.base import CompressionEnv
 from search_spaces.policy import Policy
 
 ENVS = ("joint", "layer")
-MODEL_FILE, RESULT_FILE, BUFFER_FILE = "model.zip", "result.json", "replay_buffer.pkl"
+MODEL_FILE, RESULT_FILE, BUFFER_FILE, STATE_FILE = "model.zip", "result.json", "replay_buffer.pkl", "agent.json"
+REFERENCES = ("ilp", "uniform8", "none")
 
 
 class RLSearcher(Searcher):
@@ -64,10 +91,17 @@ class RLSearcher(Searcher):
         net_arch: hidden layers of the actor and critic networks.
         learning_rate: the algorithm's default when ``None``.
         noise_sigma / noise_decay: exploration noise of DDPG and TD3 (scale of actions in
-            [-1, 1], multiplied by ``noise_decay`` after every episode).
+            [-1, 1], multiplied by ``noise_decay`` after every episode; ``None`` decays it
+            to its floor of 0.05 at the last episode of the search).
         checkpoint_dir: where the agent and the records are saved; resumes from it if it
             holds a checkpoint.
-        checkpoint_every: episodes between checkpoints.
+        checkpoint_every: rollouts between agent checkpoints (records are saved every episode).
+        reference: the policy actions are relative to: ``ilp`` (the integer program's, the
+            first warm-start policy; uniform 8-bit if it has none), ``uniform8`` or ``none``
+            (absolute actions).
+        warm_start: replay the warm-start policies as the first episodes (and
+            behaviour-clone the reference for on-policy agents).
+        bc_steps: most behaviour-cloning gradient steps of the on-policy warm start.
         kl_weight: the final reward loses ``kl_weight * KL`` (see
             :class:`~agents.rl_parts.KLShapedReward`); 0 keeps the env's reward as is.
         algo_kwargs: further keyword arguments of the SB3 algorithm (override the above).
@@ -90,23 +124,33 @@ class RLSearcher(Searcher):
         episodes_per_update: int = 4,
         net_arch: Sequence[int] = (64, 64),
         learning_rate: float | None = None,
-        noise_sigma: float = 0.5,
-        noise_decay: float = 0.97,
+        noise_sigma: float = 0.15,
+        noise_decay: float | None = None,
         checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int = 10,
+        checkpoint_every: int = 1,
         kl_weight: float = 0.01,
         algo_kwargs: dict[str, Any] | None = None,
+        reference: str = "ilp",
+        warm_start: bool = True,
+        bc_steps: int = 100,
     ) -> None:
         super().__init__(objective, seed=seed)
         if env not in ENVS:
             raise ConfigError(f"env must be one of {list(ENVS)}, got {env!r}")
-        if warmup_episodes < 0 or episodes_per_update < 1 or checkpoint_every < 1:
-            raise ConfigError("warmup_episodes must be >= 0, episodes_per_update and checkpoint_every >= 1")
+        if warmup_episodes < 0 or episodes_per_update < 1 or checkpoint_every < 1 or bc_steps < 0:
+            raise ConfigError("warmup_episodes and bc_steps must be >= 0, episodes_per_update and checkpoint_every >= 1")
+        if reference not in REFERENCES:
+            raise ConfigError(f"reference must be one of {list(REFERENCES)}, got {reference!r}")
         self.env_kind, self.hierarchy, self.budget_mode = env, hierarchy, budget_mode
         self.warmup_episodes, self.episodes_per_update = int(warmup_episodes), int(episodes_per_update)
         self.net_arch = [int(n) for n in net_arch]
         self.learning_rate = learning_rate
-        self.noise_sigma, self.noise_decay = float(noise_sigma), float(noise_decay)
+        self.noise_sigma = float(noise_sigma)
+        self.noise_decay = None if noise_decay is None else float(noise_decay)
+        self.bc_steps = int(bc_steps)
+        self.warm_policies = warm_start_policies(objective) if (warm_start or reference == "ilp") else []
+        self.reference = self._reference_policy(reference)
+        self.warm_start = bool(warm_start)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = int(checkpoint_every)
         self.algo_kwargs = dict(algo_kwargs or {})
@@ -119,13 +163,32 @@ class RLSearcher(Searcher):
         self._proposal_env: Any = None
         self._callbacks: Sequence[Callback] = ()
         self._episodes = 0
+        self.learned = 0  # records the saved agent has learned from
+        self._model_learned = 0  # records the agent in memory has learned from
+        self._pending_learned: int | None = None
+        self._rollouts = 0
         self._load_records()
+        if self.warm_start and len(self.records) < len(self.warm_policies):
+            self.env.unwrapped.queue_policies(self.warm_policies[len(self.records):])
+
+    def _reference_policy(self, reference: str) -> Policy | None:
+        if reference == "none":
+            return None
+        if reference == "ilp" and self.warm_policies:
+            return self.warm_policies[0]
+        from automl.errors import PolicyError
+
+        try:
+            return self.space.uniform(8)
+        except PolicyError:
+            return None
 
     # construction --------------------------------------------------------------------
     def _make_env(self, evaluator: Any) -> Any:
         o = self.objective
         kwargs: dict[str, Any] = dict(
             sensitivity=o.sensitivities, config=EnvConfig(budget_mode=self.budget_mode, cache=False),
+            reference=self.reference,
         )
         if self.env_kind == "joint":
             base: CompressionEnv = JointPruneQuantEnv(
@@ -142,19 +205,27 @@ class RLSearcher(Searcher):
         if self.learning_rate is not None:
             kw["learning_rate"] = self.learning_rate
         if self.off_policy:
-            warmup = min(self.warmup_episodes, max(1, n_evaluations // 5))
+            warm = len(self.warm_policies) if self.warm_start else 0
+            # Random warm-up episodes only without a warm start: relative to a reference they are random policies.
+            warmup = warm + (0 if warm else min(self.warmup_episodes, max(1, n_evaluations // 10)))
             kw.update(
-                learning_starts=episodes_to_steps(warmup, self.episode_length), buffer_size=100_000, batch_size=64,
+                learning_starts=episodes_to_steps(warmup, self.episode_length),
+                buffer_size=min(100_000, episodes_to_steps(n_evaluations + 20, self.episode_length)), batch_size=64,
                 tau=0.01, train_freq=(1, "episode"), gradient_steps=-1,
             )
             if self.algorithm is not SAC:
+                floor = 0.05
+                decay = self.noise_decay
+                if decay is None:
+                    decay = (floor / self.noise_sigma) ** (1.0 / max(1, n_evaluations - warmup))
                 kw["action_noise"] = DecayingNormalNoise(
-                    int(np.prod(self.env.action_space.shape)), self.noise_sigma, self.noise_decay
+                    int(np.prod(self.env.action_space.shape)), self.noise_sigma, decay, floor
                 )
         else:
             if not self.masked:
-                # A narrower start (std 0.6 instead of 1) keeps early actions off the clipped ends of [-1, 1].
-                kw["policy_kwargs"]["log_std_init"] = -0.5
+                # A narrower start than std 1 keeps early actions off the clipped ends of [-1, 1]; relative
+                # to a reference, std 0.25 explores about 1-2 options around it.
+                kw["policy_kwargs"]["log_std_init"] = -0.5 if self.reference is None else float(np.log(0.25))
             n_steps = episodes_to_steps(self.episodes_per_update, self.episode_length)
             # Minibatches of whole episodes divide the rollout evenly.
             batch = self.episode_length * max(1, self.episodes_per_update // 2)
@@ -170,12 +241,44 @@ class RLSearcher(Searcher):
                 buffer = self._path(BUFFER_FILE)
                 if self.off_policy and buffer is not None and buffer.is_file():
                     self.model.load_replay_buffer(buffer)  # type: ignore[attr-defined]
+                for record in self.records[self.learned :]:
+                    self._learn_from(record)
+                self._model_learned = len(self.records)
             else:
                 policy = "MultiInputPolicy" if isinstance(self.env.observation_space, dict) else "MlpPolicy"
                 self.model = self.algorithm(
                     policy, self.env, seed=self.seed, device="cpu", verbose=0, **self.hyperparameters(n_evaluations)
                 )
+                if not self.off_policy and self.warm_start and self.reference is not None and self.bc_steps:
+                    behaviour_clone(self.model, replay_episode(self._proposal(), self.reference), self.bc_steps)
+                for record in self.records:  # told before the agent existed
+                    self._learn_from(record)
+                self._model_learned = len(self.records)
         return self.model
+
+    def _proposal(self) -> Any:
+        """An env twin that evaluates nothing (for ask, replays and demonstrations)."""
+        if self._proposal_env is None:
+            self._proposal_env = self._make_env(ProposalEvaluator())
+            self._proposal_env.reset(seed=self.seed)
+        return self._proposal_env
+
+    def episode_reward(self, record: TrialRecord) -> float:
+        """The reward the env would give ``record``'s evaluation (accuracy relative to float)."""
+        base: CompressionEnv = self.env.unwrapped
+        reward = base.reward_of(record.metrics, record.costs)
+        kl = record.metrics.kl
+        return reward - (self.kl_weight * kl if self.kl_weight and np.isfinite(kl) else 0.0)
+
+    def _learn_from(self, record: TrialRecord) -> None:
+        """Off-policy: the record's episode into the replay buffer; on-policy: clone it if it is the best yet."""
+        assert self.model is not None
+        steps = replay_episode(self._proposal(), record.proposed)
+        reward = self.episode_reward(record)
+        if self.off_policy:
+            add_to_replay_buffer(self.model, steps, reward)
+        elif reward >= max((self.episode_reward(r) for r in self.records if r.feasible), default=-np.inf):
+            behaviour_clone(self.model, steps, max(1, self.bc_steps // 4))
 
     # checkpoints ---------------------------------------------------------------------
     def _path(self, name: str) -> Path | None:
@@ -188,18 +291,52 @@ class RLSearcher(Searcher):
             self.records = list(result.records)
             self._elapsed = result.wall_seconds
             self._episodes = len(self.records)
+            state = self._path(STATE_FILE)
+            self.learned = int(json.loads(state.read_text())["learned"]) if state is not None and state.is_file() else 0
 
-    def save_checkpoint(self) -> None:
-        """Save the agent, its replay buffer (off-policy) and the records to ``checkpoint_dir``."""
+    def _write(self, name: str, text: str) -> None:
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_dir / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.checkpoint_dir / name)
+
+    def save_records(self) -> None:
+        """Save the records so far (every episode)."""
+        if self.checkpoint_dir is not None:
+            self._write(RESULT_FILE, json.dumps(self.result().to_dict()))
+
+    def save_checkpoint(self, learned: int | None = None) -> None:
+        """Save the agent, its replay buffer (off-policy), the records, and how many records
+        the saved agent has learned from (``learned``; all records when ``None``)."""
         if self.checkpoint_dir is None or self.model is None:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.model.save(self._path(MODEL_FILE))
         if self.off_policy:
             self.model.save_replay_buffer(self._path(BUFFER_FILE))  # type: ignore[attr-defined]
-        tmp = self.checkpoint_dir / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.result().to_dict()))
-        tmp.replace(self.checkpoint_dir / RESULT_FILE)
+        self.learned = len(self.records) if learned is None else learned
+        self.save_records()
+        self._write(STATE_FILE, json.dumps({"learned": self.learned}))
+
+    def rollout_start(self) -> None:
+        """SB3 begins collecting: an on-policy agent has now trained on the last rollout."""
+        if not self.off_policy and self._pending_learned is not None:
+            self._model_learned = self._pending_learned
+            self._pending_learned = None
+            self._rollouts += 1
+            if self._rollouts % self.checkpoint_every == 0:
+                self.save_checkpoint(self._model_learned)
+
+    def rollout_end(self) -> None:
+        """SB3 stored the rollout: an off-policy buffer now holds every episode so far."""
+        if self.off_policy:
+            self._model_learned = len(self.records)
+            self._rollouts += 1
+            if self._rollouts % self.checkpoint_every == 0:
+                self.save_checkpoint()
+        else:
+            self._pending_learned = len(self.records)
 
     # the env's evaluations -----------------------------------------------------------
     def evaluate_episode(self, policy: Policy) -> TrialRecord:
@@ -209,16 +346,21 @@ class RLSearcher(Searcher):
         return record
 
     def episode_done(self, info: dict[str, Any]) -> bool:
-        """Complete the last record from the env's final ``info``; ``False`` if a callback stops the search."""
+        """Complete the last record from the env's final ``info``; ``False`` if a callback stops the search.
+
+        An env repair is recorded with the requested policy; in-episode projections (masks,
+        over-pruning) as a repair record whose steps list them.
+        """
         record = self.records[-1]
         requested = info.get("requested_policy")
         if info.get("repaired") and requested is not None:
             record = replace(record, proposed=requested, repair=repair_from_dict(info["repair"]))
-            self.records[-1] = record
+        elif info.get("projection_log"):
+            record = replace(record, repair=RepairRecord(changed=True, steps=tuple(info["projection_log"]), after=record.costs))
+        self.records[-1] = record
         self._episodes += 1
         keep_going = notify_trial(self._callbacks, record)
-        if self._episodes % self.checkpoint_every == 0:
-            self.save_checkpoint()
+        self.save_records()
         return keep_going
 
     # ask / tell ----------------------------------------------------------------------
@@ -229,10 +371,8 @@ class RLSearcher(Searcher):
         propose now.
         """
         model = self._ensure_model(1)
-        if self._proposal_env is None:
-            self._proposal_env = self._make_env(ProposalEvaluator())
-        env = self._proposal_env
-        obs, _ = env.reset(seed=self.seed)
+        env = self._proposal()
+        obs, _ = env.reset()
         while True:
             kwargs = {"action_masks": env.get_wrapper_attr("action_masks")()} if self.masked else {}
             action, _ = model.predict(obs, deterministic=True, **kwargs)
@@ -241,7 +381,11 @@ class RLSearcher(Searcher):
                 return info["policy"]
 
     def tell(self, policy: Policy, record: TrialRecord) -> None:
-        """The agent learns from its own episodes in :meth:`run`, not from told records."""
+        """Learn from ``record`` (a restored journal record, or another searcher's): its
+        episode is replayed into the replay buffer, or cloned by an on-policy agent when it
+        is the best so far. Once the agent exists; records told before are learned on creation."""
+        if self.model is not None:
+            self._learn_from(record)
 
     # driver --------------------------------------------------------------------------
     def run(self, n_evaluations: int, callbacks: Sequence[Callback] = ()) -> SearchResult:
@@ -259,7 +403,7 @@ class RLSearcher(Searcher):
                 total_timesteps=episodes_to_steps(2 * remaining + 1, self.episode_length),
                 callback=stopper, reset_num_timesteps=False, progress_bar=False,
             )
-        self.save_checkpoint()
+        self.save_checkpoint(self._model_learned)
         self._callbacks = ()
         return self.finish(start, callbacks)
 

@@ -1,4 +1,5 @@
-"""Pieces of the RL adapter: the evaluator the env sees, exploration noise, the SB3 callback."""
+"""Pieces of the RL adapter: the evaluator the env sees, exploration noise, the SB3 callback,
+behaviour cloning and the replay of known episodes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
@@ -98,8 +101,14 @@ class DecayingNormalNoise(ActionNoise):
 class EvaluationBudget(BaseCallback):
     """Stops ``model.learn`` once the search holds its evaluations or a search callback says stop.
 
-    After every finished episode it hands the env's final ``info`` to the searcher, which
-    completes the episode's record and calls the search callbacks.
+    At every step it first makes the agent learn from the *executed* action: the env's
+    ``info["executed_action"]`` (after masks, projection, scripted warm-start episodes)
+    replaces, in SB3's rollout locals, the action that goes to the replay buffer
+    (``buffer_actions``, off-policy) or to the rollout buffer (``actions``, on-policy, with
+    its log-probability recomputed under the current policy). SB3 stores both after this
+    callback returns, so the in-place rewrite is what they keep. After every finished
+    episode it hands the env's final ``info`` to the searcher (records, search callbacks),
+    and at rollout boundaries it tells the searcher to checkpoint.
     """
 
     def __init__(self, searcher: RLSearcher, n_evaluations: int) -> None:
@@ -107,14 +116,99 @@ class EvaluationBudget(BaseCallback):
         self.searcher = searcher
         self.n_evaluations = n_evaluations
         self.stopped = False
+        self.rewritten = 0  # steps whose stored action differs from the sampled one
 
     def _on_step(self) -> bool:
+        self._use_executed_actions()
         dones: Any = self.locals.get("dones", ())
         infos: Any = self.locals.get("infos", ())
         for done, info in zip(dones, infos, strict=True):
             if done and "metrics" in info and not self.searcher.episode_done(info):
                 self.stopped = True
         return not self.stopped and len(self.searcher.records) < self.n_evaluations
+
+    def _use_executed_actions(self) -> None:
+        loc = self.locals
+        executed = [info.get("executed_action") for info in loc.get("infos", ())]
+        if not executed or any(e is None for e in executed):
+            return
+        key = "buffer_actions" if "buffer_actions" in loc else "actions"
+        stored = loc.get(key)
+        if not isinstance(stored, np.ndarray):
+            return
+        new = np.asarray(executed).reshape(stored.shape).astype(stored.dtype)
+        if np.array_equal(new, stored):
+            return
+        self.rewritten += 1
+        stored[...] = new
+        if key == "actions" and isinstance(loc.get("log_probs"), th.Tensor):
+            masks = loc.get("action_masks")
+            with th.no_grad():
+                _, log_prob, _ = self.model.policy.evaluate_actions(  # type: ignore[operator]
+                    loc["obs_tensor"], th.as_tensor(new, device=self.model.device),
+                    **({"action_masks": masks} if masks is not None else {}),
+                )
+            loc["log_probs"].copy_(log_prob.reshape(loc["log_probs"].shape))
+
+    def _on_rollout_start(self) -> None:
+        self.searcher.rollout_start()
+
+    def _on_rollout_end(self) -> None:
+        self.searcher.rollout_end()
+
+
+def replay_episode(env: gym.Env, policy: Policy) -> list[tuple[Any, Any, Any, bool, dict[str, Any]]]:
+    """``(obs, executed action, next obs, done, info)`` of a scripted episode of ``policy``
+    on ``env`` (built with :class:`ProposalEvaluator`, so nothing is evaluated)."""
+    env.unwrapped.queue_policies([policy])  # type: ignore[attr-defined]
+    obs, _ = env.reset()
+    out = []
+    while True:
+        nxt, _, terminated, truncated, info = env.step(env.action_space.sample())
+        out.append((obs, info["executed_action"], nxt, bool(terminated or truncated), info))
+        obs = nxt
+        if terminated or truncated:
+            return out
+
+
+def add_to_replay_buffer(model: BaseAlgorithm, steps: list[tuple[Any, Any, Any, bool, dict]], reward: float) -> None:
+    """Store a replayed episode in an off-policy agent's buffer with ``reward`` on its last step."""
+    buffer = model.replay_buffer  # type: ignore[attr-defined]
+    for i, (obs, action, nxt, done, info) in enumerate(steps):
+        r = reward if i == len(steps) - 1 else 0.0
+        buffer.add(np.asarray(obs)[None], np.asarray(nxt)[None], np.asarray(action, dtype=np.float32)[None],
+                   np.array([r], dtype=np.float32), np.array([done]), [info])
+
+
+def behaviour_clone(model: BaseAlgorithm, steps: list[tuple[Any, Any, Any, bool, dict]], n_steps: int,
+                    target: float = 0.5, lr: float = 1e-3) -> int:
+    """A few gradient steps raising the on-policy agent's log-probability of ``steps``' actions.
+
+    Stops once the demonstrated options have, on average per action component, probability
+    ``target`` (categorical actions), so exploration is not extinguished; a Gaussian
+    policy's standard deviation is restored afterwards for the same reason. Returns the
+    gradient steps taken.
+    """
+    policy = model.policy
+    obs = th.as_tensor(np.stack([s[0] for s in steps]), dtype=th.float32, device=model.device)
+    acts = th.as_tensor(np.stack([np.asarray(s[1]) for s in steps]), device=model.device)
+    width = acts.shape[-1] if acts.ndim > 1 else 1
+    log_std = getattr(policy, "log_std", None)
+    keep = log_std.detach().clone() if isinstance(log_std, th.Tensor) else None
+    optimiser = th.optim.Adam(policy.parameters(), lr=lr)
+    taken = 0
+    for taken in range(1, n_steps + 1):  # noqa: B007 - the count is returned
+        _, log_prob, _ = policy.evaluate_actions(obs, acts)  # type: ignore[operator]
+        if keep is None and float(th.exp(log_prob.detach() / width).mean()) >= target:
+            break
+        loss = -log_prob.mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    if keep is not None:
+        with th.no_grad():
+            log_std.copy_(keep)  # type: ignore[union-attr]
+    return taken
 
 
 def episodes_to_steps(episodes: float, episode_length: int) -> int:

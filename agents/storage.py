@@ -128,6 +128,8 @@ def quiet_optuna() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        # CMA-ES is told the excess in its value instead (agents.optuna_search).
+        warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
         yield
 
 

@@ -36,7 +36,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with the same keys as these options (options override it)")
     p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | package.module:function")
     p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@bitserial")
-    p.add_argument("--searcher", help="tpe | nsga2 | random | ilp | ppo | maskable_ppo | sac | td3 | ddpg | cmaes")
+    p.add_argument("--searcher", help="tpe | nsga2 | random | ilp | ppo | maskable_ppo | sac | td3 | ddpg | cmaes | gp")
     p.add_argument("--evaluations", type=int, help="policies to evaluate")
     p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
     p.add_argument("--seed", type=int)

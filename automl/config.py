@@ -86,6 +86,10 @@ class SearchConfig:
             (the model before the fine-tune included), so the fine-tune never lowers
             validation accuracy.
         finetune_lsq: also learn the quantizers' step sizes (LSQ).
+        searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
+            ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
+            and promotes the better half (successive halving) to ``fidelity``; both stages
+            are counted.
         searcher_options: keyword options of the searcher's constructor, checked against
             its signature (e.g. ``{"n_startup_trials": 20}`` for ``tpe``).
     """
@@ -130,6 +134,7 @@ class SearchConfig:
     finetune_eval_every: int = 50
     finetune_lsq: bool = False
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
+    searcher_stage_fidelity: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,6 +152,11 @@ class SearchConfig:
             raise ConfigError(f"finetune_steps must be >= 0 (0 turns the final fine-tune off), got {self.finetune_steps}")
         if self.eval_qat_lr <= 0:
             raise ConfigError(f"eval_qat_lr must be > 0, got {self.eval_qat_lr}")
+        if not 0 <= self.searcher_stage_fidelity < self.fidelity:
+            raise ConfigError(
+                f"searcher_stage_fidelity must be 0 (one stage) or a fidelity below fidelity={self.fidelity}, "
+                f"got {self.searcher_stage_fidelity}"
+            )
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
         out = Path(self.output).expanduser()

@@ -56,12 +56,13 @@ def make_searcher(name: str, objective: Objective, config: SearchConfig, run_dir
     if issubclass(cls, OptunaSearcher):
         kwargs["storage"] = config.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
         kwargs["study_name"] = f"automl-{run_dir.name}"
+        kwargs["stage_fidelity"] = config.searcher_stage_fidelity or None
     elif issubclass(cls, RLSearcher):
         kwargs["checkpoint_dir"] = run_dir / "agent"
     return cls(objective, seed=config.seed, **kwargs)
 
 
-RESERVED_OPTIONS = {"seed": "seed", "storage": "storage", "study_name": "output", "checkpoint_dir": "output"}
+RESERVED_OPTIONS = {"seed": "seed", "storage": "storage", "study_name": "output", "checkpoint_dir": "output", "stage_fidelity": "searcher_stage_fidelity"}
 
 
 def check_searcher(config: SearchConfig) -> None:
@@ -235,7 +236,7 @@ def resume_searcher(searcher: Searcher, journal: list[TrialRecord], single_worke
             from optuna.trial import TrialState
 
             for t in searcher.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                searcher.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                searcher.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         searcher.sync()
         return
     restore_records(searcher, journal)

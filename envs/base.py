@@ -27,7 +27,7 @@ from automl.cost import CostModel, Costs
 from automl.errors import ConfigError, InfeasibleBudget, SearchSpaceError
 from automl.metrics import Metrics, PolicyEvaluator
 from automl.sensitivity import Sensitivities
-from envs.choices import SPARSITY, Decision, LayerChoices, fixed_positions
+from envs.choices import SPARSITY, Decision, LayerChoices, component_option, fixed_positions
 from envs.config import EnvConfig
 from envs.features import LAYER_FEATURES, layer_features, sensitivity_vector
 from envs.guard import BudgetGuard
@@ -65,6 +65,17 @@ class CompressionEnv(gym.Env, ABC):
             order), a mapping ``name -> number``, or a :class:`~automl.sensitivity.Sensitivities`
             table (also handed to the repair); zeros when ``None``.
         config: budget mode, reward and Lagrangian settings.
+        reference: makes Box actions relative to this policy: the zero action picks the
+            reference's option and ``v`` in [-1, 1] moves ``round(v * (n - 1))`` options from
+            it (so every option stays reachable). ``None``: absolute, ``[-1, 1]`` cut into
+            equal intervals, lowest option first. An agent then starts its exploration at
+            a good policy (the integer program's, or uniform 8-bit) instead of the middle
+            of the space.
+
+    Scripted episodes (:meth:`queue_policies`) replay given policies whatever the agent
+    sends, for warm starts; every step's ``info["executed_action"]`` is the Box action of
+    the options the env really applied (after masks, projection and scripts), which is
+    what an agent should learn from.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -80,6 +91,7 @@ class CompressionEnv(gym.Env, ABC):
         *,
         sensitivity: Sensitivity = None,
         config: EnvConfig | None = None,
+        reference: Policy | None = None,
     ) -> None:
         super().__init__()
         if analysis.names != space.names:
@@ -126,6 +138,11 @@ class CompressionEnv(gym.Env, ABC):
         if self.config.reward.cost_weight:
             self._float_costs = cost_model.float_costs()
             self._float_costs.value(self.config.reward.cost_metric)  # an unknown metric fails here, not at episode end
+        self._ref: dict[tuple[int, int], tuple[int, ...]] | None = None
+        if reference is not None:
+            self._ref = {(d.layer, d.phase): o for d, o in zip(self.decisions, self.decision_options(reference), strict=True)}
+        self._queue: list[list[tuple[int, ...]]] = []
+        self._script: list[tuple[int, ...]] | None = None
         self._t = len(self.decisions)  # step() before reset() raises ResetNeeded
 
     # what a subclass defines ----------------------------------------------------------
@@ -171,15 +188,33 @@ class CompressionEnv(gym.Env, ABC):
         self._ratios = self._floor.copy()
         self._prev = np.zeros(self.action_dim, dtype=np.float32)
         self._projections = 0
+        self._projection_log: list[str] = []
+        self._script = self._queue.pop(0) if self._queue else None
         self.guard.reset()
         return self._observation(), {}
+
+    # scripted episodes ---------------------------------------------------------------
+    def decision_options(self, policy: Policy) -> list[tuple[int, ...]]:
+        """Per decision, the options nearest to ``policy`` (see :meth:`LayerChoices.row_of`)."""
+        rows = [c.row_of(lp) for c, (_, lp) in zip(self.choices, self.space.validate(policy), strict=True)]
+        return [tuple(component_option(rows[d.layer], comp, self.choices[d.layer]) for comp in d.components)
+                for d in self.decisions]
+
+    def queue_policies(self, policies: Sequence[Policy]) -> None:
+        """Replay ``policies`` as the next episodes, one each, ignoring the agent's actions."""
+        self._queue.extend(self.decision_options(p) for p in policies)
+
+    @property
+    def queued(self) -> int:
+        """Scripted episodes still to start."""
+        return len(self._queue)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._t >= len(self.decisions):
             raise ResetNeeded("the episode has ended; call reset() before step()")
         d = self.decisions[self._t]
         fixed = self._fixed[d.layer]
-        requested = self.options_from_box(action, d)
+        requested = self._script[self._t] if self._script is not None else self.options_from_box(action, d)
         row, applied, ratios, reason = self.guard.resolve(self._t, self._fixed, requested)
         self._rows[d.layer] = row
         for comp, opt in zip(d.components, applied, strict=True):
@@ -190,7 +225,14 @@ class CompressionEnv(gym.Env, ABC):
         for k, (comp, opt) in enumerate(zip(d.components, applied, strict=True)):
             self._prev[k] = opt / (comp.n - 1) if comp.n > 1 else 0.0
         self._t += 1
-        info: dict[str, Any] = {"layer": self.choices[d.layer].name, "phase": d.phase}
+        executed = np.zeros(self.action_dim, dtype=np.float32)
+        raw = np.asarray(action, dtype=np.float32).reshape(-1)
+        executed[: min(raw.size, self.action_dim)] = np.nan_to_num(raw[: self.action_dim])
+        executed[: len(d.components)] = self.box_from_options(applied, d, self.action_dim)[: len(d.components)]
+        info: dict[str, Any] = {
+            "layer": self.choices[d.layer].name, "phase": d.phase, "executed_options": tuple(applied),
+            "executed_action": executed, "scripted": self._script is not None,
+        }
         if reason:
             self._projections += 1
             info["projection"] = {
@@ -198,28 +240,41 @@ class CompressionEnv(gym.Env, ABC):
                 "requested": self.describe(d, requested),
                 "applied": self.describe(d, applied),
             }
+            self._projection_log.append(
+                f"{self.choices[d.layer].name}: {reason} projection {info['projection']['requested']} -> "
+                f"{info['projection']['applied']}"
+            )
         reward, terminated = 0.0, self._t == len(self.decisions)
         if terminated:
             reward = self._finish(info)
         return self._observation(), reward, terminated, False, info
 
     # actions -------------------------------------------------------------------------
-    @staticmethod
-    def options_from_box(action: Any, decision: Decision) -> tuple[int, ...]:
-        """Option indices of a Box action in [-1, 1]: component k reads ``action[k]``."""
+    def options_from_box(self, action: Any, decision: Decision) -> tuple[int, ...]:
+        """Option indices of a Box action in [-1, 1]: component k reads ``action[k]`` (relative
+        to the reference's option when the env has one, see the class docstring)."""
         x = np.asarray(action, dtype=np.float64).reshape(-1).tolist()
+        ref = self._ref[(decision.layer, decision.phase)] if self._ref is not None else None
         out = []
         for k, comp in enumerate(decision.components):
-            v = x[k] if math.isfinite(x[k]) else -1.0
-            out.append(min(max(int(math.floor((v + 1.0) * 0.5 * comp.n)), 0), comp.n - 1))
+            v = min(max(x[k], -1.0), 1.0) if math.isfinite(x[k]) else -1.0
+            if ref is None:
+                out.append(min(max(int(math.floor((v + 1.0) * 0.5 * comp.n)), 0), comp.n - 1))
+            else:
+                out.append(min(max(ref[k] + int(round(v * (comp.n - 1))), 0), comp.n - 1))
         return tuple(out)
 
-    @staticmethod
-    def box_from_options(options: Sequence[int], decision: Decision, dim: int) -> np.ndarray:
-        """The Box action at the centre of each option's interval (inverse of :meth:`options_from_box`)."""
+    def box_from_options(self, options: Sequence[int], decision: Decision, dim: int) -> np.ndarray:
+        """A Box action that selects ``options`` (inverse of :meth:`options_from_box`): the
+        centre of each option's interval, or its offset from the reference."""
+        ref = self._ref[(decision.layer, decision.phase)] if self._ref is not None else None
         x = np.zeros(dim, dtype=np.float32)
         for k, (comp, opt) in enumerate(zip(decision.components, options, strict=True)):
-            x[k] = (2 * min(int(opt), comp.n - 1) + 1) / comp.n - 1
+            o = min(int(opt), comp.n - 1)
+            if ref is None:
+                x[k] = (2 * o + 1) / comp.n - 1
+            else:
+                x[k] = (o - ref[k]) / (comp.n - 1) if comp.n > 1 else 0.0
         return x
 
     def describe(self, decision: Decision, options: Sequence[int]) -> dict[str, float]:
@@ -318,10 +373,19 @@ class CompressionEnv(gym.Env, ABC):
             metrics=metrics,
             reward_terms=terms,
             projections=self._projections,
+            projection_log=tuple(self._projection_log),
             multipliers=dict(zip(self.pricer.metrics, self._multipliers.tolist(), strict=True)),
         )
         if self.config.budget_mode == "repair":
             info["requested_policy"] = policy
+        return float(terms["accuracy"] - terms["cost"] - terms["penalty"])
+
+    def reward_of(self, metrics: Metrics, costs: Costs) -> float:
+        """The final reward of an episode with these metrics and costs, without touching the
+        Lagrangian multipliers (the penalty uses their current values)."""
+        keep = self._multipliers.copy()
+        terms = self._reward_terms(metrics, costs)
+        self._multipliers = keep
         return float(terms["accuracy"] - terms["cost"] - terms["penalty"])
 
     def _reward_terms(self, metrics: Metrics, costs: Costs) -> dict[str, float]:

@@ -191,6 +191,22 @@ class LayerChoices:
         row[-1] = len(self.act_bits) - 1
         return row
 
+    def row_of(self, lp: LayerPolicy) -> np.ndarray:
+        """The row nearest to ``lp``: the level of its pruned count, each group's median kept
+        width (nearest offered non-zero width; a fully pruned group the widest), its activation
+        bits (nearest offered)."""
+        bits = np.asarray(lp.weight_bits)
+        row = np.empty(self.width, dtype=np.int64)
+        row[0] = int(np.argmin(np.abs(self.n_pruned - int((bits == 0).sum()))))
+        widths = self.weight_bits[self.nonzero :]
+        for g, members in enumerate(self.space.channel_groups):
+            kept = bits[list(members)]
+            kept = kept[kept > 0]
+            target = float(np.median(kept)) if kept.size else float(widths[-1])
+            row[1 + g] = self.nonzero + int(np.argmin(np.abs(widths - target)))
+        row[-1] = int(np.argmin(np.abs(self.act_bits - lp.act_bits)))
+        return self.make_valid(row)
+
     def make_valid(self, row: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:
         """``row`` with zero groups raised to the lowest non-zero width until it is valid.
 
@@ -227,6 +243,19 @@ def fixed_positions(component: Component, option: int, choices: LayerChoices) ->
     if component.kind == UNIFORM:
         return {1 + g: choices.nonzero + option for g in range(choices.n_groups)}
     return {choices.n_groups + 1: option}
+
+
+def component_option(row: np.ndarray, component: Component, choices: LayerChoices) -> int:
+    """The option of ``component`` that ``row`` holds (inverse of :func:`apply_option`; a
+    ``uniform`` component reads the median group)."""
+    if component.kind == SPARSITY:
+        return int(row[0])
+    if component.kind == GROUP:
+        return int(row[1 + component.group])
+    if component.kind == UNIFORM:
+        groups = np.sort(row[1 : 1 + choices.n_groups])
+        return int(groups[len(groups) // 2]) - choices.nonzero
+    return int(row[-1])
 
 
 def cost_order(component: Component) -> np.ndarray:

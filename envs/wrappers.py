@@ -73,6 +73,16 @@ class DiscreteActions(gym.ActionWrapper):
         idx = self._indices(action)
         return base.box_from_options(idx[: len(d.components)], d, base.action_dim)
 
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Step the env; ``info["executed_action"]`` is given in this wrapper's action form."""
+        obs, reward, terminated, truncated, info = self.env.step(self.action(action))
+        applied = info.get("executed_options")
+        if applied is not None:
+            idx = self._indices(action).copy()
+            idx[: len(applied)] = applied
+            info["executed_action"] = int(np.ravel_multi_index(tuple(idx), tuple(self.nvec))) if self.form == "discrete" else idx
+        return obs, reward, terminated, truncated, info
+
     def sample_allowed(self, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray | int:
         """A uniformly random action among those :meth:`action_masks` allows (per dimension)."""
         mask = self.action_masks() if mask is None else mask

@@ -24,12 +24,19 @@ FACTORIES: dict[str, dict] = {
     "tpe": {"storage": ":memory:", "warm_start": False, "n_startup_trials": 5},
     "nsga2": {"storage": ":memory:", "warm_start": False, "population_size": 6},
     "gp": {"storage": ":memory:", "warm_start": False, "n_startup_trials": 5},
+    "cmaes": {"storage": ":memory:", "warm_start": False},
     "ppo": {"episodes_per_update": 2},
     "maskable_ppo": {"episodes_per_update": 2},
     "ddpg": {"warmup_episodes": 3},
     "td3": {"warmup_episodes": 3},
     "sac": {"warmup_episodes": 3},
 }
+
+
+def test_every_registered_searcher_is_in_the_contract() -> None:
+    from agents import SEARCHERS
+
+    assert set(FACTORIES) == set(SEARCHERS)
 SLOW = {"gp"}  # a GP fit per trial: tens of seconds
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in FACTORIES]
 

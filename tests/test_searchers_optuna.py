@@ -153,3 +153,76 @@ def test_the_sampler_sees_accuracy_with_a_small_kl_slope() -> None:
         assert t.value == pytest.approx(record.accuracy - 0.01 * record.metrics.kl)
     with pytest.raises(ConfigError, match="kl_weight"):
         TPESearcher(make_objective(), storage=":memory:", kl_weight=-1.0)
+
+
+def test_the_compact_encoding_has_about_three_parameters_per_layer() -> None:
+    import torch
+
+    from automl.analysis import analyse
+    from automl.models import ResNet
+    from search_spaces.space import SearchSpace
+
+    space = SearchSpace.build(analyse(ResNet(20).eval(), torch.zeros(2, 1, 28, 28)))
+    free = sum(1 for s in space.layers if not s.pinned)
+    assert (free, PolicyCodec(space).dimension) == (20, 63)
+    assert PolicyCodec(space, spread="none").dimension == 51
+    groups = [m for m in space.coupled().values() if any(len(space.layer(x).sparsity_levels) > 1 for x in m)]
+    assert sum(1 for k in PolicyCodec(space).names if k.endswith("/sp")) == len(groups)
+
+
+def test_the_sampler_is_told_the_proposed_policys_constraints_and_the_repair() -> None:
+    objective = make_objective(budget="size<=0.1x", repair=True)
+    searcher = TPESearcher(objective, storage=":memory:", warm_start=False, n_startup_trials=4)
+    result = searcher.run(10)
+    repaired = [r for r in result.records if r.repaired]
+    assert repaired, "random proposals overshoot a tight budget and get repaired"
+    trials = {t.number: t for t in searcher.study.trials}
+    for r in result.records:
+        t = trials[r.number]
+        assert r.feasible
+        proposed_ok = objective.feasible(r.proposed)
+        assert (max(t.constraints.values()) <= 1e-9) == proposed_ok
+        assert t.user_attrs.get("repaired", False) == r.repaired
+    assert any(max(trials[r.number].constraints.values()) > 0 for r in repaired)
+
+
+class StagedEvaluator:
+    """The synthetic accuracy at fidelity 2; at fidelity 1 the same plus a deterministic error."""
+
+    fidelity = 2
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+
+    def evaluate(self, policy, fidelity=None):
+        from dataclasses import replace
+
+        level = fidelity or self.fidelity
+        self.calls.append(level)
+        m = self.inner.evaluate(policy)
+        noise = (int(policy.key()[:6], 16) % 100) / 2000 if level == 1 else 0.0
+        return replace(m, accuracy=m.accuracy + noise, fidelity=level)
+
+    def baseline(self):
+        return self.inner.baseline()
+
+
+def test_multi_fidelity_promotes_a_share_and_counts_every_stage() -> None:
+    from agents.optuna_search import STAGES_ATTR
+
+    objective = make_objective()
+    objective.evaluator = StagedEvaluator(objective.evaluator)
+    searcher = TPESearcher(objective, storage=":memory:", stage_fidelity=1, n_startup_trials=4)
+    result = searcher.run(16)
+    states = [t.state for t in searcher.study.trials]
+    pruned = states.count(TrialState.PRUNED)
+    promoted = states.count(TrialState.COMPLETE)
+    assert pruned > 0 and promoted > 0 and pruned + promoted == 16 == result.n_evaluations
+    assert objective.evaluations_by_fidelity == {1: 16, 2: promoted}
+    assert objective.evaluator.calls.count(2) == promoted
+    assert result.best.metrics.fidelity == 2
+    for t in searcher.study.trials:
+        assert len(t.user_attrs[STAGES_ATTR]) == (2 if t.state == TrialState.COMPLETE else 1)
+    with pytest.raises(ConfigError, match="stage_fidelity"):
+        TPESearcher(make_objective(), storage=":memory:", stage_fidelity=1)  # the search itself is at 1

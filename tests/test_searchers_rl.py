@@ -42,7 +42,49 @@ def test_lagrangian_episodes_are_recorded_as_the_env_proposed_them() -> None:
 
 def test_env_repair_is_recorded_with_the_requested_policy() -> None:
     objective = make_objective(budget="size<=0.1x")
-    result = PPOSearcher(objective, seed=0, budget_mode="repair", episodes_per_update=2).run(6)
+    result = PPOSearcher(objective, seed=0, budget_mode="repair", episodes_per_update=2, reference="none",
+                         warm_start=False).run(6)
     repaired = [r for r in result.records if r.repaired]
     assert repaired, "random early episodes overshoot a tight budget"
     assert all(r.feasible and r.proposed != r.policy for r in repaired)
+
+
+def test_the_zero_action_is_the_reference_policy() -> None:
+    import numpy as np
+
+    searcher = PPOSearcher(make_objective(), seed=0)
+    env = searcher._proposal()
+    env.reset()
+    while True:
+        _, _, terminated, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+        if terminated:
+            break
+    assert info["policy"] == searcher.reference == searcher.warm_policies[0]
+
+
+def test_off_policy_agents_store_the_executed_action_and_learn_from_told_records() -> None:
+    import numpy as np
+
+    objective = make_objective()
+    searcher = DDPGSearcher(objective, seed=0)
+    searcher.run(len(searcher.warm_policies) + 1)
+    buffer = searcher.model.replay_buffer
+    n = searcher.episode_length
+    # The first episode replayed the integer program's policy, which is the reference: its
+    # executed actions are zero, whatever random actions the agent sampled in its warm-up.
+    assert np.allclose(buffer.actions[:n], 0.0)
+    assert buffer.rewards[n - 1] > 0
+    before = buffer.size()
+    other = make_objective()
+    record = other(other.space.uniform(4), number=99)
+    searcher.tell(record.proposed, record)
+    assert buffer.size() == before + n
+    assert buffer.rewards[before + n - 1, 0] == pytest.approx(searcher.episode_reward(record))
+
+
+def test_projections_are_recorded_like_repairs() -> None:
+    objective = make_objective(budget="size<=0.1x")
+    result = PPOSearcher(objective, seed=0, reference="none", warm_start=False, episodes_per_update=2).run(6)
+    projected = [r for r in result.records if r.repaired]
+    assert projected, "absolute random actions under a tight budget get projected"
+    assert all(r.feasible and r.repair.steps and "projection" in r.repair.steps[0] for r in projected)
