@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from automl.analysis import ModelAnalysis, analyse
 from automl.errors import ConfigError, DataError
 from automl.importance import channel_importance, channel_ranking
+from automl.losses import task_losses
 from automl.metrics import Metrics
 from automl.quant.engine import QuantEngine, QuantLayer
 from automl.task import Task
@@ -120,22 +120,22 @@ class Evaluator:
             xs = [x for x, _ in batches]
             ys = torch.cat([y for _, y in batches])
             with torch.no_grad():
-                ref = F.log_softmax(torch.cat([self.float_model(x) for x in xs]), dim=1)
+                ref = torch.cat([self.float_model(x) for x in xs])  # the teacher's outputs
             self._splits[split] = (xs, ys, ref)
         return self._splits[split]
 
     def _score(self, model: nn.Module, split: str, fidelity: int, start: float) -> Metrics:
         xs, ys, ref = self._split(split)
+        loss, distill = task_losses(self.problem.task)
         with torch.no_grad():
-            logits = torch.cat([model(x) for x in xs])
-        logp = F.log_softmax(logits, dim=1)
-        return Metrics(
-            accuracy=float(self.problem.task.metric(logits, ys)),
-            loss=float(F.cross_entropy(logits, ys)),
-            kl=float(F.kl_div(logp, ref, log_target=True, reduction="batchmean")),
-            fidelity=fidelity,
-            seconds=time.perf_counter() - start,
-        )
+            outputs = torch.cat([model(x) for x in xs])
+            return Metrics(
+                accuracy=float(self.problem.task.metric(outputs, ys)),
+                loss=float(loss(outputs, ys)),
+                kl=float(distill(outputs, ref)),
+                fidelity=fidelity,
+                seconds=time.perf_counter() - start,
+            )
 
     # public --------------------------------------------------------------------------
     def baseline(self, split: str = "val") -> Metrics:
@@ -175,12 +175,13 @@ class Evaluator:
             xs = torch.cat([x for x, _ in _batches(self.problem.task.train_loader, "train_loader")])
             self._train = list(xs[torch.randperm(len(xs), generator=gen)].split(64))
         opt = torch.optim.Adam(params, lr=lr or self.config.qat_lr)
+        distill = task_losses(self.problem.task)[1]
         student.train()
         for step in range(steps):
             x = self._train[step % len(self._train)]
             with torch.no_grad():
-                teacher = F.log_softmax(self.float_model(x), dim=1)
-            loss = F.kl_div(F.log_softmax(student(x), dim=1), teacher, log_target=True, reduction="batchmean")
+                teacher = self.float_model(x)
+            loss = distill(student(x), teacher)
             opt.zero_grad()
             loss.backward()
             opt.step()
