@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from automl.analysis import ModelAnalysis, analyse
@@ -22,6 +21,7 @@ from automl.errors import ConfigError, DataError
 from automl.finetune import FinetuneConfig, FinetuneReport
 from automl.finetune import finetune as run_finetune
 from automl.importance import channel_importance, channel_ranking
+from automl.losses import task_losses
 from automl.metrics import Metrics
 from automl.quant.engine import QuantEngine
 from automl.task import Task
@@ -124,22 +124,22 @@ class Evaluator:
             xs = [x for x, _ in batches]
             ys = torch.cat([y for _, y in batches])
             with torch.no_grad():
-                ref = F.log_softmax(torch.cat([self.float_model(x) for x in xs]), dim=1)
+                ref = torch.cat([self.float_model(x) for x in xs])  # the teacher's outputs
             self._splits[split] = (xs, ys, ref)
         return self._splits[split]
 
     def _score(self, model: nn.Module, split: str, fidelity: int, start: float) -> Metrics:
         xs, ys, ref = self._split(split)
+        loss, distill = task_losses(self.problem.task)
         with torch.no_grad():
-            logits = torch.cat([model(x) for x in xs])
-        logp = F.log_softmax(logits, dim=1)
-        return Metrics(
-            accuracy=float(self.problem.task.metric(logits, ys)),
-            loss=float(F.cross_entropy(logits, ys)),
-            kl=float(F.kl_div(logp, ref, log_target=True, reduction="batchmean")),
-            fidelity=fidelity,
-            seconds=time.perf_counter() - start,
-        )
+            outputs = torch.cat([model(x) for x in xs])
+            return Metrics(
+                accuracy=float(self.problem.task.metric(outputs, ys)),
+                loss=float(loss(outputs, ys)),
+                kl=float(distill(outputs, ref)),
+                fidelity=fidelity,
+                seconds=time.perf_counter() - start,
+            )
 
     # public --------------------------------------------------------------------------
     def baseline(self, split: str = "val") -> Metrics:

@@ -15,8 +15,9 @@ class Metrics:
 
     Attributes:
         accuracy: the task's metric (higher is better; top-1 accuracy for classifiers).
-        loss: mean cross-entropy against the labels.
-        kl: mean KL divergence from the float model's output distribution.
+        loss: the task's loss against the targets (``Task.loss``; cross-entropy by default).
+        kl: the task's distillation loss from the float model's outputs (``Task.distill_loss``;
+            the KL divergence of the softmax distributions by default).
         fidelity: 1 = post-training quantization, 2 = plus BatchNorm re-estimation,
             3 = plus quantization-aware fine-tuning with distillation.
         seconds: wall time of the evaluation.

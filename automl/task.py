@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from automl.errors import DataError, TaskError
+from automl.losses import Loss, check_losses
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 LOADER_NAMES = ("train_loader", "calib_loader", "val_loader", "test_loader")
@@ -58,11 +59,16 @@ class Task:
       ``val_loader`` the scores a searcher sees, and ``test_loader`` the final report only.
     * ``metric(outputs, targets)`` returns a Python float for one batch, higher being
       better (e.g. :func:`top1_accuracy`).
+    * ``loss(outputs, targets)`` and ``distill_loss(student_outputs, teacher_outputs)``
+      return scalar tensors: the task's training loss and the distance of a compressed
+      network's outputs from the float network's, used by scoring, sensitivities and the
+      fine-tune. ``None`` (the default) means classification: cross-entropy and softmax
+      KL (:mod:`automl.losses`); any other task (regression, segmentation, ...) gives both.
 
     Construction checks the contract cheaply: one forward pass on ``sample_input``, one
     batch peeked from every loader, and the metric on one validation batch. Forward
     passes run in eval mode without gradients and restore the model's train/eval mode,
-    so BatchNorm statistics are left as they were. Peeking starts an iteration of each
+    so BatchNorm statistics are left as they were. Both losses are tried on the same batch. Peeking starts an iteration of each
     loader, so a shuffling loader draws from its random generator once.
 
     Attributes:
@@ -74,6 +80,9 @@ class Task:
         test_loader: test batches, for final reporting only.
         metric: quality of outputs against targets, higher is better.
         name: a label for logs and tracking.
+        loss: training loss ``loss(outputs, targets) -> scalar tensor``; None = cross-entropy.
+        distill_loss: ``distill_loss(student_outputs, teacher_outputs) -> scalar tensor``;
+            None = KL divergence of the softmax distributions.
     """
 
     model: nn.Module
@@ -84,6 +93,8 @@ class Task:
     test_loader: Iterable[Any]
     metric: Metric = top1_accuracy
     name: str = "task"
+    loss: Loss | None = None
+    distill_loss: Loss | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -204,6 +215,7 @@ class Task:
             raise TaskError(f"metric must return a Python float, got {type(value).__name__} ({value!r}){hint}.")
         if math.isnan(value):
             raise TaskError("metric returned NaN on one val_loader batch; expected a number, higher being better.")
+        check_losses(self, outputs, targets)
 
     def _forward(self, inputs: torch.Tensor) -> Any:
         # Restore each submodule's own mode: a user may keep e.g. frozen BatchNorm layers in eval mode.

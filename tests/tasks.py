@@ -27,8 +27,11 @@ def tiny() -> Task:
 def no_layers() -> Task:
     loaders = _loaders()
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    def zero(out: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return out.sum() * 0  # one output per sample: not class scores, so the task gives its own losses
+
     return Task(model, torch.zeros(1, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"],
-                metric=lambda out, y: 0.0)
+                metric=lambda out, y: 0.0, loss=zero, distill_loss=zero)
 
 
 def empty_val() -> Task:
