@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from automl.analysis import ModelAnalysis, analyse
+from automl.early_stop import EarlyStopRule
 from automl.errors import ConfigError, DataError
 from automl.finetune import FinetuneConfig, FinetuneReport
 from automl.finetune import finetune as run_finetune
 from automl.importance import channel_importance, channel_ranking
+from automl.incremental import IncrementalForward, make_incremental
 from automl.losses import task_losses
 from automl.metrics import Metrics
 from automl.quant.engine import QuantEngine
@@ -45,6 +47,17 @@ class EvalConfig:
         calib_batches: how many calibration batches calibrate activation ranges.
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         seed: makes fidelity 3 deterministic.
+        incremental: reuse the activations of an unchanged policy prefix at fidelities 1
+            and 2 (:mod:`automl.incremental`); bit-for-bit the same metrics.
+        cache_mb: memory limit of the activation cache in MiB.
+        early_stop: stop scoring a policy on the validation split once its running
+            accuracy is clearly below the incumbent's (:mod:`automl.early_stop`; the
+            incumbent is set by :meth:`Evaluator.set_incumbent`). A stopped policy is
+            reported to searchers like any other, with the accuracy, loss and KL of the
+            samples scored so far (an estimate below the incumbent's accuracy, so it can
+            never become the best) and ``Metrics.stopped_early`` set.
+        early_stop_delta: allowed probability per evaluation of stopping a policy that
+            would have beaten the incumbent.
     """
 
     fidelity: int = 1
@@ -56,12 +69,19 @@ class EvalConfig:
     qat_steps: int = 40
     qat_lr: float = 5e-4
     seed: int = 0
+    incremental: bool = True
+    cache_mb: int = 1024
+    early_stop: bool = False
+    early_stop_delta: float = 0.01
 
     def __post_init__(self) -> None:
         if self.fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity!r}")
         if self.calib_batches < 1 or self.qat_steps < 0:
             raise ConfigError("calib_batches must be >= 1 and qat_steps >= 0")
+        if self.cache_mb < 0:
+            raise ConfigError(f"cache_mb must be >= 0 (0 turns the activation cache off), got {self.cache_mb}")
+        EarlyStopRule(self.early_stop_delta)
 
 
 def _batches(loader: object, name: str, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -113,6 +133,11 @@ class Evaluator:
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_finetune: FinetuneReport | None = None
         self.n_evaluations = 0
+        self.incumbent: float | None = None
+        self._stop_rule = EarlyStopRule(self.config.early_stop_delta)
+        self.incremental, self.incremental_error = (
+            make_incremental(self.engine, self.config.cache_mb) if self.config.incremental else (None, "off")
+        )
 
     # data ----------------------------------------------------------------------------
     def _split(self, split: str) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -128,18 +153,54 @@ class Evaluator:
             self._splits[split] = (xs, ys, ref)
         return self._splits[split]
 
-    def _score(self, model: nn.Module, split: str, fidelity: int, start: float) -> Metrics:
+    def _score(self, model: nn.Module, split: str, fidelity: int, start: float, inc: IncrementalForward | None = None) -> Metrics:
         xs, ys, ref = self._split(split)
+        keep_going = self._early_stop(ys) if split == "val" and fidelity > 0 else None
+        if inc is not None:
+            outs = inc.outputs(self.engine.current, f"{split}:{fidelity}", xs, keep_going)  # type: ignore[arg-type]
+        else:
+            outs = []
+            with torch.no_grad():
+                for i, x in enumerate(xs):
+                    outs.append(model(x))
+                    if keep_going is not None and i + 1 < len(xs) and not keep_going(i, outs[-1]):
+                        break
+        outputs = torch.cat(outs)
+        n = len(outputs)
+        ys, ref = (ys, ref) if n == len(ys) else (ys[:n], ref[:n])
         loss, distill = task_losses(self.problem.task)
         with torch.no_grad():
-            outputs = torch.cat([model(x) for x in xs])
             return Metrics(
                 accuracy=float(self.problem.task.metric(outputs, ys)),
                 loss=float(loss(outputs, ys)),
                 kl=float(distill(outputs, ref)),
                 fidelity=fidelity,
                 seconds=time.perf_counter() - start,
+                stopped_early=n < len(self._splits[split][1]),
+                samples=n,
             )
+
+    def _early_stop(self, ys: torch.Tensor):
+        """The per-batch check of :mod:`automl.early_stop`, or ``None`` when it does not apply."""
+        if not self.config.early_stop or self.incumbent is None:
+            return None
+        incumbent, total, seen = self.incumbent, len(ys), [0, 0.0]
+        metric, rule = self.problem.task.metric, self._stop_rule
+
+        def keep_going(_i: int, out: torch.Tensor) -> bool:
+            y = ys[seen[0]:seen[0] + len(out)]
+            value = float(metric(out, y))
+            if not 0.0 <= value <= 1.0:  # the bound needs a per-sample metric in [0, 1]
+                return True
+            seen[0] += len(out)
+            seen[1] += value * len(out)
+            return not rule.should_stop(seen[1] / seen[0], seen[0], total, incumbent)
+
+        return keep_going
+
+    def set_incumbent(self, accuracy: float | None) -> None:
+        """The best full-split validation accuracy so far (early stopping compares against it)."""
+        self.incumbent = None if accuracy is None else float(accuracy)
 
     # public --------------------------------------------------------------------------
     def baseline(self, split: str = "val") -> Metrics:
@@ -153,12 +214,16 @@ class Evaluator:
         if fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {fidelity!r}")
         model = self.engine.apply(policy)
+        inc = self.incremental if fidelity < 3 else None
         if fidelity >= 2 and self.engine.bn_affine:  # without BatchNorm, fidelity 2 is fidelity 1
-            self.engine.reestimate_batchnorm(self._bn_batch)
+            if inc is not None:
+                inc.reestimate(self.engine.current, self._bn_batch)  # type: ignore[arg-type]
+            else:
+                self.engine.reestimate_batchnorm(self._bn_batch)
         if fidelity == 3:
             model = self.finetune(model, self.config.qat_steps)
         self.n_evaluations += 1
-        return self._score(model, split, fidelity, start)
+        return self._score(model, split, fidelity, start, inc)
 
     def finetune(
         self, qmodel: nn.Module, steps: int, lr: float | None = None, config: FinetuneConfig | None = None

@@ -21,6 +21,11 @@ class Metrics:
         fidelity: 1 = post-training quantization, 2 = plus BatchNorm re-estimation,
             3 = plus quantization-aware fine-tuning with distillation.
         seconds: wall time of the evaluation.
+        stopped_early: the evaluation stopped before the end of the split because its
+            running accuracy was clearly below the incumbent's (see
+            :mod:`automl.early_stop`); the other fields are then measured on the
+            ``samples`` scored so far.
+        samples: validation samples scored (0 when not recorded).
     """
 
     accuracy: float
@@ -28,6 +33,8 @@ class Metrics:
     kl: float
     fidelity: int
     seconds: float = 0.0
+    stopped_early: bool = False
+    samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +47,8 @@ class Metrics:
             kl=float(data["kl"]),
             fidelity=int(data["fidelity"]),
             seconds=float(data.get("seconds", 0.0)),
+            stopped_early=bool(data.get("stopped_early", False)),
+            samples=int(data.get("samples", 0)),
         )
 
 

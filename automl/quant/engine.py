@@ -9,8 +9,9 @@ looks up activation scales, so trying a new policy costs a few index operations.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -215,10 +216,12 @@ class QuantEngine:
         folded = {layer.folded_bn for layer in analysis.layers}
         self._masks: dict[int, torch.Tensor] = {}
         self._group_of_layer = {layer.name: layer.out_group for layer in analysis.layers}
+        self._group_of_follower: dict[str, int] = {}
         for group in analysis.groups:
             for name in group.followers:
                 if name not in folded:
                     self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(group.gid))
+                    self._group_of_follower[name] = group.gid
 
     def _mask_hook(self, gid: int):
         def fn(_mod: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
@@ -287,6 +290,22 @@ class QuantEngine:
         ``|gamma|``: exactly what recomputing the running statistics of the unfolded
         BatchNorm under the compressed network does. Pruned channels stay at zero.
         """
+        self.clear_corrections()
+        with self.bn_reestimation():
+            with torch.no_grad():
+                self.qmodel(batch)
+
+    @contextlib.contextmanager
+    def bn_reestimation(self) -> Iterator[None]:
+        """Hooks that re-estimate BatchNorm statistics on whatever runs through the model.
+
+        Inside the context every layer that had a BatchNorm measures the per-channel mean
+        and standard deviation of its output on the batch it sees, stores the correction
+        and returns the corrected output, so running a batch through the model (or, as the
+        incremental evaluator does, through the suffix of the model after a cached
+        prefix) is :meth:`reestimate_batchnorm`. Corrections of layers that do not run
+        inside the context are left as they are.
+        """
         handles = []
 
         def hook(name: str):
@@ -306,12 +325,15 @@ class QuantEngine:
             return fn
 
         for name, ql in self.layers.items():
-            ql.correction = None
             if name in self.bn_affine:
                 handles.append(ql.register_forward_hook(hook(name)))
         try:
-            with torch.no_grad():
-                self.qmodel(batch)
+            yield
         finally:
             for h in handles:
                 h.remove()
+
+    def clear_corrections(self) -> None:
+        """Drop every BatchNorm correction (the state :meth:`apply` leaves)."""
+        for ql in self.layers.values():
+            ql.correction = None
