@@ -24,7 +24,7 @@ from automl.budget import BoundBudget, Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
 from automl.cost import CostModel
-from automl.cost.profiles import load_profiles
+from automl.cost.ort_measure import resolve_profiles
 from automl.errors import ConfigError
 from automl.evaluate import EvalConfig, Evaluator, Problem
 from automl.loading import load_task
@@ -205,7 +205,8 @@ def build_session(config: SearchConfig, task: Task | None = None, track: bool = 
     pin_threads(config.threads)
     task = task or load_task(config.task, threads=config.threads)
     problem = Problem.from_task(task, _space_config(config))
-    profiles = load_profiles(tuple(dict.fromkeys([*config.profiles, *budget.profile_refs])))
+    refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
+    profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
     cost_model = CostModel(problem.analysis, problem.space, profiles)
     bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
