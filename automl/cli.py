@@ -88,7 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--task", default="reference:resnet20")
     ph.add_argument("--output", default="automl-runs/profiles/measured.yaml")
     ph.add_argument("--threads", type=int, default=1)
-    ph.add_argument("--repeats", type=int, default=5)
+    ph.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5 for torch, 15/3 for onnxruntime)")
+    ph.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                    help="onnxruntime: what the exported .onnx runs on (cached as ort-cpu / ort-cpu-b<batch>); "
+                         "torch: torch kernels, int8 = torch.ao quantized kernels no exporter produces")
+    ph.add_argument("--batch", type=int, default=16, help="onnxruntime: the batch timed besides batch 1")
+    ph.add_argument("--force", action="store_true", help="onnxruntime: measure again even if cached")
+
+    ex = sub.add_parser("export", help="write a finished run's best policy as ONNX (QDQ int8, pruned) or .ampq")
+    ex.add_argument("run", help="a run directory (holding best_model.ampq) or an .ampq file")
+    ex.add_argument("--format", choices=("onnx", "ampq"), default="onnx")
+    ex.add_argument("--output", help="file to write (default: best_model.<format> next to the source)")
 
     an = sub.add_parser("analyse", help="print a model's quantizable layers and channel coupling", parents=[_debug_flag()])
     an.add_argument("--task", default="reference:resnet20")
@@ -207,8 +217,25 @@ def _cmd_profile_hardware(args: argparse.Namespace) -> int:
 
     task = load_task(args.task, threads=args.threads)
     analysis = analyse(task.model, task.sample_input)
-    path = profile_hardware(task.model, task.sample_input, analysis, Path(args.output), threads=args.threads, repeats=args.repeats)
+    if args.runtime == "onnxruntime":
+        from automl.cost.ort_measure import ort_profile
+
+        for batch in dict.fromkeys((1, args.batch)):
+            profile, path = ort_profile(task.model, task.sample_input, analysis, batch=batch, threads=args.threads,
+                                        force=args.force)
+            print(f"{profile.name}: {path} (stated error {profile.stated_error:.1%}); in a budget: "
+                  f"--budget 'latency<=0.5x@{profile.name}' (this model, {args.threads} thread(s))")
+        return 0
+    path = profile_hardware(task.model, task.sample_input, analysis, Path(args.output), threads=args.threads,
+                            repeats=args.repeats or 5)
     print(f"wrote {path}; use it as --profile {path} and --budget 'latency<=...ms@{path}'")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from automl.onnx_export import export_file
+
+    print(f"wrote {export_file(Path(args.run), args.format, args.output)}")
     return 0
 
 
@@ -224,6 +251,7 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
 COMMANDS = {
     "search": _cmd_search, "ui": _cmd_ui, "best": _cmd_best, "show": _cmd_show,
     "train-reference": _cmd_train_reference, "profile-hardware": _cmd_profile_hardware, "analyse": _cmd_analyse,
+    "export": _cmd_export,
 }
 
 

@@ -25,7 +25,7 @@ from automl.config import SearchConfig
 from automl.config_schema import check_searcher_options
 from automl.console import budget_line, command_prefix
 from automl.cost import CostModel
-from automl.cost.profiles import load_profiles
+from automl.cost.ort_measure import resolve_profiles
 from automl.errors import ConfigError
 from automl.evaluate import Evaluator, Problem
 from automl.lifecycle import RUN_DIR_TAG, Terminated, handle_termination, owner_alive, remove_owner, write_owner
@@ -181,7 +181,8 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True) -
     pin_threads(config.threads)
     task = task or load_task(config.task, threads=config.threads)
     problem = Problem.from_task(task, config.space_config(), importance=config.space_importance)
-    profiles = load_profiles(tuple(dict.fromkeys([*config.profiles, *budget.profile_refs])))
+    refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
+    profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
     cost_model = CostModel(problem.analysis, problem.space, profiles)
     bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)

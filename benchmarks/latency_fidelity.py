@@ -1,13 +1,16 @@
-"""How well a measured latency profile predicts the latency of physically pruned networks.
+"""How well the ONNX Runtime latency profile predicts the latency of exported ONNX files.
 
-Builds a measured profile of ResNet-20 (random weights: timing does not depend on them) with
-:func:`automl.cost.measure.profile_hardware`, then for random float pruning policies compares
-the profile's prediction (:meth:`CostModel.price`) with the measured latency of the network
-that :func:`automl.analysis.prune.prune_model` physically shrinks, timed at batch 1 with
-threads pinned by :func:`automl.cost.measure.interleaved_ms` exactly as the profile's layers
-were (round-robin over all networks, so that load from other processes hits every network
-alike; the best run is kept, see its docstring for why not the median).
-Reports the rank correlation and the median relative error.
+ResNet-20 with random weights (timing does not depend on them) and synthetic calibration
+data: its ONNX Runtime profile (:func:`automl.cost.ort_measure.ort_profile`, cached; pass
+``--force`` to re-measure) prices random feasible policies, pruned and quantized, drawn
+from the default search space (half of them from ``space.sample``, half uniform policies
+at a random weight width in {2..8, 32}, 8-bit activations and a random sparsity level, so
+that the set spans light to heavy pruning). Each policy is applied by the
+:class:`~automl.quant.engine.QuantEngine`, exported to ``.ampq`` and then to ONNX
+(:func:`automl.onnx_export.ampq_to_onnx`) exactly as a search's final step does, and every
+exported file is timed end to end in ONNX Runtime at ``--batch`` samples, threads pinned,
+round-robin over all files (:func:`automl.ort.best_ms`, the protocol the profile uses).
+Reports the rank correlation and the median relative error of predicted vs measured.
 """
 
 from __future__ import annotations
@@ -19,69 +22,92 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from torch.utils.data import DataLoader, TensorDataset
 
-from automl.analysis import analyse
-from automl.analysis.prune import prune_model
-from automl.cost import CostModel, latency_metric, load_profile
-from automl.cost.measure import interleaved_ms, profile_hardware
+from automl import ort
+from automl.analysis.prune import keep_masks
+from automl.cost import CostModel, latency_metric
+from automl.cost.ort_measure import ort_profile
 from automl.errors import PolicyError
+from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.export import export_policy
 from automl.models import REFERENCE_MODELS
+from automl.onnx_export import ampq_to_onnx
+from automl.task import Task
 from automl.timing import pin_threads
-from search_spaces import Policy, SearchSpace, SpaceConfig
+from search_spaces import Policy, SearchSpace
 
 
-def random_pruning(space: SearchSpace, rng: np.random.Generator) -> Policy:
-    """Each layer at a random sparsity level up to a random per-policy ceiling (so the
-    policies span light to heavy pruning, not only the average of uniform draws)."""
-    ceiling = rng.uniform(0.0, 1.0)
-    layers = []
-    for s in space.layers:
-        levels = [lv for lv in s.sparsity_levels if lv <= ceiling * max(s.sparsity_levels) + 1e-9]
-        layers.append((s.name, space.decode(s.name, float(rng.choice(levels)), [32] * s.n_groups, 32)))
-    return Policy(tuple(layers))
+def synthetic_task(arch: str, seed: int) -> Task:
+    """The reference architecture with random weights and random 28x28 inputs."""
+    torch.manual_seed(seed)
+    model = REFERENCE_MODELS[arch]().eval()
+    x = torch.randn(256, 1, 28, 28)
+    y = torch.randint(0, 10, (256,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    return Task(model, x[:2], loader, loader, loader, loader)
+
+
+def feasible(problem: Problem, policy: Policy) -> Policy | None:
+    policy = problem.space.resolve(policy)
+    try:
+        keep_masks(problem.analysis, policy)
+    except PolicyError:
+        return None
+    return policy
+
+
+def random_policies(space: SearchSpace, problem: Problem, n: int, rng: np.random.Generator) -> list[Policy]:
+    out: list[Policy] = []
+    levels = sorted({lv for s in space.layers for lv in s.sparsity_levels})
+    while len(out) < n:
+        if len(out) % 2:
+            policy = space.sample(rng)
+        else:
+            policy = space.uniform(int(rng.choice([2, 3, 4, 5, 6, 8, 32])), 8, sparsity=float(rng.choice(levels)))
+        p = feasible(problem, policy)
+        if p is not None:
+            out.append(p)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="resnet20", choices=sorted(REFERENCE_MODELS))
+    parser.add_argument("--policies", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--policies", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=41, help="round-robin rounds per pruned network (best kept)")
-    parser.add_argument("--profile-repeats", type=int, default=25, help="round-robin rounds per layer configuration (best kept)")
-    parser.add_argument("--profile", type=Path, default=None, help="write (or reuse, with --reuse) the profile here")
-    parser.add_argument("--reuse", action="store_true", help="reuse an existing --profile file")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=15, help="round-robin timing rounds over the exported files")
+    parser.add_argument("--force", action="store_true", help="measure the profile again instead of the cached one")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     pin_threads(args.threads)
-    torch.manual_seed(args.seed)
-    model = REFERENCE_MODELS[args.arch]().eval()
-    x = torch.randn(1, 1, 28, 28)
-    analysis = analyse(model, x)
-    path = args.profile or Path(tempfile.mkdtemp()) / f"{args.arch}-measured.yaml"
-    if not (args.reuse and path.is_file()):
-        profile_hardware(model, x, analysis, path, threads=args.threads, repeats=args.profile_repeats)
-    profile = load_profile(path)
-    # Float pruning policies: kept channels stay at 32 bits, so the float table applies.
-    space = SearchSpace.build(analysis, SpaceConfig(weight_bits=(0, 32), act_bits=(32,), n_groups=1, pinned_bits=32))
-    cm = CostModel(analysis, space, [profile])
+    task = synthetic_task(args.arch, args.seed)
+    problem = Problem.from_task(task)
+    ev = Evaluator(problem, EvalConfig(fidelity=1))
+    profile, path = ort_profile(task.model, task.sample_input, problem.analysis, batch=args.batch,
+                                threads=args.threads, force=args.force)
+    cm = CostModel(problem.analysis, problem.space, [profile])
     key = latency_metric(profile.name)
-    rng = np.random.default_rng(args.seed)
-    policies, nets = [], []
-    while len(policies) < args.policies:
-        policy = random_pruning(space, rng) if policies else space.uniform(32)
-        try:
-            nets.append(prune_model(model, analysis, policy).eval())
-        except PolicyError:  # a coupled group lost every channel: not a network
-            continue
-        policies.append(policy)
-    measured = interleaved_ms([lambda net=net: net(x) for net in nets], args.repeats)
-    predicted = [cm.price(policy).value(key) for policy in policies]
+    policies = random_policies(problem.space, problem, args.policies, np.random.default_rng(args.seed))
+    x = torch.randn(args.batch, 1, 28, 28)
+    sessions = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for policy in policies:
+            qmodel = ev.engine.apply(policy)
+            ampq = Path(tmp) / "m.ampq"
+            export_policy(qmodel, problem.analysis, policy, ampq, sample_input=x, float_model=ev.float_model, repeats=1)
+            sessions.append(ort.session(ampq_to_onnx(ampq).SerializeToString(), args.threads))
+    measured = ort.best_ms([ort.runner(s, x.numpy()) for s in sessions], args.repeats)
+    predicted = [cm.price(p).value(key) for p in policies]
     for policy, pred, ms in zip(policies, predicted, measured, strict=True):
-        print(f"MACs {cm.price(policy).macs / 1e6:6.2f}M  predicted {pred:6.3f} ms  measured {ms:6.3f} ms")
+        print(f"sparsity {policy.channel_sparsity():5.1%}  mean bits {policy.mean_weight_bits():5.2f}  "
+              f"predicted {pred:7.3f} ms  measured {ms:7.3f} ms")
     p, m = np.array(predicted), np.array(measured)
     rho = float(spearmanr(p, m).statistic)
     err = float(np.median(np.abs(p - m) / m))
-    print(f"{args.arch}: {len(p)} pruned networks, {args.threads} thread(s), profile {path}")
+    print(f"{args.arch}: {len(p)} exported ONNX files (pruned + quantized), batch {args.batch}, {args.threads} "
+          f"thread(s), profile {profile.name} ({path}, stated error {profile.stated_error:.1%})")
     print(f"RESULT spearman={rho:.3f} median_abs_rel_error={err:.3f}")
 
 

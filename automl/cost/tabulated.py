@@ -13,16 +13,24 @@ from automl.cost.batch import LayerBatch
 from automl.cost.hardware import BITS, PROFILE_SCHEMA_VERSION, HardwareProfile, Reader
 from automl.errors import ProfileError
 
+FLOAT_BITS_ = 32
+
 
 @dataclass(frozen=True)
 class MeasuredLayer:
-    """Timings of one layer at kept input/output width fractions (rows: input, cols: output)."""
+    """Timings of one layer at kept input/output width fractions (rows: input, cols: output).
+
+    ``fused_ms`` (ONNX Runtime only) times the layer when its output is requantized by its
+    only ``consumer`` layer, a pattern the runtime fuses into one int8 kernel.
+    """
 
     name: str
     in_features: int
     out_channels: int
     float_ms: tuple[tuple[float, ...], ...]
     int8_ms: tuple[tuple[float, ...], ...]
+    fused_ms: tuple[tuple[float, ...], ...] | None = None
+    consumer: str = ""
 
 
 def interpolate(tables: np.ndarray, widths: Sequence[float], fi: np.ndarray, fo: np.ndarray) -> np.ndarray:
@@ -45,13 +53,15 @@ def interpolate(tables: np.ndarray, widths: Sequence[float], fi: np.ndarray, fo:
     return a * (1 - ti) + b * ti
 
 
-def monotone_tables(layers: Sequence[MeasuredLayer], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def monotone_tables(
+    layers: Sequence[MeasuredLayer], names: Sequence[str], cap: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """``(float, int8)`` tables ``[L, W, W]`` of ``names``, non-decreasing in both widths;
-    int8 entries are capped by float ones (a runtime picks the faster kernel)."""
+    with ``cap`` int8 entries are capped by float ones (a runtime that picks the faster kernel)."""
     mine = {m.name: m for m in layers}
     fl = np.stack([_monotone(np.asarray(mine[n].float_ms, dtype=float)) for n in names])
     q8 = np.stack([_monotone(np.asarray(mine[n].int8_ms, dtype=float)) for n in names])
-    return fl, np.minimum(q8, fl)
+    return fl, np.minimum(q8, fl) if cap else q8
 
 
 def _monotone(table: np.ndarray) -> np.ndarray:
@@ -68,13 +78,19 @@ class MeasuredProfile(HardwareProfile):
     kept). A layer runs in int8 when all its kept channels have at most
     ``int8_max_bits`` weight bits and its input at most that many activation bits, and a
     runtime then picks the faster of its int8 and float kernels; otherwise it runs in
-    float. Tables are made non-decreasing in both widths on load so that pruning never adds
+    float (``int8_capped``; a runtime such as ONNX Runtime that runs the file's QDQ nodes as
+    written is priced uncapped, so there fewer bits can cost more). Tables are made non-decreasing in both widths on load so that pruning never adds
     latency (timing noise otherwise breaks monotonicity).
 
     What the whole network takes beyond its layers (normalisation, activations, additions,
     pooling, dispatch) is ``overhead_ms`` (YAML ``network_overhead_ms``) plus
     ``overhead_us_per_kelem`` microseconds per thousand output activation elements of the
     layers, since those elementwise operations shrink with pruning too.
+
+    ``runtime`` says what executes the timed kernels (``torch`` or ``onnxruntime``),
+    ``batch`` how many samples one timed run holds (latencies are per run), and
+    ``stated_error`` the largest relative error measured on whole networks when the
+    profile was made (0 when not measured).
     """
 
     kind: ClassVar[str] = "measured"
@@ -87,6 +103,10 @@ class MeasuredProfile(HardwareProfile):
     threads: int = 1
     int8_max_bits: int = 8
     description: str = ""
+    runtime: str = "torch"
+    batch: int = 1
+    int8_capped: bool = True
+    stated_error: float = 0.0
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -115,14 +135,38 @@ class MeasuredProfile(HardwareProfile):
 
     def _tables(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         if names not in self._cache:
-            self._cache[names] = monotone_tables(self.layers, names)
+            self._cache[names] = monotone_tables(self.layers, names, self.int8_capped)
         return self._cache[names]
+
+    def _fused(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Fused tables ``[L, W, W]`` (NaN where none) and each layer's consumer index (-1: none)."""
+        key = ("fused", names)
+        if key not in self._cache:
+            mine = {m.name: m for m in self.layers}
+            size = len(self.widths)
+            tables = [np.full((size, size), np.nan) if mine[n].fused_ms is None else _monotone(np.asarray(mine[n].fused_ms))
+                      for n in names]
+            index = [names.index(mine[n].consumer) if mine[n].consumer in names else -1 for n in names]
+            self._cache[key] = (np.stack(tables), np.array(index))
+        return self._cache[key]
 
     def layer_terms(self, batch: LayerBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fl, q8 = self._tables(batch.names)
         fi, fo = batch.kept_in / batch.in_total, batch.kept_out / batch.out_total
+        quant_in = batch.act_bits <= self.int8_max_bits
+        if self.runtime == "onnxruntime":
+            # What the exported file runs: a quantized input costs its QDQ whatever the weights,
+            # and a layer whose only consumer requantizes its output runs as one fused int8 kernel.
+            compute = np.where(quant_in, interpolate(q8, self.widths, fi, fo), interpolate(fl, self.widths, fi, fo))
+            fz, consumer = self._fused(batch.names)
+            has = consumer >= 0
+            if has.any():
+                cons_act = np.where(has[None, :], batch.act_bits[:, np.maximum(consumer, 0)], FLOAT_BITS_)
+                fused = interpolate(np.nan_to_num(fz), self.widths, fi, fo)
+                compute = np.where(has[None, :] & (cons_act <= self.int8_max_bits), fused, compute)
+            return compute * batch.alive, np.zeros(compute.shape), batch.out_elems * (self.overhead_us_per_kelem * 1e-6)
         wide = batch.channel_sum(self._wide_lut)
-        int8 = (wide == 0) & (batch.act_bits <= self.int8_max_bits)
+        int8 = (wide == 0) & quant_in
         compute = np.where(int8, interpolate(q8, self.widths, fi, fo), interpolate(fl, self.widths, fi, fo))
         compute = compute * batch.alive
         overhead = batch.out_elems * (self.overhead_us_per_kelem * 1e-6)
@@ -132,12 +176,14 @@ class MeasuredProfile(HardwareProfile):
         return {
             "schema_version": PROFILE_SCHEMA_VERSION, "kind": self.kind, "name": self.name,
             "description": self.description, "engine": self.engine, "threads": self.threads,
-            "int8_max_bits": self.int8_max_bits, "widths": list(self.widths),
+            "int8_max_bits": self.int8_max_bits, "runtime": self.runtime, "batch": self.batch,
+            "int8_capped": self.int8_capped, "stated_error": self.stated_error, "widths": list(self.widths),
             "network_overhead_ms": self.overhead_ms, "overhead_us_per_kelem": self.overhead_us_per_kelem,
             "layers": {
                 m.name: {
                     "in_features": m.in_features, "out_channels": m.out_channels,
                     "float_ms": [list(r) for r in m.float_ms], "int8_ms": [list(r) for r in m.int8_ms],
+                    **({} if m.fused_ms is None else {"fused_ms": [list(r) for r in m.fused_ms], "consumer": m.consumer}),
                 }
                 for m in self.layers
             },
@@ -160,15 +206,18 @@ class MeasuredProfile(HardwareProfile):
         for lname, item in raw.items():
             lr = Reader(item, f"{source} layers.{lname}")
             tables = [_table(lr, key, len(widths)) for key in ("float_ms", "int8_ms")]
-            layers.append(
-                MeasuredLayer(str(lname), int(lr.number("in_features")), int(lr.number("out_channels")), *tables)
-            )
+            fused = _table(lr, "fused_ms", len(widths)) if "fused_ms" in item else None
+            layers.append(MeasuredLayer(str(lname), int(lr.number("in_features")), int(lr.number("out_channels")),
+                                        *tables, fused, str(item.get("consumer", ""))))
         return cls(
             name=r.text("name"), widths=tuple(float(x) for x in widths), layers=tuple(layers),
             overhead_ms=r.number("network_overhead_ms", positive=False, default=0.0),
             overhead_us_per_kelem=r.number("overhead_us_per_kelem", positive=False, default=0.0),
             engine=str(data.get("engine", "")), threads=int(r.number("threads", default=1)),
             int8_max_bits=int(r.number("int8_max_bits", default=8)), description=str(data.get("description", "")),
+            runtime=r.text("runtime", default="torch"), batch=int(r.number("batch", default=1)),
+            int8_capped=bool(data.get("int8_capped", True)),
+            stated_error=r.number("stated_error", positive=False, default=0.0),
         )
 
 

@@ -1,0 +1,209 @@
+"""The ONNX export: QDQ int8, pruned channels gone, runs in ONNX Runtime without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from automl import ort
+from automl.analysis.prune import keep_masks
+from automl.cli import main as cli_main
+from automl.cost.model import CostModel
+from automl.errors import ExportError
+from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.export import export_policy
+from automl.onnx_export import ampq_to_onnx, export_file, export_onnx, layer_precisions
+from automl.task import Task
+from tests.conftest import make_loaders, randomise_batchnorm
+
+
+def _setup(model: nn.Module) -> tuple[Problem, Evaluator, CostModel]:
+    loaders = make_loaders()
+    task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
+    problem = Problem.from_task(task)
+    return problem, Evaluator(problem, EvalConfig()), CostModel(problem.analysis, problem.space)
+
+
+def _ampq(problem, ev, policy, path):
+    qmodel = ev.engine.apply(policy)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    export_policy(qmodel, problem.analysis, policy, path, sample_input=x, float_model=ev.float_model, repeats=1)
+    return qmodel
+
+
+def _mixed_policy(problem):
+    rng = np.random.default_rng(3)
+    while True:
+        policy = problem.space.resolve(problem.space.sample(rng))
+        try:
+            keep_masks(problem.analysis, policy)
+        except Exception:  # noqa: BLE001 - a coupled group lost every channel
+            continue
+        bits = {b for _, lp in policy for b in lp.weight_bits}
+        if 0 in bits and len(bits - {0, 32}) >= 3:
+            return policy
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Layer name -> the weight its Conv/Gemm multiplies by (int8 codes or float), found
+    through the bias, which keeps the layer's name (``<layer>.bias`` or ``<layer>.op.bias``)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        layer = node.input[2].removesuffix(".bias").removesuffix(".op")
+        name = node.input[1]
+        while name not in inits:  # through the weight's DequantizeLinear or an Identity
+            name = producer[name].input[0]
+        out[layer] = numpy_helper.to_array(inits[name])
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_resnet", "plain_cnn"])
+def test_onnx_outputs_match_the_in_memory_quantized_model(fixture, request, tmp_path):
+    """Equal up to rounding ties: ONNX Runtime computes ``x / scale`` where torch computes
+    ``x * (1 / scale)``; the two differ in the last bit, which moves a value lying within an
+    ulp of a rounding midpoint by one activation step. So most samples agree to 1e-4, none
+    by more than a few steps, and the predicted classes agree."""
+    problem, ev, _ = _setup(request.getfixturevalue(fixture))
+    for policy in (problem.space.uniform(4, 8, sparsity=0.25), _mixed_policy(problem)):
+        qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
+        model = ampq_to_onnx(tmp_path / "m.ampq")
+        onnx.checker.check_model(model, full_check=True)
+        x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            expected = qmodel(x).numpy()
+        got = ort.predict(model.SerializeToString(), x.numpy())
+        diff = np.abs(got - expected).max(axis=1)
+        assert np.mean(diff <= 1e-4) >= 0.25
+        assert diff.max() < 0.1 * np.abs(expected).max()
+        assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
+
+
+def test_quantized_layers_are_qdq_with_int8_codes_on_their_grid(tiny_resnet, tmp_path):
+    problem, ev, _ = _setup(tiny_resnet)
+    policy = _mixed_policy(problem)
+    _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    model = ampq_to_onnx(tmp_path / "m.ampq")
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    masks = keep_masks(problem.analysis, policy)
+    weights = _weights(model)
+    assert set(weights) == set(problem.analysis.names)
+    int8_layers = 0
+    for layer in problem.analysis.layers:
+        w = weights[layer.name]
+        bits = np.asarray(policy[layer.name].weight_bits)[masks[layer.out_group]]
+        if bits.max() <= 8:
+            int8_layers += 1
+            assert w.dtype == np.int8
+            limit = 2 ** (bits - 1) - 1
+            assert (np.abs(w.reshape(len(bits), -1)).max(axis=1) <= limit).all(), layer.name
+        else:
+            assert w.dtype == np.float32
+    assert int8_layers >= 2
+    assert layer_precisions(model)["int8"] == int8_layers
+    # no float copy of an int8 weight is left in the file
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] in {t.name for t in model.graph.initializer}
+                   for n in model.graph.node)
+
+
+def test_pruned_channels_are_absent_from_the_onnx_weight_shapes(plain_cnn, tmp_path):
+    problem, ev, _ = _setup(plain_cnn)
+    policy = problem.space.uniform(4, 8, sparsity=0.5)
+    _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    weights = _weights(ampq_to_onnx(tmp_path / "m.ampq"))
+    masks = keep_masks(problem.analysis, policy)
+    total = 0
+    for layer in problem.analysis.layers:
+        w = weights[layer.name]
+        kept = int(masks[layer.out_group].sum())
+        assert w.shape[0] == kept, layer.name
+        assert kept < layer.out_channels or not problem.space.layer(layer.name).prunable, layer.name
+        total += w.size
+    assert total < sum(lay.weight_params for lay in problem.analysis.layers) / 2
+
+
+def test_runs_in_a_fresh_process_with_onnxruntime_and_numpy_only(tiny_resnet, tmp_path):
+    problem, ev, _ = _setup(randomise_batchnorm(tiny_resnet))
+    policy = problem.space.uniform(4, 8, sparsity=0.25)
+    qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    export_onnx(tmp_path / "m.ampq", tmp_path / "m.onnx")
+    x = torch.randn(16, 1, 28, 28)
+    np.save(tmp_path / "x.npy", x.numpy())
+    with torch.no_grad():
+        np.save(tmp_path / "expected.npy", qmodel(x).numpy())
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np, onnxruntime as ort
+        sess = ort.InferenceSession("m.onnx", providers=["CPUExecutionProvider"])
+        out = sess.run(None, {sess.get_inputs()[0].name: np.load("x.npy")})[0]
+        expected = np.load("expected.npy")
+        assert (out.argmax(1) == expected.argmax(1)).mean() >= 0.9
+        assert np.abs(out - expected).max() < 0.1 * np.abs(expected).max()
+        assert "torch" not in sys.modules, "onnxruntime pulled in torch"
+        assert not any(m.startswith("automl") for m in sys.modules)
+        print("ok", out.shape)
+    """)
+    done = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok (16, 10)"
+
+
+class _Frac(nn.Module):
+    """torch.frac: stored by the .ampq format, but it has no ONNX form in opset 13."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(torch.frac(self.conv(x)), 1))
+
+
+def _cli(capsys, *argv):
+    code = cli_main(["export", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_gives_one_message_and_exit_2(tmp_path, capsys):
+    empty = tmp_path / "run"
+    empty.mkdir()
+    code, err = _cli(capsys, empty)
+    assert code == 2 and "has no" not in err and "without best_model.ampq" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+    torch.manual_seed(0)
+    problem, ev, _ = _setup(_Frac().eval())
+    policy = problem.space.uniform(8, 8)
+    _ampq(problem, ev, policy, tmp_path / "frac.ampq")
+    with pytest.raises(ExportError, match="cannot be expressed in ONNX.*frac"):
+        export_file(tmp_path / "frac.ampq", "onnx", tmp_path / "frac.onnx")
+    code, err = _cli(capsys, tmp_path / "frac.ampq", "--output", tmp_path / "frac.onnx")
+    assert code == 2 and "cannot be expressed in ONNX" in err
+    assert not (tmp_path / "frac.onnx").exists()
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = _cli(capsys, tmp_path / "frac.ampq", "--format", "ampq", "--output", blocker / "x.ampq")
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
+
+
+def test_cli_exports_a_run_directory_to_onnx_and_ampq(tiny_resnet, tmp_path, capsys):
+    problem, ev, _ = _setup(tiny_resnet)
+    run = tmp_path / "run"
+    _ampq(problem, ev, problem.space.uniform(4, 8, sparsity=0.25), run / "best_model.ampq")
+    assert cli_main(["export", str(run)]) == 0
+    onnx.checker.check_model(onnx.load(run / "best_model.onnx"))
+    assert cli_main(["export", str(run), "--format", "ampq", "--output", str(tmp_path / "copy.ampq")]) == 0
+    assert (tmp_path / "copy.ampq").read_bytes() == (run / "best_model.ampq").read_bytes()
+    capsys.readouterr()
