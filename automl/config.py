@@ -7,6 +7,7 @@ prefixed fields (``space:``, ``evaluation:``, ``finetune:``, ``searcher:`` ...).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -227,7 +228,7 @@ class SearchConfig:
                 expected type and the value that arrived.
         """
         flat, names = flatten_sections(cls, data)
-        values = normalise(cls, {**{f.name: getattr(_DEFAULTS, f.name) for f in fields(cls)}, **flat})
+        values = normalise(cls, {**{f.name: getattr(_defaults(), f.name) for f in fields(cls)}, **flat})
         check_types(cls, values, names)  # quotes the keys as the file spells them
         return cls(**values)
 
@@ -239,7 +240,11 @@ class SearchConfig:
         return SearchConfig.from_dict(base) if changes else self
 
 
-_DEFAULTS = SearchConfig()
+@functools.cache
+def _defaults() -> SearchConfig:
+    # Built on first use, not at import: validating a config imports the evaluator, which
+    # imports modules that read this one.
+    return SearchConfig()
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
