@@ -3,10 +3,10 @@
 Old: 200 steps of Adam (lr 5e-4, constant) on distillation alone, no validation (what
 ``Evaluator.final`` did before). New: the default :class:`automl.finetune.FinetuneConfig`
 (labels + distillation, SGD with momentum, cosine schedule, keep-best on validation).
-Policies: the winner of a search (``--run DIR``, its ``best_policies.json``) and the
-integer program's policies (Hessian sensitivities) at ``size<=0.0625x`` and ``size<=0.03125x``.
+Policies: the winner of a search (``--run DIR``: its ``best_policies.json``, or its best
+trial so far) and, with ``--ilp BUDGET``, the integer program's policy (Hessian sensitivities).
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/finetune_compare.py --run /tmp/h-ft-run/runs/<run>
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/finetune_compare.py --run /tmp/h-ft-run/runs/<run> [--ilp 'size<=0.03125x']
 
 Ends with ``RESULT winner_old_test=.. winner_new_test=.. mean_old_test=.. mean_new_test=.. ...``.
 """
@@ -44,6 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="run directory of a search (its best_policies.json)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ilp", action="append", help="also the integer program's policy at this budget (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task = reference_task("resnet20", log=print)
@@ -52,12 +53,19 @@ def main() -> None:
     cost_model = CostModel(problem.analysis, problem.space)
     policies: dict[str, Policy] = {}
     if args.run:
-        best = json.loads((Path(args.run) / "best_policies.json").read_text())
-        label, entry = next(iter(best.items()))
-        policies["winner " + label] = Policy.from_dict(entry["policy"])
-    sens, _ = sensitivities_for(ev, problem.space, 2, "hessian", default_cache_dir())
-    for b in ("size<=0.0625x", "size<=0.03125x"):
-        policies[f"ilp {b}"] = solve_ilp(problem.space, cost_model, Budget.parse([b]).bind(cost_model), sens)
+        run_dir = Path(args.run)
+        if (run_dir / "best_policies.json").exists():
+            entry = next(iter(json.loads((run_dir / "best_policies.json").read_text()).values()))
+            policies["winner"] = Policy.from_dict(entry["policy"])
+        else:  # the search is still fine-tuning: its best feasible trial so far
+            from agents.records import best_record
+            from automl.runner import read_journal
+
+            policies["winner"] = best_record(read_journal(run_dir / "trials.jsonl")).policy
+    if args.ilp:
+        sens, _ = sensitivities_for(ev, problem.space, 2, "hessian", default_cache_dir())
+        for b in args.ilp:
+            policies[f"ilp {b}"] = solve_ilp(problem.space, cost_model, Budget.parse([b]).bind(cost_model), sens)
     recipes = {"old": FinetuneConfig.legacy(200, 5e-4), "new": FinetuneConfig()}
     rows = {}
     print("| policy | recipe | val before | val after | test after | seconds |")
