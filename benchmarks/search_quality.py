@@ -37,11 +37,12 @@ and the default searcher's regret on the plain CNN.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -182,6 +183,7 @@ class Job:
     threads: int
     cache_dir: str
     finetune_steps: int
+    out: str = ""
 
 
 def run_job(job: Job) -> Row:
@@ -189,6 +191,9 @@ def run_job(job: Job) -> Row:
     row = uniform_row(s, job.budget) if job.searcher == "uniform" else \
         searcher_row(s, job.budget, job.searcher, job.seed, job.distinct)[0]
     print(f"[{job.arch}] {format_row(row)}", flush=True)
+    if job.out:  # one JSON line per row, so a run cut short can still be summarised (--summarise)
+        with open(job.out, "a") as fh:
+            fh.write(json.dumps(asdict(row)) + "\n")
     return row
 
 
@@ -297,7 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="where the sensitivity tables are cached")
     ap.add_argument("--finetune-steps", type=int, default=DEFAULTS.finetune_steps,
                     help="steps of the final fine-tune (SearchConfig's default; lower only to smoke-test the script)")
+    ap.add_argument("--out", default="", help="append every row as a JSON line to this file")
+    ap.add_argument("--summarise", default="", help="only print the table and RESULT of rows saved by --out")
     args = ap.parse_args(argv)
+    if args.summarise:
+        rows = [Row(**json.loads(line)) for line in open(args.summarise) if line.strip()]
+        print(f"(summary of {len(rows)} saved rows; no ground truth)\n" + HEADER.format(f=DEFAULTS.fidelity))
+        print("\n".join(table(rows)))
+        r20 = setup("resnet20", args.quick, args.threads, args.cache_dir).float_test
+        print(summary(rows, [], r20))
+        return 0
     start = time.perf_counter()
     rank_budgets, head_budgets, searchers, n_rank, n_head = plan(args)
     if args.searchers:
@@ -311,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s.stage.evaluations} evaluations, {s.stage.seconds:.0f} s", flush=True)
     tiny, optimum, count = ground_truth(args.quick, args.threads, args.cache_dir, searchers)  # cheap: first
     common = {"quick": args.quick, "threads": args.threads, "cache_dir": args.cache_dir,
-              "finetune_steps": args.finetune_steps}
+              "finetune_steps": args.finetune_steps, "out": args.out}
     jobs = [Job("resnet8", b, n, 0, n_rank, **common) for b in rank_budgets for n in ("uniform", *searchers)]
     jobs += [Job("resnet20", b, n, 0, n_head, **common) for b in head_budgets for n in ("uniform", DEFAULTS.searcher)]
     rows = run_jobs(jobs, args.jobs)
