@@ -245,16 +245,24 @@ class RLSearcher(Searcher):
                     self._learn_from(record)
                 self._model_learned = len(self.records)
             else:
-                policy = "MultiInputPolicy" if isinstance(self.env.observation_space, dict) else "MlpPolicy"
-                self.model = self.algorithm(
-                    policy, self.env, seed=self.seed, device="cpu", verbose=0, **self.hyperparameters(n_evaluations)
-                )
+                policy, kw = self._policy_class(), self.hyperparameters(n_evaluations)
+                if not isinstance(policy, str):
+                    kw["policy_kwargs"]["phase_index"] = self.env.unwrapped.phase_index
+                self.model = self.algorithm(policy, self.env, seed=self.seed, device="cpu", verbose=0, **kw)
                 if not self.off_policy and self.warm_start and self.reference is not None and self.bc_steps:
                     behaviour_clone(self.model, replay_episode(self._proposal(), self.reference), self.bc_steps)
                 for record in self.records:  # told before the agent existed
                     self._learn_from(record)
                 self._model_learned = len(self.records)
         return self.model
+
+    def _policy_class(self) -> Any:
+        """AJPQ's two controllers for on-policy agents in the ``two_level`` joint env, else SB3's MLP."""
+        if self.off_policy or self.env.unwrapped.phase_index is None:
+            return "MlpPolicy"
+        from agents.controllers import TwoControllerMaskablePolicy, TwoControllerPolicy
+
+        return TwoControllerMaskablePolicy if self.masked else TwoControllerPolicy
 
     def _proposal(self) -> Any:
         """An env twin that evaluates nothing (for ask, replays and demonstrations)."""
