@@ -15,8 +15,9 @@ What makes the agents start where TPE starts, and learn from what happened:
   the space (sparsity 0.375 everywhere, middle bits).
 - **Warm start.** The first episodes replay the warm-start policies (the integer program's
   and the uniform policies that fit, as TPE's enqueued trials); they are evaluated, and
-  off-policy agents keep them in the replay buffer. PPO and MaskablePPO first take a short
-  behaviour-cloning pass towards the reference (:func:`~agents.rl_parts.behaviour_clone`).
+  off-policy agents keep them in the replay buffer. Every agent first takes a short
+  behaviour-cloning pass towards the reference (:func:`~agents.rl_parts.behaviour_clone`,
+  :func:`~agents.rl_parts.clone_actor`), so its initial deterministic policy is the reference.
 - **Executed actions.** What the agent stores is the action the env applied after masks,
   projection and scripts (:class:`~agents.rl_parts.EvaluationBudget`); every projection of
   an episode is recorded on its trial like a repair (``repair.steps``).
@@ -61,6 +62,7 @@ from agents.rl_parts import (
     ProposalEvaluator,
     add_to_replay_buffer,
     behaviour_clone,
+    clone_actor,
     episodes_to_steps,
     replay_episode,
 )
@@ -101,7 +103,7 @@ class RLSearcher(Searcher):
             (absolute actions).
         warm_start: replay the warm-start policies as the first episodes (and
             behaviour-clone the reference for on-policy agents).
-        bc_steps: most behaviour-cloning gradient steps of the on-policy warm start.
+        bc_steps: most behaviour-cloning gradient steps of the warm start.
         kl_weight: the final reward loses ``kl_weight * KL`` (see
             :class:`~agents.rl_parts.KLShapedReward`); 0 keeps the env's reward as is.
         algo_kwargs: further keyword arguments of the SB3 algorithm (override the above).
@@ -245,16 +247,28 @@ class RLSearcher(Searcher):
                     self._learn_from(record)
                 self._model_learned = len(self.records)
             else:
-                policy = "MultiInputPolicy" if isinstance(self.env.observation_space, dict) else "MlpPolicy"
-                self.model = self.algorithm(
-                    policy, self.env, seed=self.seed, device="cpu", verbose=0, **self.hyperparameters(n_evaluations)
-                )
-                if not self.off_policy and self.warm_start and self.reference is not None and self.bc_steps:
-                    behaviour_clone(self.model, replay_episode(self._proposal(), self.reference), self.bc_steps)
+                policy, kw = self._policy_class(), self.hyperparameters(n_evaluations)
+                if not isinstance(policy, str):
+                    kw["policy_kwargs"]["phase_index"] = self.env.unwrapped.phase_index
+                self.model = self.algorithm(policy, self.env, seed=self.seed, device="cpu", verbose=0, **kw)
+                if self.warm_start and self.reference is not None and self.bc_steps:
+                    demo = replay_episode(self._proposal(), self.reference)
+                    if self.off_policy:
+                        clone_actor(self.model, demo, self.bc_steps)
+                    else:
+                        behaviour_clone(self.model, demo, self.bc_steps)
                 for record in self.records:  # told before the agent existed
                     self._learn_from(record)
                 self._model_learned = len(self.records)
         return self.model
+
+    def _policy_class(self) -> Any:
+        """AJPQ's two controllers for on-policy agents in the ``two_level`` joint env, else SB3's MLP."""
+        if self.off_policy or self.env.unwrapped.phase_index is None:
+            return "MlpPolicy"
+        from agents.controllers import TwoControllerMaskablePolicy, TwoControllerPolicy
+
+        return TwoControllerMaskablePolicy if self.masked else TwoControllerPolicy
 
     def _proposal(self) -> Any:
         """An env twin that evaluates nothing (for ask, replays and demonstrations)."""

@@ -213,3 +213,25 @@ def behaviour_clone(model: BaseAlgorithm, steps: list[tuple[Any, Any, Any, bool,
 
 def episodes_to_steps(episodes: float, episode_length: int) -> int:
     return int(math.ceil(episodes)) * episode_length
+
+
+def clone_actor(model: BaseAlgorithm, steps: list[tuple[Any, Any, Any, bool, dict]], n_steps: int, lr: float = 1e-3) -> float:
+    """Regress an off-policy agent's deterministic action onto ``steps``' actions (mean squared
+    error), and copy the result to its target actor: relative to a reference, a freshly
+    initialised actor's constant offsets would otherwise start it a few options away.
+    Returns the final loss."""
+    actor = model.actor  # type: ignore[attr-defined]
+    obs = th.as_tensor(np.stack([s[0] for s in steps]), dtype=th.float32, device=model.device)
+    acts = th.as_tensor(np.stack([np.asarray(s[1], dtype=np.float32) for s in steps]), device=model.device)
+    optimiser = th.optim.Adam(actor.parameters(), lr=lr)
+    loss = th.zeros(())
+    for _ in range(n_steps):
+        out = actor(obs, deterministic=True) if "deterministic" in actor.forward.__code__.co_varnames else actor(obs)
+        loss = th.nn.functional.mse_loss(out, acts)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    target = getattr(model, "actor_target", None)
+    if target is not None:
+        target.load_state_dict(actor.state_dict())
+    return float(loss)

@@ -17,6 +17,12 @@ Rows:
 - ``ppo_cold``: PPO with absolute actions and no warm start (the former behaviour).
 
     python benchmarks/searcher_learning.py --evaluations 60 --budget 'size<=0.0625x'
+    python benchmarks/searcher_learning.py --problem synthetic --evaluations 40   # seconds, known optimum
+
+``--problem synthetic`` is the tests' problem instead (tiny ResNet-8, ``size<=0.12x``, an
+evaluator whose accuracy is a known separable function of the policy, heuristic
+sensitivities for the warm start); its optimum is the integer program's on the exact
+damage, printed as ``optimum``, and the table gains a regret column.
 
 Ends with ``RESULT best_learning_minus_warmstart=<points> rl_minus_tpe=<points>
 rl_minus_random=<points> tpe_minus_random=<points>`` (validation accuracy, points).
@@ -49,23 +55,34 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "cmaes": ("cmaes", {"storage": ":memory:"}),
     "ppo": ("ppo", {}),
     "ppo_cold": ("ppo", {"reference": "none", "warm_start": False}),
+    "ppo_two_level": ("ppo", {"hierarchy": "two_level"}),
     "maskable_ppo": ("maskable_ppo", {}),
     "ddpg": ("ddpg", {}),
+    "ddpg_cold": ("ddpg", {"reference": "none", "warm_start": False}),
     "sac": ("sac", {}),
 }
-RL = ("ppo", "maskable_ppo", "ddpg", "sac")
+RL = ("ppo", "ppo_two_level", "maskable_ppo", "ddpg", "sac")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--evaluations", type=int, default=60)
-    ap.add_argument("--budget", default="size<=0.0625x")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fidelity", type=int, default=2)
-    ap.add_argument("--rows", default=",".join(["warm_start", *ROWS]))
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
+def synthetic_problem() -> tuple[Any, float]:
+    """The tests' objective factory and the known optimum's accuracy."""
+    from agents.ilp import ILPSearcher
+    from automl.sensitivity import as_sensitivities
+    from tests.agents_support import make_objective
+
+    exact = make_objective(budget="size<=0.12x")
+    optimum = exact(ILPSearcher(exact).solve()).accuracy
+
+    def objective() -> Objective:
+        o = make_objective(budget="size<=0.12x")
+        o.sensitivities = as_sensitivities(o.space, None)
+        return o
+
+    return objective, optimum
+
+
+def resnet8_objective(args: argparse.Namespace) -> Any:
+    """A factory of objectives on the reference ResNet-8 (measured, cached sensitivities)."""
     task = reference_task("resnet8", log=print)
     problem = Problem.from_task(task)
     evaluator = Evaluator(problem, EvalConfig(fidelity=args.fidelity))
@@ -77,13 +94,37 @@ def main() -> None:
     )
     print(f"sensitivities ({sens.source}) in {time.perf_counter() - start:.0f} s", flush=True)
     bound = Budget.parse(args.budget).bind(cost_model)
-    float_val = evaluator.baseline("val").accuracy
-    print(f"float val {100 * float_val:.2f} %  budget {args.budget}  evaluations {args.evaluations}  "
-          f"seed {args.seed}  fidelity {args.fidelity}")
-    print(f"{'row':<20} {'best val %':>10} {'distinct':>8} {'evals f1/f2':>12} {'seconds':>8}")
+    print(f"float val {100 * evaluator.baseline('val').accuracy:.2f} %  budget {args.budget}  evaluations "
+          f"{args.evaluations}  seed {args.seed}  fidelity {args.fidelity}")
+    return lambda: Objective(CachedEvaluator(evaluator), cost_model, bound, sensitivities=sens)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--evaluations", type=int, default=60)
+    ap.add_argument("--budget", default="size<=0.0625x")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fidelity", type=int, default=2)
+    ap.add_argument("--rows", default=",".join(["warm_start", *ROWS]))
+    ap.add_argument("--problem", choices=("resnet8", "synthetic"), default="resnet8")
+    args = ap.parse_args()
+    ap_problem = args.problem
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    optimum = float("nan")
+    if ap_problem == "synthetic":
+        make_objective, optimum = synthetic_problem()
+        args.fidelity = 1
+        print(f"synthetic problem: optimum {100 * optimum:.2f} %  evaluations {args.evaluations}  seed {args.seed}")
+    else:
+        make_objective = resnet8_objective(args)
+    print(f"{'row':<20} {'best val %':>10} {'distinct':>8} {'evals f1/f' + str(args.fidelity):>12} {'seconds':>8}"
+          + (f" {'regret':>7}" if optimum == optimum else ""))
     best: dict[str, float] = {}
     for row in args.rows.split(","):
-        objective = Objective(CachedEvaluator(evaluator), cost_model, bound, sensitivities=sens)
+        if ap_problem == "synthetic" and row == "tpe_multi_fidelity":
+            continue  # the synthetic evaluator has one fidelity
+        objective = make_objective()
         t0 = time.perf_counter()
         if row == "warm_start":
             records = [objective(p, number=i) for i, p in enumerate(warm_start_policies(objective))]
@@ -94,7 +135,8 @@ def main() -> None:
         best[row] = 100 * max((r.accuracy for r in full), default=float("nan"))
         distinct = len({r.policy.key() for r in records})
         counts = "/".join(str(objective.evaluations_by_fidelity.get(f, 0)) for f in (1, args.fidelity))
-        print(f"{row:<20} {best[row]:>10.2f} {distinct:>8} {counts:>12} {time.perf_counter() - t0:>8.0f}", flush=True)
+        regret = f" {100 * optimum - best[row]:>7.2f}" if optimum == optimum else ""
+        print(f"{row:<20} {best[row]:>10.2f} {distinct:>8} {counts:>12} {time.perf_counter() - t0:>8.0f}{regret}", flush=True)
     learning = [v for k, v in best.items() if k not in ("random", "warm_start")]
     rl = max((best[k] for k in RL if k in best), default=float("nan"))
     print(

@@ -293,6 +293,11 @@ class CompressionEnv(gym.Env, ABC):
         return out
 
     @property
+    def phase_index(self) -> int | None:
+        """Position of the phase flag in the observation (``None`` if the env has no phase)."""
+        return len(LAYER_FEATURES) + 1 if self.has_phase else None
+
+    @property
     def current_decision(self) -> Decision | None:
         return self.decisions[self._t] if self._t < len(self.decisions) else None
 

@@ -21,6 +21,27 @@ class JointPruneQuantEnv(CompressionEnv):
     too, within the layer's ``max_sparsity``) and the layer its activation bit-width.
     :meth:`SearchSpace.decode` turns the two into per-channel bits.
 
+    ## Hierarchy (AJPQ)
+
+    AJPQ couples a *layer controller* (how much of a layer to prune) and a *channel
+    controller* (the bit-width of each remaining channel), both reading one importance
+    criterion. Here the criterion is the space's channel ranking (``LayerSpace.channel_rank``):
+    the layer controller's sparsity prunes its tail, the channel controller's bits apply to
+    its importance groups, and :meth:`SearchSpace.decode` combines the two.
+
+    ``two_level`` is the hierarchy: one layer step, then one channel step that observes the
+    sparsity just chosen, so the channel decision is conditioned on the layer decision.
+    With the on-policy agents (PPO, MaskablePPO) the two steps are taken by **two
+    policies**, :class:`agents.controllers.TwoControllerPolicy`: separate actor networks
+    selected by the observation's phase flag, one shared critic and one reward. Two
+    policies rather than one hierarchical action because the two decisions differ in kind
+    (one coarse level against per-group widths) and an actor shared between them has to
+    unlearn one to learn the other; one critic rather than two because the episode has one
+    terminal reward, and a critic per controller would see half the transitions each at
+    60-200 episodes. Off-policy agents keep one actor with the phase flag (their SB3
+    actor classes are built differently; not done here). ``per_layer`` is the flat alternative: both
+    decisions in one action, half the steps, no conditioning.
+
     Args:
         hierarchy: ``two_level`` (a layer step, then a channel step, with a phase flag in
             the observation) or ``per_layer`` (both in one step).
@@ -29,7 +50,8 @@ class JointPruneQuantEnv(CompressionEnv):
     ## Action Space
 
     ``Box(-1, 1, (D,), float32)``; each dimension is cut into equal intervals, one per
-    option, lowest first. ``two_level``: the layer step reads ``action[0]`` (sparsity level);
+    option, lowest first, or, with a ``reference`` policy, read as an offset from the
+    reference's option (the zero action is the reference; see :class:`~envs.base.CompressionEnv`). ``two_level``: the layer step reads ``action[0]`` (sparsity level);
     the channel step reads ``action[0:G]`` (bits of groups from the most to the least
     important) and ``action[G]`` (activation bits), ``D = G + 1``. ``per_layer``:
     ``action[0]`` sparsity, ``action[1:G+1]`` group bits, ``action[G+1]`` activation bits,

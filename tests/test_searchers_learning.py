@@ -62,6 +62,7 @@ def test_fast_variant_beats_random_search(name: str) -> None:
     assert best_of(name, 0, 24) > best_of("random", 0, 24)
 
 
+@pytest.mark.slow
 def test_tpe_improves_on_its_warm_start() -> None:
     objective = heuristic_objective()
     searcher = make_searcher("tpe", objective, seed=0, storage=":memory:")

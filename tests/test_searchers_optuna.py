@@ -226,3 +226,15 @@ def test_multi_fidelity_promotes_a_share_and_counts_every_stage() -> None:
         assert len(t.user_attrs[STAGES_ATTR]) == (2 if t.state == TrialState.COMPLETE else 1)
     with pytest.raises(ConfigError, match="stage_fidelity"):
         TPESearcher(make_objective(), storage=":memory:", stage_fidelity=1)  # the search itself is at 1
+
+
+def test_the_stage_fidelity_option_is_checked_and_reaches_the_searcher(tmp_path) -> None:
+    from automl.config import SearchConfig
+    from automl.runner import make_searcher as runner_searcher
+
+    with pytest.raises(ConfigError, match="searcher_stage_fidelity"):
+        SearchConfig(fidelity=2, searcher_stage_fidelity=2)
+    objective = make_objective()
+    objective.evaluator = StagedEvaluator(objective.evaluator)
+    searcher = runner_searcher("tpe", objective, SearchConfig(fidelity=2, searcher_stage_fidelity=1), tmp_path)
+    assert searcher.stage_fidelity == 1

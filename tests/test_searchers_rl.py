@@ -88,3 +88,26 @@ def test_projections_are_recorded_like_repairs() -> None:
     projected = [r for r in result.records if r.repaired]
     assert projected, "absolute random actions under a tight budget get projected"
     assert all(r.feasible and r.repair.steps and "projection" in r.repair.steps[0] for r in projected)
+
+
+@pytest.mark.parametrize("cls", [PPOSearcher, MaskablePPOSearcher])
+def test_two_level_uses_two_controllers_that_do_not_share_weights(cls) -> None:
+    import torch
+
+    from agents.controllers import TwoControllerExtractor
+
+    searcher = cls(make_objective(), seed=0, hierarchy="two_level", episodes_per_update=2)
+    model = searcher._ensure_model(4)
+    extractor = model.policy.mlp_extractor
+    assert isinstance(extractor, TwoControllerExtractor)
+    obs = torch.zeros(2, model.observation_space.shape[0])
+    obs[1, searcher.env.unwrapped.phase_index] = 1.0  # row 0: a layer step, row 1: a channel step
+    before = extractor.forward_actor(obs).detach().clone()
+    with torch.no_grad():
+        for p in extractor.layer_net.parameters():
+            p.add_(1.0)
+    after = extractor.forward_actor(obs).detach()
+    assert not torch.allclose(before[0], after[0]), "the layer controller acts on layer steps"
+    assert torch.allclose(before[1], after[1]), "and not on channel steps"
+    result = searcher.run(4)
+    assert result.n_evaluations == 4 and result.best.feasible
