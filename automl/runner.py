@@ -28,9 +28,17 @@ from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
 from automl.errors import ConfigError
 from automl.evaluate import Evaluator, Problem
-from automl.lifecycle import RUN_DIR_TAG, Terminated, handle_termination, owner_alive, remove_owner, write_owner
+from automl.lifecycle import (
+    RUN_DIR_TAG,
+    Terminated,
+    close_if_stale,
+    handle_termination,
+    owner_alive,
+    remove_owner,
+    write_owner,
+)
 from automl.loading import load_task
-from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, plan_run, read_journal
+from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
 from automl.task import Task
 from automl.timing import pin_threads
 from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
@@ -285,6 +293,8 @@ def run_search(
     other key); ``None`` takes those that differ from the defaults. The parent run ends
     FINISHED, FAILED, or KILLED (Ctrl-C, SIGTERM).
     """
+    if config.resume:  # a parent a kill -9 left RUNNING is closed first, even if this resume fails
+        close_if_stale(find_run_dir(config.resume, config.output))
     plan = plan_run(config, explicit)
     cfg, run_dir = plan.config, plan.run_dir
 

@@ -152,3 +152,29 @@ def test_a_torn_last_line_is_skipped(tmp_path, finished_run):
     journal = run_dir / JOURNAL
     journal.write_text(journal.read_text() + '{"number": 3, "pol')
     assert [r.number for r in read_journal(journal)] == [0, 1, 2]
+
+
+def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(capsys, tmp_path, finished_run):
+    import json
+    import socket
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from automl.lifecycle import OWNER
+    from automl.resume import STATE
+    from automl.tracking import default_tracking_uri
+
+    out, run_dir = _copy(finished_run, tmp_path)
+    state = json.loads((run_dir / STATE).read_text())
+    client = MlflowClient(tracking_uri=default_tracking_uri(out))
+    client.update_run(state["parent_run_id"], status="RUNNING")  # what a kill -9 leaves behind
+    del state["status"]
+    (run_dir / STATE).write_text(json.dumps(state))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run_dir / OWNER).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "start": None}))
+    (run_dir / JOURNAL).write_text("null\n" + (run_dir / JOURNAL).read_text())
+    code, err = run(capsys, "search", "--resume", str(run_dir), "--evaluations", "5")
+    one_paragraph(code, err, "line 1")
+    assert parent_statuses(out) == ["KILLED"]
