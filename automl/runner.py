@@ -23,7 +23,7 @@ from automl.budget import BoundBudget, Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
 from automl.config_schema import check_searcher_options
-from automl.console import budget_line, command_prefix
+from automl.console import budget_line, command_prefix, stage
 from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
 from automl.errors import ConfigError
@@ -335,8 +335,9 @@ def _search(
 ) -> SearchResult:
     cfg, run_dir, tracker = session.config, session.run_dir, session.tracker
     assert tracker is not None
-    _start_tracking(session, plan.resuming, state)
-    searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
+    with stage(f"set-up: MLflow parent run, float baseline, {cfg.searcher} searcher (warm start)", quiet):
+        _start_tracking(session, plan.resuming, state)
+        searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if plan.resuming:
         resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
     done = {r.number for r in searcher.records}
