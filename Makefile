@@ -10,12 +10,16 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "setup 1/3: virtual environment $(VENV)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	@echo "setup 2/3: torch 2.13.0 (CPU build)"
+	$(BIN)/python -m pip install -q --progress-bar on torch==2.13.0
+	@echo "setup 3/3: automl-mpq and its dependencies"
+	$(BIN)/python -m pip install -q --progress-bar on -e '.[dev,postgres]'
 	touch $(STAMP)
 
+# The reference network ships with the package (automl/weights), so this is the search itself.
 run: setup
 	$(BIN)/automl search
 

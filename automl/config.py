@@ -7,9 +7,8 @@ prefixed fields (``space:``, ``evaluation:``, ``finetune:``, ``searcher:`` ...).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -228,7 +227,7 @@ class SearchConfig:
                 expected type and the value that arrived.
         """
         flat, names = flatten_sections(cls, data)
-        values = normalise(cls, {**{f.name: getattr(_defaults(), f.name) for f in fields(cls)}, **flat})
+        values = normalise(cls, {**_defaults(cls), **flat})
         check_types(cls, values, names)  # quotes the keys as the file spells them
         return cls(**values)
 
@@ -240,11 +239,14 @@ class SearchConfig:
         return SearchConfig.from_dict(base) if changes else self
 
 
-@functools.cache
-def _defaults() -> SearchConfig:
-    # Built on first use, not at import: validating a config imports the evaluator, which
-    # imports modules that read this one.
-    return SearchConfig()
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -103,10 +103,8 @@ def check_types(cls: type, values: Mapping[str, Any], names: Mapping[str, str] |
             where = names.get(key, key)
             sub = "".join(f"[{p}]" for p in err["loc"][1:])
             value = values.get(key) if not sub else err.get("input")
-            problems.append(
-                f"{where}{sub}: expected {types.get(key, '?') if not sub else err['msg'].lower()}, "
-                f"got {_describe(value)} ({type(value).__name__})"
-            )
+            why = f" ({err['msg'][0].lower()}{err['msg'][1:]} at {sub})" if sub else ""
+            problems.append(f"{where}{sub}: expected {types.get(key, '?')}{why}, got {_describe(value)} ({type(value).__name__})")
         raise ConfigError(
             "invalid configuration: " + "; ".join(problems) + ". Fix the value in the YAML file or on the command line."
         ) from None
@@ -160,7 +158,8 @@ def flatten_sections(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any]
                     raise _unknown(f"{key}.{sub}", [f"{key}.{m.removeprefix(prefix)}" for m in members])
                 put(target, v, f"{key}.{sub}")
         else:
-            raise _unknown(key, sorted(field_names - {"extra"}) + sorted(SECTIONS))
+            sections = [k for k, (p, _) in SECTIONS.items() if any(n.startswith(p) for n in field_names)]
+            raise _unknown(key, sorted(field_names - {"extra"}) + sections)
     return flat, names
 
 

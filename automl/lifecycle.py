@@ -127,3 +127,31 @@ def close_stale_in_store(uri: str) -> list[str]:
     client = MlflowClient(tracking_uri=uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return close_stale_runs(client, ids) if ids else []
+
+
+def close_if_stale(run_dir: Path) -> bool:
+    """Close the parent run of ``run_dir`` as KILLED if a dead process left it RUNNING
+    (the resume then reopens it, or leaves it closed if the resume fails)."""
+    try:
+        state = json.loads((run_dir / "state.json").read_text())
+        saved = json.loads((run_dir / "config.json").read_text())
+        parent = state["parent_run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if owner_alive(run_dir) is not False or state.get("status") in ("FINISHED", "FAILED", "KILLED"):
+        return False
+    from automl.tracking import _quiet_mlflow, default_tracking_uri
+
+    _quiet_mlflow()
+    uri = saved.get("tracking_uri") or default_tracking_uri(run_dir.parent.parent)
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        run = client.get_run(parent)
+        if run.info.status != "RUNNING":
+            return False
+        close_stale_runs(client, [run.info.experiment_id])
+    except Exception:  # noqa: BLE001 - best effort; the resume reports a store it cannot open itself
+        return False
+    return True

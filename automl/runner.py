@@ -23,14 +23,22 @@ from automl.budget import BoundBudget, Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
 from automl.config_schema import check_searcher_options
-from automl.console import budget_line, command_prefix
+from automl.console import budget_line, command_prefix, stage
 from automl.cost import CostModel
 from automl.cost.ort_measure import resolve_profiles
 from automl.errors import ConfigError
 from automl.evaluate import Evaluator, Problem
-from automl.lifecycle import RUN_DIR_TAG, Terminated, handle_termination, owner_alive, remove_owner, write_owner
+from automl.lifecycle import (
+    RUN_DIR_TAG,
+    Terminated,
+    close_if_stale,
+    handle_termination,
+    owner_alive,
+    remove_owner,
+    write_owner,
+)
 from automl.loading import load_task
-from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, plan_run, read_journal
+from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
 from automl.task import Task
 from automl.timing import pin_threads
 from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
@@ -287,6 +295,8 @@ def run_search(
     other key); ``None`` takes those that differ from the defaults. The parent run ends
     FINISHED, FAILED, or KILLED (Ctrl-C, SIGTERM).
     """
+    if config.resume:  # a parent a kill -9 left RUNNING is closed first, even if this resume fails
+        close_if_stale(find_run_dir(config.resume, config.output))
     plan = plan_run(config, explicit)
     cfg, run_dir = plan.config, plan.run_dir
 
@@ -327,11 +337,13 @@ def _search(
 ) -> SearchResult:
     cfg, run_dir, tracker = session.config, session.run_dir, session.tracker
     assert tracker is not None
-    _start_tracking(session, plan.resuming, state)
+    with stage("set-up: MLflow parent run, float baseline", quiet):
+        _start_tracking(session, plan.resuming, state)
     from automl.sensitivity_stage import run_stage
 
     sensitivity = run_stage(session, plan.resuming, quiet)  # before the searcher: it reads the tables
-    searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
+    with stage(f"{cfg.searcher} searcher (warm start)", quiet):
+        searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if plan.resuming:
         resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
     done = {r.number for r in searcher.records}

@@ -1,0 +1,180 @@
+"""Every bad input a user can make gets one paragraph and exit code 2; nothing is left RUNNING."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from automl.cli import main
+from automl.resume import JOURNAL
+
+TINY = ["--task", "tests.tasks:tiny", "--searcher", "random", "--finetune-steps", "0"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def parent_statuses(output: Path) -> list[str]:
+    from mlflow import MlflowClient
+
+    from automl.tracking import default_tracking_uri
+
+    if not (output / "mlflow.db").exists():
+        return []
+    client = MlflowClient(tracking_uri=default_tracking_uri(output))
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, "tags.`automl.kind` = 'search'") if ids else []
+    return [r.info.status for r in runs]
+
+
+def one_paragraph(code: int, err: str, *patterns: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len([line for line in err.strip().splitlines() if line.startswith("automl ")]) == 1, err
+    for p in patterns:
+        assert re.search(p, err), (p, err)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,patterns",
+    [
+        ("evaluations: many\n", [r"evaluations: expected int, got 'many' \(str\)", "run.yaml"]),
+        ('threads: "two"\n', [r"threads: expected int, got 'two'"]),
+        ("seed: [1, 2]\n", [r"seed: expected int, got \[1, 2\] \(list\)"]),
+        ("finetune: {steps: -1}\n", [r"finetune_steps must be >= 0"]),
+        ("searcher: {options: {n_startup: 3}}\n", [r"unknown option 'n_startup' for searcher 'random'"]),
+        ("space: {pinned_bits: 40}\n", [r"pinned_bits must lie in 1..32"]),
+        (": : :\n", [r"not valid YAML"]),
+        ("- a\n- b\n", [r"must hold a mapping"]),
+    ],
+)
+def test_bad_config_files(capsys, tmp_path, yaml_text, patterns):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml_text)
+    start = time.perf_counter()
+    code, err = run(capsys, "search", "--config", str(cfg), *TINY, "--output", str(tmp_path / "out"))
+    one_paragraph(code, err, *patterns)
+    assert time.perf_counter() - start < 10  # caught before any work
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_binary_config_file(capsys, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(b"\x89\xff\xfe\x00garbage")
+    code, err = run(capsys, "search", "--config", str(cfg), "--output", str(tmp_path))
+    one_paragraph(code, err, "run.yaml")
+
+
+@pytest.mark.parametrize(
+    "argv,patterns",
+    [
+        (["--storage", "notaurl"], [r"storage 'notaurl' is neither a database URL"]),
+        (["--storage", "nosuchdb://x"], [r"not a database URL|not supported"]),
+        (["--storage", "postgresql://nobody@127.0.0.1:9/db"], [r"cannot connect to the Optuna storage"]),
+        (["--tracking-uri", "postgresql://nobody@127.0.0.1:9/db"], [r"cannot connect to the MLflow tracking store"]),
+        (["--tracking-uri", "notaurl"], [r"tracking URI 'notaurl' is not understood"]),
+        (["--finetune-steps", "-1"], [r"finetune_steps must be >= 0"]),
+        (["--evaluations", "0"], [r"evaluations must be >= 1"]),
+        (["--resume", "nosuchrun"], [r"cannot resume 'nosuchrun'"]),
+    ],
+)
+def test_bad_options_are_caught_before_any_work(capsys, tmp_path, argv, patterns):
+    start = time.perf_counter()
+    code, err = run(capsys, "search", *TINY, "--evaluations", "2", "--output", str(tmp_path), *argv)
+    one_paragraph(code, err, *patterns)
+    assert time.perf_counter() - start < 15
+    assert not list(tmp_path.glob("runs/*/trials.jsonl"))
+    assert "RUNNING" not in parent_statuses(tmp_path)
+
+
+def test_output_naming_an_existing_file(capsys, tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    code, err = run(capsys, "search", *TINY, "--output", str(f))
+    one_paragraph(code, err, r"output '.*taken' is an existing file")
+
+
+def test_debug_works_after_the_subcommand(capsys, tmp_path):
+    code, err = run(capsys, "search", "--searcher", "nope", "--output", str(tmp_path), "--debug")
+    assert code == 2 and "Traceback" in err
+    code, err = run(capsys, "best", "--debug", "--output", str(tmp_path), "--tracking-uri", "notaurl")
+    assert code == 2 and "Traceback" in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished tiny search (3 evaluations); tests copy it before breaking it."""
+    out = tmp_path_factory.mktemp("finished")
+    assert main(["search", *TINY, "--evaluations", "3", "--output", str(out)]) == 0
+    return out
+
+
+def _copy(finished_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    run_dir = next((out / "runs").iterdir())
+    return out, run_dir
+
+
+@pytest.mark.parametrize(
+    "damage,patterns",
+    [
+        (lambda text: "null\n" + text, [r"line 1 is a JSON NoneType, not a trial record"]),
+        (lambda text: '{"number": 1, "policy": 3}\n' + text, [r"line 1 is .*trial record"]),
+        (lambda text: text + "[1, 2]\n" + text.splitlines()[0] + "\n", [r"line 4 is a JSON list"]),
+        (lambda text: "{not json\n" + text, [r"line 1 is not JSON"]),
+        (b"\x89PNG\r\n\x1a\n\xff\xfe garbage", [r"is not text"]),
+    ],
+)
+def test_a_damaged_journal_is_named_and_the_finished_parent_stays_finished(capsys, tmp_path, finished_run, damage, patterns):
+    out, run_dir = _copy(finished_run, tmp_path)
+    journal = run_dir / JOURNAL
+    if isinstance(damage, bytes):
+        journal.write_bytes(damage)
+    else:
+        journal.write_text(damage(journal.read_text()))
+    code, err = run(capsys, "search", "--resume", str(run_dir), "--evaluations", "5")
+    one_paragraph(code, err, "trials.jsonl", *patterns)
+    assert parent_statuses(out) == ["FINISHED"]
+
+
+def test_a_torn_last_line_is_skipped(tmp_path, finished_run):
+    from automl.resume import read_journal
+
+    _out, run_dir = _copy(finished_run, tmp_path)
+    journal = run_dir / JOURNAL
+    journal.write_text(journal.read_text() + '{"number": 3, "pol')
+    assert [r.number for r in read_journal(journal)] == [0, 1, 2]
+
+
+def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(capsys, tmp_path, finished_run):
+    import json
+    import socket
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from automl.lifecycle import OWNER
+    from automl.resume import STATE
+    from automl.tracking import default_tracking_uri
+
+    out, run_dir = _copy(finished_run, tmp_path)
+    state = json.loads((run_dir / STATE).read_text())
+    client = MlflowClient(tracking_uri=default_tracking_uri(out))
+    client.update_run(state["parent_run_id"], status="RUNNING")  # what a kill -9 leaves behind
+    del state["status"]
+    (run_dir / STATE).write_text(json.dumps(state))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run_dir / OWNER).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "start": None}))
+    (run_dir / JOURNAL).write_text("null\n" + (run_dir / JOURNAL).read_text())
+    code, err = run(capsys, "search", "--resume", str(run_dir), "--evaluations", "5")
+    one_paragraph(code, err, "line 1")
+    assert parent_statuses(out) == ["KILLED"]
