@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--output", default="automl-runs")
     ui.add_argument("--tracking-uri", dest="tracking_uri", default="")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", default="automl-mpq")
 
     best = sub.add_parser("best", help="print the best policies from the tracking store")
     best.add_argument("--output", default="automl-runs")
@@ -119,7 +120,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                 print(f"the MLflow server exited with code {proc.returncode}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
-    print(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)", flush=True)
+    from automl.mlflow_ui import ui_banner
+
+    print(ui_banner(url, uri, args.experiment), flush=True)
     try:
         return proc.wait()
     except KeyboardInterrupt:
