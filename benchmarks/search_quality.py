@@ -146,7 +146,7 @@ def format_row(r: Row) -> str:
             f"{r.size_kb:.2f} | {r.bitops_m:.2f} | {r.evaluations} | {r.seconds:.0f} |")
 
 
-HEADER = ("| budget | searcher | val acc % (fid. 1) | test acc % (fine-tuned) | size KB | MBitOps | evaluations "
+HEADER = ("| budget | searcher | val acc % (fid. 1) | test acc % (fine-tuned) | size kB | MBitOps | evaluations "
           "| wall s |\n|---|---|---|---|---|---|---|---|")
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     bench = build(args.threads)  # trains the reference and measures sensitivities once, before forking
     print(f"float model: val {100 * bench.float_val:.2f} %, test {100 * bench.float_test:.2f} %; "
-          f"{bench.cost_model.float_costs().size_bytes / 1e3:.1f} KB", flush=True)
+          f"{bench.cost_model.float_costs().size_bytes / 1e3:.1f} kB", flush=True)
     del bench
     jobs = [(b, searchers, args.evaluations, args.seed, args.threads, args.out_dir) for b in budgets]
     if args.jobs > 1:

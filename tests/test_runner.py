@@ -56,6 +56,19 @@ def test_search_writes_the_expected_mlflow_structure(tmp_path):
     assert {"pareto_front.png", "pareto_front.csv", "best_policies.md", "best_policies_layers.png", "best_model.ampq", "export_report.json",
             "search_space.json", "budget.json", "config.json"} <= parent_files
     assert "float_val_accuracy" in parents[0].data.metrics
+    # What the UI shows: the ML view, the parent linking its best child, the child's per-layer table.
+    from automl.mlflow_ui import EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, run_path
+    from automl.report import best_table
+
+    exp = client.get_experiment_by_name("automl-mpq")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development" and VIEW_TAG in exp.tags
+    assert run_path(exp.experiment_id, best[0].info.run_id) in parents[0].data.tags[NOTE_TAG]
+    assert "| layer | W bits per channel group | A bits | pruned channels |" in best[0].data.tags[NOTE_TAG]
+    assert parents[0].data.metrics["budget_size_kB"] == pytest.approx(dict(result.limits)["size"] / 1000, rel=1e-5)
+    table = best_table(default_tracking_uri(tmp_path), "automl-mpq")
+    assert f"budget size<=0.125x = size <= {dict(result.limits)['size'] / 1000:.4g} kB" in table
+    row = next(line for line in table.splitlines() if best[0].info.run_id in line)
+    assert f"| {result.best.number} | {result.best.accuracy:.4f} | {best[0].data.metrics['test_accuracy']:.4f} |" in row
 
 
 def _wait_for_records(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
