@@ -59,7 +59,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def _costs_text(record: TrialRecord) -> str:
     c = record.costs
-    parts = [f"size {kb(c.size_bytes):.2f} {SIZE_UNIT}", f"{c.bitops / 1e6:.1f} MBitOps", f"{c.macs / 1e6:.2f} MMACs"]
+    parts = [f"size {kb(c.size_bytes):.2f} {SIZE_UNIT}", f"{c.bitops / 1e6:.4g} MBitOps", f"{c.macs / 1e6:.4g} MMACs"]
     parts += [f"latency {ms:.3f} ms ({name})" for name, ms in c.latency_ms]
     return ", ".join(parts)
 
@@ -138,7 +138,7 @@ def parent_note(
                   "|---|---|---|---|---|---|---|"]
         for label, (r, run_id, test) in items:
             lines.append(f"| {label} | {link(r, run_id)} | {_fmt(r.accuracy)} | {_fmt(test)} | {kb(r.costs.size_bytes):.2f} | "
-                         f"{r.costs.bitops / 1e6:.1f} | {'yes' if r.repaired else 'no'} |")
+                         f"{r.costs.bitops / 1e6:.4g} | {'yes' if r.repaired else 'no'} |")
     lines += ["", "Artifacts: `pareto_front.png` (accuracy against cost, with the budget line), `best_policies.md`, "
               "`best_policies_layers.png`, `best_model.ampq` (the exported budget winner)."]
     return "\n".join(lines)[:MAX_NOTE]

@@ -32,8 +32,8 @@ def _limits(parent) -> str:
     return ", ".join(parts) or "n/a"
 
 
-def _num(metrics: dict, key: str, digits: int) -> str:
-    return f"{metrics[key]:.{digits}f}" if key in metrics else "n/a"
+def _num(metrics: dict, key: str, digits: int, fmt: str = "f") -> str:
+    return f"{metrics[key]:.{digits}{fmt}}" if key in metrics else "n/a"
 
 
 def best_table(uri: str, experiment: str) -> str:
@@ -68,7 +68,7 @@ def best_table(uri: str, experiment: str) -> str:
         for r in sorted(children, key=lambda c: c.data.tags.get("best_for", "")):
             m = r.data.metrics
             cells = [r.data.tags.get("best_for", ""), r.data.tags.get(TRIAL_TAG, "?"), _num(m, "val_accuracy", 4),
-                     _num(m, "test_accuracy", 4), _num(m, "size_kB", 2), _num(m, "bitops_M", 1), _num(m, "macs_M", 2),
+                     _num(m, "test_accuracy", 4), _num(m, "size_kB", 2), _num(m, "bitops_M", 4, "g"), _num(m, "macs_M", 4, "g"),
                      *(_num(m, k, 3) for k in latency), _num(m, "mean_bits", 2),
                      f"{m['sparsity']:.1%}" if "sparsity" in m else "n/a",
                      _repair(r.data.tags), r.info.run_id]

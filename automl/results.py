@@ -49,7 +49,7 @@ def summary_table(result: SearchResult, best: dict[str, TrialRecord], test: dict
     for label, r in best.items():
         rows.append(
             f"| {label} | {r.number} | {r.accuracy:.4f} | {test.get(label, float('nan')):.4f} | "
-            f"{kb(r.costs.size_bytes):.2f} | {r.costs.bitops / 1e6:.1f} | "
+            f"{kb(r.costs.size_bytes):.2f} | {r.costs.bitops / 1e6:.4g} | "
             f"{r.policy.mean_weight_bits():.2f} | {r.policy.channel_sparsity():.1%} | {r.repaired} |"
         )
     return "\n".join(rows)
