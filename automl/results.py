@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
-from automl.export import export_policy  # noqa: E402
+from automl.export import ExportReport, export_policy  # noqa: E402
 from automl.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
 from automl.mlflow_ui import child_note, limits_text, parent_note  # noqa: E402
 from automl.units import SIZE_UNIT, cost_metrics, kb, limit_metrics  # noqa: E402
@@ -142,7 +142,7 @@ def _publish_child(session: Session, label: str, record: TrialRecord, run_id: st
 
 
 def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord], test: dict[str, float],
-            export: object | None, artifacts: list) -> None:
+            export: ExportReport | None, artifacts: list) -> None:
     """Log the results to MLflow: parent artifacts, metrics and description; the best children."""
     tracker = session.tracker
     assert tracker is not None

@@ -235,6 +235,14 @@ class MlflowTracker:
     def tag_best(self, run_ids: Mapping[str, str]) -> None:
         """Tag child runs ``best=true`` (and which budget they are best for)."""
         self.flush()
+        if self.parent_id is not None:  # a resumed search that found better: the old winners step down
+            stale = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.{BEST_TAG} = 'true'", max_results=1000
+            )
+            for r in stale:
+                if r.info.run_id not in run_ids.values():
+                    self.client.set_tag(r.info.run_id, BEST_TAG, "false")
+                    self.client.set_tag(r.info.run_id, "best_for", "(no longer best after a resume)")
         for label, rid in run_ids.items():
             self.client.set_tag(rid, BEST_TAG, "true")
             self.client.set_tag(rid, "best_for", label)
