@@ -26,6 +26,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The slow tests include a headless-browser check of the MLflow UI: it needs Chromium
+# (Debian: apt-get install chromium) and is skipped without it unless CI is set.
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 

@@ -32,14 +32,14 @@ TOLERANCE = 1e-9  # relative slack on every limit, for floating-point sums
 GRAMMAR = """budget grammar: <metric> <= <limit>[@<profile>], several separated by commas
   metric:  size | peak_act (bytes) | macs | bitops | latency (needs a profile)
   limit:   <number>x or <number>% (relative to the float model), or an absolute value
-           size, peak_act: B, KB, MB, GB (x1000) or KiB, MiB, GiB (x1024); default B
+           size, peak_act: B, kB (= KB), MB, GB (x1000) or KiB, MiB, GiB (x1024); default B
            macs, bitops:   K, M, G, T (x1000); default none
            latency:        us, ms, s; default ms
   profile: a shipped profile name (bitserial, cpu_roofline) or the path of a profile YAML
   examples: size<=0.125x   size<=0.2MB   bitops<=0.5G   macs<=0.6x   latency<=2ms@bitserial"""
 
 _METRICS = ("size", "macs", "bitops", "peak_act", "latency")
-_BYTES = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+_BYTES = {"": 1, "B": 1, "KB": 1e3, "kB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _COUNTS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _UNITS = {
     "size": _BYTES, "peak_act": _BYTES, "macs": _COUNTS, "bitops": _COUNTS,
@@ -116,11 +116,11 @@ class Constraint:
 
 
 def format_value(metric: str, value: float) -> str:
-    """``value`` of ``metric`` in a readable unit (``0.031 MB``, ``1.2 GBitOps``, ``2.10 ms``)."""
+    """``value`` of ``metric`` in a readable unit (``0.031 MB``, ``1.2 GBitOps``, ``2.10 ms``); kB = 1000 B."""
     if metric.startswith("latency"):
         return f"{value:.4g} ms"
     if metric in ("size", "peak_act"):
-        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
             if value >= scale:
                 return f"{value / scale:.4g} {unit}"
         return f"{value:.4g} B"

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--output", default="automl-runs")
     ui.add_argument("--tracking-uri", dest="tracking_uri", default="")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", default="automl-mpq")
 
     best = sub.add_parser("best", help="print the best policies from the tracking store", parents=[_debug_flag()])
     best.add_argument("--output", default="automl-runs")
@@ -141,7 +142,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         with handle_termination():
-            return _serve(proc, args.port, uri)
+            return _serve(proc, args.port, uri, args.experiment)
     except KeyboardInterrupt:
         return 0
     except Terminated as exc:
@@ -164,7 +165,7 @@ def _stop_server(proc: subprocess.Popen) -> None:
             continue
 
 
-def _serve(proc: subprocess.Popen, port: int, uri: str) -> int:
+def _serve(proc: subprocess.Popen, port: int, uri: str, experiment: str) -> int:
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 
@@ -177,8 +178,10 @@ def _serve(proc: subprocess.Popen, port: int, uri: str) -> int:
                 print(f"the MLflow server exited with code {proc.returncode}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
-    print(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)", flush=True)
-    return proc.wait()
+    from automl.mlflow_ui import ui_banner
+
+    print(ui_banner(url, uri, experiment), flush=True)
+    return proc.wait()  # Ctrl-C and SIGTERM: the caller stops the server's process group
 
 
 def _cmd_best(args: argparse.Namespace) -> int:

@@ -109,8 +109,10 @@ class Problem:
     def from_task(cls, task: Task, space_config: SpaceConfig | None = None, importance: str = "l1") -> Problem:
         model = task.model.eval()
         analysis = analyse(model, task.sample_input)
-        calib = [x for x, _ in _batches(task.calib_loader, "calib_loader", 2)] if importance == "taylor" else None
-        ranks = channel_ranking(analysis, channel_importance(model, analysis, importance, calib))
+        pairs = _batches(task.calib_loader, "calib_loader", 2) if importance == "taylor" else []
+        scores = channel_importance(model, analysis, importance, [x for x, _ in pairs] or None,
+                                    loss=getattr(task, "loss", None), calib_targets=[y for _, y in pairs])
+        ranks = channel_ranking(analysis, scores)
         return cls(task, analysis, SearchSpace.build(analysis, space_config, ranks))
 
 

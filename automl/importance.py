@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -21,13 +21,16 @@ def channel_importance(
     analysis: ModelAnalysis,
     method: str = "l1",
     calib_batches: Iterable[torch.Tensor] | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    calib_targets: Iterable[torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every output channel of every quantizable layer (higher = more important).
 
     ``l1`` / ``l2`` are norms of the BatchNorm-folded weights (what the quantized network
     really multiplies with). ``taylor`` is the first-order Taylor/Fisher estimate of the
     loss change when the channel is removed, ``|sum(activation * gradient)|`` averaged over
-    calibration batches, with the model's own predictions as labels (no labels needed).
+    calibration batches, with the model's own predictions as labels (no labels needed);
+    a task that is not classification passes its own ``loss`` and the ``calib_targets``.
     """
     if method not in METHODS:
         raise ConfigError(f"importance method must be one of {METHODS}, got {method!r}")
@@ -40,6 +43,10 @@ def channel_importance(
             out[layer.name] = w.reshape(w.shape[0], -1).norm(p=p, dim=1).numpy().astype(np.float64)
         return out
     batches = list(calib_batches or [])
+    targets = list(calib_targets or [])
+    if loss is not None and len(targets) != len(batches):
+        raise ConfigError(f"taylor importance with a task loss needs one target batch per input batch, got "
+                          f"{len(targets)} for {len(batches)}")
     if not batches:
         raise ConfigError("taylor importance needs calibration batches; pass calib_batches or use method='l1'")
     scores = {layer.name: torch.zeros(layer.out_channels, dtype=torch.float64) for layer in analysis.layers}
@@ -54,10 +61,13 @@ def channel_importance(
 
     handles = [folded.get_submodule(n).register_forward_hook(hook(n)) for n in scores]
     try:
-        for xb in batches:
+        for i, xb in enumerate(batches):
             folded.zero_grad()
-            logits = folded(xb)
-            F.cross_entropy(logits, logits.argmax(dim=1)).backward()
+            outputs = folded(xb)
+            if loss is None:
+                F.cross_entropy(outputs, outputs.argmax(dim=1)).backward()
+            else:
+                loss(outputs, targets[i]).backward()
             for name, a in acts.items():
                 contrib = a * a.grad
                 if contrib.dim() > 2:  # sum over positions: the loss change of removing the whole channel

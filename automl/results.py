@@ -19,9 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
 from automl.console import closing_lines, stage  # noqa: E402
-from automl.export import export_policy  # noqa: E402
+from automl.export import ExportReport, export_policy  # noqa: E402
 from automl.finetune import FinetuneConfig  # noqa: E402
+from automl.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
+from automl.mlflow_ui import child_note, limits_text, parent_note  # noqa: E402
 from automl.onnx_export import export_onnx, measure_onnx  # noqa: E402
+from automl.units import SIZE_UNIT, cost_metrics, kb, limit_metrics  # noqa: E402
 
 if TYPE_CHECKING:
     from automl.runner import Session
@@ -43,16 +46,25 @@ def best_per_budget(session: Session, result: SearchResult) -> dict[str, TrialRe
 
 def summary_table(result: SearchResult, best: dict[str, TrialRecord], test: dict[str, float]) -> str:
     rows = [
-        "| best for | trial | val accuracy | test accuracy (fine-tuned) | size | BitOps | mean bits | sparsity | repaired |",
+        f"| best for | trial | val accuracy | test accuracy (fine-tuned) | size {SIZE_UNIT} | MBitOps | mean bits | sparsity | repaired |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in best.items():
         rows.append(
             f"| {label} | {r.number} | {r.accuracy:.4f} | {test.get(label, float('nan')):.4f} | "
-            f"{format_value('size', r.costs.size_bytes)} | {format_value('bitops', r.costs.bitops)} | "
+            f"{kb(r.costs.size_bytes):.2f} | {r.costs.bitops / 1e6:.4g} | "
             f"{r.policy.mean_weight_bits():.2f} | {r.policy.channel_sparsity():.1%} | {r.repaired} |"
         )
     return "\n".join(rows)
+
+
+AXES = {  # metric -> (divisor, axis label): the units of automl.units
+    "size": (1000.0, f"model size ({SIZE_UNIT}, 1 {SIZE_UNIT} = 1000 B)"),
+    "peak_act": (1000.0, f"peak activation memory ({SIZE_UNIT})"),
+    "bitops": (1e6, "BitOps (millions)"),
+    "macs": (1e6, "MACs (millions)"),
+    "latency": (1.0, "latency (ms)"),
+}
 
 
 def pareto_artifacts(session: Session, result: SearchResult) -> list:
@@ -69,17 +81,20 @@ def pareto_artifacts(session: Session, result: SearchResult) -> list:
                         round(r.policy.mean_weight_bits(), 4), round(r.policy.channel_sparsity(), 4)])
     paths.append(csv_path)
     metric = metrics[0]
+    scale, axis_label = AXES.get(metric.split("@")[0], (1.0, metric))
+    if metric.startswith("latency@"):
+        axis_label = f"latency on {metric.split('@', 1)[1]} (ms)"
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [r.cost(metric) for r in result.records]
+    xs = [r.cost(metric) / scale for r in result.records]
     ax.scatter(xs, [r.accuracy for r in result.records], s=12, alpha=0.4,
-               c=["tab:blue" if r.feasible else "tab:gray" for r in result.records], label="evaluated policies")
-    fx = [r.cost(metric) for r in front]
+               c=["tab:blue" if r.feasible else "tab:gray" for r in result.records], label="evaluated policies (gray: over budget)")
+    fx = [r.cost(metric) / scale for r in front]
     ax.step(fx, [r.accuracy for r in front], where="post", color="tab:red", label="Pareto front")
     limit = dict(session.bound.limits).get(metric)
     if limit is not None:
-        ax.axvline(limit, color="k", ls="--", lw=1, label=f"budget {metric}")
-    ax.set_xlabel(metric)
-    ax.set_ylabel("validation accuracy")
+        ax.axvline(limit / scale, color="k", ls="--", lw=1, label=f"budget {metric} <= {format_value(metric.split('@')[0], limit)}")
+    ax.set_xlabel(axis_label)
+    ax.set_ylabel("validation accuracy (task metric)")
     ax.set_title(f"{result.searcher}: {result.n_evaluations} policies")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -107,6 +122,68 @@ def layer_chart(session: Session, best: dict[str, TrialRecord]):
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def _publish_child(session: Session, label: str, record: TrialRecord, run_id: str, test: float | None) -> None:
+    """A best child run: its test accuracy, a per-layer table (note + artifacts) and figure."""
+    tracker = session.tracker
+    assert tracker is not None
+    rows = layer_rows(session.cost_model, record.policy)
+    folder = session.run_dir / "best" / f"trial-{record.number:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"trial {record.number}, best for {label}"
+    table = markdown_table(rows)
+    (folder / "layers.md").write_text(table + "\n")
+    (folder / "layers.html").write_text(html_table(rows, title))
+    (folder / "layers.json").write_text(json.dumps([r.to_dict() for r in rows], indent=1))
+    layer_figure(rows, folder / "layers.png", title)
+    for name in ("layers.md", "layers.html", "layers.json", "layers.png"):
+        tracker.log_run_file(run_id, folder / name)
+    if test is not None:
+        tracker.log_run_metrics(run_id, {"test_accuracy": test})
+    tracker.set_note(run_id, child_note(record, label, test, table, dict(session.bound.limits)))
+
+
+def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord], test: dict[str, float],
+            export: ExportReport | None, artifacts: list, extra_metrics: dict[str, float] | None = None) -> None:
+    """Log the results to MLflow: parent artifacts, metrics and description; the best children.
+
+    ``extra_metrics`` (the sensitivity stage, the fine-tune, the ONNX export) go to the parent too."""
+    tracker = session.tracker
+    assert tracker is not None
+    tracker.flush()
+    for path in artifacts:
+        tracker.log_parent_file(path)
+    runs = tracker.logged_trials()
+    labels: dict[int, list[str]] = {}  # one trial can be best for several labels
+    for label, r in best.items():
+        labels.setdefault(r.number, []).append(label)
+    winners = {r.number: (r, test.get(label)) for label, r in reversed(best.items())}
+    tracker.tag_best({"; ".join(labels[n]): runs[n] for n in labels if n in runs})
+    for n, (r, test_accuracy) in winners.items():
+        if n in runs:
+            _publish_child(session, "; ".join(labels[n]), r, runs[n], test_accuracy)
+    tracker.set_view([name for name, _ in session.cost_model.float_costs().latency_ms])
+    metrics = {"n_evaluations": float(result.n_evaluations), "wall_seconds": result.wall_seconds,
+               "mlflow_log_seconds": tracker.log_seconds, **limit_metrics(session.bound.limits)}
+    first = next(iter(best.values()), None)
+    if first is not None:
+        metrics.update({"best_val_accuracy": first.accuracy, "best_test_accuracy": next(iter(test.values())),
+                        **cost_metrics(first.costs, "best_")})
+    if export is not None:
+        metrics.update({"export_file_kB": kb(export.file_bytes), "export_predicted_kB": kb(export.predicted_bytes or 0),
+                        "export_latency_ms": export.latency_exported_ms, "float_latency_ms": export.latency_float_ms})
+    metrics.update(extra_metrics or {})
+    tracker.log_parent_metrics(metrics)
+    ev = session.evaluator.evaluator
+    base = ev.baseline("val").accuracy
+    note = parent_note(
+        tracker.experiment_id, result.searcher, result.n_evaluations, dict(session.bound.limits),
+        {label: (r, runs.get(r.number), test.get(label)) for label, r in best.items()},
+        base, session.cost_model.float_costs().size_bytes,
+    )
+    assert tracker.parent_id is not None
+    tracker.set_note(tracker.parent_id, note)
 
 
 def finish_search(session: Session, result: SearchResult, quiet: bool = False) -> dict[str, TrialRecord]:
@@ -153,27 +230,16 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     if best:
         artifacts.append(layer_chart(session, best))
     if tracker is not None:
-        tracker.flush()
-        for path in artifacts:
-            tracker.log_parent_file(path)
-        runs = tracker.logged_trials()
-        tracker.tag_best({label: runs[r.number] for label, r in best.items() if r.number in runs})
-        metrics = {"n_evaluations": float(result.n_evaluations), "wall_seconds": result.wall_seconds,
-                   "sensitivity_evaluations": float(result.sensitivity_evaluations),
-                   "mlflow_log_seconds": tracker.log_seconds}
-        first = next(iter(best.values()), None)
-        if first is not None:
+        extra = {"sensitivity_evaluations": float(result.sensitivity_evaluations)}
+        if tuned:
             ft = next(iter(tuned.values()))
-            metrics.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
-                            "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
-            metrics.update({"best_val_accuracy": first.accuracy, "best_test_accuracy": next(iter(test.values())),
-                            "best_size_kb": first.costs.size_bytes / 1024, "best_bitops_g": first.costs.bitops / 1e9})
-        if export is not None:
-            metrics.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
-            metrics.update({"export_file_kb": export.file_bytes / 1024, "export_predicted_kb": (export.predicted_bytes or 0) / 1024,
-                            "export_latency_ms": export.latency_exported_ms, "float_latency_ms": export.latency_float_ms})
-        tracker.log_parent_metrics(metrics)
+            extra.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
+                          "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
+        if onnx_report:
+            extra.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
+        publish(session, result, best, test, export, artifacts, extra)
     if not quiet:
+        print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
         print(table)
         stats = session.evaluator.stats
         print(f"\n{result.n_evaluations} evaluations in {result.wall_seconds:.0f} s "
@@ -183,8 +249,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
                   f"(best step {rep.best_step} of {rep.steps}, {rep.seconds:.0f} s)")
         if export is not None:
-            print(f"exported the best policy to {export.path}: {export.file_bytes / 1024:.1f} KiB on disk "
-                  f"(float checkpoint {export.float_file_bytes / 1024:.1f} KiB), {export.latency_exported_ms:.2f} ms "
+            print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
+                  f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "
                   f"vs float {export.latency_float_ms:.2f} ms per batch on {export.threads} thread(s)")
             print(f"exported the ONNX model to {onnx_report['onnx_path']} (ONNX Runtime): "
                   f"{onnx_report['latency_b1_ms']:.3f} ms vs float ONNX {onnx_report['float_latency_b1_ms']:.3f} ms at batch 1, "

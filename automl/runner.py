@@ -38,10 +38,12 @@ from automl.lifecycle import (
     write_owner,
 )
 from automl.loading import load_task
+from automl.mlflow_ui import repair_summary
 from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
 from automl.task import Task
 from automl.timing import pin_threads
 from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
+from automl.units import cost_metrics, limit_metrics, shown
 from automl.uris import check_storage, check_tracking_uri
 
 __all__ = ["CONFIG", "JOURNAL", "STATE", "read_journal", "run_search", "search"]
@@ -101,16 +103,19 @@ class Journal(Callback):
 
 
 def trial_metrics(record: TrialRecord) -> dict[str, float]:
-    c, m = record.costs, record.metrics
-    out = {
-        "accuracy": m.accuracy, "loss": m.loss, "kl": m.kl, "size_bytes": c.size_bytes, "size_kb": c.size_bytes / 1024,
-        "macs_m": c.macs / 1e6, "bitops_g": c.bitops / 1e9, "peak_act_kb": c.peak_act_bytes / 1024,
-        "feasible": float(record.feasible), "repaired": float(record.repaired),
+    """A child run's metrics: what a user compares, in the units of :mod:`automl.units`.
+
+    Shown values are rounded to 6 significant digits so the UI's columns stay readable;
+    ``size_bytes`` and the journal keep the exact numbers.
+    """
+    m = record.metrics
+    values = {
+        "val_accuracy": m.accuracy, "loss": m.loss, "kl": m.kl, **cost_metrics(record.costs),
         "mean_bits": record.policy.mean_weight_bits(), "sparsity": record.policy.channel_sparsity(),
         "eval_seconds": record.seconds,
     }
-    for name, ms in c.latency_ms:
-        out[f"latency_ms.{name}"] = ms
+    out = {k: shown(v) for k, v in values.items()}
+    out.update({"size_bytes": record.costs.size_bytes, "feasible": float(record.feasible), "repaired": float(record.repaired)})
     return out
 
 
@@ -134,6 +139,7 @@ class MlflowLogging(Callback):
         tags = {"feasible": str(record.feasible).lower(), "repaired": str(record.repaired).lower(), "searcher": record.searcher}
         if record.repair is not None:
             tags["repair"] = json.dumps(record.repair.to_dict())[:4000]
+            tags["repair_summary"] = repair_summary(record.repair)
         self.tracker.log_trial(record.number, trial_metrics(record), params, tags, lp.to_json())
         self.logged.add(record.number)
         return True
@@ -219,8 +225,8 @@ def _start_tracking(session: Session, resuming: bool, state: dict[str, Any]) -> 
     base_val, base_test = ev.baseline("val"), ev.baseline("test")
     fc = session.cost_model.float_costs()
     tracker.log_parent_metrics(
-        {"float_val_accuracy": base_val.accuracy, "float_test_accuracy": base_test.accuracy,
-         "float_size_kb": fc.size_bytes / 1024, "float_bitops_g": fc.bitops / 1e9}
+        {"float_val_accuracy": base_val.accuracy, "float_test_accuracy": base_test.accuracy, **cost_metrics(fc, "float_"),
+         **limit_metrics(session.bound.limits)}
     )
     tracker.log_parent_json(session.problem.space.to_dict(), "search_space.json")
     tracker.log_parent_json(

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from automl.errors import TrackingError
+from automl.mlflow_ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, view_state
+from automl.units import shown
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "automl.trial"
@@ -92,9 +94,11 @@ class MlflowTracker:
                     experiment,
                     artifact_location=artifact_location,
                     # MLflow 3 opens GenAI experiments on a traces page; ours are model-training runs.
-                    tags={"mlflow.experimentKind": "custom_model_development"},
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view_state()},
                 )
             )
+            if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made by an older version
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except Exception as exc:  # noqa: BLE001 - any store failure is reported the same way
             raise TrackingError(f"cannot open MLflow experiment {experiment!r} at {uri}: {exc}") from exc
         self.parent_id: str | None = None
@@ -151,11 +155,8 @@ class MlflowTracker:
         self.client.update_run(run_id, status="RUNNING")
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
         assert self.parent_id is not None
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.log_run_metrics(self.parent_id, metrics)
 
     def log_parent_json(self, obj: Any, artifact_file: str) -> None:
         assert self.parent_id is not None
@@ -164,6 +165,23 @@ class MlflowTracker:
     def log_parent_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         assert self.parent_id is not None
         self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
+    def set_view(self, latency_profiles: list[str] | tuple[str, ...] = ()) -> None:
+        """The experiment's shared runs-table view (columns, order); see :mod:`automl.mlflow_ui`."""
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, view_state(latency_profiles))
+
+    def set_note(self, run_id: str, markdown: str) -> None:
+        """A run's description, shown (rendered as Markdown) at the top of its page."""
+        self.client.set_tag(run_id, NOTE_TAG, markdown)
+
+    def log_run_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, shown(float(v)), now, 0) for k, v in metrics.items()])
+
+    def log_run_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
 
     def finish_parent(self, status: str = "FINISHED") -> None:
         self.flush()
@@ -217,6 +235,14 @@ class MlflowTracker:
     def tag_best(self, run_ids: Mapping[str, str]) -> None:
         """Tag child runs ``best=true`` (and which budget they are best for)."""
         self.flush()
+        if self.parent_id is not None:  # a resumed search that found better: the old winners step down
+            stale = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.{BEST_TAG} = 'true'", max_results=1000
+            )
+            for r in stale:
+                if r.info.run_id not in run_ids.values():
+                    self.client.set_tag(r.info.run_id, BEST_TAG, "false")
+                    self.client.set_tag(r.info.run_id, "best_for", "(no longer best after a resume)")
         for label, rid in run_ids.items():
             self.client.set_tag(rid, BEST_TAG, "true")
             self.client.set_tag(rid, "best_for", label)

@@ -66,8 +66,8 @@ def main() -> None:
         f"random seed{args.seed}": random_feasible(problem, args.seed),
     }
     print(f"float: {sum(p.numel() for p in ev.float_model.parameters())} parameters, "
-          f"cost-model size {cost.float_costs().size_bytes / 1024:.1f} KiB")
-    print("| policy | file KiB | predicted KiB | real/pred | header B | float file KiB | params | channels | "
+          f"cost-model size {cost.float_costs().size_bytes / 1000:.1f} kB")
+    print("| policy | file kB | predicted kB | real/pred | header B | float file kB | params | channels | "
           "max abs diff | agreement | val acc in-memory / file | ms exported / float |")
     print("|---" * 12 + "|")
     worst = {"size": 0.0, "latency": 0.0, "diff": 0.0}
@@ -82,8 +82,8 @@ def main() -> None:
                               cost_model=cost, threads=args.threads, repeats=args.repeats)
             d = r.to_dict()
             acc_mem, acc_file = accuracy(qmodel, xs, labels), accuracy(load_exported(path), xs, labels)
-            print(f"| {label} | {r.file_bytes / 1024:.1f} | {r.predicted_bytes / 1024:.1f} | {d['real_over_predicted']:.3f} "
-                  f"| {r.header_bytes} | {r.float_file_bytes / 1024:.1f} | {r.params_float} -> {r.params_exported} "
+            print(f"| {label} | {r.file_bytes / 1000:.1f} | {r.predicted_bytes / 1000:.1f} | {d['real_over_predicted']:.3f} "
+                  f"| {r.header_bytes} | {r.float_file_bytes / 1000:.1f} | {r.params_float} -> {r.params_exported} "
                   f"| {r.channels_float} -> {r.channels_exported} | {r.max_abs_diff:.2e} | {r.agreement:.3f} "
                   f"| {acc_mem:.4f} / {acc_file:.4f} | {r.latency_exported_ms:.2f} / {r.latency_float_ms:.2f} |")
             worst["size"] = max(worst["size"], d["real_over_predicted"])

@@ -62,6 +62,7 @@ def main() -> int:
         return 3
     from mlflow import MlflowClient
 
+    from automl.mlflow_ui import experiment_path
     from automl.tracking import default_tracking_uri
 
     client = MlflowClient(tracking_uri=default_tracking_uri(args.output))
@@ -77,7 +78,7 @@ def main() -> int:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(url, proc)
-        page = f"{url}/#/experiments/{exp.experiment_id}/runs"
+        page = f"{url}/{experiment_path(exp.experiment_id)}"  # the ML view, on the shared runs-table view
         with tempfile.TemporaryDirectory() as profile:
             flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
             dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
@@ -85,9 +86,9 @@ def main() -> int:
             subprocess.run([browser, *flags, f"--screenshot={Path(args.screenshot).resolve()}", page],
                            capture_output=True, timeout=120)
         name = parent.info.run_name
-        found = name in dom
-        print(f"experiment page {page}: parent run {name!r} {'listed' if found else 'NOT listed'}; "
-              f"screenshot {args.screenshot}")
+        found = name in dom and "val_accuracy" in dom
+        print(f"experiment page {page}: parent run {name!r} {'listed' if found else 'NOT listed'} "
+              f"with metric columns; screenshot {args.screenshot}")
         return 0 if found else 1
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

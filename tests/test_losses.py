@@ -78,3 +78,18 @@ def test_evaluator_scores_a_regression_task_with_its_own_losses():
     assert low.kl > high.kl > 0  # the distillation loss is the MSE to the float outputs, not a softmax KL of one output
     tuned = ev.evaluate(space.uniform(2), fidelity=3)
     assert tuned.kl < low.kl  # the fine-tune minimises the task's distillation loss
+
+
+def test_taylor_importance_of_a_regression_task_uses_its_loss():
+    from automl.analysis import analyse
+    from automl.importance import channel_importance
+
+    task = _regression_task()
+    analysis = analyse(task.model, task.sample_input)
+    xs, ys = zip(*task.calib_loader, strict=True)
+    scores = channel_importance(task.model, analysis, "taylor", list(xs), loss=task.loss, calib_targets=list(ys))
+    assert all(s.sum() > 0 for s in scores.values())
+    # The classification default on one output has a zero gradient: every score would be 0.
+    assert all(s.sum() == 0 for s in channel_importance(task.model, analysis, "taylor", list(xs)).values())
+    problem = Problem.from_task(task, importance="taylor")
+    assert problem.space.names == analysis.names

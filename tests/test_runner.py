@@ -42,16 +42,33 @@ def test_search_writes_the_expected_mlflow_structure(tmp_path):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert sorted(int(c.data.tags[TRIAL_TAG]) for c in children) == list(range(6))
     for c in children:
-        assert {"accuracy", "kl", "size_bytes", "bitops_g", "feasible", "repaired"} <= set(c.data.metrics)
+        assert {"val_accuracy", "kl", "size_bytes", "size_kB", "bitops_M", "feasible", "repaired"} <= set(c.data.metrics)
+        assert c.data.metrics["size_kB"] == pytest.approx(c.data.metrics["size_bytes"] / 1000, rel=1e-5)
         assert c.data.params["searcher"] == "random"
-        assert [a.path for a in client.list_artifacts(c.info.run_id)] == ["policy.json"]
     best = [c for c in children if c.data.tags.get("best") == "true"]
+    for c in children:
+        expected = {"policy.json"} | ({"layers.md", "layers.html", "layers.json", "layers.png"} if c in best else set())
+        assert {a.path for a in client.list_artifacts(c.info.run_id)} == expected
     assert len(best) == 1 and best[0].data.metrics["feasible"] == 1.0
-    assert best[0].data.metrics["accuracy"] == pytest.approx(result.best.accuracy)
+    assert best[0].data.metrics["val_accuracy"] == pytest.approx(result.best.accuracy, rel=1e-5)
+    assert "test_accuracy" in best[0].data.metrics
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"pareto_front.png", "pareto_front.csv", "best_policies.md", "best_policies_layers.png", "best_model.ampq", "export_report.json",
             "search_space.json", "budget.json", "config.json"} <= parent_files
     assert "float_val_accuracy" in parents[0].data.metrics
+    # What the UI shows: the ML view, the parent linking its best child, the child's per-layer table.
+    from automl.mlflow_ui import EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, run_path
+    from automl.report import best_table
+
+    exp = client.get_experiment_by_name("automl-mpq")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development" and VIEW_TAG in exp.tags
+    assert run_path(exp.experiment_id, best[0].info.run_id) in parents[0].data.tags[NOTE_TAG]
+    assert "| layer | W bits per channel group | A bits | pruned channels |" in best[0].data.tags[NOTE_TAG]
+    assert parents[0].data.metrics["budget_size_kB"] == pytest.approx(dict(result.limits)["size"] / 1000, rel=1e-5)
+    table = best_table(default_tracking_uri(tmp_path), "automl-mpq")
+    assert f"budget size<=0.125x = size <= {dict(result.limits)['size'] / 1000:.4g} kB" in table
+    row = next(line for line in table.splitlines() if best[0].info.run_id in line)
+    assert f"| {result.best.number} | {result.best.accuracy:.4f} | {best[0].data.metrics['test_accuracy']:.4f} |" in row
 
 
 def _wait_for_records(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
