@@ -41,6 +41,15 @@ class SearchConfig:
         profiles: hardware profile names or YAML paths priced besides size/MACs/BitOps.
         n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space.
         finetune_steps: QAT steps of the final fine-tune of the best policy (0 = off).
+        eval_cache_mb: memory limit (MiB) of the activation cache of incremental
+            evaluation (a policy that shares its first layers with an evaluated one runs
+            only the rest; 0 = off). Bit-for-bit the same metrics.
+        eval_early_stop: stop scoring a policy once its running validation accuracy is
+            below the incumbent's with confidence ``1 - eval_early_stop_delta`` (see
+            automl/early_stop.py); the record says ``stopped_early`` and reports the
+            accuracy of the samples scored so far.
+        eval_early_stop_delta: allowed chance, per evaluation, of stopping a policy that
+            would have beaten the incumbent.
     """
 
     task: str = "reference:resnet20"
@@ -63,6 +72,9 @@ class SearchConfig:
     act_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     allow_pruning: bool = True
     finetune_steps: int = 200
+    eval_cache_mb: int = 1024
+    eval_early_stop: bool = False
+    eval_early_stop_delta: float = 0.01
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +84,10 @@ class SearchConfig:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity}")
         if self.threads < 1 or self.workers < 1:
             raise ConfigError(f"threads and workers must be >= 1, got {self.threads} and {self.workers}")
+        if not 0 <= self.eval_cache_mb <= 65536:
+            raise ConfigError(f"eval_cache_mb must be between 0 (off) and 65536 MiB, got {self.eval_cache_mb}")
+        if not 0.0 < self.eval_early_stop_delta < 1.0:
+            raise ConfigError(f"eval_early_stop_delta must be in (0, 1), got {self.eval_early_stop_delta}; 0.01 is sound")
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
 

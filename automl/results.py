@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -22,6 +23,14 @@ from automl.export import export_policy  # noqa: E402
 
 if TYPE_CHECKING:
     from automl.runner import Session
+
+
+def search_line(result: SearchResult) -> str:
+    """One line on what the search spent: distinct evaluations, cache hits, early stops, seconds."""
+    line = (f"{result.n_evaluations} distinct evaluations ({result.n_cache_hits} cache hits, "
+            f"{result.n_stopped_early} stopped early) in {result.wall_seconds:.0f} s, "
+            f"{result.eval_seconds:.0f} s of them evaluating")
+    return line + (f"; stopped: {result.stop_reason}" if result.stop_reason else "")
 
 
 def best_per_budget(session: Session, result: SearchResult) -> dict[str, TrialRecord]:
@@ -115,15 +124,18 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     ev = session.evaluator.evaluator
     steps = session.config.finetune_steps
     export = None
+    timer = session.timer
     for i, (label, r) in enumerate(best.items()):
-        metrics, model = ev.final(r.policy, steps, "test")
+        with timer.stage("finetune"):
+            metrics, model = ev.final(r.policy, steps, "test")
         test[label] = metrics.accuracy
         if i == 0:  # the budget's winner becomes a deployable file, measured for real
-            export = export_policy(
-                model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
-                sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
-                cost_model=session.cost_model, threads=session.config.threads,
-            )
+            with timer.stage("export"):
+                export = export_policy(
+                    model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
+                    sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
+                    cost_model=session.cost_model, threads=session.config.threads,
+                )
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -133,19 +145,23 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     (run_dir / "best_policies.md").write_text(table + "\n")
     if export is not None:
         (run_dir / "export_report.json").write_text(json.dumps(export.to_dict(), indent=1, default=str))
-    artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
-    if export is not None:
-        artifacts += [run_dir / "best_model.ampq", run_dir / "export_report.json"]
-    if best:
-        artifacts.append(layer_chart(session, best))
+    with timer.stage("charts"):
+        artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
+        if export is not None:
+            artifacts += [run_dir / "best_model.ampq", run_dir / "export_report.json"]
+        if best:
+            artifacts.append(layer_chart(session, best))
     if tracker is not None:
+        mlflow_start = time.perf_counter()
         tracker.flush()
         for path in artifacts:
             tracker.log_parent_file(path)
         runs = tracker.logged_trials()
         tracker.tag_best({label: runs[r.number] for label, r in best.items() if r.number in runs})
         metrics = {"n_evaluations": float(result.n_evaluations), "wall_seconds": result.wall_seconds,
-                   "mlflow_log_seconds": tracker.log_seconds}
+                   "mlflow_log_seconds": tracker.log_seconds, "n_proposed": float(result.n_proposed),
+                   "n_cache_hits": float(result.n_cache_hits), "n_stopped_early": float(result.n_stopped_early),
+                   "eval_seconds": result.eval_seconds}
         first = next(iter(best.values()), None)
         if first is not None:
             metrics.update({"best_val_accuracy": first.accuracy, "best_test_accuracy": next(iter(test.values())),
@@ -153,12 +169,12 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         if export is not None:
             metrics.update({"export_file_kb": export.file_bytes / 1024, "export_predicted_kb": (export.predicted_bytes or 0) / 1024,
                             "export_latency_ms": export.latency_exported_ms, "float_latency_ms": export.latency_float_ms})
-        tracker.log_parent_metrics(metrics)
+        timer.add("mlflow", time.perf_counter() - mlflow_start)
+        tracker.log_parent_metrics({**metrics, **timer.metrics()})
     if not quiet:
         print(table)
-        stats = session.evaluator.stats
-        print(f"\n{result.n_evaluations} evaluations in {result.wall_seconds:.0f} s "
-              f"(cache hits {stats.hits}); results in {run_dir}")
+        print(f"\n{search_line(result)}; results in {run_dir}")
+        print(f"time per stage: {timer.summary()}")
         if export is not None:
             print(f"exported the best policy to {export.path}: {export.file_bytes / 1024:.1f} KiB on disk "
                   f"(float checkpoint {export.float_file_bytes / 1024:.1f} KiB), {export.latency_exported_ms:.2f} ms "

@@ -29,7 +29,7 @@ from automl.errors import ConfigError
 from automl.evaluate import EvalConfig, Evaluator, Problem
 from automl.loading import load_task
 from automl.task import Task
-from automl.timing import pin_threads
+from automl.timing import StageTimer, pin_threads
 from automl.tracking import MlflowTracker, artifact_root, check_tracking, default_tracking_uri
 from search_spaces.space import SpaceConfig
 
@@ -130,19 +130,26 @@ class MlflowLogging(Callback):
 
 
 class Progress(Callback):
-    """A live progress bar: evaluations done/total, best feasible accuracy so far, ETA."""
+    """A live progress bar: distinct evaluations done/total, cache hits, evaluation seconds, best accuracy, ETA."""
 
     def __init__(self, total: int, done: int, best: float | None) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", file=sys.stderr, dynamic_ncols=True)
         self.best = best
+        self.hits = 0
+        self.eval_seconds = 0.0
 
     def on_trial(self, record: TrialRecord) -> bool:
-        if record.feasible and (self.best is None or record.accuracy > self.best):
+        if record.feasible and not record.metrics.stopped_early and (self.best is None or record.accuracy > self.best):
             self.best = record.accuracy
-        self.bar.set_postfix(best=f"{self.best:.4f}" if self.best is not None else "-", refresh=False)
-        self.bar.update(1)
+        if record.cache_hit:
+            self.hits += 1
+        else:
+            self.eval_seconds += record.metrics.seconds
+        self.bar.set_postfix(best=f"{self.best:.4f}" if self.best is not None else "-", hits=self.hits,
+                             eval_s=f"{self.eval_seconds:.0f}", refresh=False)
+        self.bar.update(0 if record.cache_hit else 1)
         return True
 
     def on_end(self, result: SearchResult) -> None:
@@ -162,6 +169,7 @@ class Session:
     evaluator: CachedEvaluator
     objective: Objective
     tracker: MlflowTracker | None
+    timer: StageTimer
 
 
 def _space_config(config: SearchConfig) -> SpaceConfig:
@@ -194,7 +202,10 @@ def resolve_run_dir(config: SearchConfig) -> tuple[SearchConfig, Path, bool]:
     return replace(saved, evaluations=max(config.evaluations, 1), threads=config.threads, resume=config.resume), run_dir, True
 
 
-def build_session(config: SearchConfig, task: Task | None = None, track: bool = True) -> tuple[Session, bool]:
+def build_session(
+    config: SearchConfig, task: Task | None = None, track: bool = True, timer: StageTimer | None = None
+) -> tuple[Session, bool]:
+    timer = timer or StageTimer()
     config, run_dir, resuming = resolve_run_dir(config)
     uri = config.tracking_uri or default_tracking_uri(config.output)
     if track:
@@ -203,18 +214,29 @@ def build_session(config: SearchConfig, task: Task | None = None, track: bool = 
     if config.searcher not in searcher_names():
         raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(searcher_names())}")
     pin_threads(config.threads)
-    task = task or load_task(config.task, threads=config.threads)
-    problem = Problem.from_task(task, _space_config(config))
-    profiles = load_profiles(tuple(dict.fromkeys([*config.profiles, *budget.profile_refs])))
-    cost_model = CostModel(problem.analysis, problem.space, profiles)
-    bound = budget.bind(cost_model)
+    with timer.stage("task"):  # for a reference task: load (or train) and check the checkpoint
+        task = task or load_task(config.task, threads=config.threads)
+    with timer.stage("analysis"):
+        problem = Problem.from_task(task, _space_config(config))
+    with timer.stage("cost_model"):
+        profiles = load_profiles(tuple(dict.fromkeys([*config.profiles, *budget.profile_refs])))
+        cost_model = CostModel(problem.analysis, problem.space, profiles)
+        bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = CachedEvaluator(
-        Evaluator(problem, EvalConfig(fidelity=config.fidelity, seed=config.seed)), path=run_dir / "cache.sqlite"
-    )
+    with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
+        evaluator = CachedEvaluator(Evaluator(problem, eval_config(config)), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
-    tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
-    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker), resuming
+    with timer.stage("mlflow"):
+        tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
+    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer), resuming
+
+
+def eval_config(config: SearchConfig) -> EvalConfig:
+    """The evaluator's settings from the search's ``eval_*`` options."""
+    return EvalConfig(
+        fidelity=config.fidelity, seed=config.seed, cache_mb=config.eval_cache_mb,
+        early_stop=config.eval_early_stop, early_stop_delta=config.eval_early_stop_delta,
+    )
 
 
 def _start_tracking(session: Session, resuming: bool) -> None:
@@ -234,7 +256,8 @@ def _start_tracking(session: Session, resuming: bool) -> None:
     state["parent_run_id"] = tracker.parent_id
     state_path.write_text(json.dumps(state))
     ev: Evaluator = session.evaluator.evaluator  # type: ignore[assignment]
-    base_val, base_test = ev.baseline("val"), ev.baseline("test")
+    with session.timer.stage("baseline"):  # the float model on val and test (also fills the split caches)
+        base_val, base_test = ev.baseline("val"), ev.baseline("test")
     fc = session.cost_model.float_costs()
     tracker.log_parent_metrics(
         {"float_val_accuracy": base_val.accuracy, "float_test_accuracy": base_test.accuracy,
@@ -286,12 +309,15 @@ def restore_records(searcher: Searcher, journal: list[TrialRecord]) -> None:
 def run_search(config: SearchConfig, task: Task | None = None, callbacks: Sequence[Callback] = (), quiet: bool = False) -> SearchResult:
     """Run (or resume) one search and return its result; see :class:`SearchConfig`."""
     session, resuming = build_session(config, task)
-    cfg, run_dir = session.config, session.run_dir
+    cfg, run_dir, timer = session.config, session.run_dir, session.timer
     (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
     tracker = session.tracker
     assert tracker is not None
-    _start_tracking(session, resuming)
-    searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
+    with timer.stage("mlflow"):
+        _start_tracking(session, resuming)
+    timer.add("mlflow", -timer.seconds.get("baseline", 0.0))  # the baselines are their own stage
+    with timer.stage("warm_start"):  # the searcher's set-up: Optuna study, integer-program warm start
+        searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if resuming:
         resume_searcher(searcher, read_journal(run_dir / JOURNAL), single_worker=cfg.workers == 1)
     done = {r.number for r in searcher.records}
@@ -307,13 +333,16 @@ def run_search(config: SearchConfig, task: Task | None = None, callbacks: Sequen
     cbs.extend(callbacks)
     status = "FAILED"
     try:
-        result = searcher.run(cfg.evaluations, cbs)
+        with timer.stage("search"):
+            result = searcher.run(cfg.evaluations, cbs)
+        timer.add("evaluations", result.eval_seconds, within="search")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        tracker.flush()
+        with timer.stage("mlflow"):
+            tracker.flush()
         if status != "FINISHED":
             tracker.finish_parent(status)
             tracker.close()
