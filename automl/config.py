@@ -13,7 +13,7 @@ from automl.errors import ConfigError
 
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "tpe"
-DEFAULT_EVALUATIONS = 120
+DEFAULT_EVALUATIONS = 60
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SearchConfig:
     allow_pruning: bool = True
     finetune_steps: int = 200
     eval_cache_mb: int = 1024
-    eval_early_stop: bool = False
+    eval_early_stop: bool = True
     eval_early_stop_delta: float = 0.01
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -171,6 +171,9 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
                             "export_latency_ms": export.latency_exported_ms, "float_latency_ms": export.latency_float_ms})
         timer.add("mlflow", time.perf_counter() - mlflow_start)
         tracker.log_parent_metrics({**metrics, **timer.metrics()})
+    (run_dir / "timings.json").write_text(json.dumps({**timer.metrics(), "n_proposed": result.n_proposed,
+                                                      "n_evaluations": result.n_evaluations,
+                                                      "eval_seconds": result.eval_seconds}, indent=1))
     if not quiet:
         print(table)
         print(f"\n{search_line(result)}; results in {run_dir}")
