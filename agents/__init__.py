@@ -14,11 +14,27 @@ RL searchers import stable-baselines3 and the envs; they are loaded on first use
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agents.base import Callback, Searcher
-from agents.objective import Objective
-from agents.records import SearchResult, TrialRecord, best_record, pareto_front
+if TYPE_CHECKING:
+    from agents.base import Callback, Searcher
+    from agents.objective import Objective
+    from agents.records import SearchResult, TrialRecord, best_record, pareto_front
+
+# Lazy, so that the registry below (the command line checks a searcher name with it) does
+# not import torch: name -> module holding it.
+_LAZY = {
+    "Callback": "agents.base", "Searcher": "agents.base", "Objective": "agents.objective",
+    "SearchResult": "agents.records", "TrialRecord": "agents.records", "best_record": "agents.records",
+    "pareto_front": "agents.records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 # name -> (module, class); modules are imported on demand (RL pulls in torch-heavy SB3).
 SEARCHERS: dict[str, tuple[str, str]] = {
@@ -36,7 +52,7 @@ SEARCHERS: dict[str, tuple[str, str]] = {
 }
 
 
-def searcher_class(name: str) -> type[Searcher]:
+def searcher_class(name: str) -> type[Searcher]:  # noqa: F821 - the lazy name above
     """The searcher class registered under ``name`` (see :data:`SEARCHERS`)."""
     from automl.errors import ConfigError
 

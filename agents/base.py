@@ -69,16 +69,24 @@ class Searcher(abc.ABC):
     Attributes:
         name: registry name of the searcher (``random``, ``tpe``, ``ppo``, ...).
         records: every record of this search so far, in trial-number order.
+        max_duplicates: consecutive cache hits (proposals of already evaluated policies)
+            after which :meth:`run` gives up; the reason lands in
+            :attr:`SearchResult.stop_reason`. Cache hits cost no budget, so without this
+            cap a searcher that has converged would loop forever.
+        stop_reason: why the last run ended early, empty if it spent its budget.
     """
 
     name: ClassVar[str] = ""
+    max_duplicates: int = 100
 
     def __init__(self, objective: Objective, *, seed: int = 0) -> None:
         self.objective = objective
         self.space = objective.space
         self.seed = int(seed)
         self.records: list[TrialRecord] = []
+        self.stop_reason = ""
         self._elapsed = 0.0
+        self._duplicates = 0
 
     @property
     def label(self) -> str:
@@ -99,13 +107,32 @@ class Searcher(abc.ABC):
         self.records.append(record)
         return record
 
-    def run(self, n_evaluations: int, callbacks: Sequence[Callback] = ()) -> SearchResult:
-        """Ask, evaluate and tell until the search holds ``n_evaluations`` records.
+    @property
+    def n_distinct(self) -> int:
+        """Records that were evaluated (not answered from the cache): what the budget counts."""
+        return sum(1 for r in self.records if not r.cache_hit)
 
-        A searcher that already holds records (a resumed search) evaluates only the rest.
+    def count_duplicate(self, record: TrialRecord) -> bool:
+        """Track consecutive cache hits; ``False`` (and :attr:`stop_reason` set) once the cap is reached."""
+        self._duplicates = self._duplicates + 1 if record.cache_hit else 0
+        if self._duplicates >= self.max_duplicates:
+            self.stop_reason = (
+                f"{self._duplicates} consecutive proposals were already evaluated policies "
+                f"(max_duplicates={self.max_duplicates}); the searcher has stopped finding new ones"
+            )
+            return False
+        return True
+
+    def run(self, n_evaluations: int, callbacks: Sequence[Callback] = ()) -> SearchResult:
+        """Ask, evaluate and tell until the search holds ``n_evaluations`` distinct policies.
+
+        A proposal of an already evaluated policy is answered from the cache, told to the
+        searcher and recorded (``cache_hit``), but does not count; :attr:`max_duplicates`
+        of them in a row end the search. A searcher that already holds records (a resumed
+        search) evaluates only the rest.
 
         Args:
-            n_evaluations: total evaluations of the search, at least 1.
+            n_evaluations: distinct policies to evaluate, at least 1.
             callbacks: see :class:`Callback`.
 
         Returns:
@@ -115,11 +142,15 @@ class Searcher(abc.ABC):
         start = time.perf_counter()
         for cb in callbacks:
             cb.on_start(self, self.objective)
-        while len(self.records) < n_evaluations:
+        self.stop_reason = ""
+        while self.n_distinct < n_evaluations:
             policy = self.ask()
             record = self.evaluate(policy)
             self.tell(policy, record)
             if not notify_trial(callbacks, record):
+                self.stop_reason = "a callback asked to stop"
+                break
+            if not self.count_duplicate(record):
                 break
         return self.finish(start, callbacks)
 
@@ -140,6 +171,7 @@ class Searcher(abc.ABC):
             budget=self.objective.budget_text,
             wall_seconds=self._elapsed,
             seed=self.seed,
+            stop_reason=self.stop_reason,
         )
 
 

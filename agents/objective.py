@@ -9,12 +9,13 @@ spending an evaluation on it (:meth:`Objective.feasible`).
 
 from __future__ import annotations
 
+import math
 import time
 
 from agents.records import TrialRecord
 from automl.budget import BoundBudget
 from automl.cost import CostModel, Costs
-from automl.metrics import PolicyEvaluator
+from automl.metrics import Metrics, PolicyEvaluator
 from automl.repair import RepairRecord
 from automl.repair import repair as repair_policy
 from automl.sensitivity import Sensitivities, SensitivityFn, as_sensitivities
@@ -37,9 +38,18 @@ class Objective:
             before it is evaluated and the repair is recorded; when false it is evaluated
             as proposed and recorded as infeasible, so it can never be a search's best.
 
+    A policy evaluated before (by this objective, or found in the evaluator's cache, as
+    on a resumed search) is answered from that result and recorded as a cache hit: the
+    evaluation budget of :meth:`Searcher.run` counts distinct policies only.
+
+    After every full evaluation of a feasible policy the evaluator is told the best such
+    accuracy (``set_incumbent``, when it has one) for early stopping.
+
     Attributes:
-        n_calls: evaluations made through this objective (in this process).
-        evaluations_by_fidelity: fidelity -> evaluations at it (a staged trial counts at each).
+        n_calls: calls of this objective (in this process), cache hits included.
+        evaluations_by_fidelity: fidelity -> evaluations at it (a staged trial counts at
+            each; cache hits are not counted).
+        incumbent: the best accuracy of a feasible, fully evaluated policy so far.
     """
 
     def __init__(
@@ -59,6 +69,8 @@ class Objective:
         self.repair_enabled = repair
         self.n_calls = 0
         self.evaluations_by_fidelity: dict[int, int] = {}
+        self.incumbent: float | None = None
+        self._memo: dict[tuple[str, int | None], Metrics] = {}
 
     # cost-only checks ----------------------------------------------------------------
     def price(self, policy: Policy) -> Costs:
@@ -122,8 +134,9 @@ class Objective:
             costs = self.price(evaluated)
             if not record.changed:
                 record = None
-        metrics = self.evaluator.evaluate(evaluated) if fidelity is None else self.evaluator.evaluate(evaluated, fidelity)
-        self.evaluations_by_fidelity[metrics.fidelity] = self.evaluations_by_fidelity.get(metrics.fidelity, 0) + 1
+        metrics, hit = self._metrics(evaluated, fidelity)
+        if not hit:
+            self.evaluations_by_fidelity[metrics.fidelity] = self.evaluations_by_fidelity.get(metrics.fidelity, 0) + 1
         trial = TrialRecord(
             number=self.n_calls if number is None else int(number),
             policy=evaluated,
@@ -134,6 +147,29 @@ class Objective:
             repair=record,
             searcher=searcher,
             seconds=time.perf_counter() - start,
+            cache_hit=hit,
         )
         self.n_calls += 1
+        self._update_incumbent(trial)
         return trial
+
+    def _metrics(self, policy: Policy, fidelity: int | None = None) -> tuple[Metrics, bool]:
+        key = (policy.key(), fidelity)
+        known = self._memo.get(key)
+        if known is not None:
+            return known, True
+        lookup = getattr(self.evaluator, "lookup", None)
+        hit = fidelity is None and callable(lookup) and lookup(policy) is not None
+        metrics = self.evaluator.evaluate(policy) if fidelity is None else self.evaluator.evaluate(policy, fidelity)
+        self._memo[key] = metrics
+        return metrics, hit
+
+    def _update_incumbent(self, trial: TrialRecord) -> None:
+        acc = trial.metrics.accuracy
+        if not trial.feasible or trial.metrics.stopped_early or not math.isfinite(acc):
+            return
+        if self.incumbent is None or acc > self.incumbent:
+            self.incumbent = acc
+            tell = getattr(self.evaluator, "set_incumbent", None)
+            if callable(tell):
+                tell(acc)

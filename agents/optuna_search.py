@@ -58,6 +58,7 @@ RECORD_ATTR = "record"
 SURPLUS_ATTR = "surplus"
 WARM_ATTR = "warm_start"
 STAGES_ATTR = "stages"
+CACHE_HIT_ATTR = "cache_hit"
 _ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -220,15 +221,15 @@ class OptunaSearcher(Searcher):
         self.records = [records[n] for n in sorted(records)]
 
     def _rank(self, number: int) -> int:
-        """Trials before ``number`` that belong to the search (all but failed ones)."""
+        """Trials before ``number`` that spend the budget (all but failed ones and cache hits)."""
         return sum(
             1 for t in self.study.get_trials(deepcopy=False)
-            if t.number < number and t.state != TrialState.FAIL
+            if t.number < number and t.state != TrialState.FAIL and not t.user_attrs.get(CACHE_HIT_ATTR)
         )
 
     def _next_trial(self, n_evaluations: int) -> Trial | None:
         fail_stale(self.study, self.storage)
-        active = self.study.get_trials(deepcopy=False, states=_ACTIVE)
+        active = [t for t in self.study.get_trials(deepcopy=False, states=_ACTIVE) if not t.user_attrs.get(CACHE_HIT_ATTR)]
         if len(active) >= n_evaluations:
             return None
         with quiet_optuna():
@@ -251,6 +252,8 @@ class OptunaSearcher(Searcher):
             trial.set_user_attr("repaired", True)
             trial.set_user_attr("repair", {"steps": len(record.repair.steps), "proposed_excess": excess})
         trial.set_user_attr(RECORD_ATTR, record.to_json())
+        if record.cache_hit:
+            trial.set_user_attr(CACHE_HIT_ATTR, True)
         with quiet_optuna():
             if pruned:
                 self.study.tell(trial, state=TrialState.PRUNED)
@@ -299,9 +302,14 @@ class OptunaSearcher(Searcher):
         return replace(full, seconds=cheap.seconds + full.seconds), False
 
     def run(self, n_evaluations: int, callbacks: Sequence[Callback] = ()) -> SearchResult:
-        """Run until the study holds ``n_evaluations`` finished trials (counting other workers')."""
+        """Run until the study holds ``n_evaluations`` distinct evaluated trials (counting other workers').
+
+        A trial whose policy was evaluated before is completed with the cached result
+        (so the sampler learns it), tagged ``cache_hit`` and not counted.
+        """
         check_evaluations(n_evaluations)
         start = time.perf_counter()
+        self.stop_reason = ""
         self.sync()
         for cb in callbacks:
             cb.on_start(self, self.objective)
@@ -315,6 +323,9 @@ class OptunaSearcher(Searcher):
             record = self._complete(trial, record, pruned)
             self.records.append(record)
             if not notify_trial(callbacks, record):
+                self.stop_reason = "a callback asked to stop"
+                break
+            if not self.count_duplicate(record):
                 break
         self.sync()
         return self.finish(start, callbacks)

@@ -58,6 +58,9 @@ class TrialRecord:
         repair: how the budget module changed ``proposed`` into ``policy``, or ``None``.
         searcher: name of the searcher that proposed the policy.
         seconds: wall time of pricing, repairing and evaluating.
+        cache_hit: ``policy`` had been evaluated before in this search (or a resumed
+            one): the metrics are the cached ones and the trial did not spend the
+            evaluation budget, which counts distinct policies.
     """
 
     number: int
@@ -69,6 +72,7 @@ class TrialRecord:
     repair: RepairRecord | None = None
     searcher: str = ""
     seconds: float = 0.0
+    cache_hit: bool = False
     schema_version: int = RECORD_SCHEMA_VERSION
 
     @property
@@ -96,6 +100,7 @@ class TrialRecord:
             "repair": None if self.repair is None else self.repair.to_dict(),
             "searcher": self.searcher,
             "seconds": self.seconds,
+            "cache_hit": self.cache_hit,
         }
 
     @classmethod
@@ -117,6 +122,7 @@ class TrialRecord:
             repair=None if data.get("repair") is None else repair_from_dict(data["repair"]),
             searcher=str(data.get("searcher", "")),
             seconds=float(data.get("seconds", 0.0)),
+            cache_hit=bool(data.get("cache_hit", False)),
         )
 
     def to_json(self) -> str:
@@ -183,6 +189,8 @@ class SearchResult:
         seed: the searcher's seed.
         sensitivity_evaluations: what the search's sensitivity tables cost, in evaluations
             (counted once, also when a resumed search read them from the cache).
+        stop_reason: why the search ended before its budget was spent (a callback asked
+            to stop, the searcher kept proposing evaluated policies), empty otherwise.
     """
 
     searcher: str
@@ -192,6 +200,7 @@ class SearchResult:
     wall_seconds: float = 0.0
     seed: int | None = None
     sensitivity_evaluations: int = 0
+    stop_reason: str = ""
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -201,7 +210,26 @@ class SearchResult:
 
     @property
     def n_evaluations(self) -> int:
+        """Distinct policies evaluated: what the evaluation budget counts (cache hits excluded)."""
+        return sum(1 for r in self.records if not r.cache_hit)
+
+    @property
+    def n_proposed(self) -> int:
+        """Every trial, cache hits included."""
         return len(self.records)
+
+    @property
+    def n_cache_hits(self) -> int:
+        return sum(1 for r in self.records if r.cache_hit)
+
+    @property
+    def n_stopped_early(self) -> int:
+        return sum(1 for r in self.records if r.metrics.stopped_early and not r.cache_hit)
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds the distinct evaluations took (the evaluator's own timing)."""
+        return sum(r.metrics.seconds for r in self.records if not r.cache_hit)
 
     @property
     def best(self) -> TrialRecord | None:
@@ -245,6 +273,9 @@ class SearchResult:
             "wall_seconds": self.wall_seconds,
             "n_evaluations": self.n_evaluations,
             "sensitivity_evaluations": self.sensitivity_evaluations,
+            "n_proposed": self.n_proposed,
+            "n_cache_hits": self.n_cache_hits,
+            "stop_reason": self.stop_reason,
             "best": None if best is None else best.number,
             "pareto": {m: [r.number for r in self.pareto_front((m,))] for m in self.cost_metrics},
             "records": [r.to_dict() for r in self.records],
@@ -265,6 +296,7 @@ class SearchResult:
             wall_seconds=float(data.get("wall_seconds", 0.0)),
             seed=None if data.get("seed") is None else int(data["seed"]),
             sensitivity_evaluations=int(data.get("sensitivity_evaluations", 0)),
+            stop_reason=str(data.get("stop_reason", "")),
         )
 
     def to_json(self) -> str:

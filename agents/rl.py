@@ -374,6 +374,10 @@ class RLSearcher(Searcher):
         self.records[-1] = record
         self._episodes += 1
         keep_going = notify_trial(self._callbacks, record)
+        if not keep_going:
+            self.stop_reason = "a callback asked to stop"
+        elif not self.count_duplicate(record):
+            keep_going = False
         self.save_records()
         return keep_going
 
@@ -411,8 +415,9 @@ class RLSearcher(Searcher):
             cb.on_start(self, self.objective)
         model = self._ensure_model(n_evaluations)
         stopper = EvaluationBudget(self, n_evaluations)
-        while len(self.records) < n_evaluations and not stopper.stopped:
-            remaining = n_evaluations - len(self.records)
+        self.stop_reason = ""
+        while self.n_distinct < n_evaluations and not stopper.stopped:
+            remaining = n_evaluations - self.n_distinct
             model.learn(
                 total_timesteps=episodes_to_steps(2 * remaining + 1, self.episode_length),
                 callback=stopper, reset_num_timesteps=False, progress_bar=False,

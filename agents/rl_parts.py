@@ -125,7 +125,7 @@ class EvaluationBudget(BaseCallback):
         for done, info in zip(dones, infos, strict=True):
             if done and "metrics" in info and not self.searcher.episode_done(info):
                 self.stopped = True
-        return not self.stopped and len(self.searcher.records) < self.n_evaluations
+        return not self.stopped and self.searcher.n_distinct < self.n_evaluations
 
     def _use_executed_actions(self) -> None:
         loc = self.locals

@@ -19,13 +19,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from automl.cost import CostModel, Costs, HardwareProfile, load_profile, load_profiles
 from automl.errors import BudgetError, InfeasibleBudget
-from search_spaces.space import SearchSpace
+
+if TYPE_CHECKING:  # numpy and the cost package (torch) load on use; parsing a budget needs neither
+    import numpy as np
+
+    from automl.cost import CostModel, Costs, HardwareProfile
+    from search_spaces.space import SearchSpace
 
 BUDGET_SCHEMA_VERSION = 1
 TOLERANCE = 1e-9  # relative slack on every limit, for floating-point sums
@@ -160,6 +162,8 @@ class Budget:
 
     def load_profiles(self) -> tuple[HardwareProfile, ...]:
         """Load the profiles of :attr:`profile_refs` (pass them to the :class:`CostModel`)."""
+        from automl.cost import load_profiles
+
         return load_profiles(self.profile_refs)
 
     def bind(self, cost_model: CostModel) -> BoundBudget:
@@ -202,6 +206,8 @@ def _canonical(c: Constraint, cost_model: CostModel) -> str:
     if ref in names:
         return f"latency@{ref}"
     if Path(ref).is_file():
+        from automl.cost import load_profile
+
         name = load_profile(ref).name
         if name in names:
             return f"latency@{name}"
@@ -270,6 +276,8 @@ class BoundBudget:
 
     def feasible_batch(self, table: Mapping[str, np.ndarray]) -> np.ndarray:
         """``[n]`` bool: which rows of a :meth:`CostModel.price_batch` table meet every limit."""
+        import numpy as np
+
         ok = None
         for m, lim in self.limits:
             row = np.asarray(table[m]) <= lim * (1 + TOLERANCE)

@@ -107,8 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from automl.runner import run_search
-
     data = read_config_file(args.config) if args.config else {}
     try:
         config = SearchConfig.from_dict(data)
@@ -117,8 +115,20 @@ def _cmd_search(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
     config = config.merged(overrides)
     explicit = set(flatten_sections(SearchConfig, data)[0]) | {k for k, v in overrides.items() if v is not None}
+    _check_cheaply(config)
+    from automl.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
+
     run_search(config, explicit=explicit)
     return 0
+
+
+def _check_cheaply(config: SearchConfig) -> None:
+    """The checks that need no torch (searcher name, budget grammar), so a typo fails in well under 2 s."""
+    from agents import SEARCHERS
+    from automl.budget import Budget
+    if config.searcher not in SEARCHERS:
+        raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(SEARCHERS)}")
+    Budget.parse(list(config.budget))
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "tpe"
-DEFAULT_EVALUATIONS = 120
+DEFAULT_EVALUATIONS = 60
 SENSITIVITY_METHODS = ("measured", "fisher", "hessian", "heuristic")
 FINETUNE_OPTIMIZERS = ("sgd", "adam")
 
@@ -92,6 +92,15 @@ class SearchConfig:
             are counted.
         searcher_options: keyword options of the searcher's constructor, checked against
             its signature (e.g. ``{"n_startup_trials": 20}`` for ``tpe``).
+        eval_cache_mb: memory limit (MiB) of the activation cache of incremental
+            evaluation (a policy that shares its first layers with an evaluated one runs
+            only the rest; 0 = off). Bit-for-bit the same metrics.
+        eval_early_stop: stop scoring a policy once its running validation accuracy is
+            below the incumbent's with confidence ``1 - eval_early_stop_delta`` (see
+            automl/early_stop.py); the record says ``stopped_early`` and reports the
+            accuracy of the samples scored so far.
+        eval_early_stop_delta: allowed chance, per evaluation, of stopping a policy that
+            would have beaten the incumbent.
     """
 
     task: str = "reference:resnet20"
@@ -135,6 +144,9 @@ class SearchConfig:
     finetune_lsq: bool = False
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
+    eval_cache_mb: int = 1024
+    eval_early_stop: bool = True
+    eval_early_stop_delta: float = 0.01
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -157,6 +169,10 @@ class SearchConfig:
                 f"searcher_stage_fidelity must be 0 (one stage) or a fidelity below fidelity={self.fidelity}, "
                 f"got {self.searcher_stage_fidelity}"
             )
+        if not 0 <= self.eval_cache_mb <= 65536:
+            raise ConfigError(f"eval_cache_mb must be between 0 (off) and 65536 MiB, got {self.eval_cache_mb}")
+        if not 0.0 < self.eval_early_stop_delta < 1.0:
+            raise ConfigError(f"eval_early_stop_delta must be in (0, 1), got {self.eval_early_stop_delta}; 0.01 is sound")
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
         out = Path(self.output).expanduser()
@@ -207,7 +223,8 @@ class SearchConfig:
                 fidelity=self.fidelity, weight_method=self.eval_weight_method, act_method=self.eval_act_method,
                 power_of_two=self.eval_power_of_two, importance=self.space_importance,
                 calib_batches=self.eval_calib_batches, qat_steps=self.eval_qat_steps, qat_lr=self.eval_qat_lr,
-                seed=self.seed,
+                seed=self.seed, cache_mb=self.eval_cache_mb, early_stop=self.eval_early_stop,
+                early_stop_delta=self.eval_early_stop_delta,
             )
         except AutoMLError as exc:
             raise ConfigError(f"evaluation settings (section 'evaluation'): {exc}") from exc

@@ -56,7 +56,7 @@ class CacheStats:
     """How the activation cache fared.
 
     Attributes:
-        hits / misses: lookups of a (batch, cut) that found or did not find stored values.
+        hits / misses: passes of one batch that started from a cached cut / from the input.
         evictions: entries dropped to stay under the memory limit.
         bytes: bytes held now.
         layers_run / layers_total: quantized layers executed versus a full pass would have.
@@ -87,12 +87,13 @@ class ActivationCache:
     def _size(values: tuple[Any, ...]) -> int:
         return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
 
-    def get(self, key: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any] | None] | None:
+    def get(self, key: tuple[Any, ...], count: bool = True) -> tuple[tuple[Any, ...], dict[str, Any] | None] | None:
+        """The values stored under ``key`` (now the most recently used), or ``None``."""
         found = self._data.get(key)
         if found is None:
-            self.misses += 1
+            self.misses += count
             return None
-        self.hits += 1
+        self.hits += count
         self._data.move_to_end(key)
         return found[0], found[1]
 
@@ -203,7 +204,7 @@ class StagedModel:
         """
         start, env = -1, {self.input: x}
         for c in range(len(keys) - 1, 0, -1):
-            found = cache.get((*tag_batch, keys[c]))
+            found = cache.get((*tag_batch, keys[c]), count=False)
             if found is not None:
                 values, extra = found
                 env = dict(zip(self.live[c], values, strict=True))
@@ -212,6 +213,10 @@ class StagedModel:
                         self.engine.layers[name].correction = corr
                 start = c
                 break
+        if start < 0:
+            cache.misses += 1
+        else:
+            cache.hits += 1
         pos = 0 if start < 0 else self.cuts[start]
         next_cut = max(start, 0) + 1  # cut 0 holds only the input: never stored
         interp = self._interp

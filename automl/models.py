@@ -85,4 +85,68 @@ class PlainCNN(nn.Module):
         return self.fc2(self.relu(self.fc1(self.flatten(self.features(x)))))
 
 
+def resnet56(num_classes: int = 10) -> ResNet:
+    return ResNet(56, num_classes)
+
+
+class LeNet4(nn.Module):
+    """A LeNet-5-style network without BatchNorm: two convolutions, two Linear layers."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(16 * 4 * 4, 120)
+        self.fc2 = nn.Linear(120, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+class MobileNetV2Small(nn.Module):
+    """A MobileNetV2-style network for 1x28x28 input (depthwise convolutions, inverted residuals)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        cfg = [(width, 1, 1, 1), (24, 6, 2, 2), (32, 6, 2, 2), (64, 6, 2, 1), (96, 6, 1, 1)]  # cout, expand, n, stride
+        blocks: list[nn.Module] = []
+        cin = width
+        for cout, expand, n, stride in cfg:
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(cin, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.head(self.blocks(self.stem(x))))))
+
+
 REFERENCE_MODELS = {"resnet8": resnet8, "resnet20": resnet20, "plaincnn": PlainCNN}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -28,6 +29,14 @@ from automl.units import SIZE_UNIT, cost_metrics, kb, limit_metrics  # noqa: E40
 
 if TYPE_CHECKING:
     from automl.runner import Session
+
+
+def search_line(result: SearchResult) -> str:
+    """One line on what the search spent: distinct evaluations, cache hits, early stops, seconds."""
+    line = (f"{result.n_evaluations} distinct evaluations ({result.n_cache_hits} cache hits, "
+            f"{result.n_stopped_early} stopped early) in {result.wall_seconds:.0f} s, "
+            f"{result.eval_seconds:.0f} s of them evaluating")
+    return line + (f"; stopped: {result.stop_reason}" if result.stop_reason else "")
 
 
 def best_per_budget(session: Session, result: SearchResult) -> dict[str, TrialRecord]:
@@ -198,21 +207,25 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     tuned = {}
     export = None
     onnx_report: dict = {}
+    timer = session.timer
     for i, (label, r) in enumerate(best.items()):
-        with stage(f"final fine-tune of trial {r.number} (best for {label}): {steps} steps, then the test split", quiet):
+        with stage(f"final fine-tune of trial {r.number} (best for {label}): {steps} steps, then the test split", quiet), \
+                timer.stage("finetune"):
             metrics, model = ev.final(r.policy, steps, "test", finetune=recipe)
         test[label] = metrics.accuracy
         tuned[label] = ev.last_finetune
         if i == 0:  # the budget's winner becomes a deployable file, measured for real
-            with stage(f"export of trial {r.number}: packing the weights and timing float and exported latency", quiet):
+            with stage(f"export of trial {r.number}: packing the weights and timing float and exported latency", quiet), \
+                    timer.stage("export"):
                 export = export_policy(
                     model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
                     sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
                     cost_model=session.cost_model, threads=session.config.threads,
                 )
-            onnx_path = export_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx")
-            onnx_report = measure_onnx(onnx_path, ev.float_model, next(iter(session.problem.task.val_loader))[0],
-                                       threads=session.config.threads)
+            with stage(f"ONNX export of trial {r.number}: QDQ graph timed in ONNX Runtime", quiet), timer.stage("export_onnx"):
+                onnx_path = export_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx")
+                onnx_report = measure_onnx(onnx_path, ev.float_model, next(iter(session.problem.task.val_loader))[0],
+                                           threads=session.config.threads)
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -224,13 +237,17 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     (run_dir / "best_policies.md").write_text(table + "\n")
     if export is not None:
         (run_dir / "export_report.json").write_text(json.dumps({**export.to_dict(), "onnx": onnx_report}, indent=1, default=str))
-    artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
-    if export is not None:
-        artifacts += [run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json"]
-    if best:
-        artifacts.append(layer_chart(session, best))
+    with timer.stage("charts"):
+        artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
+        if export is not None:
+            artifacts += [run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json"]
+        if best:
+            artifacts.append(layer_chart(session, best))
     if tracker is not None:
-        extra = {"sensitivity_evaluations": float(result.sensitivity_evaluations)}
+        mlflow_start = time.perf_counter()
+        extra = {"sensitivity_evaluations": float(result.sensitivity_evaluations), "n_proposed": float(result.n_proposed),
+                 "n_cache_hits": float(result.n_cache_hits), "n_stopped_early": float(result.n_stopped_early),
+                 "eval_seconds": result.eval_seconds}
         if tuned:
             ft = next(iter(tuned.values()))
             extra.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
@@ -238,13 +255,17 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         if onnx_report:
             extra.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
         publish(session, result, best, test, export, artifacts, extra)
+        timer.add("mlflow", time.perf_counter() - mlflow_start)
+        tracker.log_parent_metrics(timer.metrics())
+    (run_dir / "timings.json").write_text(json.dumps({**timer.metrics(), "n_proposed": result.n_proposed,
+                                                      "n_evaluations": result.n_evaluations,
+                                                      "eval_seconds": result.eval_seconds}, indent=1))
     if not quiet:
         print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
         print(table)
-        stats = session.evaluator.stats
-        print(f"\n{result.n_evaluations} evaluations in {result.wall_seconds:.0f} s "
-              f"(cache hits {stats.hits}) after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
+        print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
               f"({session.config.sensitivity_method}); results in {run_dir}")
+        print(f"time per stage: {timer.summary()}")
         for label, rep in tuned.items():
             print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
                   f"(best step {rep.best_step} of {rep.steps}, {rep.seconds:.0f} s)")

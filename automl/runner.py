@@ -41,7 +41,7 @@ from automl.loading import load_task
 from automl.mlflow_ui import repair_summary
 from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
 from automl.task import Task
-from automl.timing import pin_threads
+from automl.timing import StageTimer, pin_threads
 from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
 from automl.units import cost_metrics, limit_metrics, shown
 from automl.uris import check_storage, check_tracking_uri
@@ -146,19 +146,26 @@ class MlflowLogging(Callback):
 
 
 class Progress(Callback):
-    """A live progress bar: evaluations done/total, best feasible accuracy so far, ETA."""
+    """A live progress bar: distinct evaluations done/total, cache hits, evaluation seconds, best accuracy, ETA."""
 
     def __init__(self, total: int, done: int, best: float | None) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", file=sys.stderr, dynamic_ncols=True)
         self.best = best
+        self.hits = 0
+        self.eval_seconds = 0.0
 
     def on_trial(self, record: TrialRecord) -> bool:
-        if record.feasible and (self.best is None or record.accuracy > self.best):
+        if record.feasible and not record.metrics.stopped_early and (self.best is None or record.accuracy > self.best):
             self.best = record.accuracy
-        self.bar.set_postfix(best=f"{self.best:.4f}" if self.best is not None else "-", refresh=False)
-        self.bar.update(1)
+        if record.cache_hit:
+            self.hits += 1
+        else:
+            self.eval_seconds += record.metrics.seconds
+        self.bar.set_postfix(best=f"{self.best:.4f}" if self.best is not None else "-", hits=self.hits,
+                             eval_s=f"{self.eval_seconds:.0f}", refresh=False)
+        self.bar.update(0 if record.cache_hit else 1)
         return True
 
     def on_end(self, result: SearchResult) -> None:
@@ -178,10 +185,12 @@ class Session:
     evaluator: CachedEvaluator
     objective: Objective
     tracker: MlflowTracker | None
+    timer: StageTimer
 
 
-def build_session(plan: RunPlan, task: Task | None = None, track: bool = True) -> Session:
+def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, timer: StageTimer | None = None) -> Session:
     """Check everything a user can get wrong, cheapest first, then build the problem."""
+    timer = timer or StageTimer()
     config, run_dir = plan.config, plan.run_dir
     uri = config.tracking_uri or default_tracking_uri(config.output)
     if track:
@@ -193,17 +202,22 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True) -
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
     pin_threads(config.threads)
-    task = task or load_task(config.task, threads=config.threads)
-    problem = Problem.from_task(task, config.space_config(), importance=config.space_importance)
-    refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
-    profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
-    cost_model = CostModel(problem.analysis, problem.space, profiles)
-    bound = budget.bind(cost_model)
+    with timer.stage("task"):  # for a reference task: load the shipped checkpoint (or train) and check it
+        task = task or load_task(config.task, threads=config.threads)
+    with timer.stage("analysis"):
+        problem = Problem.from_task(task, config.space_config(), importance=config.space_importance)
+    with timer.stage("cost_model"):
+        refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
+        profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
+        cost_model = CostModel(problem.analysis, problem.space, profiles)
+        bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
+    with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
+        evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
-    tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
-    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker)
+    with timer.stage("mlflow"):
+        tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
+    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
 
 
 def _start_tracking(session: Session, resuming: bool, state: dict[str, Any]) -> None:
@@ -222,7 +236,8 @@ def _start_tracking(session: Session, resuming: bool, state: dict[str, Any]) -> 
     state["parent_run_id"] = tracker.parent_id
     state_path.write_text(json.dumps(state))
     ev: Evaluator = session.evaluator.evaluator  # type: ignore[assignment]
-    base_val, base_test = ev.baseline("val"), ev.baseline("test")
+    with session.timer.stage("baseline"):  # the float model on val and test (also fills the split caches)
+        base_val, base_test = ev.baseline("val"), ev.baseline("test")
     fc = session.cost_model.float_costs()
     tracker.log_parent_metrics(
         {"float_val_accuracy": base_val.accuracy, "float_test_accuracy": base_test.accuracy, **cost_metrics(fc, "float_"),
@@ -343,12 +358,15 @@ def _search(
 ) -> SearchResult:
     cfg, run_dir, tracker = session.config, session.run_dir, session.tracker
     assert tracker is not None
-    with stage("set-up: MLflow parent run, float baseline", quiet):
+    timer = session.timer
+    with stage("set-up: MLflow parent run, float baseline", quiet), timer.stage("mlflow"):
         _start_tracking(session, plan.resuming, state)
+    timer.add("mlflow", -timer.seconds.get("baseline", 0.0))  # the baselines are their own stage
     from automl.sensitivity_stage import run_stage
 
-    sensitivity = run_stage(session, plan.resuming, quiet)  # before the searcher: it reads the tables
-    with stage(f"{cfg.searcher} searcher (warm start)", quiet):
+    with timer.stage("sensitivity"):
+        sensitivity = run_stage(session, plan.resuming, quiet)  # before the searcher: it reads the tables
+    with stage(f"{cfg.searcher} searcher (warm start)", quiet), timer.stage("warm_start"):
         searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if plan.resuming:
         resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
@@ -365,8 +383,11 @@ def _search(
         say("budget: " + budget_line(session.bound))
         cbs.append(Progress(cfg.evaluations, len(done), best))
     cbs.extend(callbacks)
-    result = replace(searcher.run(cfg.evaluations, cbs), sensitivity_evaluations=sensitivity.evaluations)
-    tracker.flush()
+    with timer.stage("search"):
+        result = replace(searcher.run(cfg.evaluations, cbs), sensitivity_evaluations=sensitivity.evaluations)
+    timer.add("evaluations", result.eval_seconds, within="search")
+    with timer.stage("mlflow"):
+        tracker.flush()
     from automl.results import finish_search
 
     finish_search(session, result, quiet=quiet)

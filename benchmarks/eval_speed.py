@@ -1,14 +1,24 @@
-"""How much a policy evaluation costs next to a plain float forward pass.
+"""How much a policy evaluation costs next to a BatchNorm-folded float forward pass.
 
 Times, on the validation split of the reference ResNet-20 with threads pinned:
-a float forward pass of the whole split, applying a random policy (weight gather and
-activation lookup), and a full fidelity-1 evaluation (apply + quantized forward + metrics).
-Ratios are measured in the same run, so machine load cancels out.
+
+- a float forward pass of the whole split through the BatchNorm-folded network (the
+  like-for-like baseline: the quantized network is folded too);
+- applying a random policy (weight gather and activation lookup);
+- a full fidelity-1 evaluation of a random policy with a cold activation cache (apply,
+  quantized forward through the staged executor, storing the activations, metrics);
+- an incremental fidelity-1 evaluation: a policy that differs from an evaluated one in one
+  layer of the last third of the network (execution order), so only the suffix runs.
+
+Ratios are measured in the same run, so machine load cancels out (mostly: report it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import time
 
 import numpy as np
 import torch
@@ -16,6 +26,30 @@ import torch
 from automl.evaluate import EvalConfig, Evaluator, Problem
 from automl.reference import reference_task
 from automl.timing import median_time, pin_threads
+from search_spaces.policy import Policy
+
+
+def one_layer_changes(problem: Problem, ev: Evaluator, base: Policy, n: int, rng: np.random.Generator) -> list[Policy]:
+    """Copies of ``base`` that differ from it in one layer of the last third (execution order)."""
+    order = ev.incremental.staged.layer_order
+    tail = order[int(np.ceil(2 * len(order) / 3)):]
+    names = problem.space.names
+    out: list[Policy] = []
+    while len(out) < n:
+        name = tail[int(rng.integers(len(tail)))]
+        other = problem.space.sample(rng).as_dict()[name]
+        if other == base.as_dict()[name]:
+            continue
+        layers = list(base)
+        layers[names.index(name)] = (name, other)
+        out.append(Policy(tuple(layers)))
+    return out
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -28,25 +62,54 @@ def main() -> None:
     task = reference_task(args.arch)
     problem = Problem.from_task(task)
     ev = Evaluator(problem, EvalConfig(fidelity=1))
+    assert ev.incremental is not None, ev.incremental_error
     xs, _, _ = ev._split("val")
     rng = np.random.default_rng(0)
     policies = [problem.space.sample(rng) for _ in range(64)]
+    base = policies[0]
+    changes = one_layer_changes(problem, ev, base, 64, rng)
+    folded = ev.engine.folded
 
     def forward() -> None:
         with torch.no_grad():
             for x in xs:
-                task.model(x)
+                folded(x)
+
+    def cold_eval() -> None:
+        ev.incremental.cache.clear()
+        ev.evaluate(policies[next(it) % len(policies)])
+
+    def incremental_eval() -> None:
+        ev.evaluate(changes[next(it) % len(changes)])
 
     it = iter(range(10**9))
-    t_forward = median_time(forward, args.repeats)
+    load = os.getloadavg()[0]
+    forward()
+    cold_eval()
+    # Alternate baseline and evaluation so that load drifting during the run cancels in each pair.
+    pairs = []
+    for _ in range(args.repeats):
+        pairs.append((timed(forward), timed(cold_eval)))
+    t_forward = statistics.median(f for f, _ in pairs)
+    eval_ratio = statistics.median(e / f for f, e in pairs)
+    t_eval = statistics.median(e for _, e in pairs)
     t_apply = median_time(lambda: ev.engine.apply(policies[next(it) % len(policies)]), 50, warmup=3)
-    t_eval = median_time(lambda: ev.evaluate(policies[next(it) % len(policies)]), args.repeats)
+    ev.incremental.cache.clear()
+    ev.evaluate(base)
+    run0, total0 = ev.incremental.layers_run, ev.incremental.layers_total
+    inc_pairs = [(timed(forward), timed(incremental_eval)) for _ in range(args.repeats)]
+    share = (ev.incremental.layers_run - run0) / max(1, ev.incremental.layers_total - total0)
+    t_inc = statistics.median(i for _, i in inc_pairs)
+    inc_ratio = statistics.median(i / f for f, i in inc_pairs)
     n = sum(len(x) for x in xs)
-    print(f"{args.arch}, {n} validation images, {args.threads} thread(s)")
-    print(f"float forward pass       {t_forward * 1e3:8.2f} ms")
-    print(f"apply a random policy    {t_apply * 1e3:8.2f} ms")
-    print(f"fidelity-1 evaluation    {t_eval * 1e3:8.2f} ms")
-    print(f"RESULT eval_over_forward={t_eval / t_forward:.3f} apply_over_forward={t_apply / t_forward:.4f}")
+    print(f"{args.arch}, {n} validation images, {args.threads} thread(s), load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"folded float forward pass     {t_forward * 1e3:8.2f} ms")
+    print(f"apply a random policy         {t_apply * 1e3:8.2f} ms")
+    print(f"fidelity-1 evaluation (cold)  {t_eval * 1e3:8.2f} ms")
+    print(f"one-layer change, last third  {t_inc * 1e3:8.2f} ms  ({share:.0%} of the quantized layers ran)")
+    print(f"activation cache: {ev.incremental.stats.to_dict()}")
+    print(f"RESULT eval_over_forward={eval_ratio:.3f} incremental_over_forward={inc_ratio:.3f} "
+          f"apply_over_forward={t_apply / t_forward:.4f}")
 
 
 if __name__ == "__main__":

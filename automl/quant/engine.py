@@ -153,6 +153,13 @@ class QuantLayer(nn.Module):
         return F.conv1d(x, w, b, op.stride, op.padding, op.dilation, op.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None and not self.qat and not torch.is_grad_enabled():
+            # Inference: the layer is linear in its input, so the activation scale moves onto the
+            # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
+            # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
+            scale, qmin, qmax = self.act
+            q = x.mul(1.0 / scale).round_().clamp_(qmin, qmax)
+            return self._finish(self._run(q, self.weight * scale, self.bias))
         if self.act is not None:
             scale, qmin, qmax = self.act
             a_scale = getattr(self, "a_scale", None)
@@ -160,17 +167,20 @@ class QuantLayer(nn.Module):
                 x = lsq_quantize(x, a_scale.abs().clamp_min(1e-12), qmin, qmax, 1.0 / (x[0].numel() * qmax) ** 0.5)
             elif torch.is_grad_enabled():  # straight-through gradient for QAT
                 x = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
-            else:  # same grid; one allocation and in-place passes are ~5x faster on CPU than the fused op
+            else:
                 x = x.mul(1.0 / scale).round_().clamp_(qmin, qmax).mul_(scale)
         if self.qat:
             live = (self.bits > 0).to(x.dtype)
             out = self._run(x, self._qat_weight(), self.b_param * live)
         else:
             out = self._run(x, self.weight, self.bias)
+        return self._finish(out)
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
         if self.correction is not None:
             a, c = self.correction
             shape = (1, -1) + (1,) * (out.dim() - 2) if out.dim() > 2 else (1, -1)
-            out = out * a.view(shape) + c.view(shape)
+            out = out.mul_(a.view(shape)).add_(c.view(shape)) if not torch.is_grad_enabled() else out * a.view(shape) + c.view(shape)
         return out
 
 

@@ -1,0 +1,124 @@
+"""How evaluation, pricing and an env step grow with the network: ResNet-8/20/56 and a MobileNetV2-style net.
+
+For each network (random weights: only shapes and cost matter here, BatchNorm statistics
+randomised so folding is not trivial) on 250 MNIST-sized inputs at 1 thread:
+
+- ``eval``: a cold fidelity-1 evaluation of a random policy (apply + quantized forward +
+  metrics), median of ``--repeats``; divided by the network's GMACs times the images;
+- ``price``: ``CostModel.price`` of a random policy, per quantizable layer in microseconds;
+- ``step``: one ``LayerQuantEnv`` step with a constant-time fake evaluator (the env's own
+  cost: decoding, budget handling, pricing, observation).
+
+``growth_exponent`` is the least-squares slope of log(evaluation seconds) against
+log(MACs) over the four networks: 1 means evaluation cost is proportional to the work of
+a forward pass, more means something grows faster than the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from automl.budget import Budget
+from automl.cost import CostModel
+from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.metrics import Metrics
+from automl.models import MobileNetV2Small, resnet8, resnet20, resnet56
+from automl.task import Task
+from automl.timing import median_time, pin_threads
+from envs import EnvConfig, LayerQuantEnv
+from search_spaces.policy import Policy
+
+
+class ConstantEvaluator:
+    fidelity = 1
+
+    def evaluate(self, policy: Policy, fidelity: int | None = None) -> Metrics:
+        return Metrics(accuracy=0.9, loss=0.3, kl=0.1, fidelity=1)
+
+    def baseline(self) -> Metrics:
+        return Metrics(accuracy=0.95, loss=0.2, kl=0.0, fidelity=0)
+
+
+def randomised(model: torch.nn.Module) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model.eval()
+
+
+def task_for(model: torch.nn.Module, images: int) -> Task:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(images, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (images,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=images)
+    return Task(model, x[:1], loader, loader, loader, loader)
+
+
+def measure(name: str, model: torch.nn.Module, images: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    problem = Problem.from_task(task_for(randomised(model), images))
+    ev = Evaluator(problem, EvalConfig(fidelity=1))
+    rng = np.random.default_rng(0)
+    policies = [problem.space.sample(rng) for _ in range(32)]
+    it = iter(range(10**9))
+
+    def cold_eval() -> None:
+        if ev.incremental is not None:
+            ev.incremental.cache.clear()
+        ev.evaluate(policies[next(it) % len(policies)])
+
+    t_eval = median_time(cold_eval, repeats)
+    cost_model = CostModel(problem.analysis, problem.space)
+    start = time.perf_counter()
+    for p in policies * 10:
+        cost_model.price(p)
+    t_price = (time.perf_counter() - start) / (len(policies) * 10)
+    env = LayerQuantEnv(problem.analysis, problem.space, cost_model, Budget.parse("size<=0.25x"), ConstantEvaluator(),
+                        config=EnvConfig())
+    env.reset(seed=0)
+    actions = rng.uniform(-1, 1, (512, env.action_dim)).astype(np.float32)
+    steps, start = 0, time.perf_counter()
+    while steps < 512:
+        _, _, done, _, _ = env.step(actions[steps])
+        steps += 1
+        if done:
+            env.reset()
+    t_step = (time.perf_counter() - start) / steps
+    macs = sum(layer.macs for layer in problem.analysis.layers)
+    n_layers = len(problem.space.layers)
+    return {"name": name, "macs": macs, "params": sum(p.numel() for p in model.parameters()), "layers": n_layers,
+            "eval_s": t_eval, "price_per_layer_us": t_price / n_layers * 1e6, "step_us": t_step * 1e6,
+            "eval_per_gmac_s": t_eval / (macs * images / 1e9)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--images", type=int, default=250)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    pin_threads(args.threads)
+    load = os.getloadavg()[0]
+    nets = {"resnet8": resnet8(), "resnet20": resnet20(), "resnet56": resnet56(), "mobilenetv2": MobileNetV2Small()}
+    rows = [measure(name, model, args.images, args.repeats) for name, model in nets.items()]
+    print(f"{args.images} images, {args.threads} thread(s), load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"{'network':<12} {'layers':>6} {'params':>9} {'MMACs':>8} {'eval s':>8} {'s/GMAC':>8} {'price us/layer':>14} {'step us':>8}")
+    for r in rows:
+        print(f"{r['name']:<12} {r['layers']:>6} {r['params']:>9} {r['macs'] / 1e6:>8.2f} {r['eval_s']:>8.3f} "
+              f"{r['eval_per_gmac_s']:>8.3f} {r['price_per_layer_us']:>14.1f} {r['step_us']:>8.0f}")
+    slope = float(np.polyfit(np.log([r["macs"] for r in rows]), np.log([r["eval_s"] for r in rows]), 1)[0])
+    print(f"RESULT eval_per_gmac_s={float(np.median([r['eval_per_gmac_s'] for r in rows])):.3f} "
+          f"price_per_layer_us={float(np.median([r['price_per_layer_us'] for r in rows])):.2f} growth_exponent={slope:.3f}")
+
+
+if __name__ == "__main__":
+    main()

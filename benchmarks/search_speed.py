@@ -1,0 +1,108 @@
+"""Where the wall time of a default search goes, stage by stage.
+
+Runs ``automl search`` with its defaults (TPE, ``size<=0.125x``, fidelity 2, 1 thread) and
+the integer-program searcher alone, on the reference ResNet-20 and on a LeNet-5-style
+4-layer CNN without BatchNorm (trained here for two epochs, so not the project's own
+model), each in a fresh output directory. Reads the run's ``timings.json`` (the same
+``seconds_<stage>`` values the MLflow parent run gets) and prints the stages, the share of
+wall time spent evaluating, distinct evaluations over proposals, the overhead, and the
+default search's time over the ILP-only search's, with both test accuracies (fine-tuned).
+
+    python benchmarks/search_speed.py               # both models
+    python benchmarks/search_speed.py --only resnet20 --evaluations 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from automl.config import SearchConfig
+from automl.data import mnist_loaders
+from automl.models import LeNet4
+from automl.runner import run_search
+from automl.task import Task
+from automl.timing import pin_threads
+
+
+def lenet_task(seed: int = 0) -> Task:
+    """A LeNet-5-style CNN without BatchNorm, trained for two epochs on the MNIST train split."""
+    torch.manual_seed(seed)
+    loaders = mnist_loaders(batch_size=250, seed=seed)
+    model = LeNet4()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(2):
+        for x, y in loaders["train"]:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    model.eval()
+    sample = loaders["val"].dataset[0][0].unsqueeze(0)
+    return Task(model, sample, loaders["train"], loaders["calib"], loaders["val"], loaders["test"], name="lenet4")
+
+
+def one_search(task: Task | None, searcher: str, evaluations: int | None, out: Path, threads: int) -> dict:
+    options = {"output": str(out), "searcher": searcher, "threads": threads}
+    if evaluations is not None:
+        options["evaluations"] = evaluations
+    config = SearchConfig.from_dict({**SearchConfig().to_dict(), **options, **({"task": task.name} if task else {})})
+    start, load0 = time.perf_counter(), os.getloadavg()[0]
+    run_search(config, task=task, quiet=True)
+    wall = time.perf_counter() - start
+    run_dir = next((out / "runs").iterdir())
+    timings = json.loads((run_dir / "timings.json").read_text())
+    best = json.loads((run_dir / "best_policies.json").read_text())
+    first = next(iter(best.values()), {})
+    return {"wall": wall, "timings": timings, "test_accuracy": first.get("test_accuracy", float("nan")),
+            "val_accuracy": first.get("val_accuracy", float("nan")), "load": (load0, os.getloadavg()[0])}
+
+
+def report(name: str, searcher: str, r: dict) -> None:
+    t = r["timings"]
+    stages = {k[len("seconds_"):]: v for k, v in t.items() if k.startswith("seconds_")}
+    per_eval = t["eval_seconds"] / max(1, t["n_evaluations"])
+    print(f"\n{name} / {searcher}: {r['wall']:.1f} s wall, load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}; "
+          f"{t['n_evaluations']} distinct of {t['n_proposed']} proposed, {per_eval:.2f} s per evaluation; "
+          f"best val {r['val_accuracy']:.4f}, test (fine-tuned) {r['test_accuracy']:.4f}")
+    for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<14} {v:8.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--evaluations", type=int, default=None, help="override the default count (for a quick look)")
+    parser.add_argument("--only", choices=("resnet20", "lenet4"), default=None)
+    args = parser.parse_args()
+    pin_threads(args.threads)
+    results: dict[tuple[str, str], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="search-speed-") as tmp:
+        for name in ("resnet20", "lenet4"):
+            if args.only and name != args.only:
+                continue
+            task = lenet_task() if name == "lenet4" else None
+            for searcher in (SearchConfig().searcher, "ilp"):
+                r = one_search(task, searcher, args.evaluations, Path(tmp) / f"{name}-{searcher}", args.threads)
+                results[(name, searcher)] = r
+                report(name, searcher, r)
+    key = "resnet20" if not args.only else args.only
+    d, ilp = results[(key, SearchConfig().searcher)], results[(key, "ilp")]
+    t = d["timings"]
+    total = t["seconds_total"]
+    print(f"\nILP-only test accuracy {ilp['test_accuracy']:.4f} vs default {d['test_accuracy']:.4f} "
+          f"(total_over_ilp compares wall times at these accuracies)")
+    print(f"RESULT total_s_{key}={total:.1f} eval_share={t['eval_seconds'] / total:.3f} "
+          f"distinct_share={t['n_evaluations'] / max(1, t['n_proposed']):.3f} overhead_s={total - t['eval_seconds']:.1f} "
+          f"total_over_ilp={total / ilp['timings']['seconds_total']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
