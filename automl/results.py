@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
 from automl.export import export_policy  # noqa: E402
-from automl.onnx_export import export_onnx, measure_onnx  # noqa: E402
+from automl.onnx_export import export_run_onnx  # noqa: E402
 
 if TYPE_CHECKING:
     from automl.runner import Session
@@ -126,9 +126,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
                 sample_input=next(iter(session.problem.task.val_loader))[0], float_model=ev.float_model,
                 cost_model=session.cost_model, threads=session.config.threads,
             )
-            onnx_path = export_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx")
-            onnx_report = measure_onnx(onnx_path, ev.float_model, next(iter(session.problem.task.val_loader))[0],
-                                       threads=session.config.threads)
+            onnx_report = export_run_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx", ev.float_model,
+                                          next(iter(session.problem.task.val_loader))[0][:64], session.config.threads)
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -140,7 +139,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         (run_dir / "export_report.json").write_text(json.dumps({**export.to_dict(), "onnx": onnx_report}, indent=1, default=str))
     artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
     if export is not None:
-        artifacts += [run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json"]
+        artifacts += [p for p in (run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json")
+                      if p.is_file()]
     if best:
         artifacts.append(layer_chart(session, best))
     if tracker is not None:
@@ -156,7 +156,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             metrics.update({"best_val_accuracy": first.accuracy, "best_test_accuracy": next(iter(test.values())),
                             "best_size_kb": first.costs.size_bytes / 1024, "best_bitops_g": first.costs.bitops / 1e9})
         if export is not None:
-            metrics.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
+            if "error" not in onnx_report:
+                metrics.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
             metrics.update({"export_file_kb": export.file_bytes / 1024, "export_predicted_kb": (export.predicted_bytes or 0) / 1024,
                             "export_latency_ms": export.latency_exported_ms, "float_latency_ms": export.latency_float_ms})
         tracker.log_parent_metrics(metrics)
@@ -169,10 +170,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             print(f"exported the best policy to {export.path}: {export.file_bytes / 1024:.1f} KiB on disk "
                   f"(float checkpoint {export.float_file_bytes / 1024:.1f} KiB), {export.latency_exported_ms:.2f} ms "
                   f"vs float {export.latency_float_ms:.2f} ms per batch on {export.threads} thread(s)")
-            print(f"exported the ONNX model to {onnx_report['onnx_path']} (ONNX Runtime): "
-                  f"{onnx_report['latency_b1_ms']:.3f} ms vs float ONNX {onnx_report['float_latency_b1_ms']:.3f} ms at batch 1, "
-                  f"{onnx_report['latency_batch_ms']:.2f} vs {onnx_report['float_latency_batch_ms']:.2f} ms at batch "
-                  f"{onnx_report['batch']}")
+            if "error" in onnx_report:
+                print(f"no ONNX file: {onnx_report['error']}")
+            else:
+                print(f"exported the ONNX model to {onnx_report['onnx_path']} (ONNX Runtime): "
+                      f"{onnx_report['latency_b1_ms']:.3f} ms vs float ONNX {onnx_report['float_latency_b1_ms']:.3f} ms at "
+                      f"batch 1, {onnx_report['latency_batch_ms']:.2f} vs {onnx_report['float_latency_batch_ms']:.2f} ms at "
+                      f"batch {onnx_report['batch']}")
         print(f"open the UI: automl ui --output {session.config.output}    then: automl best --output {session.config.output}")
         sys.stdout.flush()
     return best

@@ -262,15 +262,16 @@ def _uniform_error(profile: MeasuredProfile, analysis: ModelAnalysis, widths: Se
 
 
 def ort_profile(model: nn.Module, sample_input: torch.Tensor, analysis: ModelAnalysis, *, batch: int = 1,
-                threads: int = 1, force: bool = False, name: str | None = None,
-                cache_dir: Path | None = None) -> tuple[MeasuredProfile, Path]:
+                threads: int = 1, force: bool = False, name: str | None = None, cache_dir: Path | None = None,
+                widths: Sequence[float] = DEFAULT_WIDTHS, repeats: int | None = None) -> tuple[MeasuredProfile, Path]:
     """The cached ONNX Runtime profile of this model, CPU, thread count and batch; measured on a miss."""
     path = cache_path(analysis, threads, batch, cache_dir)
     if path.is_file() and not force:
         profile = load_profile(path)
         assert isinstance(profile, MeasuredProfile)
     else:
-        profile = measure_ort_profile(model, sample_input, analysis, batch=batch, threads=threads)
+        profile = measure_ort_profile(model, sample_input, analysis, batch=batch, threads=threads, widths=widths,
+                                      repeats=repeats)
         save_profile(profile, path)
     if name is not None and profile.name != name:
         profile = replace(profile, name=name)
