@@ -6,7 +6,11 @@ exactly the form :mod:`automl.onnx_export` writes, on the grid of kept input/out
 fractions x kept output fractions, in two precisions:
 
 - ``float_ms``: ``Conv``/``Gemm`` with float weights;
-- ``int8_ms``: ``Clip`` -> ``QuantizeLinear`` -> ``DequantizeLinear`` on the input, int8
+- ``qin_ms``: the same quantized input with float weights (a layer with a wide channel);
+- ``fused_ms``: for a layer whose only consumer requantizes its output (:func:`fused_consumers`),
+  the layer followed by ``Relu`` and that requantization, which the runtime fuses into an
+  int8 ``QLinearConv``, less the requantization the consumer's own table already holds;
+- ``int8_ms``: ``QuantizeLinear`` -> ``Clip`` -> ``DequantizeLinear`` on the input, int8
   weights -> per-channel ``DequantizeLinear``, then the ``Conv``/``Gemm`` (ONNX Runtime's
   CPU provider runs it as float after dequantizing: the output is not requantized, see
   :mod:`automl.onnx_export`), so it is usually slower than float. The tables are kept as
@@ -46,7 +50,7 @@ from automl.errors import ConfigError, ProfileError
 
 ORT_NAME = re.compile(r"^ort-cpu(?:-b(\d+))?$")
 RUNTIME = "onnxruntime"
-CACHE_VERSION = 2  # bump when what a profile measures changes
+CACHE_VERSION = 3  # bump when what a profile measures changes
 
 
 def cpu_model() -> str:
@@ -103,7 +107,7 @@ def _requant_graph(shape: Sequence[int]) -> bytes:
 
 
 def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: int, int8: bool,
-                 fused: bool = False) -> bytes:
+                 fused: bool = False, float_weights: bool = False) -> bytes:
     """One layer as ONNX bytes, in the node pattern the exporter writes (see the module docstring);
     ``fused``: followed by ``Relu`` and the consumer's requantization, as inside the network."""
     from onnx import TensorProto, helper, numpy_helper
@@ -125,9 +129,12 @@ def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: i
                   numpy_helper.from_array(np.zeros(cout, np.int8), "wz")]
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),  # integer-domain clip, as exported
                   helper.make_node("Clip", ["xq", "lo", "hi"], ["xc"]),
-                  helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"]),
-                  helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0)]
+                  helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"])]
         x, w = "xd", "wd"
+        if float_weights:
+            inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "wd"))
+        else:
+            nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0))
     else:
         inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w"))
     if linear:
@@ -181,6 +188,8 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
                 blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, int8)
                 calls.append(ort.runner(ort.session(blob, threads), x))
             calls.append(ort.runner(ort.session(_null_graph(shape), threads), x))
+            blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, float_weights=True)
+            calls.append(ort.runner(ort.session(blob, threads), x))
             if layer.name in fusable:
                 blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, fused=True)
                 calls.append(ort.runner(ort.session(blob, threads), x))
@@ -198,15 +207,15 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
         def grid(k: int, name: str = layer.name, in_p: bool = in_p, out_p: bool = out_p) -> tuple[tuple[float, ...], ...]:
             def at(wi: float, wo: float) -> float:
                 i = index[name, wi if in_p else 1.0, wo if out_p else 1.0]
-                if k == 3:  # fused: less the null run and the requantization the consumer's table holds
-                    return max(ms[i + 3] - ms[i + 2] - max(ms[i + 4] - ms[i + 2], 0.0), 0.0)
+                if k == 4:  # fused: less the null run and the requantization the consumer's table holds
+                    return max(ms[i + 4] - ms[i + 2] - max(ms[i + 5] - ms[i + 2], 0.0), 0.0)
                 return max(ms[i + k] - ms[i + 2], 0.0)  # less what a run of the null graph costs
 
             return tuple(tuple(at(wi, wo) for wo in widths) for wi in widths)
 
         in_total = sum(s.channels * s.features_per_channel for s in layer.in_segments)
-        fused = (grid(3), fusable[layer.name]) if layer.name in fusable else (None, "")
-        layers.append(MeasuredLayer(layer.name, int(in_total), layer.out_channels, grid(0), grid(1), *fused))
+        fused = (grid(4), fusable[layer.name]) if layer.name in fusable else (None, "")
+        layers.append(MeasuredLayer(layer.name, int(in_total), layer.out_channels, grid(0), grid(1), *fused, grid(3)))
     return tuple(layers), ms[-len(widths):]
 
 
