@@ -20,7 +20,8 @@ Batch 1 and one chosen batch are separate profiles (``ort-cpu``, ``ort-cpu-b64``
 layer's cost does not scale linearly with the batch. Between measured widths the latency
 is interpolated bilinearly (:class:`~automl.cost.tabulated.MeasuredProfile`). What the whole
 network takes beyond its layers is fitted on the float network uniformly pruned to every
-width, exported to ONNX and timed; the largest relative error of the profile on those
+width, exported to ONNX and timed, once the layer tables are scaled by one factor fitted on
+those same networks (:func:`layer_scale`); the largest relative error of the profile on those
 networks is its ``stated_error``.
 
 Profiles are cached in ``<user cache>/profiles`` under a key holding the CPU model, the
@@ -50,7 +51,7 @@ from automl.errors import ConfigError, ProfileError
 
 ORT_NAME = re.compile(r"^ort-cpu(?:-b(\d+))?$")
 RUNTIME = "onnxruntime"
-CACHE_VERSION = 3  # bump when what a profile measures changes
+CACHE_VERSION = 4  # bump when what a profile measures changes
 
 
 def cpu_model() -> str:
@@ -245,15 +246,49 @@ def measure_ort_profile(
         layers, whole = _measure(model, analysis, sample_input, widths, batch, threads, repeats, 3 if batch == 1 else 2)
     finally:
         model.train(was_training)
+    alpha = layer_scale(analysis, layers, widths, whole)
+    layers = tuple(_scaled(m, alpha) for m in layers)
     fixed, per_kelem = fit_overhead(analysis, layers, widths, whole)
     profile = MeasuredProfile(
         name=name or ("ort-cpu" if batch == 1 else f"ort-cpu-b{batch}"), widths=widths, layers=layers,
         overhead_ms=fixed, overhead_us_per_kelem=per_kelem, engine="CPUExecutionProvider", threads=threads,
         runtime=RUNTIME, batch=batch, int8_capped=False,
         description=(f"ONNX Runtime CPU provider on {cpu_model()}, {threads} thread(s), batch {batch}: milliseconds per "
-                     f"run of {batch} sample(s); int8 = the exporter's QDQ layer; best of {repeats} round-robin rounds"),
+                     f"run of {batch} sample(s); int8 = the exporter's QDQ layer; best of {repeats} round-robin rounds; "
+                     f"layer tables scaled by {alpha:.3f} to the whole networks timed in the same run"),
     )
     return replace(profile, stated_error=_uniform_error(profile, analysis, widths, whole))
+
+
+def layer_scale(analysis: ModelAnalysis, layers: Sequence[MeasuredLayer], widths: Sequence[float],
+                whole_ms: Sequence[float]) -> float:
+    """The factor that brings the layers timed alone to what they take inside the network.
+
+    A layer run as its own graph pays costs it does not pay inside the network (a run's
+    input and output handling beyond the null graph, cold caches, which a loaded machine
+    makes worse). The uniformly pruned networks timed in the same run give the factor:
+    non-negative least squares of ``whole = alpha * sum(layers) + fixed + per-element cost``.
+    """
+    from scipy.optimize import nnls
+
+    from automl.cost.measure import _uniform_features
+    from automl.cost.profiles import interpolate, monotone_tables
+
+    fl, _ = monotone_tables(layers, analysis.names)
+    rows = []
+    for w in widths:
+        fi, fo, elems = _uniform_features(analysis, w)
+        rows.append([float(interpolate(fl, widths, fi, fo).sum()), 1.0, elems / 1e3])
+    (alpha, _, _), _ = nnls(np.array(rows), np.asarray(whole_ms, dtype=float))
+    return float(alpha) if alpha > 0 else 1.0
+
+
+def _scaled(m: MeasuredLayer, alpha: float) -> MeasuredLayer:
+    def scale(t: tuple[tuple[float, ...], ...] | None) -> tuple[tuple[float, ...], ...] | None:
+        return None if t is None else tuple(tuple(alpha * v for v in row) for row in t)
+
+    return replace(m, float_ms=scale(m.float_ms), int8_ms=scale(m.int8_ms), fused_ms=scale(m.fused_ms),
+                   qin_ms=scale(m.qin_ms))
 
 
 def _uniform_error(profile: MeasuredProfile, analysis: ModelAnalysis, widths: Sequence[float], whole: Sequence[float]) -> float:
