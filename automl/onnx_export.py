@@ -333,3 +333,14 @@ def export_file(run: Path, fmt: str = "onnx", output: str | os.PathLike[str] | N
         read_export(source)  # refuse a corrupt file before copying it
         return source if out.resolve() == source.resolve() else write_bytes(out, source.read_bytes())
     return export_onnx(source, out)
+
+
+def export_run_onnx(ampq_path: Path, onnx_path: Path, float_model: nn.Module, sample: torch.Tensor,
+                    threads: int = 1) -> dict[str, Any]:
+    """The search's final step: the ONNX file next to the ``.ampq`` one, timed against float
+    (:func:`measure_onnx`); ``{"error": message}`` instead when the network has no ONNX form,
+    so that a long search still ends with its ``.ampq`` file and results."""
+    try:
+        return measure_onnx(export_onnx(ampq_path, onnx_path), float_model, sample, threads=threads, repeats=10)
+    except ExportError as exc:
+        return {"error": str(exc)}

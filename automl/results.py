@@ -24,7 +24,7 @@ from automl.export import ExportReport, export_policy  # noqa: E402
 from automl.finetune import FinetuneConfig  # noqa: E402
 from automl.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
 from automl.mlflow_ui import child_note, limits_text, parent_note  # noqa: E402
-from automl.onnx_export import export_onnx, measure_onnx  # noqa: E402
+from automl.onnx_export import export_run_onnx  # noqa: E402
 from automl.units import SIZE_UNIT, cost_metrics, kb, limit_metrics  # noqa: E402
 
 if TYPE_CHECKING:
@@ -223,9 +223,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
                     cost_model=session.cost_model, threads=session.config.threads,
                 )
             with stage(f"ONNX export of trial {r.number}: QDQ graph timed in ONNX Runtime", quiet), timer.stage("export_onnx"):
-                onnx_path = export_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx")
-                onnx_report = measure_onnx(onnx_path, ev.float_model, next(iter(session.problem.task.val_loader))[0],
-                                           threads=session.config.threads)
+                onnx_report = export_run_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx", ev.float_model,
+                                              next(iter(session.problem.task.val_loader))[0][:64], session.config.threads)
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -240,7 +239,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     with timer.stage("charts"):
         artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
         if export is not None:
-            artifacts += [run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json"]
+            artifacts += [p for p in (run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json")
+                          if p.is_file()]
         if best:
             artifacts.append(layer_chart(session, best))
     if tracker is not None:
@@ -252,7 +252,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             ft = next(iter(tuned.values()))
             extra.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
                           "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
-        if onnx_report:
+        if onnx_report and "error" not in onnx_report:
             extra.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
         publish(session, result, best, test, export, artifacts, extra)
         timer.add("mlflow", time.perf_counter() - mlflow_start)
@@ -273,10 +273,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
                   f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "
                   f"vs float {export.latency_float_ms:.2f} ms per batch on {export.threads} thread(s)")
-            print(f"exported the ONNX model to {onnx_report['onnx_path']} (ONNX Runtime): "
-                  f"{onnx_report['latency_b1_ms']:.3f} ms vs float ONNX {onnx_report['float_latency_b1_ms']:.3f} ms at batch 1, "
-                  f"{onnx_report['latency_batch_ms']:.2f} vs {onnx_report['float_latency_batch_ms']:.2f} ms at batch "
-                  f"{onnx_report['batch']}")
+            if "error" in onnx_report:
+                print(f"no ONNX file: {onnx_report['error']}")
+            else:
+                print(f"exported the ONNX model to {onnx_report['onnx_path']} (ONNX Runtime): "
+                      f"{onnx_report['latency_b1_ms']:.3f} ms vs float ONNX {onnx_report['float_latency_b1_ms']:.3f} ms at "
+                      f"batch 1, {onnx_report['latency_batch_ms']:.2f} vs {onnx_report['float_latency_batch_ms']:.2f} ms at "
+                      f"batch {onnx_report['batch']}")
         print(closing_lines(session))
         sys.stdout.flush()
     return best

@@ -47,7 +47,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     policies = [space.sample(rng) for _ in range(args.policies)]
     bare = CostModel(analysis, space)
-    full = CostModel(analysis, space, load_profiles(["bitserial", "cpu_roofline"]))
+    full = CostModel(analysis, space, load_profiles(["bitserial", "accel_roofline"]))
     print(f"{args.arch}: {len(analysis.layers)} layers, {full.n_channels} output channels, {len(policies)} policies")
 
     a, b = np.ones((1, 22)), np.ones((1, 22))
@@ -55,7 +55,7 @@ def main() -> None:
     print(f"baseline       one small NumPy add           {numpy_op * 1e6:9.3f} us")
 
     rates = {}
-    for label, cm in (("no profile", bare), ("bitserial + cpu_roofline", full)):
+    for label, cm in (("no profile", bare), ("bitserial + accel_roofline", full)):
         seconds = best_seconds(lambda cm=cm: [cm.price(p) for p in policies], args.repeats)
         rates[label] = len(policies) / seconds
         print(f"price()        {label:<26} {rates[label]:9.0f} policies/s  ({seconds / len(policies) * 1e6:6.1f} us each)")
@@ -67,10 +67,10 @@ def main() -> None:
     print(f"price_batch()  {n} policies, both profiles  {batch_s * 1e3:9.3f} ms per batch "
           f"({n / batch_s:9.0f} policies/s)")
     print(
-        f"RESULT policies_priced_per_s={rates['bitserial + cpu_roofline']:.0f} "
+        f"RESULT policies_priced_per_s={rates['bitserial + accel_roofline']:.0f} "
         f"policies_priced_per_s_no_profile={rates['no profile']:.0f} "
         f"batch{n}_ms={batch_s * 1e3:.3f} batch_policies_per_s={n / batch_s:.0f} "
-        f"price_in_numpy_ops={1 / rates['bitserial + cpu_roofline'] / numpy_op:.0f}"
+        f"price_in_numpy_ops={1 / rates['bitserial + accel_roofline'] / numpy_op:.0f}"
     )
 
 

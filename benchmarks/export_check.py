@@ -1,96 +1,141 @@
-"""Does the exported model keep the product promise: smaller, runnable, measured?
+"""Does the exported model keep the product promise: smaller, runnable, really faster?
 
-On the reference ResNet-20 (cached), two policies, ``space.uniform(4, 8, sparsity=0.25)``
-and one random feasible policy, are applied, BatchNorm re-estimated, fine-tuned for a few
-QAT steps and exported with :func:`automl.export.export_policy`. For each: the real file
-size against the cost model's prediction and the float checkpoint, the exported network's
-output agreement and validation accuracy against the in-memory quantized model, and its
-latency against the float model on the same batch, threads pinned, in the same run.
+On the reference ResNet-20 (cached), two searches run end to end with
+:func:`automl.runner.run_search`, whose final step fine-tunes the winner and writes
+``best_model.ampq`` and ``best_model.onnx``: the default budget (``size<=0.125x``) and a
+latency budget on the ONNX Runtime profile (``latency<=0.5x@ort-cpu``, measured and cached on
+first use). To keep the benchmark short the searches are short (``--evaluations``, default
+24, TPE) and say so; the figures are those of their winners, not of a converged search.
 
-The closing RESULT line takes the worst of the two policies on every ratio.
+For each winner, in one run with threads pinned and round-robin timing
+(:func:`automl.ort.best_ms`, best of ``--repeats`` rounds):
+
+- ``ort_speedup_b1`` / ``ort_speedup_b64``: float ONNX latency over the exported ONNX
+  latency in ONNX Runtime at batch 1 and 64;
+- ``size_real_over_priced``: the ``.ampq`` file's bytes over the cost model's size;
+- ``acc_diff``: float test accuracy minus the exported ONNX model's test accuracy, in
+  points (run by ONNX Runtime on the whole test split); ``onnx_vs_memory`` the exported
+  file's test accuracy minus the in-memory fine-tuned model's, in points.
+
+It also times, for the latency-budgeted winner, the float network, the winner's pruning
+alone (float weights, :func:`automl.analysis.prune.prune_model`), its quantization alone
+(the winner's bits, no channel pruned) and both, at batch 1 and 64: the README's table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from automl.analysis.prune import keep_masks
-from automl.cost.model import CostModel
-from automl.errors import PolicyError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy, load_exported
+from automl import ort
+from automl.analysis.prune import prune_model
+from automl.config import SearchConfig
+from automl.export import export_policy
+from automl.onnx_export import ampq_to_onnx, float_onnx, to_onnx_bytes
 from automl.reference import reference_task
+from automl.resume import plan_run
+from automl.runner import build_session, run_search
 from automl.timing import pin_threads
-from search_spaces.policy import Policy
+from search_spaces import LayerPolicy, Policy
 
 
-def random_feasible(problem: Problem, seed: int) -> Policy:
-    """A random policy whose coupled pruning leaves every channel group a channel."""
-    rng = np.random.default_rng(seed)
-    while True:
-        policy = problem.space.sample(rng)
-        try:
-            keep_masks(problem.analysis, problem.space.resolve(policy))
-            return policy
-        except PolicyError:
-            continue
+def unpruned(policy: Policy) -> Policy:
+    """``policy`` with every pruned channel back, at the widest bits its layer keeps."""
+    layers = []
+    for name, lp in policy:
+        top = max(lp.weight_bits)
+        layers.append((name, LayerPolicy(lp.act_bits, tuple(b or top for b in lp.weight_bits))))
+    return Policy(tuple(layers))
 
 
-def accuracy(model: torch.nn.Module, batches: list[torch.Tensor], labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        logits = torch.cat([model(x) for x in batches])
-    return float((logits.argmax(1) == labels).float().mean())
+def test_split(task) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*task.test_loader, strict=True)
+    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+
+def onnx_accuracy(model: bytes, x: np.ndarray, y: np.ndarray, threads: int) -> float:
+    return float((ort.predict(model, x, threads).argmax(1) == y).mean())
+
+
+def run(label: str, budget: str, args: argparse.Namespace, out: Path, task) -> dict:
+    cfg = SearchConfig(budget=(budget,), evaluations=args.evaluations, seed=args.seed, threads=args.threads,
+                       output=str(out / label), finetune_steps=args.finetune_steps)
+    start = time.perf_counter()
+    run_search(cfg, task=task, quiet=True)
+    run_dir = next((out / label / "runs").iterdir())
+    report = json.loads((run_dir / "export_report.json").read_text())
+    best = next(iter(json.loads((run_dir / "best_policies.json").read_text()).values()))
+    return {"label": label, "budget": budget, "run_dir": run_dir, "report": report, "best": best,
+            "seconds": time.perf_counter() - start}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64, help="samples in the latency / agreement batch")
-    parser.add_argument("--finetune-steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--evaluations", type=int, default=24, help="policies per search (short on purpose)")
+    parser.add_argument("--finetune-steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None, help="keep the run directories here")
     args = parser.parse_args()
     pin_threads(args.threads)
-    problem = Problem.from_task(reference_task("resnet20"))
-    ev = Evaluator(problem, EvalConfig(fidelity=2))
-    cost = CostModel(problem.analysis, problem.space)
-    xs, labels, _ = ev._split("val")
-    sample = torch.cat(xs)[: args.batch]
-    policies = {
-        "uniform w4a8 s0.25": problem.space.uniform(4, 8, sparsity=0.25),
-        f"random seed{args.seed}": random_feasible(problem, args.seed),
+    task = reference_task("resnet20", threads=args.threads)
+    out = args.output or Path(tempfile.mkdtemp(prefix="export-check-"))
+    x_test, y_test = test_split(task)
+    sample = torch.from_numpy(x_test[:64])
+    runs = [run("default", "size<=0.125x", args, out, task), run("latency", "latency<=0.5x@ort-cpu", args, out, task)]
+    probe = SearchConfig(output=str(out / "probe"), budget=("size<=0.125x",), threads=args.threads)
+    session = build_session(plan_run(probe), task=task, track=False)
+    ev, analysis = session.evaluator.evaluator, session.problem.analysis
+    float_bytes = float_onnx(ev.float_model, sample)
+    float_acc = onnx_accuracy(float_bytes, x_test, y_test, args.threads)
+    lat = runs[1]
+    policy = Policy.from_dict(lat["best"]["policy"])
+    with tempfile.TemporaryDirectory() as tmp:  # the quantized-only variant of the latency winner
+        q_only = session.problem.space.resolve(unpruned(policy))
+        export_policy(ev.engine.apply(q_only), analysis, q_only, Path(tmp) / "q.ampq", sample_input=sample[:4],
+                      float_model=ev.float_model, repeats=1)
+        q_bytes = ampq_to_onnx(Path(tmp) / "q.ampq").SerializeToString()
+    variants = {
+        "float": float_bytes,
+        "pruned only": to_onnx_bytes(prune_model(ev.float_model, analysis, policy).eval(), sample[:1]),
+        "quantized only": q_bytes,
+        **{f"{r['label']} winner": (r["run_dir"] / "best_model.onnx").read_bytes() for r in runs},
     }
-    print(f"float: {sum(p.numel() for p in ev.float_model.parameters())} parameters, "
-          f"cost-model size {cost.float_costs().size_bytes / 1000:.1f} kB")
-    print("| policy | file kB | predicted kB | real/pred | header B | float file kB | params | channels | "
-          "max abs diff | agreement | val acc in-memory / file | ms exported / float |")
-    print("|---" * 12 + "|")
-    worst = {"size": 0.0, "latency": 0.0, "diff": 0.0}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, policy in policies.items():
-            qmodel = ev.engine.apply(policy)
-            ev.engine.reestimate_batchnorm(ev._bn_batch)
-            if args.finetune_steps:
-                qmodel = ev.finetune(qmodel, args.finetune_steps)
-            path = Path(tmp) / "model.ampq"
-            r = export_policy(qmodel, problem.analysis, policy, path, sample_input=sample, float_model=ev.float_model,
-                              cost_model=cost, threads=args.threads, repeats=args.repeats)
-            d = r.to_dict()
-            acc_mem, acc_file = accuracy(qmodel, xs, labels), accuracy(load_exported(path), xs, labels)
-            print(f"| {label} | {r.file_bytes / 1000:.1f} | {r.predicted_bytes / 1000:.1f} | {d['real_over_predicted']:.3f} "
-                  f"| {r.header_bytes} | {r.float_file_bytes / 1000:.1f} | {r.params_float} -> {r.params_exported} "
-                  f"| {r.channels_float} -> {r.channels_exported} | {r.max_abs_diff:.2e} | {r.agreement:.3f} "
-                  f"| {acc_mem:.4f} / {acc_file:.4f} | {r.latency_exported_ms:.2f} / {r.latency_float_ms:.2f} |")
-            worst["size"] = max(worst["size"], d["real_over_predicted"])
-            worst["latency"] = max(worst["latency"], d["latency_ratio"])
-            worst["diff"] = max(worst["diff"], r.max_abs_diff)
-    print(f"RESULT real_over_predicted_size={worst['size']:.4f} exported_over_float_latency={worst['latency']:.4f} "
-          f"max_abs_diff={worst['diff']:.3g}")
+    sessions = {k: ort.session(v, args.threads) for k, v in variants.items()}
+    calls = [ort.runner(s, x_test[:1]) for s in sessions.values()] + [ort.runner(s, x_test[:64]) for s in sessions.values()]
+    ms = ort.best_ms(calls, args.repeats)
+    n = len(sessions)
+    b1, b64 = dict(zip(sessions, ms[:n], strict=True)), dict(zip(sessions, ms[n:], strict=True))
+    print(f"float ONNX test accuracy {float_acc:.4f}; searches of {args.evaluations} evaluations each, "
+          f"{args.finetune_steps} fine-tune steps, {args.threads} thread(s); runs in {out}")
+    print("| ONNX model (latency winner's policy) | batch 1 ms | batch 64 ms | speedup b1 | speedup b64 |")
+    print("|---|---|---|---|---|")
+    for k in sessions:
+        print(f"| {k} | {b1[k]:.3f} | {b64[k]:.2f} | {b1['float'] / b1[k]:.2f}x | {b64['float'] / b64[k]:.2f}x |")
+    results = []
+    for r in runs:
+        key = f"{r['label']} winner"
+        onnx_acc = onnx_accuracy(variants[key], x_test, y_test, args.threads)
+        res = {"ort_speedup_b1": b1["float"] / b1[key], "ort_speedup_b64": b64["float"] / b64[key],
+               "size_real_over_priced": r["report"]["real_over_predicted"], "acc_diff": 100 * (float_acc - onnx_acc),
+               "onnx_vs_memory": 100 * (onnx_acc - r["best"]["test_accuracy"])}
+        costs = r["best"]["costs"]
+        print(f"{r['label']} ({r['budget']}, {r['seconds']:.0f} s): test acc in memory {r['best']['test_accuracy']:.4f}, "
+              f"ONNX {onnx_acc:.4f}; sparsity {Policy.from_dict(r['best']['policy']).channel_sparsity():.1%}, "
+              f"size {costs['size_bytes'] / 1024:.1f} KiB priced, file {r['report']['file_bytes'] / 1024:.1f} KiB "
+              f"(header {r['report']['header_bytes']} B); ONNX layers {r['report']['onnx']['layers']}")
+        print(f"RESULT[{r['label']}] " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
+        results.append(res)
+    keys = ("ort_speedup_b1", "ort_speedup_b64", "size_real_over_priced", "acc_diff")
+    print("RESULT " + " ".join(f"{k}={results[1][k]:.3f}" for k in keys) + " "
+          + " ".join(f"default_{k}={results[0][k]:.3f}" for k in keys))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from search_spaces import SearchSpace, SpaceConfig
 @pytest.fixture
 def cost_model(tiny_resnet) -> CostModel:
     analysis = analyse(tiny_resnet, torch.zeros(1, 1, 28, 28))
-    return CostModel(analysis, SearchSpace.build(analysis), load_profiles(["bitserial", "cpu_roofline"]))
+    return CostModel(analysis, SearchSpace.build(analysis), load_profiles(["bitserial", "accel_roofline"]))
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def cost_model(tiny_resnet) -> CostModel:
         ("macs<=0.6x", "macs", 0.6, True),
         ("macs<=12M", "macs", 12e6, False),
         ("latency<=2ms@bitserial", "latency@bitserial", 2.0, False),
-        ("latency@cpu_roofline<=250us", "latency@cpu_roofline", 0.25, False),
+        ("latency@accel_roofline<=250us", "latency@accel_roofline", 0.25, False),
         ("latency<=40%@bitserial", "latency@bitserial", 0.4, True),
         ("peak_act<=64KB", "peak_act", 64e3, False),
         ("latency<=1.5ms@/tmp/some profile.yaml".replace(" ", "_"), "latency@/tmp/some_profile.yaml", 1.5, False),

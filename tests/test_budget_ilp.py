@@ -33,14 +33,14 @@ def problem() -> tuple[SearchSpace, CostModel, Sensitivities]:
     space = SearchSpace.build(
         analysis, SpaceConfig(weight_bits=(0, 2, 4, 8), act_bits=(2, 4, 8), n_groups=1, sparsity_step=0.25)
     )
-    cm = CostModel(analysis, space, load_profiles(["bitserial", "cpu_roofline"]))
+    cm = CostModel(analysis, space, load_profiles(["bitserial", "accel_roofline"]))
     return space, cm, Sensitivities.from_callable(space, synthetic)
 
 
 BUDGETS = [
     "size<=0.12x, bitops<=0.04x",
     "size<=0.15x, latency<=0.3x@bitserial, peak_act<=0.2x",
-    "macs<=0.7x, latency<=0.95x@cpu_roofline, size<=0.2x",
+    "macs<=0.7x, latency<=0.95x@accel_roofline, size<=0.2x",
 ]
 
 

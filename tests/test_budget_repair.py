@@ -18,7 +18,7 @@ from automl.models import ResNet
 from automl.sensitivity import Sensitivities
 from search_spaces import SearchSpace
 
-METRICS = ("size", "bitops", "macs", "peak_act", "latency@bitserial", "latency@cpu_roofline")
+METRICS = ("size", "bitops", "macs", "peak_act", "latency@bitserial", "latency@accel_roofline")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def setup() -> tuple[CostModel, Sensitivities]:
     torch.manual_seed(0)
     analysis = analyse(ResNet(8, width=4), torch.zeros(1, 1, 28, 28))
     space = SearchSpace.build(analysis)
-    cm = CostModel(analysis, space, load_profiles(["bitserial", "cpu_roofline"]))
+    cm = CostModel(analysis, space, load_profiles(["bitserial", "accel_roofline"]))
     return cm, Sensitivities.heuristic(space)
 
 

@@ -78,7 +78,7 @@ def test_float_model_counts_every_weight_and_folded_bias_at_32_bits(two_layer):
 def test_full_float_policy_costs_the_float_model(tiny_resnet):
     analysis = analyse(tiny_resnet, torch.zeros(1, 1, 28, 28))
     space = SearchSpace.build(analysis, SpaceConfig(pinned_bits=32, act_bits=(8, 32)))
-    cm = CostModel(analysis, space, load_profiles(["bitserial", "cpu_roofline"]))
+    cm = CostModel(analysis, space, load_profiles(["bitserial", "accel_roofline"]))
     costs = cm.price(space.uniform(32, 32))
     assert costs == cm.float_costs()
     params = sum(lay.weight_params + lay.out_channels for lay in analysis.layers)  # weights + folded biases
@@ -125,7 +125,7 @@ def test_pruned_residual_network_size_counts_removed_downstream_inputs(tiny_resn
 def test_price_batch_matches_price(tiny_resnet, rng):
     analysis = analyse(tiny_resnet, torch.zeros(1, 1, 28, 28))
     space = SearchSpace.build(analysis)
-    cm = CostModel(analysis, space, load_profiles(["bitserial", "cpu_roofline"]))
+    cm = CostModel(analysis, space, load_profiles(["bitserial", "accel_roofline"]))
     policies = [space.sample(rng) for _ in range(20)]
     weight_bits = [np.array([p[name].weight_bits for p in policies]) for name in space.names]
     act = np.array([[lp.act_bits for _, lp in p] for p in policies])
@@ -140,7 +140,7 @@ def test_price_batch_matches_price(tiny_resnet, rng):
 def test_costs_are_monotone_and_cheapest_is_cheapest(tiny_resnet, rng):
     analysis = analyse(tiny_resnet, torch.zeros(1, 1, 28, 28))
     space = SearchSpace.build(analysis)
-    cm = CostModel(analysis, space, load_profiles(["bitserial", "cpu_roofline"]))
+    cm = CostModel(analysis, space, load_profiles(["bitserial", "accel_roofline"]))
     cheapest = cm.price(cm.cheapest_policy())
     space.validate(cm.cheapest_policy())
     checked = 0

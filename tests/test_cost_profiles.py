@@ -21,7 +21,7 @@ from search_spaces import LayerPolicy, SearchSpace, SpaceConfig
 
 
 def test_shipped_profiles_load_and_round_trip(tmp_path):
-    assert {"bitserial", "cpu_roofline"} <= set(shipped_profiles())
+    assert {"bitserial", "accel_roofline"} <= set(shipped_profiles())
     for name in shipped_profiles():
         profile = load_profile(name)
         assert profile.name == name
@@ -48,15 +48,15 @@ def test_bad_profile_yaml_names_the_key(tmp_path, change, key):
 
 
 def test_missing_key_and_unknown_name_are_explained(tmp_path):
-    data = load_profile("cpu_roofline").to_dict()
+    data = load_profile("accel_roofline").to_dict()
     del data["memory_gbps"]
     with pytest.raises(ProfileError, match="missing key 'memory_gbps'"):
         profile_from_dict(data, "mine.yaml")
-    data = load_profile("cpu_roofline").to_dict()
+    data = load_profile("accel_roofline").to_dict()
     data["classes"][0]["gmacs"] = 1.0
     with pytest.raises(ProfileError, match="key 'classes'.*narrower is never slower"):
         profile_from_dict(data)
-    with pytest.raises(ProfileError, match="bitserial, cpu_roofline"):
+    with pytest.raises(ProfileError, match="accel_roofline, bitserial"):
         load_profile("no_such_profile")
     (tmp_path / "broken.yaml").write_text("kind: [unclosed")
     with pytest.raises(ProfileError, match="not valid YAML"):

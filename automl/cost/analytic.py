@@ -13,6 +13,8 @@ import numpy as np
 from automl.cost.batch import LayerBatch
 from automl.cost.hardware import BITS, PROFILE_SCHEMA_VERSION, HardwareProfile, Reader
 
+# What the numbers of an analytic profile stand for: no exporter of automl-mpq produces its binaries.
+HYPOTHETICAL = "model of a hypothetical accelerator (no exporter targets it)"
 
 @dataclass(frozen=True)
 class BitSerialProfile(HardwareProfile):
@@ -37,6 +39,7 @@ class BitSerialProfile(HardwareProfile):
     layer_overhead_us: float = 0.0
     network_overhead_us: float = 0.0
     description: str = ""
+    runtime: str = HYPOTHETICAL
 
     @cached_property
     def padded(self) -> np.ndarray:
@@ -73,7 +76,7 @@ class BitSerialProfile(HardwareProfile):
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": PROFILE_SCHEMA_VERSION, "kind": self.kind, "name": self.name,
-            "description": self.description, "brick_bits": self.brick_bits,
+            "description": self.description, "runtime": self.runtime, "brick_bits": self.brick_bits,
             "supported_bits": list(self.supported_bits), "bricks": self.bricks,
             "frequency_mhz": self.frequency_mhz, "memory_gbps": self.memory_gbps,
             "layer_overhead_us": self.layer_overhead_us, "network_overhead_us": self.network_overhead_us,
@@ -91,7 +94,7 @@ class BitSerialProfile(HardwareProfile):
             frequency_mhz=r.number("frequency_mhz"), memory_gbps=r.number("memory_gbps"),
             layer_overhead_us=r.number("layer_overhead_us", positive=False, default=0.0),
             network_overhead_us=r.number("network_overhead_us", positive=False, default=0.0),
-            description=str(data.get("description", "")),
+            description=str(data.get("description", "")), runtime=str(data.get("runtime", HYPOTHETICAL)),
         )
 
 
@@ -113,6 +116,7 @@ class RooflineProfile(HardwareProfile):
     layer_overhead_us: float = 0.0
     network_overhead_us: float = 0.0
     description: str = ""
+    runtime: str = HYPOTHETICAL
 
     @cached_property
     def class_of_bits(self) -> np.ndarray:
@@ -163,7 +167,7 @@ class RooflineProfile(HardwareProfile):
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": PROFILE_SCHEMA_VERSION, "kind": self.kind, "name": self.name,
-            "description": self.description,
+            "description": self.description, "runtime": self.runtime,
             "classes": [{"max_bits": m, "gmacs": g} for m, g in self.classes],
             "memory_gbps": self.memory_gbps, "layer_overhead_us": self.layer_overhead_us,
             "network_overhead_us": self.network_overhead_us,
@@ -192,5 +196,5 @@ class RooflineProfile(HardwareProfile):
             name=r.text("name"), classes=tuple(classes), memory_gbps=r.number("memory_gbps"),
             layer_overhead_us=r.number("layer_overhead_us", positive=False, default=0.0),
             network_overhead_us=r.number("network_overhead_us", positive=False, default=0.0),
-            description=str(data.get("description", "")),
+            description=str(data.get("description", "")), runtime=str(data.get("runtime", HYPOTHETICAL)),
         )

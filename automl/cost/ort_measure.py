@@ -6,7 +6,11 @@ exactly the form :mod:`automl.onnx_export` writes, on the grid of kept input/out
 fractions x kept output fractions, in two precisions:
 
 - ``float_ms``: ``Conv``/``Gemm`` with float weights;
-- ``int8_ms``: ``Clip`` -> ``QuantizeLinear`` -> ``DequantizeLinear`` on the input, int8
+- ``qin_ms``: the same quantized input with float weights (a layer with a wide channel);
+- ``fused_ms``: for a layer whose only consumer requantizes its output (:func:`fused_consumers`),
+  the layer followed by ``Relu`` and that requantization, which the runtime fuses into an
+  int8 ``QLinearConv``, less the requantization the consumer's own table already holds;
+- ``int8_ms``: ``QuantizeLinear`` -> ``Clip`` -> ``DequantizeLinear`` on the input, int8
   weights -> per-channel ``DequantizeLinear``, then the ``Conv``/``Gemm`` (ONNX Runtime's
   CPU provider runs it as float after dequantizing: the output is not requantized, see
   :mod:`automl.onnx_export`), so it is usually slower than float. The tables are kept as
@@ -16,7 +20,8 @@ Batch 1 and one chosen batch are separate profiles (``ort-cpu``, ``ort-cpu-b64``
 layer's cost does not scale linearly with the batch. Between measured widths the latency
 is interpolated bilinearly (:class:`~automl.cost.tabulated.MeasuredProfile`). What the whole
 network takes beyond its layers is fitted on the float network uniformly pruned to every
-width, exported to ONNX and timed; the largest relative error of the profile on those
+width, exported to ONNX and timed, once the layer tables are scaled by one factor fitted on
+those same networks (:func:`layer_scale`); the largest relative error of the profile on those
 networks is its ``stated_error``.
 
 Profiles are cached in ``<user cache>/profiles`` under a key holding the CPU model, the
@@ -46,7 +51,7 @@ from automl.errors import ConfigError, ProfileError
 
 ORT_NAME = re.compile(r"^ort-cpu(?:-b(\d+))?$")
 RUNTIME = "onnxruntime"
-CACHE_VERSION = 2  # bump when what a profile measures changes
+CACHE_VERSION = 4  # bump when what a profile measures changes
 
 
 def cpu_model() -> str:
@@ -103,7 +108,7 @@ def _requant_graph(shape: Sequence[int]) -> bytes:
 
 
 def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: int, int8: bool,
-                 fused: bool = False) -> bytes:
+                 fused: bool = False, float_weights: bool = False) -> bytes:
     """One layer as ONNX bytes, in the node pattern the exporter writes (see the module docstring);
     ``fused``: followed by ``Relu`` and the consumer's requantization, as inside the network."""
     from onnx import TensorProto, helper, numpy_helper
@@ -125,9 +130,12 @@ def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: i
                   numpy_helper.from_array(np.zeros(cout, np.int8), "wz")]
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),  # integer-domain clip, as exported
                   helper.make_node("Clip", ["xq", "lo", "hi"], ["xc"]),
-                  helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"]),
-                  helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0)]
+                  helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"])]
         x, w = "xd", "wd"
+        if float_weights:
+            inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "wd"))
+        else:
+            nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0))
     else:
         inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w"))
     if linear:
@@ -181,6 +189,8 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
                 blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, int8)
                 calls.append(ort.runner(ort.session(blob, threads), x))
             calls.append(ort.runner(ort.session(_null_graph(shape), threads), x))
+            blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, float_weights=True)
+            calls.append(ort.runner(ort.session(blob, threads), x))
             if layer.name in fusable:
                 blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, fused=True)
                 calls.append(ort.runner(ort.session(blob, threads), x))
@@ -198,15 +208,15 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
         def grid(k: int, name: str = layer.name, in_p: bool = in_p, out_p: bool = out_p) -> tuple[tuple[float, ...], ...]:
             def at(wi: float, wo: float) -> float:
                 i = index[name, wi if in_p else 1.0, wo if out_p else 1.0]
-                if k == 3:  # fused: less the null run and the requantization the consumer's table holds
-                    return max(ms[i + 3] - ms[i + 2] - max(ms[i + 4] - ms[i + 2], 0.0), 0.0)
+                if k == 4:  # fused: less the null run and the requantization the consumer's table holds
+                    return max(ms[i + 4] - ms[i + 2] - max(ms[i + 5] - ms[i + 2], 0.0), 0.0)
                 return max(ms[i + k] - ms[i + 2], 0.0)  # less what a run of the null graph costs
 
             return tuple(tuple(at(wi, wo) for wo in widths) for wi in widths)
 
         in_total = sum(s.channels * s.features_per_channel for s in layer.in_segments)
-        fused = (grid(3), fusable[layer.name]) if layer.name in fusable else (None, "")
-        layers.append(MeasuredLayer(layer.name, int(in_total), layer.out_channels, grid(0), grid(1), *fused))
+        fused = (grid(4), fusable[layer.name]) if layer.name in fusable else (None, "")
+        layers.append(MeasuredLayer(layer.name, int(in_total), layer.out_channels, grid(0), grid(1), *fused, grid(3)))
     return tuple(layers), ms[-len(widths):]
 
 
@@ -236,15 +246,49 @@ def measure_ort_profile(
         layers, whole = _measure(model, analysis, sample_input, widths, batch, threads, repeats, 3 if batch == 1 else 2)
     finally:
         model.train(was_training)
+    alpha = layer_scale(analysis, layers, widths, whole)
+    layers = tuple(_scaled(m, alpha) for m in layers)
     fixed, per_kelem = fit_overhead(analysis, layers, widths, whole)
     profile = MeasuredProfile(
         name=name or ("ort-cpu" if batch == 1 else f"ort-cpu-b{batch}"), widths=widths, layers=layers,
         overhead_ms=fixed, overhead_us_per_kelem=per_kelem, engine="CPUExecutionProvider", threads=threads,
         runtime=RUNTIME, batch=batch, int8_capped=False,
         description=(f"ONNX Runtime CPU provider on {cpu_model()}, {threads} thread(s), batch {batch}: milliseconds per "
-                     f"run of {batch} sample(s); int8 = the exporter's QDQ layer; best of {repeats} round-robin rounds"),
+                     f"run of {batch} sample(s); int8 = the exporter's QDQ layer; best of {repeats} round-robin rounds; "
+                     f"layer tables scaled by {alpha:.3f} to the whole networks timed in the same run"),
     )
     return replace(profile, stated_error=_uniform_error(profile, analysis, widths, whole))
+
+
+def layer_scale(analysis: ModelAnalysis, layers: Sequence[MeasuredLayer], widths: Sequence[float],
+                whole_ms: Sequence[float]) -> float:
+    """The factor that brings the layers timed alone to what they take inside the network.
+
+    A layer run as its own graph pays costs it does not pay inside the network (a run's
+    input and output handling beyond the null graph, cold caches, which a loaded machine
+    makes worse). The uniformly pruned networks timed in the same run give the factor:
+    non-negative least squares of ``whole = alpha * sum(layers) + fixed + per-element cost``.
+    """
+    from scipy.optimize import nnls
+
+    from automl.cost.measure import _uniform_features
+    from automl.cost.profiles import interpolate, monotone_tables
+
+    fl, _ = monotone_tables(layers, analysis.names)
+    rows = []
+    for w in widths:
+        fi, fo, elems = _uniform_features(analysis, w)
+        rows.append([float(interpolate(fl, widths, fi, fo).sum()), 1.0, elems / 1e3])
+    (alpha, _, _), _ = nnls(np.array(rows), np.asarray(whole_ms, dtype=float))
+    return float(alpha) if alpha > 0 else 1.0
+
+
+def _scaled(m: MeasuredLayer, alpha: float) -> MeasuredLayer:
+    def scale(t: tuple[tuple[float, ...], ...] | None) -> tuple[tuple[float, ...], ...] | None:
+        return None if t is None else tuple(tuple(alpha * v for v in row) for row in t)
+
+    return replace(m, float_ms=scale(m.float_ms), int8_ms=scale(m.int8_ms), fused_ms=scale(m.fused_ms),
+                   qin_ms=scale(m.qin_ms))
 
 
 def _uniform_error(profile: MeasuredProfile, analysis: ModelAnalysis, widths: Sequence[float], whole: Sequence[float]) -> float:
@@ -262,15 +306,16 @@ def _uniform_error(profile: MeasuredProfile, analysis: ModelAnalysis, widths: Se
 
 
 def ort_profile(model: nn.Module, sample_input: torch.Tensor, analysis: ModelAnalysis, *, batch: int = 1,
-                threads: int = 1, force: bool = False, name: str | None = None,
-                cache_dir: Path | None = None) -> tuple[MeasuredProfile, Path]:
+                threads: int = 1, force: bool = False, name: str | None = None, cache_dir: Path | None = None,
+                widths: Sequence[float] = DEFAULT_WIDTHS, repeats: int | None = None) -> tuple[MeasuredProfile, Path]:
     """The cached ONNX Runtime profile of this model, CPU, thread count and batch; measured on a miss."""
     path = cache_path(analysis, threads, batch, cache_dir)
     if path.is_file() and not force:
         profile = load_profile(path)
         assert isinstance(profile, MeasuredProfile)
     else:
-        profile = measure_ort_profile(model, sample_input, analysis, batch=batch, threads=threads)
+        profile = measure_ort_profile(model, sample_input, analysis, batch=batch, threads=threads, widths=widths,
+                                      repeats=repeats)
         save_profile(profile, path)
     if name is not None and profile.name != name:
         profile = replace(profile, name=name)

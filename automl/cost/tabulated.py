@@ -21,7 +21,9 @@ class MeasuredLayer:
     """Timings of one layer at kept input/output width fractions (rows: input, cols: output).
 
     ``fused_ms`` (ONNX Runtime only) times the layer when its output is requantized by its
-    only ``consumer`` layer, a pattern the runtime fuses into one int8 kernel.
+    only ``consumer`` layer, a pattern the runtime fuses into one int8 kernel; ``qin_ms``
+    (ONNX Runtime only) with a quantized input but float weights (a layer with a channel
+    above 8 bits).
     """
 
     name: str
@@ -31,6 +33,7 @@ class MeasuredLayer:
     int8_ms: tuple[tuple[float, ...], ...]
     fused_ms: tuple[tuple[float, ...], ...] | None = None
     consumer: str = ""
+    qin_ms: tuple[tuple[float, ...], ...] | None = None
 
 
 def interpolate(tables: np.ndarray, widths: Sequence[float], fi: np.ndarray, fo: np.ndarray) -> np.ndarray:
@@ -138,6 +141,18 @@ class MeasuredProfile(HardwareProfile):
             self._cache[names] = monotone_tables(self.layers, names, self.int8_capped)
         return self._cache[names]
 
+    def _optional(self, names: tuple[str, ...], attr: str) -> np.ndarray:
+        """The optional table ``attr`` of every layer ``[L, W, W]``, monotone; NaN where absent."""
+        key = (attr, names)
+        if key not in self._cache:
+            mine = {m.name: m for m in self.layers}
+            size = len(self.widths)
+            self._cache[key] = np.stack([
+                np.full((size, size), np.nan) if getattr(mine[n], attr) is None
+                else _monotone(np.asarray(getattr(mine[n], attr), dtype=float)) for n in names
+            ])
+        return self._cache[key]
+
     def _fused(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Fused tables ``[L, W, W]`` (NaN where none) and each layer's consumer index (-1: none)."""
         key = ("fused", names)
@@ -158,6 +173,11 @@ class MeasuredProfile(HardwareProfile):
             # What the exported file runs: a quantized input costs its QDQ whatever the weights,
             # and a layer whose only consumer requantizes its output runs as one fused int8 kernel.
             compute = np.where(quant_in, interpolate(q8, self.widths, fi, fo), interpolate(fl, self.widths, fi, fo))
+            qin = self._optional(batch.names, "qin_ms")
+            if not np.isnan(qin).all():
+                wide = batch.channel_sum(self._wide_lut) > 0
+                use = quant_in & wide & ~np.isnan(qin[:, 0, 0])[None, :]
+                compute = np.where(use, interpolate(np.nan_to_num(qin), self.widths, fi, fo), compute)
             fz, consumer = self._fused(batch.names)
             has = consumer >= 0
             if has.any():
@@ -184,6 +204,7 @@ class MeasuredProfile(HardwareProfile):
                     "in_features": m.in_features, "out_channels": m.out_channels,
                     "float_ms": [list(r) for r in m.float_ms], "int8_ms": [list(r) for r in m.int8_ms],
                     **({} if m.fused_ms is None else {"fused_ms": [list(r) for r in m.fused_ms], "consumer": m.consumer}),
+                    **({} if m.qin_ms is None else {"qin_ms": [list(r) for r in m.qin_ms]}),
                 }
                 for m in self.layers
             },
@@ -207,8 +228,9 @@ class MeasuredProfile(HardwareProfile):
             lr = Reader(item, f"{source} layers.{lname}")
             tables = [_table(lr, key, len(widths)) for key in ("float_ms", "int8_ms")]
             fused = _table(lr, "fused_ms", len(widths)) if "fused_ms" in item else None
+            qin = _table(lr, "qin_ms", len(widths)) if "qin_ms" in item else None
             layers.append(MeasuredLayer(str(lname), int(lr.number("in_features")), int(lr.number("out_channels")),
-                                        *tables, fused, str(item.get("consumer", ""))))
+                                        *tables, fused, str(item.get("consumer", "")), qin))
         return cls(
             name=r.text("name"), widths=tuple(float(x) for x in widths), layers=tuple(layers),
             overhead_ms=r.number("network_overhead_ms", positive=False, default=0.0),
