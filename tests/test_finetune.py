@@ -77,9 +77,10 @@ def test_task_loss_is_used_when_the_task_has_one():
         ev.final(_policies(ev, 1)[0], 3, "test", finetune=FinetuneConfig(steps=3, eval_every=0))
     finally:
         del task.loss
-    assert len(calls) == 3
+    assert calls.count(64) == 3  # one call per training step (scoring calls the task loss too, on 200-image batches)
+    seen = len(calls)
     ev.final(_policies(ev, 1)[0], 3, "test", finetune=FinetuneConfig(steps=3, distill_weight=1.0))
-    assert len(calls) == 3  # distillation alone never calls the task loss
+    assert len(calls) == seen  # the task no longer has the loss: nothing calls it
 
 
 def test_lsq_learns_step_sizes_and_freezes_them_for_inference():
