@@ -76,8 +76,9 @@ def test_a_searcher_that_only_repeats_itself_stops_and_says_why() -> None:
 
 def test_optuna_trials_answered_from_the_cache_do_not_count() -> None:
     objective = make_objective(repair=False)
-    a, b = _policies(objective, 2)
     searcher = make_searcher("tpe", objective, seed=0, storage=":memory:", warm_start=False, n_startup_trials=3)
+    # policies the compact encoding expresses exactly (the nearest expressible ones)
+    a, b = (searcher.codec.decode(searcher.codec.encode_nearest(p)) for p in _policies(objective, 2))
     for p in (a, a, b, a):  # a sampler proposing a point twice, as TPE does once it has converged
         searcher.study.enqueue_trial(searcher.codec.encode(p), skip_if_exists=False)
     result = searcher.run(5)
