@@ -90,10 +90,11 @@ def main() -> None:
     out = args.output or Path(tempfile.mkdtemp(prefix="export-check-"))
     x_test, y_test = test_split(task)
     sample = torch.from_numpy(x_test[:64])
-    # On ONNX Runtime a quantized activation costs time (see the README), so the latency
-    # search may also keep activations float: act_bits gains 32.
+    # On ONNX Runtime a quantized activation costs time rather than saving it (see the
+    # README), so the latency search keeps activations float (weights still int8 QDQ where
+    # <= 8 bits): with act_bits (2..8) even the cheapest policy misses 0.5x of float.
     runs = [run("default", "size<=0.125x", args, out, task),
-            run("latency", "latency<=0.5x@ort-cpu", args, out, task, act_bits=(2, 3, 4, 5, 6, 8, 32))]
+            run("latency", "latency<=0.5x@ort-cpu", args, out, task, act_bits=(32,))]
     session, _ = build_session(SearchConfig(output=str(out / "probe"), budget=("size<=0.125x",), threads=args.threads),
                                task=task, track=False)
     ev, analysis = session.evaluator.evaluator, session.problem.analysis
