@@ -182,7 +182,7 @@ class Budget:
             limits[metric] = min(limit, limits.get(metric, float("inf")))
             resolved.append((c, metric, limit))
         bound = BoundBudget(self, tuple(limits.items()))
-        costs = cost_model.price(cost_model.cheapest_policy())
+        costs = cost_model.lowest_costs()
         if not bound.feasible(costs):
             raise InfeasibleBudget(_infeasible_message(resolved, costs, cost_model.space))
         return bound

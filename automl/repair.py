@@ -256,7 +256,7 @@ def repair(
     before = cost_model.price(policy)
     if bound_budget.feasible(before):
         return policy, RepairRecord(changed=False, before=before, after=before)
-    cheapest = cost_model.price(cost_model.cheapest_policy())
+    cheapest = cost_model.lowest_costs()
     if not bound_budget.feasible(cheapest):
         worst = ", ".join(f"{m} {cheapest.value(m):.4g} > {lim:.4g}" for m, lim in bound_budget.limits
                           if cheapest.value(m) > lim)

@@ -287,6 +287,17 @@ class CostModel:
             out.append((s.name, lp))
         return Policy(tuple(out))
 
+    def lowest_costs(self) -> Costs:
+        """A lower bound of every metric over the space: the per-metric minimum of
+        :meth:`cheapest_policy` and of the same policy at its widest activation bits (on
+        ONNX Runtime a quantized activation costs time, so latency is not monotone in
+        activation bits there)."""
+        wide = Policy(tuple((n, type(lp)(s.act_bits[-1], lp.weight_bits))
+                            for (n, lp), s in zip(self._cheapest, self.space.layers, strict=True)))
+        a, b = self.price(self._cheapest), self.price(wide)
+        lat = tuple((name, min(v, dict(b.latency_ms)[name])) for name, v in a.latency_ms)
+        return Costs(a.size_bytes, a.macs, a.bitops, a.peak_act_bytes, lat)
+
     def cheapest_policy(self) -> Policy:
         """Every free layer at its lowest non-zero weight bits, lowest activation bits and
         highest sparsity level (pinned layers at their pinned bits): the lowest cost in the
