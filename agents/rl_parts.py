@@ -234,4 +234,4 @@ def clone_actor(model: BaseAlgorithm, steps: list[tuple[Any, Any, Any, bool, dic
     target = getattr(model, "actor_target", None)
     if target is not None:
         target.load_state_dict(actor.state_dict())
-    return float(loss)
+    return float(loss.detach())
