@@ -86,7 +86,11 @@ class RLSearcher(Searcher):
         env: ``joint`` (:class:`~envs.joint.JointPruneQuantEnv`: sparsity, group bits and
             activation bits per layer) or ``layer`` (:class:`~envs.layer_quant.LayerQuantEnv`:
             HAQ's weight and activation bits per layer, no pruning).
-        hierarchy: the joint env's ``per_layer`` (one step per layer) or ``two_level``.
+        hierarchy: the joint env's ``per_layer`` (one step per layer) or ``two_level`` (a
+            layer step then a channel step; PPO and MaskablePPO take them with two actor
+            networks, :mod:`agents.controllers`). ``None``: the class's ``default_hierarchy``
+            (``two_level`` for PPO, where it measured better in ``benchmarks/searcher_learning.py``
+            on the synthetic problem, ``per_layer`` for the others).
         budget_mode: the env's budget handling (``mask``, ``repair``, ``lagrangian``).
         warmup_episodes: random episodes before an off-policy agent learns.
         episodes_per_update: episodes per PPO rollout.
@@ -94,7 +98,7 @@ class RLSearcher(Searcher):
         learning_rate: the algorithm's default when ``None``.
         noise_sigma / noise_decay: exploration noise of DDPG and TD3 (scale of actions in
             [-1, 1], multiplied by ``noise_decay`` after every episode; ``None`` decays it
-            to its floor of 0.05 at the last episode of the search).
+            to its floor of 0.1 at the last episode of the search).
         checkpoint_dir: where the agent and the records are saved; resumes from it if it
             holds a checkpoint.
         checkpoint_every: rollouts between agent checkpoints (records are saved every episode).
@@ -113,6 +117,7 @@ class RLSearcher(Searcher):
     algorithm: ClassVar[type[BaseAlgorithm]] = PPO
     off_policy: ClassVar[bool] = False
     masked: ClassVar[bool] = False
+    default_hierarchy: ClassVar[str] = "per_layer"
 
     def __init__(
         self,
@@ -120,7 +125,7 @@ class RLSearcher(Searcher):
         *,
         seed: int = 0,
         env: str = "joint",
-        hierarchy: str = "per_layer",
+        hierarchy: str | None = None,
         budget_mode: str = "mask",
         warmup_episodes: int = 10,
         episodes_per_update: int = 4,
@@ -143,7 +148,8 @@ class RLSearcher(Searcher):
             raise ConfigError("warmup_episodes and bc_steps must be >= 0, episodes_per_update and checkpoint_every >= 1")
         if reference not in REFERENCES:
             raise ConfigError(f"reference must be one of {list(REFERENCES)}, got {reference!r}")
-        self.env_kind, self.hierarchy, self.budget_mode = env, hierarchy, budget_mode
+        self.env_kind, self.budget_mode = env, budget_mode
+        self.hierarchy = hierarchy or self.default_hierarchy
         self.warmup_episodes, self.episodes_per_update = int(warmup_episodes), int(episodes_per_update)
         self.net_arch = [int(n) for n in net_arch]
         self.learning_rate = learning_rate
@@ -216,7 +222,7 @@ class RLSearcher(Searcher):
                 tau=0.01, train_freq=(1, "episode"), gradient_steps=-1,
             )
             if self.algorithm is not SAC:
-                floor = 0.05
+                floor = 0.1  # relative actions: ~40 % of components still move one option at the end
                 decay = self.noise_decay
                 if decay is None:
                     decay = (floor / self.noise_sigma) ** (1.0 / max(1, n_evaluations - warmup))
@@ -432,6 +438,7 @@ class PPOSearcher(RLSearcher):
 
     name = "ppo"
     algorithm = PPO
+    default_hierarchy = "two_level"
 
 
 class MaskablePPOSearcher(RLSearcher):

@@ -164,7 +164,9 @@ def replay_episode(env: gym.Env, policy: Policy) -> list[tuple[Any, Any, Any, bo
     obs, _ = env.reset()
     out = []
     while True:
-        nxt, _, terminated, truncated, info = env.step(env.action_space.sample())
+        # The script overrides the action; zeros keep the unread dimensions of the recorded
+        # executed action deterministic.
+        nxt, _, terminated, truncated, info = env.step(np.zeros(env.action_space.shape, dtype=env.action_space.dtype))
         out.append((obs, info["executed_action"], nxt, bool(terminated or truncated), info))
         obs = nxt
         if terminated or truncated:
@@ -234,4 +236,4 @@ def clone_actor(model: BaseAlgorithm, steps: list[tuple[Any, Any, Any, bool, dic
     target = getattr(model, "actor_target", None)
     if target is not None:
         target.load_state_dict(actor.state_dict())
-    return float(loss)
+    return float(loss.detach())
