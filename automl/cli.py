@@ -40,6 +40,12 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue a previous search: its MLflow run id or run directory")
     p.add_argument("--profile", dest="profiles", action="append", help="hardware profile name or YAML path, repeatable")
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help="QAT steps for the final best policy")
+    p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant"), help="layer-wise PTQ optimisation after rounding")
+    p.add_argument("--calibration", dest="eval_calibration", choices=("data", "data-free"),
+                   help="calibrate on the task's data or on inputs synthesised from BatchNorm statistics")
+    p.add_argument("--power-of-two", dest="eval_power_of_two", action="store_true", default=None,
+                   help="power-of-two (shift) scales, for shift-only hardware such as --profile bitserial_shift")
+    p.add_argument("--psg", dest="finetune_psg", type=float, help="PSG strength in [0, 1] for the fine-tunes (0 = off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from automl.errors import ConfigError
+from automl.quant.methods import check_method_options
 
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "tpe"
@@ -41,6 +42,13 @@ class SearchConfig:
         profiles: hardware profile names or YAML paths priced besides size/MACs/BitOps.
         n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space.
         finetune_steps: QAT steps of the final fine-tune of the best policy (0 = off).
+        eval_ptq: ``none`` (round-to-nearest) or ``adaquant`` (layer-wise optimised weights and
+            biases after every policy is applied; see benchmarks/methods.py for its cost).
+        eval_adaquant_steps: AdaQuant optimisation steps per layer.
+        eval_calibration: ``data`` (the task's calibration loader) or ``data-free`` (inputs
+            synthesised from the model's BatchNorm statistics).
+        eval_power_of_two: power-of-two (shift) weight, activation and BatchNorm scales.
+        finetune_psg: position-based scaled gradient strength in [0, 1] in every fine-tune (0 = off).
     """
 
     task: str = "reference:resnet20"
@@ -63,6 +71,11 @@ class SearchConfig:
     act_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     allow_pruning: bool = True
     finetune_steps: int = 200
+    eval_ptq: str = "none"
+    eval_adaquant_steps: int = 60
+    eval_calibration: str = "data"
+    eval_power_of_two: bool = False
+    finetune_psg: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +87,9 @@ class SearchConfig:
             raise ConfigError(f"threads and workers must be >= 1, got {self.threads} and {self.workers}")
         if not self.budget:
             raise ConfigError("a search needs at least one budget, e.g. --budget 'size<=0.125x'")
+        check_method_options(self.eval_ptq, self.eval_adaquant_steps, self.eval_calibration, self.finetune_psg)
+        if not isinstance(self.eval_power_of_two, bool):
+            raise ConfigError(f"eval_power_of_two must be true or false, got {self.eval_power_of_two!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -19,10 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl.analysis import ModelAnalysis, analyse
+from automl.datafree import DataFreeConfig, calibration_inputs
 from automl.errors import ConfigError, DataError
 from automl.importance import channel_importance, channel_ranking
 from automl.metrics import Metrics
+from automl.quant.adaquant import AdaQuantConfig, adaquant
 from automl.quant.engine import QuantEngine, QuantLayer
+from automl.quant.methods import check_method_options
+from automl.quant.psg import with_psg
 from automl.task import Task
 from search_spaces.policy import Policy
 from search_spaces.space import SearchSpace, SpaceConfig
@@ -42,6 +46,14 @@ class EvalConfig:
         calib_batches: how many calibration batches calibrate activation ranges.
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         seed: makes fidelity 3 deterministic.
+        ptq: ``"none"`` (round-to-nearest) or ``"adaquant"`` (layer-wise optimised weights,
+            :mod:`automl.quant.adaquant`) after every ``apply``, at every fidelity and in ``final``.
+        adaquant_steps: AdaQuant's optimisation steps per layer.
+        calibration: ``"data"`` (the task's calibration loader) or ``"data-free"``
+            (inputs synthesised from BatchNorm statistics, :mod:`automl.datafree`).
+        datafree_samples / datafree_steps: how many inputs are synthesised, and Adam steps per batch.
+        psg: position-based scaled gradient strength in [0, 1] for every fine-tune
+            (:mod:`automl.quant.psg`); 0 is plain Adam.
     """
 
     fidelity: int = 1
@@ -53,12 +65,19 @@ class EvalConfig:
     qat_steps: int = 40
     qat_lr: float = 5e-4
     seed: int = 0
+    ptq: str = "none"
+    adaquant_steps: int = 60
+    calibration: str = "data"
+    datafree_samples: int = 128
+    datafree_steps: int = 100
+    psg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity!r}")
         if self.calib_batches < 1 or self.qat_steps < 0:
             raise ConfigError("calib_batches must be >= 1 and qat_steps >= 0")
+        check_method_options(self.ptq, self.adaquant_steps, self.calibration, self.psg)
 
 
 def _batches(loader: object, name: str, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -99,7 +118,8 @@ class Evaluator:
         self.config = config or EvalConfig()
         task = problem.task
         self.float_model = task.model.eval()
-        calib = [x for x, _ in _batches(task.calib_loader, "calib_loader", self.config.calib_batches)]
+        synth = DataFreeConfig(samples=self.config.datafree_samples, steps=self.config.datafree_steps, seed=self.config.seed)
+        calib = calibration_inputs(task, self.config.calibration, self.config.calib_batches, self.config.seed, synth)
         self.engine = QuantEngine(
             self.float_model, problem.analysis, problem.space, calib,
             weight_method=self.config.weight_method, act_method=self.config.act_method,
@@ -148,13 +168,19 @@ class Evaluator:
         fidelity = fidelity or self.config.fidelity
         if fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {fidelity!r}")
-        model = self.engine.apply(policy)
+        model = self._apply(policy)
         if fidelity >= 2:
             self.engine.reestimate_batchnorm(self._bn_batch)
         if fidelity == 3:
             model = self.finetune(model, self.config.qat_steps)
         self.n_evaluations += 1
         return self._score(model, split, fidelity, start)
+
+    def _apply(self, policy: Policy) -> nn.Module:
+        model = self.engine.apply(policy)
+        if self.config.ptq == "adaquant":
+            adaquant(self.engine, self._bn_batch, AdaQuantConfig(steps=self.config.adaquant_steps, seed=self.config.seed))
+        return model
 
     def finetune(self, qmodel: nn.Module, steps: int, lr: float | None = None) -> nn.Module:
         """A trained copy of ``qmodel``: ``steps`` of QAT distilled from the float model.
@@ -174,7 +200,7 @@ class Evaluator:
             gen = torch.Generator().manual_seed(self.config.seed)
             xs = torch.cat([x for x, _ in _batches(self.problem.task.train_loader, "train_loader")])
             self._train = list(xs[torch.randperm(len(xs), generator=gen)].split(64))
-        opt = torch.optim.Adam(params, lr=lr or self.config.qat_lr)
+        opt = with_psg(torch.optim.Adam(params, lr=lr or self.config.qat_lr), student, self.config.psg)
         student.train()
         for step in range(steps):
             x = self._train[step % len(self._train)]
@@ -194,7 +220,7 @@ class Evaluator:
         for ``finetune_steps`` (none when 0), scored on ``split``. Returns the metrics and
         the trained quantized model (a copy; the engine's model is left as is)."""
         start = time.perf_counter()
-        model = self.engine.apply(policy)
+        model = self._apply(policy)
         self.engine.reestimate_batchnorm(self._bn_batch)
         model = self.finetune(model, finetune_steps)
         return self._score(model, split, 3 if finetune_steps else 2, start), model

@@ -26,8 +26,9 @@ from automl.config import SearchConfig
 from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.evaluate import Evaluator, Problem
 from automl.loading import load_task
+from automl.quant.methods import check_profile_scales, eval_config
 from automl.task import Task
 from automl.timing import pin_threads
 from automl.tracking import MlflowTracker, artifact_root, check_tracking, default_tracking_uri
@@ -206,11 +207,12 @@ def build_session(config: SearchConfig, task: Task | None = None, track: bool = 
     task = task or load_task(config.task, threads=config.threads)
     problem = Problem.from_task(task, _space_config(config))
     profiles = load_profiles(tuple(dict.fromkeys([*config.profiles, *budget.profile_refs])))
+    check_profile_scales(profiles, config.eval_power_of_two)
     cost_model = CostModel(problem.analysis, problem.space, profiles)
     bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
     evaluator = CachedEvaluator(
-        Evaluator(problem, EvalConfig(fidelity=config.fidelity, seed=config.seed)), path=run_dir / "cache.sqlite"
+        Evaluator(problem, eval_config(config)), path=run_dir / "cache.sqlite"
     )
     objective = Objective(evaluator, cost_model, bound)
     tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None

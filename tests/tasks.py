@@ -43,3 +43,12 @@ def wrong_type() -> str:
 
 def broken() -> Task:
     raise RuntimeError("the data directory is missing")
+
+
+def no_batchnorm() -> Task:
+    """A small CNN without BatchNorm: nothing to calibrate data-free from."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    loaders = _loaders()
+    return Task(model, torch.zeros(1, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"],
+                name="no_batchnorm")

@@ -56,7 +56,7 @@ def test_missing_key_and_unknown_name_are_explained(tmp_path):
     data["classes"][0]["gmacs"] = 1.0
     with pytest.raises(ProfileError, match="key 'classes'.*narrower is never slower"):
         profile_from_dict(data)
-    with pytest.raises(ProfileError, match="bitserial, cpu_roofline"):
+    with pytest.raises(ProfileError, match="bitserial, bitserial_shift, cpu_roofline"):
         load_profile("no_such_profile")
     (tmp_path / "broken.yaml").write_text("kind: [unclosed")
     with pytest.raises(ProfileError, match="not valid YAML"):
