@@ -13,7 +13,11 @@ For ResNet-8 and ResNet-20 (cached reference nets, one torch thread):
    power-of-two scales, and the bitserial latency of W8A8 / W4A4 with a multiplier
    requantizer (0.125 ns per output) against the shift-only ``bitserial_shift`` profile.
 
-Item 3 (N:M sparsity) is not built: ``nm24_minus_unstructured`` is printed as ``nan``.
+3. N:M sparsity (:mod:`automl.nm`, masks only, not a search dimension yet): every layer but
+   the pinned first and last at 2:4, transposable 2:4 and 1:4, 4:8, against unstructured
+   magnitude pruning at the same density per layer; validation accuracy of the masked float
+   network (no fine-tune, no BatchNorm re-estimation) and of W8A8 at fidelity 2, and the
+   mask diversity (log10 of the number of allowed masks over the masked layers).
 Accuracies in points (percent); gains are with minus without, averaged over the networks.
 """
 
@@ -28,6 +32,7 @@ from dataclasses import replace
 from automl.cost.model import CostModel
 from automl.cost.profiles import load_profile, profile_from_dict
 from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.nm import log10_mask_diversity, sparsify
 from automl.quant.adaquant import AdaQuantConfig, adaquant
 from automl.reference import reference_task
 from automl.timing import pin_threads
@@ -36,6 +41,8 @@ PTQ_POLICIES = ((4, 4), (3, 3), (2, 4))
 DATAFREE_POLICIES = ((8, 8), (4, 4), (3, 3))
 PSG_POLICIES = ((2, 4), (3, 3))
 POW2_POLICIES = ((8, 8), (4, 4))
+NM_PATTERNS = (("2:4", "unstructured:0.5"), ("2:4-T", "unstructured:0.5"), ("1:4", "unstructured:0.25"),
+               ("4:8", "unstructured:0.5"))
 MULTIPLIER_REQUANT_NS = 0.125
 
 
@@ -118,6 +125,30 @@ def pow2_rows(arch: str, problem: Problem, ev: Evaluator) -> dict[str, float]:
     return out
 
 
+def nm_rows(arch: str, problem: Problem, ev: Evaluator) -> dict[str, float]:
+    task = problem.task
+    skip = (problem.analysis.layers[0].name, problem.analysis.layers[-1].name)
+    pol = problem.space.uniform(8, 8)
+    out: dict[str, float] = {}
+    cache: dict[str, tuple[float, float, float]] = {}
+
+    def measure(pattern: str) -> tuple[float, float, float]:
+        if pattern not in cache:
+            model, density = sparsify(task.model, problem.analysis, pattern, skip)
+            sub = Problem(replace(task, model=model), problem.analysis, problem.space)
+            sev = Evaluator(sub, ev.config)
+            elems = sum(model.get_submodule(n).weight.numel() for n in density)
+            cache[pattern] = (sev.baseline().accuracy, sev.evaluate(pol, 2).accuracy, log10_mask_diversity(pattern, elems))
+        return cache[pattern]
+
+    for nm, unstructured in NM_PATTERNS:
+        a, b = measure(nm), measure(unstructured)
+        print(f"| {arch} | {nm} vs {unstructured} | {_pts(a[0])} / {_pts(a[1])} | {_pts(b[0])} / {_pts(b[1])} "
+              f"| {_pts(a[1] - b[1])} | {a[2]:.0f} / {b[2]:.0f} |", flush=True)
+        out[f"{nm}_minus"] = a[1] - b[1]
+    return out
+
+
 def _mean(rows: dict[str, dict[str, float]], key: str) -> float:
     vals = [r[key] for r in rows.values() if key in r]
     return sum(vals) / len(vals) if vals else math.nan
@@ -131,7 +162,7 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=200)
     parser.add_argument("--psg", type=float, default=1.0)
     parser.add_argument("--psg-seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--items", nargs="+", default=["adaquant", "datafree", "psg", "pow2"])
+    parser.add_argument("--items", nargs="+", default=["adaquant", "datafree", "nm", "psg", "pow2"])
     args = parser.parse_args()
     pin_threads(args.threads)
     print(f"load average at start: {_load()}", flush=True)
@@ -148,6 +179,11 @@ def main() -> None:
         print("| network | policy | real calibration | synthetic from BN | gap |")
         print("|---|---|---|---|---|")
         res["datafree"] = {a: datafree_rows(a, problems[a], evs[a]) for a in args.archs}
+    if "nm" in args.items:
+        print("\n### 3. N:M sparsity (val accuracy %, masked float / W8A8 fidelity 2; log10 mask diversity)\n")
+        print("| network | pattern | N:M float / W8A8 f2 | unstructured float / W8A8 f2 | N:M minus unstructured (f2) | diversity N:M / unstructured |")
+        print("|---|---|---|---|---|---|")
+        res["nm"] = {a: nm_rows(a, problems[a], evs[a]) for a in args.archs}
     if "psg" in args.items:
         print(f"\n### 4. PSG (test accuracy % after {args.finetune_steps} fine-tune steps, strength {args.psg})\n")
         print("| network | policy | seed | plain | PSG | gain | seconds plain / PSG |")
@@ -159,15 +195,15 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         res["pow2"] = {a: pow2_rows(a, problems[a], evs[a]) for a in args.archs}
     print(f"\nload average at end: {_load()}")
-    print("(nm24_minus_unstructured: N:M sparsity is not built in this branch, so nan)")
     r = {
         "adaquant_gain_w3a3": 100 * _mean(res.get("adaquant", {}), "w3a3_f2"),
         "datafree_gap_w4a4": 100 * _mean(res.get("datafree", {}), "w4a4_gap"),
-        "nm24_minus_unstructured": math.nan,
+        "nm24_minus_unstructured": 100 * _mean(res.get("nm", {}), "2:4_minus"),
         "psg_gain_w2": 100 * _mean(res.get("psg", {}), "w2_gain"),
         "adaquant_gain_w3a3_f1": 100 * _mean(res.get("adaquant", {}), "w3a3_f1"),
         "adaquant_gain_w2a4": 100 * _mean(res.get("adaquant", {}), "w2a4_f2"),
         "adaquant_seconds_ratio_w3a3": _mean(res.get("adaquant", {}), "w3a3_sec_ratio"),
+        "nm24t_minus_unstructured": 100 * _mean(res.get("nm", {}), "2:4-T_minus"),
         "psg_gain_w3": 100 * _mean(res.get("psg", {}), "w3_gain"),
         "pow2_cost_w8a8": 100 * _mean(res.get("pow2", {}), "w8a8_cost"),
         "pow2_cost_w4a4": 100 * _mean(res.get("pow2", {}), "w4a4_cost"),
