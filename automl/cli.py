@@ -40,7 +40,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue a previous search: its MLflow run id or run directory")
     p.add_argument("--profile", dest="profiles", action="append", help="hardware profile name or YAML path, repeatable")
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help="QAT steps for the final best policy")
-    p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant"), help="layer-wise PTQ optimisation after rounding")
+    p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant", "adaquant-final"),
+                   help="layer-wise PTQ optimisation after rounding: every evaluation, or only the final policy")
     p.add_argument("--calibration", dest="eval_calibration", choices=("data", "data-free"),
                    help="calibrate on the task's data or on inputs synthesised from BatchNorm statistics")
     p.add_argument("--power-of-two", dest="eval_power_of_two", action="store_true", default=None,

@@ -42,8 +42,10 @@ class SearchConfig:
         profiles: hardware profile names or YAML paths priced besides size/MACs/BitOps.
         n_groups / max_sparsity / weight_bits / act_bits / allow_pruning: search space.
         finetune_steps: QAT steps of the final fine-tune of the best policy (0 = off).
-        eval_ptq: ``none`` (round-to-nearest) or ``adaquant`` (layer-wise optimised weights and
-            biases after every policy is applied; see benchmarks/methods.py for its cost).
+        eval_ptq: ``none`` (round-to-nearest), ``adaquant`` (layer-wise optimised weights and
+            biases at every evaluation, sensitivities included: about 8x the time, see
+            benchmarks/methods.py) or ``adaquant-final`` (only for the final policy, before its
+            fine-tune and export).
         eval_adaquant_steps: AdaQuant optimisation steps per layer.
         eval_calibration: ``data`` (the task's calibration loader) or ``data-free`` (inputs
             synthesised from the model's BatchNorm statistics).

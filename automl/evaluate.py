@@ -46,8 +46,9 @@ class EvalConfig:
         calib_batches: how many calibration batches calibrate activation ranges.
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         seed: makes fidelity 3 deterministic.
-        ptq: ``"none"`` (round-to-nearest) or ``"adaquant"`` (layer-wise optimised weights,
-            :mod:`automl.quant.adaquant`) after every ``apply``, at every fidelity and in ``final``.
+        ptq: ``"none"`` (round-to-nearest), ``"adaquant"`` (layer-wise optimised weights,
+            :mod:`automl.quant.adaquant`, after every ``apply``: at every fidelity and in
+            ``final``) or ``"adaquant-final"`` (only in ``final``, before the fine-tune and export).
         adaquant_steps: AdaQuant's optimisation steps per layer.
         calibration: ``"data"`` (the task's calibration loader) or ``"data-free"``
             (inputs synthesised from BatchNorm statistics, :mod:`automl.datafree`).
@@ -176,9 +177,9 @@ class Evaluator:
         self.n_evaluations += 1
         return self._score(model, split, fidelity, start)
 
-    def _apply(self, policy: Policy) -> nn.Module:
+    def _apply(self, policy: Policy, final: bool = False) -> nn.Module:
         model = self.engine.apply(policy)
-        if self.config.ptq == "adaquant":
+        if self.config.ptq == "adaquant" or (final and self.config.ptq == "adaquant-final"):
             adaquant(self.engine, self._bn_batch, AdaQuantConfig(steps=self.config.adaquant_steps, seed=self.config.seed))
         return model
 
@@ -220,7 +221,7 @@ class Evaluator:
         for ``finetune_steps`` (none when 0), scored on ``split``. Returns the metrics and
         the trained quantized model (a copy; the engine's model is left as is)."""
         start = time.perf_counter()
-        model = self._apply(policy)
+        model = self._apply(policy, final=True)
         self.engine.reestimate_batchnorm(self._bn_batch)
         model = self.finetune(model, finetune_steps)
         return self._score(model, split, 3 if finetune_steps else 2, start), model

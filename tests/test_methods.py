@@ -99,6 +99,11 @@ def test_evaluator_with_adaquant_scores_and_fine_tunes_from_the_adapted_weights(
     assert 0.0 <= ev.evaluate(policy).accuracy <= 1.0
     metrics, model = ev.final(policy, 0)
     assert metrics.fidelity == 2
+    late = Evaluator(ev.problem, EvalConfig(fidelity=1, ptq="adaquant-final", adaquant_steps=5))
+    late.evaluate(policy)
+    assert all(ql.qat_start is None for ql in late.engine.layers.values())  # not during the search
+    late.final(policy, 0)
+    assert any(ql.qat_start is not None for ql in late.engine.layers.values())  # but for the final policy
     with pytest.raises(ConfigError, match="ptq must be one of"):
         EvalConfig(ptq="adaround")
 

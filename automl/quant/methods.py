@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from automl.cost.hardware import HardwareProfile
     from automl.evaluate import EvalConfig
 
-PTQ_METHODS = ("none", "adaquant")
+PTQ_METHODS = ("none", "adaquant", "adaquant-final")
 CALIBRATIONS = ("data", "data-free")
 
 
