@@ -53,6 +53,13 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-optimizer", dest="finetune_optimizer", help="sgd | adam (final fine-tune)")
     p.add_argument("--sensitivity", dest="sensitivity_method",
                    help="per-layer sensitivities before the search: hessian | fisher | measured | heuristic")
+    p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant", "adaquant-final"),
+                   help="layer-wise PTQ optimisation after rounding: every evaluation, or only the final policy")
+    p.add_argument("--calibration", dest="eval_calibration", choices=("data", "data-free"),
+                   help="calibrate on the task's data or on inputs synthesised from BatchNorm statistics")
+    p.add_argument("--power-of-two", dest="eval_power_of_two", action="store_true", default=None,
+                   help="power-of-two (shift) scales, for shift-only hardware such as --profile bitserial_shift")
+    p.add_argument("--psg", dest="finetune_psg", type=float, help="PSG strength in [0, 1] for the fine-tunes (0 = off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

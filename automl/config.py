@@ -101,6 +101,14 @@ class SearchConfig:
             accuracy of the samples scored so far.
         eval_early_stop_delta: allowed chance, per evaluation, of stopping a policy that
             would have beaten the incumbent.
+        eval_ptq: ``none`` (round-to-nearest), ``adaquant`` (layer-wise optimised weights and
+            biases at every evaluation, sensitivities included: about 8x the time, see
+            benchmarks/methods.py) or ``adaquant-final`` (only for the final policy, before its
+            fine-tune and export).
+        eval_adaquant_steps: AdaQuant optimisation steps per layer.
+        eval_calibration: ``data`` (the task's calibration loader) or ``data-free`` (inputs
+            synthesised from the model's BatchNorm statistics).
+        finetune_psg: position-based scaled gradient strength in [0, 1] in every fine-tune (0 = off).
     """
 
     task: str = "reference:resnet20"
@@ -147,6 +155,10 @@ class SearchConfig:
     eval_cache_mb: int = 1024
     eval_early_stop: bool = True
     eval_early_stop_delta: float = 0.01
+    eval_ptq: str = "none"
+    eval_adaquant_steps: int = 60
+    eval_calibration: str = "data"
+    finetune_psg: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,6 +211,9 @@ class SearchConfig:
             raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if not 0.0 <= self.finetune_distill_weight <= 1.0:
             raise ConfigError(f"finetune_distill_weight must lie in [0, 1], got {self.finetune_distill_weight}")
+        from automl.quant.methods import check_method_options  # torch-free
+
+        check_method_options(self.eval_ptq, self.eval_adaquant_steps, self.eval_calibration, self.finetune_psg)
 
     def space_config(self) -> SpaceConfig:
         """The search-space settings of this configuration."""
@@ -224,7 +239,8 @@ class SearchConfig:
                 power_of_two=self.eval_power_of_two, importance=self.space_importance,
                 calib_batches=self.eval_calib_batches, qat_steps=self.eval_qat_steps, qat_lr=self.eval_qat_lr,
                 seed=self.seed, cache_mb=self.eval_cache_mb, early_stop=self.eval_early_stop,
-                early_stop_delta=self.eval_early_stop_delta,
+                early_stop_delta=self.eval_early_stop_delta, ptq=self.eval_ptq, adaquant_steps=self.eval_adaquant_steps,
+                calibration=self.eval_calibration, psg=self.finetune_psg,
             )
         except AutoMLError as exc:
             raise ConfigError(f"evaluation settings (section 'evaluation'): {exc}") from exc

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from automl.analysis import ModelAnalysis, analyse
+from automl.datafree import DataFreeConfig, calibration_inputs
 from automl.early_stop import EarlyStopRule
 from automl.errors import ConfigError, DataError
 from automl.finetune import FinetuneConfig, FinetuneReport
@@ -25,7 +26,9 @@ from automl.importance import channel_importance, channel_ranking
 from automl.incremental import IncrementalForward, make_incremental
 from automl.losses import task_losses
 from automl.metrics import Metrics
+from automl.quant.adaquant import AdaQuantConfig, adaquant
 from automl.quant.engine import QuantEngine
+from automl.quant.methods import check_method_options
 from automl.task import Task
 from search_spaces.policy import Policy
 from search_spaces.space import SearchSpace, SpaceConfig
@@ -58,6 +61,15 @@ class EvalConfig:
             never become the best) and ``Metrics.stopped_early`` set.
         early_stop_delta: allowed probability per evaluation of stopping a policy that
             would have beaten the incumbent.
+        ptq: ``"none"`` (round-to-nearest), ``"adaquant"`` (layer-wise optimised weights,
+            :mod:`automl.quant.adaquant`, after every ``apply``: at every fidelity and in
+            ``final``) or ``"adaquant-final"`` (only in ``final``, before the fine-tune and export).
+        adaquant_steps: AdaQuant's optimisation steps per layer.
+        calibration: ``"data"`` (the task's calibration loader) or ``"data-free"``
+            (inputs synthesised from BatchNorm statistics, :mod:`automl.datafree`).
+        datafree_samples / datafree_steps: how many inputs are synthesised, and Adam steps per batch.
+        psg: position-based scaled gradient strength in [0, 1] for every fine-tune
+            (:mod:`automl.quant.psg`); 0 is plain Adam.
     """
 
     fidelity: int = 1
@@ -73,6 +85,12 @@ class EvalConfig:
     cache_mb: int = 1024
     early_stop: bool = False
     early_stop_delta: float = 0.01
+    ptq: str = "none"
+    adaquant_steps: int = 60
+    calibration: str = "data"
+    datafree_samples: int = 128
+    datafree_steps: int = 100
+    psg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fidelity not in FIDELITIES:
@@ -82,6 +100,7 @@ class EvalConfig:
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0 (0 turns the activation cache off), got {self.cache_mb}")
         EarlyStopRule(self.early_stop_delta)
+        check_method_options(self.ptq, self.adaquant_steps, self.calibration, self.psg)
 
 
 def _batches(loader: object, name: str, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -124,7 +143,8 @@ class Evaluator:
         self.config = config or EvalConfig()
         task = problem.task
         self.float_model = task.model.eval()
-        calib = [x for x, _ in _batches(task.calib_loader, "calib_loader", self.config.calib_batches)]
+        synth = DataFreeConfig(samples=self.config.datafree_samples, steps=self.config.datafree_steps, seed=self.config.seed)
+        calib = calibration_inputs(task, self.config.calibration, self.config.calib_batches, self.config.seed, synth)
         self.engine = QuantEngine(
             self.float_model, problem.analysis, problem.space, calib,
             weight_method=self.config.weight_method, act_method=self.config.act_method,
@@ -215,8 +235,9 @@ class Evaluator:
         fidelity = fidelity or self.config.fidelity
         if fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {fidelity!r}")
-        model = self.engine.apply(policy)
-        inc = self.incremental if fidelity < 3 else None
+        model = self._apply(policy)
+        # AdaQuant's weights depend on the whole prefix's outputs: no prefix reuse with it
+        inc = self.incremental if fidelity < 3 and self.config.ptq != "adaquant" else None
         if fidelity >= 2 and self.engine.bn_affine:  # without BatchNorm, fidelity 2 is fidelity 1
             if inc is not None:
                 inc.reestimate(self.engine.current, self._bn_batch)  # type: ignore[arg-type]
@@ -227,6 +248,12 @@ class Evaluator:
         self.n_evaluations += 1
         return self._score(model, split, fidelity, start, inc)
 
+    def _apply(self, policy: Policy, final: bool = False) -> nn.Module:
+        model = self.engine.apply(policy)
+        if self.config.ptq == "adaquant" or (final and self.config.ptq == "adaquant-final"):
+            adaquant(self.engine, self._bn_batch, AdaQuantConfig(steps=self.config.adaquant_steps, seed=self.config.seed))
+        return model
+
     def finetune(
         self, qmodel: nn.Module, steps: int, lr: float | None = None, config: FinetuneConfig | None = None
     ) -> nn.Module:
@@ -236,7 +263,7 @@ class Evaluator:
         distillation from the float model at ``lr`` (``qat_lr`` by default), no validation.
         The report of the last fine-tune is kept in :attr:`last_finetune`.
         """
-        cfg = config or FinetuneConfig.legacy(steps, lr or self.config.qat_lr)
+        cfg = config or FinetuneConfig.legacy(steps, lr or self.config.qat_lr, self.config.psg)
         if config is None:
             cfg = replace(cfg, seed=self.config.seed)
         model, self.last_finetune = run_finetune(self, qmodel, cfg)
@@ -271,7 +298,7 @@ class Evaluator:
         (validation before and after) is kept in :attr:`last_finetune`. Returns the metrics
         and the trained quantized model (a copy; the engine's model is left as is)."""
         start = time.perf_counter()
-        model = self.engine.apply(policy)
+        model = self._apply(policy, final=True)
         if self.engine.bn_affine:
             self.engine.reestimate_batchnorm(self._bn_batch)
         cfg = finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed)

@@ -31,6 +31,7 @@ from automl.config import FINETUNE_OPTIMIZERS as OPTIMIZERS
 from automl.errors import ConfigError
 from automl.metrics import Metrics
 from automl.quant.engine import QuantLayer
+from automl.quant.psg import with_psg
 
 if TYPE_CHECKING:
     from automl.evaluate import Evaluator
@@ -74,6 +75,7 @@ class FinetuneConfig:
     eval_every: int = 50
     keep_best: bool = True
     lsq: bool = False
+    psg: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,14 +91,16 @@ class FinetuneConfig:
             raise ConfigError(f"finetune distill_weight must lie in [0, 1], got {self.distill_weight}")
         if self.batch_size < 1 or self.eval_every < 0 or self.temperature <= 0:
             raise ConfigError("finetune batch_size must be >= 1, eval_every >= 0 and temperature > 0")
+        if not 0.0 <= self.psg <= 1.0:
+            raise ConfigError(f"finetune psg strength must lie in [0, 1], got {self.psg}")
         if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
             raise ConfigError("finetune momentum must lie in [0, 1) and weight_decay be >= 0")
 
     @classmethod
-    def legacy(cls, steps: int, lr: float) -> FinetuneConfig:
+    def legacy(cls, steps: int, lr: float, psg: float = 0.0) -> FinetuneConfig:
         """The fine-tune of fidelity 3: Adam on distillation alone, constant rate, no validation."""
         return cls(steps=steps, lr=lr, optimizer="adam", distill_weight=1.0, schedule="constant", eval_every=0,
-                   keep_best=False)
+                   keep_best=False, psg=psg)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,6 +205,7 @@ def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) ->
     task_loss, distill = _losses(evaluator.problem.task, config)
     opt = _optimizer(config, weights, scales)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if config.schedule == "cosine" else None
+    opt = with_psg(opt, student, config.psg)  # type: ignore[assignment]  # PSG (automl/quant/psg.py); unchanged at 0
     best, best_step, best_state = before, 0, _trainable_state(student)
     history = [(0, before.accuracy, before.loss)] if validate else []
     alpha = config.distill_weight

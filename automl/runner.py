@@ -39,6 +39,7 @@ from automl.lifecycle import (
 )
 from automl.loading import load_task
 from automl.mlflow_ui import repair_summary
+from automl.quant.methods import check_profile_scales
 from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
 from automl.task import Task
 from automl.timing import StageTimer, pin_threads
@@ -209,6 +210,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     with timer.stage("cost_model"):
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
         profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
+        check_profile_scales(profiles, config.eval_power_of_two)
         cost_model = CostModel(problem.analysis, problem.space, profiles)
         bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,9 @@ class Task:
       apart from the batch dimension.
     * Each loader is re-iterable (a ``DataLoader`` is) and yields ``(inputs, targets)``
       tuples or lists of two tensors with the same batch size. ``train_loader`` feeds
-      fine-tuning, ``calib_loader`` quantizer calibration and BatchNorm re-estimation,
+      fine-tuning, ``calib_loader`` quantizer calibration and BatchNorm re-estimation
+      (``None``: calibration inputs are synthesised from the model's BatchNorm statistics,
+      see :mod:`automl.datafree`),
       ``val_loader`` the scores a searcher sees, and ``test_loader`` the final report only.
     * ``metric(outputs, targets)`` returns a Python float for one batch, higher being
       better (e.g. :func:`top1_accuracy`).
@@ -75,7 +77,7 @@ class Task:
         model: the trained network.
         sample_input: one batched input tensor.
         train_loader: training batches.
-        calib_loader: calibration batches.
+        calib_loader: calibration batches, or ``None`` to calibrate data-free.
         val_loader: validation batches, scored during the search.
         test_loader: test batches, for final reporting only.
         metric: quality of outputs against targets, higher is better.
@@ -88,7 +90,7 @@ class Task:
     model: nn.Module
     sample_input: torch.Tensor
     train_loader: Iterable[Any]
-    calib_loader: Iterable[Any]
+    calib_loader: Iterable[Any] | None
     val_loader: Iterable[Any]
     test_loader: Iterable[Any]
     metric: Metric = top1_accuracy
@@ -130,7 +132,7 @@ class Task:
                 f"Task.metric must be callable as metric(outputs, targets) -> float, got "
                 f"{type(self.metric).__name__}; pass e.g. automl.task.top1_accuracy."
             )
-        batches = {name: self._peek(name) for name in LOADER_NAMES}
+        batches = {name: self._peek(name) for name in LOADER_NAMES if not (name == "calib_loader" and self.calib_loader is None)}
         self._check_metric(*batches["val_loader"])
 
     def _check_sample_input(self) -> None:

@@ -117,3 +117,12 @@ def small_resnet() -> Task:
     """A trained ResNet-8 (width 4, with BatchNorm): the reference task in miniature."""
     torch.manual_seed(0)
     return _trained("small_resnet", ResNet(8, width=4))
+
+
+def no_batchnorm() -> Task:
+    """A small CNN without BatchNorm: nothing to calibrate data-free from."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    loaders = _loaders()
+    return Task(model, torch.zeros(1, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"],
+                name="no_batchnorm")

@@ -27,6 +27,12 @@ class BitSerialProfile(HardwareProfile):
     precision (float32) run in several passes of the widest. Each layer takes the longer of
     its compute time and its off-chip traffic time (weights and activations at their padded
     widths), plus a fixed per-layer overhead.
+
+    ``scales`` says which requantization scales the hardware applies between layers:
+    ``any`` (a fixed-point multiplier per output) or ``power_of_two`` (shift-only hardware:
+    a barrel shifter, so every weight, activation and BatchNorm scale must be a power of
+    two; a search pricing such a profile must run with ``--power-of-two``). ``requant_ns``
+    is the time the requantizer takes per output element, added to the layer's overhead.
     """
 
     kind: ClassVar[str] = "bitserial"
@@ -40,6 +46,8 @@ class BitSerialProfile(HardwareProfile):
     network_overhead_us: float = 0.0
     description: str = ""
     runtime: str = HYPOTHETICAL
+    scales: str = "any"
+    requant_ns: float = 0.0
 
     @cached_property
     def padded(self) -> np.ndarray:
@@ -60,7 +68,8 @@ class BitSerialProfile(HardwareProfile):
         ms_per_brick_cycle = 1.0 / (self.bricks * self.frequency_mhz * 1e3)
         compute = batch.macs_per_channel * batch.channel_sum(units) * (units[batch.act_bits] * ms_per_brick_cycle)
         traffic = batch.channel_sum(pad) * batch.weights_per_out + batch.in_elems * pad[batch.act_bits]
-        return compute, traffic * self._ms_per_bit, self.layer_overhead_us * 1e-3 * batch.alive
+        overhead = self.layer_overhead_us * 1e-3 * batch.alive + batch.out_elems * (self.requant_ns * 1e-6)
+        return compute, traffic * self._ms_per_bit, overhead
 
     @cached_property
     def _units(self) -> np.ndarray:
@@ -80,6 +89,7 @@ class BitSerialProfile(HardwareProfile):
             "supported_bits": list(self.supported_bits), "bricks": self.bricks,
             "frequency_mhz": self.frequency_mhz, "memory_gbps": self.memory_gbps,
             "layer_overhead_us": self.layer_overhead_us, "network_overhead_us": self.network_overhead_us,
+            "scales": self.scales, "requant_ns": self.requant_ns,
         }
 
     @classmethod
@@ -95,7 +105,18 @@ class BitSerialProfile(HardwareProfile):
             layer_overhead_us=r.number("layer_overhead_us", positive=False, default=0.0),
             network_overhead_us=r.number("network_overhead_us", positive=False, default=0.0),
             description=str(data.get("description", "")), runtime=str(data.get("runtime", HYPOTHETICAL)),
+            scales=_scales(r), requant_ns=r.number("requant_ns", positive=False, default=0.0),
         )
+
+
+SCALE_KINDS = ("any", "power_of_two")
+
+
+def _scales(r: Reader) -> str:
+    value = r.text("scales", "any")
+    if value not in SCALE_KINDS:
+        raise r.fail("scales", f"one of {SCALE_KINDS}", value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ class QuantLayer(nn.Module):
         self.act: tuple[float, int, int] | None = None
         self.correction: tuple[torch.Tensor, torch.Tensor] | None = None
         self.qat = False
+        self.qat_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (w, b) set by AdaQuant for this policy
         self._arange = torch.arange(w.shape[0])
         self._lookup = {b: i for i, b in enumerate(self.bank_bits)}
 
@@ -111,6 +112,7 @@ class QuantLayer(nn.Module):
         self.weight = self.bank[idx, self._arange]
         self.bias = self.b_float * (self.bits > 0)
         self._scale = self.scale_bank[idx, self._arange]
+        self.qat_start = None
 
     def enable_qat(self, lsq: bool = False) -> None:
         """Make the float weights trainable, quantized on the fly with the current bits.
@@ -119,8 +121,9 @@ class QuantLayer(nn.Module):
         too (:func:`~automl.quant.fake.lsq_quantize`); :meth:`freeze_scales` writes them back.
         """
         live = (self.bits > 0).to(self.w_float.dtype)
-        self.w_param = nn.Parameter(self.w_float * live.view(-1, *([1] * (self.w_float.dim() - 1))))
-        self.b_param = nn.Parameter(self.b_float * live)
+        w, b = self.qat_start or (self.w_float, self.b_float)
+        self.w_param = nn.Parameter(w * live.view(-1, *([1] * (self.w_float.dim() - 1))))
+        self.b_param = nn.Parameter(b * live)
         self.qat = True
         self.w_scale = nn.Parameter(self._scale.clone()) if lsq else None
         self.a_scale = nn.Parameter(torch.tensor(float(self.act[0]))) if lsq and self.act is not None else None
@@ -210,6 +213,7 @@ class QuantEngine:
     ) -> None:
         self.analysis = analysis
         self.space = space
+        self.power_of_two = power_of_two
         self.folded, self.bn_affine = fold_batchnorm(model, analysis)
         self.qmodel = copy.deepcopy(self.folded).eval()
         self.layers: dict[str, QuantLayer] = {}
@@ -327,6 +331,8 @@ class QuantEngine:
                 std = out.std(dim=dims).clamp_min(1e-5)
                 live = (mod.bits > 0).to(out.dtype)
                 a = gamma.abs() / std * live
+                if self.power_of_two:  # shift-only hardware: the correction factor is a shift too
+                    a = torch.exp2(torch.round(torch.log2(a.clamp_min(1e-30)))) * live
                 c = (beta - a * mean) * live
                 mod.correction = (a, c)
                 shape = (1, -1) + (1,) * (out.dim() - 2)
