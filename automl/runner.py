@@ -293,7 +293,12 @@ def run_search(config: SearchConfig, task: Task | None = None, callbacks: Sequen
     _start_tracking(session, resuming)
     from automl.sensitivity_stage import run_stage
 
-    sensitivity = run_stage(session, resuming, quiet)  # before the searcher: it reads the tables
+    try:  # before the searcher: it reads the tables
+        sensitivity = run_stage(session, resuming, quiet)
+    except BaseException as exc:  # no parent run left RUNNING
+        tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        tracker.close()
+        raise
     searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if resuming:
         resume_searcher(searcher, read_journal(run_dir / JOURNAL), single_worker=cfg.workers == 1)
