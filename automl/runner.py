@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,27 @@ def build_session(
     budget = Budget.parse(list(config.budget))
     if config.searcher not in searcher_names():
         raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(searcher_names())}")
+    # Opening the MLflow store (import, schema migrations) is Python work that overlaps with
+    # building the evaluator, which spends its time in torch kernels that release the GIL.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open")
+    opening = pool.submit(_open_tracker, uri, config, timer) if track else None
+    try:
+        return _build(config, budget, run_dir, resuming, task, timer, opening)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _open_tracker(uri: str, config: SearchConfig, timer: StageTimer) -> MlflowTracker:
+    start = time.perf_counter()
+    tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output))
+    timer.add("mlflow_open", time.perf_counter() - start, within="overlapped")
+    return tracker
+
+
+def _build(
+    config: SearchConfig, budget: Budget, run_dir: Path, resuming: bool, task: Task | None, timer: StageTimer,
+    opening: Future | None,
+) -> tuple[Session, bool]:
     pin_threads(config.threads)
     with timer.stage("task"):  # for a reference task: load (or train) and check the checkpoint
         task = task or load_task(config.task, threads=config.threads)
@@ -226,8 +248,8 @@ def build_session(
     with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
         evaluator = CachedEvaluator(Evaluator(problem, eval_config(config)), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
-    with timer.stage("mlflow"):
-        tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
+    with timer.stage("mlflow"):  # only the wait for the store opened in the background
+        tracker = opening.result() if opening is not None else None
     return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer), resuming
 
 
