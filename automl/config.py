@@ -13,7 +13,7 @@ from automl.errors import ConfigError
 
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "tpe"
-DEFAULT_EVALUATIONS = 60
+DEFAULT_EVALUATIONS = 120
 
 
 @dataclass(frozen=True)
