@@ -41,7 +41,7 @@ class SearchConfig:
             returning an :class:`automl.Task`.
         budget: constraints that must all hold, e.g. ``("size<=0.125x", "bitops<=0.5G")``.
         searcher: searcher name (see ``automl search --help``).
-        evaluations: how many policies to evaluate.
+        evaluations: how many distinct policies to evaluate (cache hits are free).
         fidelity: 1 (PTQ), 2 (+ BatchNorm re-estimation), 3 (+ short QAT). The default is 2:
             at 2-3 bits plain PTQ collapses (ResNet-20 W2A2: 36 % at fidelity 1, 96.9 % at
             fidelity 2, see benchmarks/uniform_ptq.py), so fidelity 1 ranks low-bit

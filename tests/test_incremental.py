@@ -84,10 +84,16 @@ def test_a_change_in_the_last_layer_runs_only_that_layer(tiny_task, rng):
     layers = list(base)
     layers[j] = (last, problem.space.sample(np.random.default_rng(5)).as_dict()[last])
     ev.evaluate(base)
+    ev.evaluate(base.__class__(tuple(layers[:j] + [(last, problem.space.uniform(8).as_dict()[last])] + layers[j + 1:])))
     before = ev.incremental.layers_run
     ev.evaluate(Policy(tuple(layers)))
     batches = len(ev._split("val")[0])
     assert ev.incremental.layers_run - before == batches  # one layer per batch
+
+
+def test_a_prefix_is_stored_from_its_second_sight():
+    cache = ActivationCache(limit_bytes=4000)
+    assert not cache.admit(("k",)) and cache.admit(("k",))
 
 
 def test_the_activation_cache_stays_under_its_limit():
