@@ -1,0 +1,152 @@
+"""``automl search --workers N`` and ``automl worker``: one study, one journal, one MLflow parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from automl.cli import main
+from automl.workers import WORKER_ATTR, fail_dead_trials, tag_alive, worker_tag
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--task", "tests.tasks:tiny", "--finetune-steps", "0", "--sensitivity", "heuristic"]
+
+
+def _study(run_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name=f"automl-{run_dir.name}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+
+
+def _children(output: Path) -> tuple[list[str], list[str]]:
+    """(parent run ids, parent ids of child runs) in the run store under ``output``."""
+    from mlflow import MlflowClient
+
+    from automl.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(output))
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, max_results=1000)
+    parents = [r.info.run_id for r in runs if r.data.tags.get("automl.kind") == "search"]
+    kids = [r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def _journal(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _check_complete(output: Path, n: int) -> Path:
+    """One run whose journal, study and MLflow agree: ``n`` distinct policies, none twice, none lost."""
+    (run_dir,) = list((output / "runs").glob("*"))
+    journal = _journal(run_dir)
+    counted = [r for r in journal if not r.get("cache_hit")]
+    assert len(counted) == n
+    assert len({json.dumps(r["policy"], sort_keys=True) for r in counted}) == n  # evaluated once each
+    assert len({r["number"] for r in journal}) == len(journal)
+    study = _study(run_dir)
+    done = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert {t.number for t in done} == {r["number"] for r in journal}  # nothing lost from the journal
+    parents, kids = _children(output)
+    assert len(parents) == 1 and kids == [parents[0]] * len(journal)
+    return run_dir
+
+
+def test_workers_need_an_optuna_searcher(capsys, tmp_path):
+    code = main(["search", *TINY, "--searcher", "random", "--workers", "2", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "needs a searcher that keeps its state in an Optuna study" in err and "tpe" in err
+    assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+def test_workers_need_a_shared_storage(capsys, tmp_path):
+    code = main(["search", *TINY, "--searcher", "tpe", "--workers", "2", "--storage", ":memory:", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "storage every worker process can open" in err
+
+
+def test_worker_needs_join_or_storage_and_study(capsys, tmp_path):
+    for argv in (["worker"], ["worker", "--storage", "sqlite:///x.db"], ["worker", "--join", str(tmp_path)]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+    assert "config.json" in err
+
+
+def test_a_trial_of_a_killed_worker_is_failed_with_a_reason_and_requeued(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    tag = {"host": socket.gethostname(), "pid": victim.pid, "start": None}
+    dead = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    dead.set_user_attr(WORKER_ATTR, tag)
+    alive = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    alive.set_user_attr(WORKER_ATTR, worker_tag())
+    assert fail_dead_trials(study) == []  # both workers still run
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert tag_alive(tag) is False
+    assert fail_dead_trials(study) == [dead.number]
+    assert fail_dead_trials(study) == []  # failed once, re-queued once
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert "died during the trial" in trials[dead.number].user_attrs["fail_reason"]
+    assert trials[alive.number].state == TrialState.RUNNING
+    (retry,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert retry.user_attrs["retry_of"] == dead.number
+    nxt = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    assert nxt.params == trials[dead.number].params  # the next worker evaluates the lost policy
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_journal_and_parent_run(tmp_path):
+    n = 8
+    cmd = [sys.executable, "-m", "automl", "search", *TINY, "--searcher", "tpe", "--evaluations", str(n),
+           "--workers", "2", "--output", str(tmp_path), "--fidelity", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = _check_complete(tmp_path, n)
+    pids = {t.user_attrs[WORKER_ATTR]["pid"] for t in _study(run_dir).get_trials() if WORKER_ATTR in t.user_attrs}
+    assert len(pids) == 2  # both workers evaluated
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_mid_trial_loses_nothing_and_repeats_nothing(tmp_path):
+    n = 10
+    cmd = [sys.executable, "-m", "automl", "search", *TINY, "--searcher", "tpe", "--evaluations", str(n),
+           "--workers", "2", "--output", str(tmp_path), "--fidelity", "3"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 400
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        dbs = list(tmp_path.glob("runs/*/optuna.db"))
+        if dbs:
+            try:
+                study = _study(dbs[0].parent)
+                running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                           if WORKER_ATTR in t.user_attrs]
+                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            except (KeyError, Exception):  # noqa: BLE001 - the study is not created yet
+                running, done = [], []
+            if running and len(done) >= 2:
+                killed = running[0]
+                os.kill(killed.user_attrs[WORKER_ATTR]["pid"], signal.SIGKILL)
+        time.sleep(0.05)
+    assert killed is not None, "no trial was running to kill"
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    run_dir = _check_complete(tmp_path, n)
+    trials = _study(run_dir).get_trials()
+    victim = trials[killed.number]
+    assert victim.state == TrialState.FAIL and "died during the trial" in victim.user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert killed.number not in {r["number"] for r in _journal(run_dir)}
