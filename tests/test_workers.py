@@ -150,3 +150,14 @@ def test_kill_9_of_a_worker_mid_trial_loses_nothing_and_repeats_nothing(tmp_path
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params
     assert killed.number not in {r["number"] for r in _journal(run_dir)}
+
+
+def test_worker_on_another_host_needs_a_study_started_by_a_search(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    code = main(["worker", "--storage", url, "--study", "missing"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no study 'missing'" in err
+    optuna.create_study(storage=url, study_name="foreign")
+    code = main(["worker", "--storage", url, "--study", "foreign"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds no automl-mpq search configuration" in err and "Traceback" not in err
