@@ -180,6 +180,9 @@ def coordinate(
     for cb in callbacks:
         cb.on_start(searcher, searcher.objective)
     seen = {r.number for r in searcher.records}
+    print(f"{cfg.workers} workers on this host (logs in {run_dir / 'workers'}); more join with: automl worker --join "
+          f"{run_dir}  or, from another host on a shared database: automl worker --storage <its URL> --study "
+          f"{searcher.study_name}", file=sys.stderr, flush=True)
     procs = {i: _spawn(run_dir, i) for i in range(cfg.workers)}
     restarts, next_index = 0, cfg.workers
     stop_reason = ""

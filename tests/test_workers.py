@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from automl.cli import main
 from automl.workers import WORKER_ATTR, fail_dead_trials, tag_alive, worker_tag
+from tests.test_postgres_tracking import postgres_urls  # noqa: F401, F811 - the PostgreSQL fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--task", "tests.tasks:tiny", "--finetune-steps", "0", "--sensitivity", "heuristic"]
@@ -161,3 +162,55 @@ def test_worker_on_another_host_needs_a_study_started_by_a_search(capsys, tmp_pa
     code = main(["worker", "--storage", url, "--study", "foreign"])
     err = capsys.readouterr().err
     assert code == 2 and "holds no automl-mpq search configuration" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_from_another_directory_joins_through_postgres(tmp_path, postgres_urls):  # noqa: F811
+    """Two hosts, played by two processes in separate working directories: the search (one
+    local worker) and ``automl worker --storage --study`` share a PostgreSQL study; the
+    parent logs both workers' trials into one MLflow parent run (PostgreSQL backend)."""
+    mlflow_url, optuna_url = postgres_urls
+    n = 10
+    host_a, host_b = tmp_path / "a", tmp_path / "b"
+    host_a.mkdir()
+    host_b.mkdir()
+    cmd = [sys.executable, "-m", "automl", "search", *TINY, "--searcher", "tpe", "--evaluations", str(n),
+           "--workers", "2", "--output", str(host_a / "out"), "--fidelity", "3", "--storage", optuna_url,
+           "--tracking-uri", mlflow_url]
+    proc = subprocess.Popen(cmd, cwd=host_a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    runs: list[Path] = []
+    while not runs and time.time() < deadline and proc.poll() is None:
+        runs = list((host_a / "out" / "runs").glob("*")) if (host_a / "out" / "runs").exists() else []
+        time.sleep(0.2)
+    assert runs, "the search made no run directory"
+    study_name = f"automl-{runs[0].name}"
+    for _ in range(600):  # the parent stores its configuration in the study before starting workers
+        try:
+            if optuna.load_study(study_name=study_name, storage=optuna_url).user_attrs.get("automl_config"):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    joined = subprocess.run([sys.executable, "-m", "automl", "worker", "--storage", optuna_url, "--study", study_name,
+                             "--output", str(host_b / "out")], cwd=host_b, capture_output=True, text=True, timeout=600)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=optuna_url)
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    journal = _journal(runs[0])
+    counted = [r for r in journal if not r.get("cache_hit")]
+    assert len(counted) == n and len({json.dumps(r["policy"], sort_keys=True) for r in counted}) == n
+    assert {t.number for t in done} == {r["number"] for r in journal}
+    pids = {t.user_attrs[WORKER_ATTR]["pid"] for t in done}
+    assert len(pids) >= 2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_url)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    all_runs = client.search_runs(ids, max_results=1000)
+    parents = [r.info.run_id for r in all_runs if r.data.tags.get("automl.kind") == "search"]
+    kids = [r.data.tags["mlflow.parentRunId"] for r in all_runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and kids == [parents[0]] * len(journal)
