@@ -5,7 +5,8 @@ reference network in a fresh output directory (so no worker gets another run's c
 a real ``python -m automl search`` process. The figure is distinct evaluations divided by
 the run's ``search`` stage (``timings.json``): for W > 1 that stage includes starting the
 worker processes and each worker building its own evaluator, which is a real cost of
-parallel search. The machine's load average is printed with the figures: on a shared
+parallel search. The rate from the first trial's start to the last trial's completion (read
+from the study) is printed too, to tell start-up cost from throughput. The machine's load average is printed with the figures: on a shared
 machine the efficiency measures the contention as much as the code.
 
     python benchmarks/scale_workers.py                       # ResNet-8, 24 evaluations
@@ -40,8 +41,22 @@ def run(task: str, workers: int, evaluations: int, seed: int, out: Path) -> dict
     records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines() if line.strip()]
     distinct = sum(1 for r in records if not r.get("cache_hit"))
     search_s = float(timings["seconds_search"])
-    return {"workers": workers, "evaluations": distinct, "search_s": search_s, "wall_s": wall,
+    first, last, pids = _trial_span(run_dir)
+    return {"steady_per_min": 60.0 * distinct / max(last - first, 1e-9), "n_processes": pids,
+            "workers": workers, "evaluations": distinct, "search_s": search_s, "wall_s": wall,
             "evals_per_min": 60.0 * distinct / search_s, "load_start": load, "load_end": os.getloadavg()[0]}
+
+
+def _trial_span(run_dir: Path) -> tuple[float, float, int]:
+    """First trial start, last trial completion (epoch seconds) and evaluating processes, from the study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=f"automl-{run_dir.name}", storage=f"sqlite:///{run_dir.resolve() / 'optuna.db'}")
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and not t.user_attrs.get("cache_hit")]
+    first = min(t.datetime_start.timestamp() for t in done)
+    last = max(t.datetime_complete.timestamp() for t in done)
+    return first, last, len({str(t.user_attrs.get("worker")) for t in done})
 
 
 def main() -> None:
@@ -58,7 +73,8 @@ def main() -> None:
             row = run(args.task, w, args.evaluations, args.seed, Path(tmp) / f"w{w}")
             rows.append(row)
             print(f"workers={w}: {row['evaluations']} evaluations, search stage {row['search_s']:.1f} s "
-                  f"({row['evals_per_min']:.2f}/min), whole command {row['wall_s']:.1f} s, "
+                  f"({row['evals_per_min']:.2f}/min; first trial start to last completion {row['steady_per_min']:.2f}/min "
+                  f"in {row['n_processes']} process(es)), whole command {row['wall_s']:.1f} s, "
                   f"load average {row['load_start']:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
     by = {r["workers"]: r["evals_per_min"] for r in rows}
     parts = [f"evals_per_min_{w}={by[w]:.3f}" for w in counts]
