@@ -26,8 +26,9 @@ Design (the simplest one that is correct with the stores the project already has
   worker that asks. A worker that died with work left is replaced (at most ``2 N`` times).
   Trials of workers on other hosts are covered by Optuna's heartbeat instead: a RUNNING
   trial without a heartbeat for ``grace_period`` (120 s, :func:`agents.storage.open_storage`)
-  is failed and retried by Optuna's ``RetryHeartbeatStaleTrialCallback``, which records
-  the failed trial's number in the retry's system attributes.
+  is failed by Optuna and re-queued by :func:`agents.storage.requeue_stale` with the same
+  ``retry_of`` / ``retry_reason`` attributes. A policy is re-queued at most
+  :data:`agents.storage.MAX_RETRIES` times (it may be what kills its workers).
 - ``automl worker --storage URL --study NAME`` joins from another host: the parent stores
   its configuration in the study's user attributes, so the joining host needs only the
   storage URL, the study name and the task importable there.
@@ -113,7 +114,7 @@ def fail_dead_trials(study: Any) -> list[int]:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from agents.optuna_search import WARM_ATTR
+    from agents.storage import requeue
 
     storage = study._storage  # noqa: SLF001 - the study's own storage object
     failed = []
@@ -128,10 +129,7 @@ def fail_dead_trials(study: Any) -> list[int]:
                 continue
         except UpdateFinishedTrialError:
             continue  # the worker finished it after all, or another process failed it first
-        attrs: dict[str, Any] = {"retry_of": t.number, "retry_reason": reason}
-        if t.user_attrs.get(WARM_ATTR):
-            attrs[WARM_ATTR] = True
-        study.enqueue_trial(t.params, user_attrs=attrs)
+        requeue(study, t, reason)
         failed.append(t.number)
     return failed
 

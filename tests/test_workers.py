@@ -214,3 +214,25 @@ def test_a_worker_from_another_directory_joins_through_postgres(tmp_path, postgr
     parents = [r.info.run_id for r in all_runs if r.data.tags.get("automl.kind") == "search"]
     kids = [r.data.tags["mlflow.parentRunId"] for r in all_runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and kids == [parents[0]] * len(journal)
+
+
+def test_a_trial_without_heartbeat_is_failed_and_requeued_once_per_retry(tmp_path):
+    from agents.storage import MAX_RETRIES, fail_stale, heartbeat, open_storage, quiet_optuna
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="hb")
+    dist = {"x": optuna.distributions.IntDistribution(0, 9)}
+    for attempt in range(MAX_RETRIES + 1):
+        trial = study.ask(dist)
+        with quiet_optuna(), heartbeat(storage, trial._trial_id):  # one beat, then the "worker" goes silent
+            pass
+        time.sleep(2.2)
+        fail_stale(study, storage)
+        assert study.get_trials()[trial.number].state == TrialState.FAIL
+        waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+        if attempt < MAX_RETRIES:
+            (retry,) = waiting
+            assert retry.user_attrs["retry_of"] == trial.number and "no heartbeat" in retry.user_attrs["retry_reason"]
+            assert retry.system_attrs["fixed_params"] == study.get_trials()[trial.number].params
+        else:
+            assert waiting == []  # a policy that keeps killing its workers is not queued forever
