@@ -59,6 +59,7 @@ SURPLUS_ATTR = "surplus"
 WARM_ATTR = "warm_start"
 STAGES_ATTR = "stages"
 CACHE_HIT_ATTR = "cache_hit"
+WORKER_ATTR = "worker"  # host, pid, start time of the process running the trial (automl.workers)
 _ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -112,6 +113,7 @@ class OptunaSearcher(Searcher):
     name = "optuna"
     multi_objective = False
     supports_constraints = True
+    worker: dict | None = None  # set by automl.workers: recorded on every trial this process runs
 
     def __init__(
         self,
@@ -234,6 +236,8 @@ class OptunaSearcher(Searcher):
             return None
         with quiet_optuna():
             trial = self.study.ask(self.distributions)
+        if self.worker:
+            trial.set_user_attr(WORKER_ATTR, self.worker)
         if self._rank(trial.number) >= n_evaluations:
             trial.set_user_attr(SURPLUS_ATTR, True)
             self.study.tell(trial, state=TrialState.FAIL)

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from automl.errors import ConfigError
 
 DEFAULT_STORAGE = "sqlite:///automl-optuna.db"
+MAX_RETRIES = 2  # a policy whose worker died this often is not queued again (it may be what kills them)
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 
 
@@ -72,7 +73,7 @@ def open_storage(
                 kwargs.update(
                     heartbeat_interval=int(heartbeat_interval),
                     grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    heartbeat_stale_trial_callback=requeue_stale,
                 )
             rdb = _open_rdb(url, kwargs)
             if url.startswith("sqlite"):
@@ -167,3 +168,22 @@ def fail_stale(study: optuna.Study, storage: BaseStorage) -> None:
     if heartbeat_enabled(storage):
         with quiet_optuna():
             optuna.storages.fail_stale_trials(study)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Queue the parameters of ``trial`` (failed because its worker died) again, recording
+    ``reason`` and the failed trial's number; ``False`` after :data:`MAX_RETRIES` retries."""
+    retries = int(trial.user_attrs.get("retry_count", 0))
+    if retries >= MAX_RETRIES:
+        return False
+    attrs = {**{k: v for k, v in trial.user_attrs.items() if k == "warm_start"},
+             "retry_of": trial.number, "retry_reason": reason, "retry_count": retries + 1}
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+    return True
+
+
+def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's stale-trial callback: a trial failed for a missing heartbeat is queued again."""
+    storage = study._storage  # noqa: SLF001 - the study's own storage
+    grace = getattr(storage, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 0)
+    requeue(study, trial, f"no heartbeat from its worker for {grace} s (worker on another host gone?)")

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("onnx", "ampq"), default="onnx")
     ex.add_argument("--output", help="file to write (default: best_model.<format> next to the source)")
 
+    from automl.workers import add_worker_parser
+
+    add_worker_parser(sub, [_debug_flag()])
     an = sub.add_parser("analyse", help="print a model's quantizable layers and channel coupling", parents=[_debug_flag()])
     an.add_argument("--task", default="reference:resnet20")
     return parser
@@ -136,6 +139,9 @@ def _check_cheaply(config: SearchConfig) -> None:
     if config.searcher not in SEARCHERS:
         raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(SEARCHERS)}")
     Budget.parse(list(config.budget))
+    from automl.workers import check_workers
+
+    check_workers(config)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -268,10 +274,16 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from automl.workers import cmd_worker
+
+    return cmd_worker(args)
+
+
 COMMANDS = {
     "search": _cmd_search, "ui": _cmd_ui, "best": _cmd_best, "show": _cmd_show,
     "train-reference": _cmd_train_reference, "profile-hardware": _cmd_profile_hardware, "analyse": _cmd_analyse,
-    "export": _cmd_export,
+    "export": _cmd_export, "worker": _cmd_worker,
 }
 
 

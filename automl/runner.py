@@ -46,6 +46,7 @@ from automl.timing import StageTimer, pin_threads
 from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
 from automl.units import cost_metrics, limit_metrics, shown
 from automl.uris import check_storage, check_tracking_uri
+from automl.workers import check_workers, run_searcher
 
 __all__ = ["CONFIG", "JOURNAL", "STATE", "read_journal", "run_search", "search"]
 
@@ -199,6 +200,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     check_storage(config.storage)
     budget = Budget.parse(list(config.budget))
     check_searcher(config)
+    check_workers(config)
     cwd = plan.state.get("cwd")
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
@@ -386,7 +388,7 @@ def _search(
         cbs.append(Progress(cfg.evaluations, len(done), best))
     cbs.extend(callbacks)
     with timer.stage("search"):
-        result = replace(searcher.run(cfg.evaluations, cbs), sensitivity_evaluations=sensitivity.evaluations)
+        result = replace(run_searcher(searcher, session, cbs), sensitivity_evaluations=sensitivity.evaluations)
     timer.add("evaluations", result.eval_seconds, within="search")
     with timer.stage("mlflow"):
         tracker.flush()

@@ -101,6 +101,11 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        if not isinstance(data, Mapping):
+            raise PolicyError(
+                f"a policy is a JSON object with 'schema_version' and 'layers', got a {type(data).__name__}: "
+                f"{str(data)[:80]!r}. Pass a policy file written by automl-mpq (e.g. best_policy.json)."
+            )
         version = data.get("schema_version")
         if version != POLICY_SCHEMA_VERSION:
             raise PolicyError(
@@ -113,9 +118,14 @@ class Policy:
         out = []
         for name, d in layers.items():
             try:
-                out.append((name, LayerPolicy(int(d["act_bits"]), tuple(int(b) for b in d["weight_bits"]))))
+                act, bits = d["act_bits"], list(d["weight_bits"])
+                if not all(_is_int(b) for b in [act, *bits]):
+                    raise TypeError("bit-widths must be integers")
+                out.append((name, LayerPolicy(int(act), tuple(int(b) for b in bits))))
             except (KeyError, TypeError) as exc:
-                raise PolicyError(f"layer {name!r}: expected act_bits and weight_bits, got {d!r}") from exc
+                raise PolicyError(
+                    f"layer {name!r}: expected act_bits (an integer) and weight_bits (a list of integers), got {d!r}"
+                ) from exc
         return cls(tuple(out), version)
 
     def to_json(self) -> str:
@@ -131,3 +141,8 @@ class Policy:
     def key(self) -> str:
         """A stable hash: equal policies have equal keys across processes."""
         return hashlib.sha1(self.to_json().encode()).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    """An integer bit-width as JSON gives it (not a bool, not a fraction, not a string)."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,324 @@
+"""Several worker processes on one Optuna study: ``automl search --workers N`` and ``automl worker``.
+
+Design (the simplest one that is correct with the stores the project already has):
+
+- The study is the only thing workers share that needs coordination, and Optuna already
+  makes it safe for concurrent processes (SQLite with WAL and a lock timeout, see
+  :mod:`agents.storage`, or PostgreSQL across hosts). Every worker runs the ordinary
+  :meth:`agents.optuna_search.OptunaSearcher.run` loop on the same study, so the number of
+  evaluations, the surplus rule and the constant liar behave as for one process. The
+  evaluation cache (``cache.sqlite`` of the run directory) is shared too; its SQLite file
+  is opened per process.
+- The parent process (``automl search --workers N``) evaluates nothing itself. It builds
+  the session as a single search would (MLflow parent run, float baseline, sensitivity
+  tables, warm start), starts N subprocesses of ``python -m automl worker --join RUN_DIR``
+  and then *tails the study*: every poll it loads the finished trials' records (each trial
+  carries its :class:`~agents.records.TrialRecord` as a user attribute) and hands the new
+  ones to the run's callbacks. So the journal and MLflow keep exactly one writer, the
+  parent, and every worker's trials land in the one journal and under the one parent run
+  without file locks. Workers write nothing but the study and the cache.
+- Dead workers. Each worker tags the trials it asks for with its host, pid and process
+  start time (:data:`WORKER_ATTR`). The parent fails a RUNNING trial whose tagged process
+  on this host is gone (checked every poll; a ``kill -9`` is seen within ``poll`` seconds),
+  writes the reason into the trial (``fail_reason``) and re-queues its parameters with
+  ``study.enqueue_trial`` (``retry_of`` names the failed trial). The failed trial holds no
+  record, so it is neither counted nor journaled; its policy is evaluated by the next
+  worker that asks. A worker that died with work left is replaced (at most ``2 N`` times).
+  Trials of workers on other hosts are covered by Optuna's heartbeat instead: a RUNNING
+  trial without a heartbeat for ``grace_period`` (120 s, :func:`agents.storage.open_storage`)
+  is failed by Optuna and re-queued by :func:`agents.storage.requeue_stale` with the same
+  ``retry_of`` / ``retry_reason`` attributes. A policy is re-queued at most
+  :data:`agents.storage.MAX_RETRIES` times (it may be what kills its workers).
+- ``automl worker --storage URL --study NAME`` joins from another host: the parent stores
+  its configuration in the study's user attributes, so the joining host needs only the
+  storage URL, the study name and the task importable there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automl.config import SearchConfig
+from automl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agents.base import Callback
+    from agents.records import SearchResult
+
+WORKER_ATTR = "worker"  # agents.optuna_search.WORKER_ATTR (not imported: this module loads without torch)
+CONFIG_ATTR = "automl_config"
+RUN_DIR_ATTR = "automl_run_dir"
+OPTUNA_MODULE = "agents.optuna_search"
+
+
+# checks ---------------------------------------------------------------------------------
+def check_workers(config: SearchConfig) -> None:
+    """``workers > 1`` needs an Optuna searcher and a storage several processes can open."""
+    if config.workers <= 1:
+        return
+    from agents import SEARCHERS
+
+    entry = SEARCHERS.get(config.searcher.lower().replace("-", "_"))
+    if entry is not None and entry[0] != OPTUNA_MODULE:
+        optuna_names = sorted(k for k, (mod, _) in SEARCHERS.items() if mod == OPTUNA_MODULE)
+        raise ConfigError(
+            f"--workers {config.workers} needs a searcher that keeps its state in an Optuna study "
+            f"({', '.join(optuna_names)}); got searcher {config.searcher!r}. Use one of those, or --workers 1."
+        )
+    if config.storage.strip() in (":memory:", "memory"):
+        raise ConfigError(
+            f"--workers {config.workers} needs a storage every worker process can open; got {config.storage!r}. "
+            "Leave --storage empty (a SQLite file in the run directory) or pass a database URL."
+        )
+
+
+# worker identity ------------------------------------------------------------------------
+def worker_tag() -> dict[str, Any]:
+    """This process as the trials it runs record it: host, pid, start time."""
+    from automl.lifecycle import _start_time
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def tag_alive(tag: Any) -> bool | None:
+    """Whether the process of a :func:`worker_tag` still runs; ``None`` for another host or no tag."""
+    from automl.lifecycle import _start_time
+
+    if not isinstance(tag, dict) or tag.get("host") != socket.gethostname():
+        return None
+    try:
+        pid = int(tag["pid"])
+        os.kill(pid, 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = tag.get("start")
+    return start is None or _start_time(pid) in (None, start)
+
+
+def fail_dead_trials(study: Any) -> list[int]:
+    """Fail every RUNNING trial whose worker process (on this host) is gone and re-queue its
+    parameters; returns the numbers of the failed trials."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    from agents.storage import requeue
+
+    storage = study._storage  # noqa: SLF001 - the study's own storage object
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag = t.user_attrs.get(WORKER_ATTR)
+        if tag_alive(tag) is not False:
+            continue
+        reason = f"worker process {tag['pid']} on {tag['host']} died during the trial; its parameters were re-queued"
+        try:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)  # noqa: SLF001
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):  # noqa: SLF001
+                continue
+        except UpdateFinishedTrialError:
+            continue  # the worker finished it after all, or another process failed it first
+        requeue(study, t, reason)
+        failed.append(t.number)
+    return failed
+
+
+# the parent -----------------------------------------------------------------------------
+def run_searcher(searcher: Any, session: Any, callbacks: Sequence[Callback], poll: float = 0.5) -> SearchResult:
+    """``searcher.run`` for one worker; the coordinator of :func:`coordinate` for several."""
+    cfg = session.config
+    if cfg.workers <= 1:
+        return searcher.run(cfg.evaluations, callbacks)
+    return coordinate(searcher, session.run_dir, cfg, callbacks, poll=poll)
+
+
+def _spawn(run_dir: Path, index: int) -> subprocess.Popen:
+    logs = run_dir / "workers"
+    logs.mkdir(exist_ok=True)
+    log = (logs / f"worker-{index}.log").open("ab")
+    cmd = [sys.executable, "-m", "automl", "worker", "--join", str(run_dir), "--index", str(index)]
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    finally:
+        log.close()
+
+
+def _tail(run_dir: Path, index: int, lines: int = 8) -> str:
+    try:
+        text = (run_dir / "workers" / f"worker-{index}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line for line in text.strip().splitlines()[-lines:])
+
+
+def coordinate(
+    searcher: Any, run_dir: Path, cfg: SearchConfig, callbacks: Sequence[Callback], poll: float = 0.5,
+) -> SearchResult:
+    """Start ``cfg.workers`` worker processes on the searcher's study and feed every trial they
+    finish to ``callbacks`` (journal, MLflow, progress) until they are done.
+
+    Raises:
+        ConfigError: a worker stopped on a bad input (exit 2) before any trial.
+    """
+    start = time.perf_counter()
+    study = searcher.study
+    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    study.set_user_attr(RUN_DIR_ATTR, str(run_dir.resolve()))
+    for cb in callbacks:
+        cb.on_start(searcher, searcher.objective)
+    seen = {r.number for r in searcher.records}
+    print(f"{cfg.workers} workers on this host (logs in {run_dir / 'workers'}); more join with: automl worker --join "
+          f"{run_dir}  or, from another host on a shared database: automl worker --storage <its URL> --study "
+          f"{searcher.study_name}", file=sys.stderr, flush=True)
+    procs = {i: _spawn(run_dir, i) for i in range(cfg.workers)}
+    restarts, next_index = 0, cfg.workers
+    stop_reason = ""
+    try:
+        while True:
+            for i, proc in list(procs.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del procs[i]
+                fail_dead_trials(study)
+                if rc == 2 and not searcher.n_distinct:
+                    raise ConfigError(f"worker {i} stopped on a bad input: {_tail(run_dir, i)}")
+                if rc != 0 and not _done(searcher, cfg.evaluations) and restarts < 2 * cfg.workers:
+                    restarts += 1
+                    procs[next_index] = _spawn(run_dir, next_index)
+                    next_index += 1
+            fail_dead_trials(study)
+            if not _feed(searcher, seen, callbacks):
+                stop_reason = "a callback asked to stop"
+                break
+            if not procs:
+                break
+            time.sleep(poll)
+    finally:
+        _stop(procs.values())
+        if procs:
+            fail_dead_trials(study)
+    _feed(searcher, seen, callbacks)
+    searcher.stop_reason = stop_reason
+    return searcher.finish(start, callbacks)
+
+
+def _done(searcher: Any, n: int) -> bool:
+    searcher.sync()
+    return searcher.n_distinct >= n
+
+
+def _feed(searcher: Any, seen: set[int], callbacks: Sequence[Callback]) -> bool:
+    """Hand the study's newly finished records to ``callbacks``; ``False`` if one asks to stop."""
+    from agents.base import notify_trial
+
+    searcher.sync()
+    for record in searcher.records:
+        if record.number not in seen:
+            seen.add(record.number)
+            if not notify_trial(callbacks, record):
+                return False
+    return True
+
+
+def _stop(procs: Any, wait: float = 10.0) -> None:
+    """SIGTERM to running workers (their trials are failed and re-queued), SIGKILL after ``wait`` s."""
+    procs = [p for p in procs if p.poll() is None]
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + wait
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+# the worker -----------------------------------------------------------------------------
+def add_worker_parser(sub: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser]) -> None:
+    """``automl worker``: join a running search (same host: ``--join``; other host: ``--storage --study``)."""
+    w = sub.add_parser("worker", help="join a running search as one more worker", parents=list(parents))
+    w.add_argument("--join", help="the run directory of a running `automl search` on this host")
+    w.add_argument("--storage", help="Optuna storage URL of the search (another host: PostgreSQL)")
+    w.add_argument("--study", help="study name (printed by the search; automl-<run dir name>)")
+    w.add_argument("--output", default="automl-runs", help="where this worker keeps its evaluation cache (--storage)")
+    w.add_argument("--threads", type=int, help="torch threads of this worker (default: the search's)")
+    w.add_argument("--index", type=int, help="worker number: its sampler seed is the search's seed + 1000 (index + 1); "
+                   "default: from the process id, so every worker proposes differently")
+
+
+def worker_config(args: argparse.Namespace) -> tuple[SearchConfig, Path, str]:
+    """The search's configuration, this worker's run directory and the study name."""
+    if bool(args.join) == bool(args.storage or args.study):
+        raise ConfigError("automl worker needs either --join RUN_DIR or both --storage URL and --study NAME")
+    if args.join:
+        run_dir = Path(args.join).expanduser().resolve()
+        path = run_dir / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--join {args.join!r}: cannot read {str(path)!r} ({exc}); pass the run directory "
+                              "that `automl search` printed") from None
+        cfg = SearchConfig.from_dict(data)
+        if not cfg.storage:
+            cfg = cfg.merged({"storage": f"sqlite:///{(run_dir / 'optuna.db').resolve()}"})
+        study = f"automl-{run_dir.name}"
+    else:
+        if not (args.storage and args.study):
+            raise ConfigError("automl worker --storage needs --study NAME too (and --study needs --storage)")
+        import optuna
+
+        from agents.storage import open_storage
+
+        try:
+            summary = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+        except KeyError:
+            raise ConfigError(f"no study {args.study!r} in {args.storage!r}; pass the name the search printed") from None
+        data = summary.user_attrs.get(CONFIG_ATTR)
+        if not isinstance(data, dict):
+            raise ConfigError(f"study {args.study!r} holds no automl-mpq search configuration; start it with "
+                              "`automl search --workers N` first")
+        cfg = SearchConfig.from_dict({**data, "storage": args.storage, "output": args.output})
+        study = args.study
+        run_dir = Path(args.output).expanduser().resolve() / "workers" / study
+    if args.threads:
+        cfg = cfg.merged({"threads": args.threads})
+    check_workers(cfg.merged({"workers": 2}))
+    return cfg, run_dir, study
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker until the study holds the search's evaluations."""
+    cfg, run_dir, study_name = worker_config(args)
+    from agents import searcher_class
+    from automl.lifecycle import handle_termination
+    from automl.resume import RunPlan
+    from automl.runner import build_session
+    from automl.sensitivity_stage import sensitivity_stage
+
+    session = build_session(RunPlan(cfg, run_dir, resuming=True), track=False)
+    report = sensitivity_stage(session.evaluator, session.problem.space, cfg.fidelity, cfg.sensitivity_method,
+                               cache_dir=cfg.output, quiet=True)
+    session.objective.sensitivities = report.sensitivities
+    kwargs: dict[str, Any] = dict(cfg.searcher_options)
+    kwargs.update(storage=cfg.storage, study_name=study_name, stage_fidelity=cfg.searcher_stage_fidelity or None)
+    index = args.index if args.index is not None else os.getpid()
+    searcher = searcher_class(cfg.searcher)(session.objective, seed=cfg.seed + 1000 * (index + 1), **kwargs)
+    searcher.worker = worker_tag()
+    with handle_termination():
+        result = searcher.run(cfg.evaluations)
+    print(f"worker {os.getpid()}: {sum(1 for r in result.records if not r.cache_hit)} distinct evaluations "
+          f"in the study", flush=True)
+    return 0

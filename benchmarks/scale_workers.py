@@ -1,0 +1,91 @@
+"""Evaluations per minute of ``automl search --workers W`` for W = 1, 2, 4 (one torch thread each).
+
+Each W runs the same TPE search (same seed, budget ``size<=0.125x``, fidelity 2) on a
+reference network in a fresh output directory (so no worker gets another run's cache), as
+a real ``python -m automl search`` process. The figure is distinct evaluations divided by
+the run's ``search`` stage (``timings.json``): for W > 1 that stage includes starting the
+worker processes and each worker building its own evaluator, which is a real cost of
+parallel search. The rate from the first trial's start to the last trial's completion (read
+from the study) is printed too, to tell start-up cost from throughput. The machine's load average is printed with the figures: on a shared
+machine the efficiency measures the contention as much as the code.
+
+    python benchmarks/scale_workers.py                       # ResNet-8, 24 evaluations
+    python benchmarks/scale_workers.py --task reference:resnet20 --evaluations 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(task: str, workers: int, evaluations: int, seed: int, out: Path) -> dict[str, float]:
+    """One search; its distinct evaluations, search-stage seconds and whole-command seconds."""
+    cmd = [sys.executable, "-m", "automl", "search", "--task", task, "--searcher", "tpe", "--evaluations",
+           str(evaluations), "--workers", str(workers), "--threads", "1", "--seed", str(seed), "--output", str(out),
+           "--finetune-steps", "0", "--sensitivity", "heuristic"]
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"workers={workers} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    (run_dir,) = list((out / "runs").glob("*"))
+    timings = json.loads((run_dir / "timings.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines() if line.strip()]
+    distinct = sum(1 for r in records if not r.get("cache_hit"))
+    search_s = float(timings["seconds_search"])
+    first, last, pids = _trial_span(run_dir)
+    return {"steady_per_min": 60.0 * distinct / max(last - first, 1e-9), "n_processes": pids,
+            "workers": workers, "evaluations": distinct, "search_s": search_s, "wall_s": wall,
+            "evals_per_min": 60.0 * distinct / search_s, "load_start": load, "load_end": os.getloadavg()[0]}
+
+
+def _trial_span(run_dir: Path) -> tuple[float, float, int]:
+    """First trial start, last trial completion (epoch seconds) and evaluating processes, from the study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=f"automl-{run_dir.name}", storage=f"sqlite:///{run_dir.resolve() / 'optuna.db'}")
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and not t.user_attrs.get("cache_hit")]
+    first = min(t.datetime_start.timestamp() for t in done)
+    last = max(t.datetime_complete.timestamp() for t in done)
+    return first, last, len({str(t.user_attrs.get("worker")) for t in done})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="reference:resnet8")
+    ap.add_argument("--evaluations", type=int, default=24)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scale-workers-") as tmp:
+        for w in counts:
+            row = run(args.task, w, args.evaluations, args.seed, Path(tmp) / f"w{w}")
+            rows.append(row)
+            print(f"workers={w}: {row['evaluations']} evaluations, search stage {row['search_s']:.1f} s "
+                  f"({row['evals_per_min']:.2f}/min; first trial start to last completion {row['steady_per_min']:.2f}/min "
+                  f"in {row['n_processes']} process(es)), whole command {row['wall_s']:.1f} s, "
+                  f"load average {row['load_start']:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
+    by = {r["workers"]: r["evals_per_min"] for r in rows}
+    parts = [f"evals_per_min_{w}={by[w]:.3f}" for w in counts]
+    if 1 in by and 2 in by:
+        parts.append(f"efficiency_2={by[2] / (2 * by[1]):.3f}")
+    if 1 in by and 4 in by:
+        parts.append(f"efficiency_4={by[4] / (4 * by[1]):.3f}")
+    loads = [r["load_start"] for r in rows] + [r["load_end"] for r in rows]
+    parts.append(f"load_avg_max={max(loads):.1f} cores={os.cpu_count()}")
+    print("RESULT " + " ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
