@@ -101,7 +101,7 @@ class Constraint:
             units = ", ".join(u for u in _UNITS[metric] if u)
             raise _malformed(text, f"unit {m['unit']!r} does not fit {metric} (units: {units}, x, %)")
         if not limit > 0 or limit == float("inf"):  # 1e999 (or 1e308 GB) overflows to inf
-            raise _malformed(text, "the limit must be a positive, finite number")
+            raise _malformed(text, "the limit must be positive (and finite)")
         return cls(f"latency@{profile}" if metric == "latency" else metric, limit, relative, text.strip())
 
     @property
