@@ -64,8 +64,8 @@ class FinetuneConfig:
 
     steps: int = 300
     epochs: float = 0.0
-    lr: float = 0.01
-    optimizer: str = "sgd"
+    lr: float = 5e-4
+    optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 64
