@@ -63,8 +63,8 @@ class TwoControllerExtractor(nn.Module):
         return self.value_net(features)
 
 
-class TwoControllerPolicy(ActorCriticPolicy):
-    """PPO's actor-critic with a layer controller and a channel controller (see the module docstring).
+class _TwoControllers:
+    """The two-controller extractor for any SB3 actor-critic policy (mixed in before it).
 
     Args:
         phase_index: position of the phase flag in the observation.
@@ -75,21 +75,17 @@ class TwoControllerPolicy(ActorCriticPolicy):
         super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = TwoControllerExtractor(self.features_dim, self.net_arch, self.activation_fn, self.phase_index)
+        self.mlp_extractor = TwoControllerExtractor(
+            self.features_dim, self.net_arch, self.activation_fn, self.phase_index  # type: ignore[attr-defined]
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "phase_index": self.phase_index}
+        return {**super()._get_constructor_parameters(), "phase_index": self.phase_index}  # type: ignore[misc]
 
 
-class TwoControllerMaskablePolicy(MaskableActorCriticPolicy):
+class TwoControllerPolicy(_TwoControllers, ActorCriticPolicy):
+    """PPO's actor-critic with a layer controller and a channel controller (see the module docstring)."""
+
+
+class TwoControllerMaskablePolicy(_TwoControllers, MaskableActorCriticPolicy):
     """MaskablePPO's actor-critic with the two controllers."""
-
-    def __init__(self, *args: Any, phase_index: int, **kwargs: Any) -> None:
-        self.phase_index = int(phase_index)
-        super().__init__(*args, **kwargs)
-
-    def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = TwoControllerExtractor(self.features_dim, self.net_arch, self.activation_fn, self.phase_index)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "phase_index": self.phase_index}

@@ -14,7 +14,6 @@ YAML that latency budgets use by path.
 from __future__ import annotations
 
 import platform
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,18 +44,10 @@ def interleaved_ms(fns: Sequence[Callable[[], object]], repeats: int, inner: int
     slowed by neighbours, never sped up, and their load swings the median of the same
     network by 2x from one minute to the next while the minimum moves by a few percent.
     """
-    best = [float("inf")] * len(fns)
+    from automl.ort import best_ms  # one timing rule for torch and ONNX Runtime (torch-free module)
+
     with torch.inference_mode():
-        for fn in fns:
-            for _ in range(warmup):
-                fn()
-        for _ in range(repeats):
-            for i, fn in enumerate(fns):
-                for _ in range(inner):
-                    start = time.perf_counter()
-                    fn()
-                    best[i] = min(best[i], time.perf_counter() - start)
-    return [b * 1e3 for b in best]
+        return best_ms(fns, repeats, inner, warmup)
 
 
 def quantized_engine() -> str:
