@@ -68,6 +68,8 @@ class SearchConfig:
         eval_act_method: activation range calibration, ``mse``, ``percentile`` or ``minmax``.
         eval_power_of_two: restrict quantization scales to powers of two.
         eval_calib_batches: calibration batches for activation ranges and BatchNorm re-estimation.
+        eval_bn_samples: how many calibration inputs re-estimate BatchNorm at fidelity 2
+            (0 = all); the re-estimation pass is most of a fidelity-2 evaluation.
         eval_qat_steps: QAT steps per evaluation at fidelity 3.
         eval_qat_lr: learning rate of those QAT steps.
         sensitivity_method: how the per-layer sensitivities that guide the ILP, the repair,
@@ -87,6 +89,10 @@ class SearchConfig:
             (the model before the fine-tune included), so the fine-tune never lowers
             validation accuracy.
         finetune_lsq: also learn the quantizers' step sizes (LSQ).
+        finetune_patience: end the fine-tune after this many validation checks in a row
+            without a better checkpoint (0 = run every step).
+        finetune_stop_at_float: end it as soon as validation accuracy reaches the float
+            model's (a winner already at float accuracy is not trained at all).
         searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
             ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
             and promotes the better half (successive halving) to ``fidelity``; both stages
@@ -141,6 +147,7 @@ class SearchConfig:
     eval_act_method: Literal["mse", "percentile", "minmax"] = "mse"
     eval_power_of_two: bool = False
     eval_calib_batches: int = 2
+    eval_bn_samples: int = 250
     eval_qat_steps: int = 40
     eval_qat_lr: float = 5e-4
     sensitivity_method: str = "hessian"
@@ -151,6 +158,8 @@ class SearchConfig:
     finetune_distill_weight: float = 0.5
     finetune_eval_every: int = 50
     finetune_lsq: bool = False
+    finetune_patience: int = 2
+    finetune_stop_at_float: bool = True
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
     eval_cache_mb: int = 1024
@@ -203,6 +212,8 @@ class SearchConfig:
             )
         if self.finetune_optimizer not in FINETUNE_OPTIMIZERS:
             raise ConfigError(f"finetune_optimizer must be one of {list(FINETUNE_OPTIMIZERS)}, got {self.finetune_optimizer!r}")
+        if self.finetune_patience < 0:
+            raise ConfigError(f"finetune_patience must be >= 0 (0 = no early stop), got {self.finetune_patience}")
         if self.finetune_steps < 0 or self.finetune_eval_every < 0 or self.finetune_batch_size < 1:
             raise ConfigError(
                 f"finetune_steps and finetune_eval_every must be >= 0 and finetune_batch_size >= 1, got "
@@ -238,7 +249,7 @@ class SearchConfig:
             return EvalConfig(
                 fidelity=self.fidelity, weight_method=self.eval_weight_method, act_method=self.eval_act_method,
                 power_of_two=self.eval_power_of_two, importance=self.space_importance,
-                calib_batches=self.eval_calib_batches, qat_steps=self.eval_qat_steps, qat_lr=self.eval_qat_lr,
+                calib_batches=self.eval_calib_batches, bn_samples=self.eval_bn_samples, qat_steps=self.eval_qat_steps, qat_lr=self.eval_qat_lr,
                 seed=self.seed, cache_mb=self.eval_cache_mb, early_stop=self.eval_early_stop,
                 early_stop_delta=self.eval_early_stop_delta, ptq=self.eval_ptq, adaquant_steps=self.eval_adaquant_steps,
                 calibration=self.eval_calibration, psg=self.finetune_psg,

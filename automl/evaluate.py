@@ -48,6 +48,10 @@ class EvalConfig:
         weight_method / act_method / power_of_two: see :class:`QuantEngine`.
         importance: channel importance criterion (``l1``, ``l2``, ``taylor``).
         calib_batches: how many calibration batches calibrate activation ranges.
+        bn_samples: how many of those calibration inputs re-estimate BatchNorm statistics at
+            fidelity 2 and in the final model (0 = all of them). The re-estimation pass is
+            the larger part of a fidelity-2 evaluation; see the README for the measurement
+            that chose the search's default.
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         seed: makes fidelity 3 deterministic.
         incremental: reuse the activations of an unchanged policy prefix at fidelities 1
@@ -78,6 +82,7 @@ class EvalConfig:
     power_of_two: bool = False
     importance: str = "l1"
     calib_batches: int = 2
+    bn_samples: int = 0
     qat_steps: int = 40
     qat_lr: float = 5e-4
     seed: int = 0
@@ -97,6 +102,8 @@ class EvalConfig:
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity!r}")
         if self.calib_batches < 1 or self.qat_steps < 0:
             raise ConfigError("calib_batches must be >= 1 and qat_steps >= 0")
+        if self.bn_samples < 0:
+            raise ConfigError(f"bn_samples must be >= 0 (0 = every calibration input), got {self.bn_samples}")
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0 (0 turns the activation cache off), got {self.cache_mb}")
         EarlyStopRule(self.early_stop_delta)
@@ -151,6 +158,8 @@ class Evaluator:
             power_of_two=self.config.power_of_two,
         )
         self._bn_batch = torch.cat(calib)
+        if self.config.bn_samples:
+            self._bn_batch = self._bn_batch[: self.config.bn_samples]
         self._splits: dict[str, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_finetune: FinetuneReport | None = None
@@ -228,6 +237,12 @@ class Evaluator:
     def baseline(self, split: str = "val") -> Metrics:
         """Metrics of the float model itself."""
         return self._score(self.float_model, split, 0, time.perf_counter())
+
+    def float_accuracy(self, split: str = "val") -> float:
+        """The float model's task metric on ``split``, from the teacher outputs already held."""
+        _, ys, ref = self._split(split)
+        with torch.no_grad():
+            return float(self.problem.task.metric(ref, ys))
 
     def evaluate(self, policy: Policy, fidelity: int | None = None, split: str = "val") -> Metrics:
         """Score ``policy``; deterministic for a given seed."""

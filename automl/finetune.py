@@ -12,6 +12,13 @@ the float model's softmax at ``temperature``). The learning rate follows a cosin
 schedule from ``lr`` to 0 (or stays constant). Every ``eval_every`` steps and at the end
 the model is scored on the validation split, and the best checkpoint (the untrained
 model included) is returned, so the result is never worse on validation than the input.
+
+Two rules end a fine-tune before its last step, both on validation and both recorded in
+the report's ``stop_reason``: ``patience`` checks in a row without a better checkpoint
+(the cosine schedule is then cut short), and ``stop_at_float``: once validation accuracy
+reaches the float model's, the fine-tune has done what it is for, and further checkpoints
+would be chosen on the noise of a few hundred validation images. A policy that starts at
+float accuracy is therefore returned untouched after one validation pass.
 """
 
 from __future__ import annotations
@@ -59,6 +66,11 @@ class FinetuneConfig:
         keep_best: return the best validated checkpoint (the untrained model included);
             when false, the last one.
         lsq: learn the quantizers' step sizes (weights per channel, activations per layer).
+        psg: position-based scaled gradient strength in [0, 1] (0 = off).
+        patience: stop after this many validation checks in a row without a better
+            checkpoint (0 = run every step).
+        stop_at_float: stop as soon as validation accuracy reaches the float model's
+            (checked before the first step too).
         seed: data order and initialisation.
     """
 
@@ -76,6 +88,8 @@ class FinetuneConfig:
     keep_best: bool = True
     lsq: bool = False
     psg: float = 0.0
+    patience: int = 2
+    stop_at_float: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +107,8 @@ class FinetuneConfig:
             raise ConfigError("finetune batch_size must be >= 1, eval_every >= 0 and temperature > 0")
         if not 0.0 <= self.psg <= 1.0:
             raise ConfigError(f"finetune psg strength must lie in [0, 1], got {self.psg}")
+        if self.patience < 0:
+            raise ConfigError(f"finetune patience must be >= 0 (0 = no early stop), got {self.patience}")
         if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
             raise ConfigError("finetune momentum must lie in [0, 1) and weight_decay be >= 0")
 
@@ -100,7 +116,7 @@ class FinetuneConfig:
     def legacy(cls, steps: int, lr: float, psg: float = 0.0) -> FinetuneConfig:
         """The fine-tune of fidelity 3: Adam on distillation alone, constant rate, no validation."""
         return cls(steps=steps, lr=lr, optimizer="adam", distill_weight=1.0, schedule="constant", eval_every=0,
-                   keep_best=False, psg=psg)
+                   keep_best=False, psg=psg, patience=0, stop_at_float=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +147,8 @@ class FinetuneReport:
         best_step: the step of the returned checkpoint (0 = the untrained model).
         history: ``(step, validation accuracy, validation loss)`` of every check.
         seconds: wall time.
+        stop_reason: why it ended: ``steps`` (all of them), ``patience`` or ``float``
+            (validation reached the float model's accuracy).
     """
 
     steps: int
@@ -139,10 +157,12 @@ class FinetuneReport:
     best_step: int
     history: tuple[tuple[int, float, float], ...]
     seconds: float
+    stop_reason: str = "steps"
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "before": self.before.to_dict(), "after": self.after.to_dict(),
-                "best_step": self.best_step, "history": [list(h) for h in self.history], "seconds": self.seconds}
+                "best_step": self.best_step, "history": [list(h) for h in self.history], "seconds": self.seconds,
+                "stop_reason": self.stop_reason}
 
 
 def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -201,6 +221,7 @@ def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) ->
     before = evaluator.score(student, "val") if validate else Metrics(float("nan"), float("nan"), float("nan"), 0)
     batches = evaluator.train_batches(config.batch_size, config.seed)
     steps = int(math.ceil(config.epochs * len(batches))) if config.epochs else config.steps
+    target = evaluator.float_accuracy("val") if validate and config.stop_at_float else math.inf
     weights, scales = _prepare(student, config.lsq)
     task_loss, distill = _losses(evaluator.problem.task, config)
     opt = _optimizer(config, weights, scales)
@@ -209,6 +230,9 @@ def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) ->
     best, best_step, best_state = before, 0, _trainable_state(student)
     history = [(0, before.accuracy, before.loss)] if validate else []
     alpha = config.distill_weight
+    taken, reason, stale = 0, "steps", 0
+    if steps and before.accuracy >= target:
+        reason, steps = "float", 0
     for step in range(1, steps + 1):
         x, y = batches[(step - 1) % len(batches)]
         out = student(x)
@@ -224,11 +248,20 @@ def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) ->
         opt.step()
         if sched is not None:
             sched.step()
+        taken = step
         if validate and ((config.eval_every and step % config.eval_every == 0) or step == steps):
             m = evaluator.score(student, "val")
             history.append((step, m.accuracy, m.loss))
             if _better(m, best) or not config.keep_best:
-                best, best_step, best_state = m, step, _trainable_state(student)
+                best, best_step, best_state, stale = m, step, _trainable_state(student), 0
+            else:
+                stale += 1
+            if step < steps and best.accuracy >= target:
+                reason = "float"
+                break
+            if step < steps and config.patience and stale >= config.patience:
+                reason = "patience"
+                break
     if config.keep_best:
         with torch.no_grad():
             for k, p in student.named_parameters():
@@ -237,6 +270,6 @@ def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) ->
         if isinstance(m, QuantLayer):
             m.freeze_scales()
     after = best if validate else before
-    report = FinetuneReport(steps, before, after, best_step if config.keep_best else steps, tuple(history),
-                            time.perf_counter() - start)
+    report = FinetuneReport(taken, before, after, best_step if config.keep_best else taken, tuple(history),
+                            time.perf_counter() - start, reason)
     return student.eval(), report

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import DataError
+from automl.finetune import FinetuneConfig
 from automl.evaluate import EvalConfig, Evaluator, Problem
 from automl.task import Task
 from search_spaces import LayerPolicy, Policy, SpaceConfig
@@ -99,7 +100,8 @@ def test_final_fine_tune_scores_on_test_and_leaves_the_engine_model(evaluator):
     policy = evaluator.problem.space.uniform(3, 4)
     engine_model = evaluator.engine.apply(policy)
     before = {k: v.clone() for k, v in engine_model.state_dict().items()}
-    metrics, trained = evaluator.final(policy, 3, "test")
+    # an untrained test model scores like float: without stop_at_float it still trains
+    metrics, trained = evaluator.final(policy, 3, "test", finetune=FinetuneConfig(steps=3, stop_at_float=False))
     assert metrics.fidelity == 3 and trained is not engine_model
     for k, v in evaluator.engine.qmodel.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -63,6 +63,38 @@ def test_keep_best_is_what_protects_validation_accuracy(evaluator):
     assert any(drops)
 
 
+def test_patience_ends_a_fine_tune_that_stops_improving(evaluator):
+    """A destructive rate never beats the untrained checkpoint: patience ends it early."""
+    harsh = FinetuneConfig(steps=40, lr=3.0, eval_every=5, patience=2, stop_at_float=False)
+    policy = _policies(evaluator, 1)[0]
+    _, model = evaluator.final(policy, 40, "val", finetune=harsh)
+    report = evaluator.last_finetune
+    assert report.stop_reason == "patience"
+    assert report.steps == 10 and report.best_step == 0
+    assert [h[0] for h in report.history] == [0, 5, 10]
+    untouched = FinetuneConfig(steps=40, lr=3.0, eval_every=5, patience=0, stop_at_float=False)
+    evaluator.final(policy, 40, "val", finetune=untouched)
+    assert evaluator.last_finetune.steps == 40 and evaluator.last_finetune.stop_reason == "steps"
+
+
+def test_a_policy_at_float_accuracy_is_not_trained(evaluator, monkeypatch):
+    """Validation at (or above) the float model's: the fine-tune returns its input after one pass."""
+    policy = _policies(evaluator, 1)[0]
+    before = evaluator.evaluate(policy).accuracy
+    monkeypatch.setattr(evaluator, "float_accuracy", lambda split="val": before)
+    _, model = evaluator.final(policy, 30, "val", finetune=FinetuneConfig(steps=30, eval_every=5))
+    report = evaluator.last_finetune
+    assert report.stop_reason == "float" and report.steps == 0 and report.best_step == 0
+    assert evaluator.score(model, "val").accuracy == pytest.approx(before)
+    # a target above what it starts at: it trains, and ends at the first check that reaches it
+    monkeypatch.setattr(evaluator, "float_accuracy", lambda split="val": before + 1e-9)
+    _, model = evaluator.final(policy, 30, "val", finetune=FinetuneConfig(steps=30, eval_every=5, patience=0))
+    report = evaluator.last_finetune
+    assert report.steps > 0
+    if report.stop_reason == "float":
+        assert report.after.accuracy > before and report.steps == report.best_step
+
+
 def test_task_loss_is_used_when_the_task_has_one():
     task = bn_free_cnn()
     calls = []
