@@ -4,8 +4,8 @@ On the reference ResNet-20 (cached), two searches run end to end with
 :func:`automl.runner.run_search`, whose final step fine-tunes the winner and writes
 ``best_model.ampq`` and ``best_model.onnx``: the default budget (``size<=0.125x``) and a
 latency budget on the ONNX Runtime profile (``latency<=0.5x@ort-cpu``, measured and cached on
-first use). To keep the benchmark short the searches are short (``--evaluations``, default
-24, TPE) and say so; the figures are those of their winners, not of a converged search.
+first use). Both searches use the search's defaults (TPE, 60 distinct evaluations, the
+default fine-tune) unless ``--evaluations`` / ``--finetune-steps`` say otherwise.
 
 For each winner, in one run with threads pinned and round-robin timing
 (:func:`automl.ort.best_ms`, best of ``--repeats`` rounds):
@@ -79,8 +79,10 @@ def run(label: str, budget: str, args: argparse.Namespace, out: Path, task, **sp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--evaluations", type=int, default=24, help="policies per search (short on purpose)")
-    parser.add_argument("--finetune-steps", type=int, default=200)
+    parser.add_argument("--evaluations", type=int, default=SearchConfig().evaluations,
+                        help="distinct policies per search (default: the search's own)")
+    parser.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune_steps,
+                        help="at most this many fine-tune steps (default: the search's own)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="keep the run directories here")
