@@ -92,7 +92,7 @@ class SearchConfig:
         finetune_patience: end the fine-tune after this many validation checks in a row
             without a better checkpoint (0 = run every step).
         finetune_stop_at_float: end it as soon as validation accuracy reaches the float
-            model's (a winner already at float accuracy is not trained at all).
+            model's (off by default: an under-trained model gains beyond it).
         searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
             ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
             and promotes the better half (successive halving) to ``fidelity``; both stages
@@ -156,10 +156,10 @@ class SearchConfig:
     finetune_optimizer: str = "adam"
     finetune_batch_size: int = 64
     finetune_distill_weight: float = 0.5
-    finetune_eval_every: int = 50
+    finetune_eval_every: int = 25
     finetune_lsq: bool = False
     finetune_patience: int = 2
-    finetune_stop_at_float: bool = True
+    finetune_stop_at_float: bool = False
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
     eval_cache_mb: int = 1024

@@ -82,13 +82,14 @@ def test_a_policy_at_float_accuracy_is_not_trained(evaluator, monkeypatch):
     policy = _policies(evaluator, 1)[0]
     before = evaluator.evaluate(policy).accuracy
     monkeypatch.setattr(evaluator, "float_accuracy", lambda split="val": before)
-    _, model = evaluator.final(policy, 30, "val", finetune=FinetuneConfig(steps=30, eval_every=5))
+    _, model = evaluator.final(policy, 30, "val", finetune=FinetuneConfig(steps=30, eval_every=5, stop_at_float=True))
     report = evaluator.last_finetune
     assert report.stop_reason == "float" and report.steps == 0 and report.best_step == 0
     assert evaluator.score(model, "val").accuracy == pytest.approx(before)
     # a target above what it starts at: it trains, and ends at the first check that reaches it
     monkeypatch.setattr(evaluator, "float_accuracy", lambda split="val": before + 1e-9)
-    _, model = evaluator.final(policy, 30, "val", finetune=FinetuneConfig(steps=30, eval_every=5, patience=0))
+    _, model = evaluator.final(policy, 30, "val", finetune=FinetuneConfig(steps=30, eval_every=5, patience=0,
+                                                                                    stop_at_float=True))
     report = evaluator.last_finetune
     assert report.steps > 0
     if report.stop_reason == "float":
