@@ -114,6 +114,10 @@ def _fast_sqlite(storage: RDBStorage) -> None:
         cursor.close()
 
     event.listen(storage.engine, "connect", on_connect)
+    # The pool still holds the connection that created the schema, made before the
+    # listener: drop it, or every commit keeps paying the fsync (158 -> 84 ms per
+    # 63-parameter trial, measured on this machine).
+    storage.engine.dispose()
     with storage.engine.connect() as conn:
         conn.execute(text("PRAGMA journal_mode=WAL"))
 

@@ -151,14 +151,14 @@ class SearchConfig:
     eval_qat_steps: int = 40
     eval_qat_lr: float = 5e-4
     sensitivity_method: str = "hessian"
-    finetune_steps: int = 300
+    finetune_steps: int = 500
     finetune_lr: float = 5e-4
     finetune_optimizer: str = "adam"
     finetune_batch_size: int = 64
     finetune_distill_weight: float = 0.5
     finetune_eval_every: int = 25
     finetune_lsq: bool = False
-    finetune_patience: int = 2
+    finetune_patience: int = 3
     finetune_stop_at_float: bool = False
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0

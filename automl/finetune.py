@@ -76,7 +76,7 @@ class FinetuneConfig:
         seed: data order and initialisation.
     """
 
-    steps: int = 300
+    steps: int = 500
     epochs: float = 0.0
     lr: float = 5e-4
     optimizer: str = "adam"
@@ -90,7 +90,7 @@ class FinetuneConfig:
     keep_best: bool = True
     lsq: bool = False
     psg: float = 0.0
-    patience: int = 2
+    patience: int = 3
     stop_at_float: bool = False
     seed: int = 0
 
