@@ -202,14 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qat-steps", type=int, default=40, help="QAT steps of fidelity 3")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the rows as JSON here (after every policy)")
-    ap.add_argument("--summarise", default=None, help="only print the summary of rows saved by --out")
+    ap.add_argument("--summarise", default=None, nargs="+",
+                    help="only print the summary of rows saved by --out (several files: the shards of one run)")
+    ap.add_argument("--shard", default="0/1", help="I/N: score only the policies whose index is I modulo N "
+                    "(run N processes, then --summarise their --out files together)")
     args = ap.parse_args(argv)
     if args.summarise:
         rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-                for d in json.loads(Path(args.summarise).read_text())]
-        print(f"(summary of {len(rows)} saved rows from {args.summarise})")
+                for path in args.summarise for d in json.loads(Path(path).read_text())]
+        print(f"(summary of {len(rows)} saved rows from {', '.join(args.summarise)})")
         print_summary(rows, args.finetune_steps)
         return 0
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        ap.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     if args.policies < 6:
         ap.error(f"--policies must be at least 6 (two per budget) for a rank correlation, got {args.policies}")
     torch.set_num_threads(args.threads)
@@ -226,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     rows: list[Row] = []
     for i, (budget, origin, policy) in enumerate(drawn):
+        if i % shards != shard:
+            continue
         rows.append(score(evaluator, cost_model, budget, origin, policy, recipe))
         print(format_row(i, rows[-1]), flush=True)
         if args.out:
