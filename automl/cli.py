@@ -346,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from automl.console import command_prefix
 
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        if args.command == "pareto":
+            print(f"{what}; the sweep's MLflow runs are closed as KILLED, the journals of its levels stay in "
+                  "<output>/pareto/<sweep>/level-*; a sweep does not resume, start it again.", file=sys.stderr)
+            return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
         print(f"{what}; every evaluated policy is saved. Continue with `{command_prefix()} search --resume <run dir>`.",
               file=sys.stderr)
         return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)

@@ -202,9 +202,18 @@ def _evaluate_uniform(session: Session, loosest: BoundBudget, quiet: bool) -> li
                 choices.append(UniformChoice(c.weight_bits, c.act_bits, c.sparsity, c.policy, costs))
     session.evaluator.set_incumbent(None)  # uniform points are scored in full, never stopped early
     out = []
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(choices), desc="uniform curves", unit="eval", file=sys.stderr, dynamic_ncols=True)
     with stage(f"uniform curves: {len(choices)} uniform policies within {loosest.budget.constraints[0].text}", quiet):
         for c in choices:
             out.append((c, session.evaluator.evaluate(c.policy).accuracy))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     return out
 
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from automl.runner import Session
 
 COLORS = {"mixed": "tab:red", "uniform": "tab:gray", "uniform+pruning": "black"}
+LINE = {"mixed": {"lw": 2.0, "zorder": 4}, "uniform": {"lw": 5.0, "alpha": 0.45, "zorder": 2},
+        "uniform+pruning": {"lw": 1.3, "ls": ":", "zorder": 3}}
 NAMES = {"mixed": "mixed precision + pruning (ours, best-so-far)", "uniform": "uniform, no pruning",
          "uniform+pruning": "uniform + channel pruning"}
 
@@ -102,9 +104,9 @@ def write_plot(result: ParetoResult, path: Path) -> Path:
                            label=f"uniform W{wb}" + (" + pruning" if pruned else "") + " (every A bits)")
     for method, pruned in (("uniform", False), ("uniform+pruning", True)):
         sel = [(c.costs.value(metric) / scale, a) for c, a in result.uniform if c.costs and (pruned or c.sparsity == 0)]
-        if sel:
-            ax.step(*_staircase(sel), where="post", color=COLORS[method], ls="--" if not pruned else ":", lw=1.5,
-                    marker="s", ms=3, label=f"{NAMES[method]}: best at each cost")
+        if sel:  # the no-pruning curve is drawn wide underneath: where both coincide, both stay visible
+            ax.step(*_staircase(sel), where="post", color=COLORS[method], **LINE[method],
+                    label=f"{NAMES[method]}: best at each cost")
     front = [p for p in result.front("mixed") if p.policy is not None]
     ax.plot([p.cost / scale for p in front], [p.val_accuracy for p in front], "-o", color=COLORS["mixed"], lw=2,
             label=NAMES["mixed"])
@@ -116,17 +118,17 @@ def write_plot(result: ParetoResult, path: Path) -> Path:
     ax.set_ylabel("validation accuracy at the search fidelity")
     ax.set_title(f"accuracy vs {metric}: {len(result.levels)} budgets, {result.config.search.searcher}, "
                  f"{result.config.search.evaluations} evaluations each")
-    ax.legend(fontsize=6.5, loc="lower right")
+    ax.legend(fontsize=6.5, loc="upper left")
     steps = result.config.search.finetune_steps
     for method in METHODS:
         pts = [p for p in result.front(method) if p.policy is not None]
-        bx.plot([p.limit / scale for p in pts], [p.test_accuracy for p in pts], "-o", color=COLORS[method],
-                label=NAMES[method], lw=2 if method == "mixed" else 1.2)
+        bx.plot([p.limit / scale for p in pts], [p.test_accuracy for p in pts], marker="o", color=COLORS[method],
+                label=NAMES[method], **{"ls": "-", **LINE[method]})
     bx.set_xscale("log")
     bx.set_xlabel(f"budget: {label}, log scale")
     bx.set_ylabel("test accuracy" + (f" after a {steps}-step fine-tune" if steps else " (no fine-tune)"))
     bx.set_title("the winner of each budget")
-    bx.legend(fontsize=7, loc="lower right")
+    bx.legend(fontsize=7, loc="upper left")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for axis in (ax, bx):
         axis.xaxis.set_major_formatter(plain)

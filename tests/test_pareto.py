@@ -180,3 +180,22 @@ def test_bad_input_exits_2_with_one_paragraph_and_leaves_nothing_running(capsys,
         client = MlflowClient(tracking_uri=default_tracking_uri(out))
         ids = [e.experiment_id for e in client.search_experiments()]
         assert not client.search_runs(ids, "attributes.status = 'RUNNING'")
+
+
+def test_a_bitops_sweep_prices_and_plots_bitops(tmp_path):
+    from automl.pareto import run_pareto
+    from tests.tasks import small_resnet
+
+    config = ParetoConfig(small_config(tmp_path, evaluations=2, finetune_steps=0), ("0.05x", "0.01x"), "bitops")
+    result = run_pareto(config, task=small_resnet(), quiet=True)
+    rows = _rows(result)
+    assert [r["budget"] for r in rows][::3] == ["bitops<=0.05x", "bitops<=0.01x"]
+    for r in rows:
+        if r["policy"] != "none fits":
+            assert float(r["cost_MBitOps"]) <= float(r["limit_MBitOps"]) * (1 + 1e-6)
+            assert r["finetune_steps"] == "0"
+    # under a BitOps budget activations cost too: the uniform curve holds both activation widths at different costs
+    with result.files["uniform_csv"].open() as fh:
+        uniform = [u for u in csv.DictReader(fh) if u["weight_bits"] == "4" and u["sparsity"] == "0.0"]
+    assert len({u["cost"] for u in uniform}) == len(uniform) > 1
+    assert result.files["png"].stat().st_size > 20_000
