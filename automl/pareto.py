@@ -281,7 +281,7 @@ def _winners(result: ParetoResult, metric: str) -> list[FrontPoint]:
 
 def _score_winners(session: Session, points: list[FrontPoint], quiet: bool) -> list[FrontPoint]:
     """Each distinct winner scored on the test split after the search's final fine-tune."""
-    ev = session.evaluator.evaluator
+    ev: Any = session.evaluator.evaluator  # the Evaluator itself: final() and the test split
     steps = session.config.finetune_steps
     recipe = FinetuneConfig.from_search(session.config)
     tested: dict[str, float] = {}
@@ -360,7 +360,7 @@ def run_pareto(config: ParetoConfig, task: Task | None = None, quiet: bool = Fal
 def _sweep(session: Session, config: ParetoConfig, bound: list[tuple[str, BoundBudget]], skipped: list[str],
            sweep_id: str, quiet: bool) -> ParetoResult:
     cfg = session.config
-    ev = session.evaluator.evaluator
+    ev: Any = session.evaluator.evaluator
     float_val = ev.baseline("val").accuracy
     with stage(f"sensitivities ({cfg.sensitivity_method}), once for the sweep", quiet):
         sens = sensitivity_stage(session.evaluator, session.problem.space, cfg.fidelity, cfg.sensitivity_method,

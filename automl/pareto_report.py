@@ -16,7 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from automl.runner import Session
 
 COLORS = {"mixed": "tab:red", "uniform": "tab:gray", "uniform+pruning": "black"}
-LINE = {"mixed": {"lw": 2.0, "zorder": 4}, "uniform": {"lw": 5.0, "alpha": 0.45, "zorder": 2},
+LINE: dict[str, dict[str, Any]] = {"mixed": {"lw": 2.0, "zorder": 4}, "uniform": {"lw": 5.0, "alpha": 0.45, "zorder": 2},
         "uniform+pruning": {"lw": 1.3, "ls": ":", "zorder": 3}}
 NAMES = {"mixed": "mixed precision + pruning (ours, best-so-far)", "uniform": "uniform, no pruning",
          "uniform+pruning": "uniform + channel pruning"}
@@ -121,8 +121,8 @@ def write_plot(result: ParetoResult, path: Path) -> Path:
     ax.legend(fontsize=6.5, loc="upper left")
     steps = result.config.search.finetune_steps
     for method in METHODS:
-        pts = [p for p in result.front(method) if p.policy is not None]
-        bx.plot([p.limit / scale for p in pts], [p.test_accuracy for p in pts], marker="o", color=COLORS[method],
+        won = [p for p in result.front(method) if p.policy is not None]
+        bx.plot([p.limit / scale for p in won], [p.test_accuracy for p in won], marker="o", color=COLORS[method],
                 label=NAMES[method], **{"ls": "-", **LINE[method]})
     bx.set_xscale("log")
     bx.set_xlabel(f"budget: {label}, log scale")
@@ -209,7 +209,7 @@ def write_report(session: Session, result: ParetoResult, quiet: bool = False) ->
             "front_4bit_dominant": float(sum(1 for p in mixed if p.shares and p.shares.dominant == 4)),
             "front_points": float(len(mixed)),
         })
-        if result.skipped:
+        if result.skipped and tracker.parent_id is not None:
             tracker.client.set_tag(tracker.parent_id, "skipped_levels", "; ".join(result.skipped)[:4000])
     if not quiet:
         print(table)
