@@ -62,11 +62,34 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--psg", dest="finetune_psg", type=float, help="PSG strength in [0, 1] for the fine-tunes (0 = off)")
 
 
+def _pareto_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pareto", help="sweep budgets: our accuracy-vs-cost front against uniform 8/6/4/3/2-bit curves",
+                       parents=[_debug_flag()])
+    p.add_argument("--config", help="YAML file with the keys of `automl search` (options override it)")
+    p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | package.module:function")
+    p.add_argument("--budgets", action="append",
+                   help="limits of --metric, comma-separated or repeated: 0.25x,0.1x,40kB (default: --levels levels)")
+    p.add_argument("--metric", default="size", help="size | bitops: what the budgets constrain (default size)")
+    p.add_argument("--levels", type=int, help="default levels from 1/4x to 1/64x (size) or 1/16x to 1/256x (bitops); 8")
+    p.add_argument("--evaluations", type=int, help="distinct policies searched per budget (default 20)")
+    p.add_argument("--searcher", help="tpe | nsga2 | random | ilp | ppo | ... (as `automl search`)")
+    p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
+    p.add_argument("--sensitivity", dest="sensitivity_method", help="hessian | fisher | measured | heuristic")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--output", help="directory; the sweep goes to <output>/pareto/<timestamp>")
+    p.add_argument("--experiment", help="MLflow experiment name")
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI; default: SQLite store under --output")
+    p.add_argument("--finetune-steps", dest="finetune_steps", type=int,
+                   help="final fine-tune steps of every front winner before its test score (0 = score as searched)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automl", description="Joint pruning + mixed-precision quantization search.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
+    _pareto_parser(sub)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the run store", parents=[_debug_flag()])
     ui.add_argument("--output", default="automl-runs")
@@ -129,6 +152,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from automl.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
 
     run_search(config, explicit=explicit)
+    return 0
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from automl.pareto_config import DEFAULT_PARETO_EVALUATIONS, ParetoConfig
+
+    data = read_config_file(args.config) if args.config else {}
+    try:
+        config = SearchConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {args.config!r}: {exc}") from exc
+    overrides = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
+    if overrides.get("evaluations") is None and "evaluations" not in flatten_sections(SearchConfig, data)[0]:
+        overrides["evaluations"] = DEFAULT_PARETO_EVALUATIONS
+    config = config.merged(overrides)
+    budgets = tuple(part for item in args.budgets or () for part in item.split(","))
+    pareto = ParetoConfig(config, budgets, args.metric, args.levels)
+    _check_cheaply(config)
+    from automl.pareto import run_pareto  # torch, Optuna, MLflow: only once the input is known to be sound
+
+    run_pareto(pareto)
     return 0
 
 
@@ -283,7 +327,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 COMMANDS = {
     "search": _cmd_search, "ui": _cmd_ui, "best": _cmd_best, "show": _cmd_show,
     "train-reference": _cmd_train_reference, "profile-hardware": _cmd_profile_hardware, "analyse": _cmd_analyse,
-    "export": _cmd_export, "worker": _cmd_worker,
+    "export": _cmd_export, "worker": _cmd_worker, "pareto": _cmd_pareto,
 }
 
 
@@ -302,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from automl.console import command_prefix
 
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        if args.command == "pareto":
+            print(f"{what}; the sweep's MLflow runs are closed as KILLED, the journals of its levels stay in "
+                  "<output>/pareto/<sweep>/level-*; a sweep does not resume, start it again.", file=sys.stderr)
+            return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
         print(f"{what}; every evaluated policy is saved. Continue with `{command_prefix()} search --resume <run dir>`.",
               file=sys.stderr)
         return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
