@@ -266,6 +266,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
               f"({session.config.sensitivity_method}); results in {run_dir}")
         print(f"time per stage: {timer.summary()}")
+        if tracker is not None and tracker.failures:
+            print(tracker.failure_summary())
         for label, rep in tuned.items():
             print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
                   f"(best step {rep.best_step} of {rep.steps}, {rep.seconds:.0f} s)")

@@ -26,7 +26,7 @@ from automl.config_schema import check_searcher_options
 from automl.console import budget_line, command_prefix, stage
 from automl.cost import CostModel
 from automl.cost.ort_measure import resolve_profiles
-from automl.errors import ConfigError
+from automl.errors import ConfigError, TrackingError
 from automl.evaluate import Evaluator, Problem
 from automl.lifecycle import (
     RUN_DIR_TAG,
@@ -43,7 +43,7 @@ from automl.quant.methods import check_profile_scales
 from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
 from automl.task import Task
 from automl.timing import StageTimer, pin_threads
-from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
+from automl.tracking import FAILURES_FILE, MlflowTracker, artifact_root, default_tracking_uri
 from automl.units import cost_metrics, limit_metrics, shown
 from automl.uris import check_storage, check_tracking_uri
 from automl.workers import check_workers, run_searcher
@@ -220,7 +220,8 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
         evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
     with timer.stage("mlflow"):
-        tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
+        tracker = (MlflowTracker(uri, config.experiment, artifact_root(config.output), failure_log=run_dir / FAILURES_FILE)
+                   if track else None)
     return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
 
 
@@ -299,15 +300,29 @@ def _finished_result(plan: RunPlan) -> SearchResult | None:
 
 
 def _close(session: Session, status: str, state: dict[str, Any]) -> None:
-    """End the parent run with ``status`` and record it; runs whatever ended the search."""
+    """End the parent run with ``status`` and record it; runs whatever ended the search.
+
+    Never raises over the error that ended the search: a store that cannot be told the
+    status is reported (``automl best`` or a resume closes the parent later), and a full
+    disk that cannot take ``state.json`` leaves the owner file to tell the run was cut."""
+    tracker = session.tracker
     try:
-        if session.tracker is not None:
-            session.tracker.finish_parent(status)
-            session.tracker.close()
+        if tracker is not None:
+            try:
+                tracker.finish_parent(status)
+            except TrackingError as exc:
+                print(f"could not mark the MLflow parent run {status}: {exc}. `automl best` or a resume closes it "
+                      "once the store answers.", file=sys.stderr, flush=True)
+            tracker.close()
+            if status != "FINISHED" and tracker.failures:  # a finished search printed it with its summary
+                print(tracker.failure_summary(), file=sys.stderr, flush=True)
     finally:
         state["status"] = status
-        (session.run_dir / STATE).write_text(json.dumps(state))
-        remove_owner(session.run_dir)
+        try:
+            (session.run_dir / STATE).write_text(json.dumps(state))
+            remove_owner(session.run_dir)
+        except OSError as exc:
+            print(f"could not record the status in {session.run_dir / STATE}: {exc}", file=sys.stderr, flush=True)
 
 
 def run_search(
@@ -349,6 +364,11 @@ def run_search(
         try:
             result = _search(session, plan, state, callbacks, quiet, say)
             status = "FINISHED"
+        except TrackingError as exc:
+            raise TrackingError(
+                f"{exc}. The journal {run_dir / JOURNAL} keeps every evaluated policy; once the tracking store "
+                f"answers, continue with: {command_prefix()} search --resume {run_dir}"
+            ) from exc
         except (KeyboardInterrupt, Terminated):
             status = "KILLED"
             raise
