@@ -8,6 +8,7 @@ a progress bar. Everything a user could get wrong is checked before evaluation w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import Callback, Searcher
+from automl import faults
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from automl.budget import BoundBudget, Budget
@@ -40,7 +42,18 @@ from automl.lifecycle import (
 from automl.loading import load_task
 from automl.mlflow_ui import repair_summary
 from automl.quant.methods import check_profile_scales
-from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
+from automl.resume import (
+    CONFIG,
+    JOURNAL,
+    STATE,
+    RunPlan,
+    check_writable,
+    disk_error,
+    find_run_dir,
+    plan_run,
+    read_journal,
+    repair_torn_tail,
+)
 from automl.task import Task
 from automl.timing import StageTimer, pin_threads
 from automl.tracking import FAILURES_FILE, MlflowTracker, artifact_root, default_tracking_uri
@@ -88,18 +101,35 @@ def check_searcher(config: SearchConfig) -> None:
 
 # callbacks -------------------------------------------------------------------------------
 class Journal(Callback):
-    """Appends every new record to ``trials.jsonl`` (flushed and fsynced per line)."""
+    """Appends every new record to ``trials.jsonl`` (flushed and fsynced per line).
+
+    A torn last line a crash left is cut off first. A write that fails (a full disk) is
+    undone, so the journal keeps only whole records, and raised as
+    :class:`~automl.errors.RunDirError` with how to resume.
+    """
 
     def __init__(self, path: Path, known: set[int]) -> None:
         self.path = path
         self.known = set(known)
+        repair_torn_tail(path)
 
     def on_trial(self, record: TrialRecord) -> bool:
         if record.number not in self.known:
+            line = record.to_json() + "\n"
             with self.path.open("a") as fh:
-                fh.write(record.to_json() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+                start = fh.tell()
+                try:
+                    half = len(line) // 2  # two writes, so the crash tests can tear a line (automl.faults)
+                    fh.write(line[:half])
+                    fh.flush()
+                    faults.point("journal-write")
+                    fh.write(line[half:])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        fh.truncate(start)
+                    raise disk_error(exc, self.path, self.path.parent, f"the record of trial {record.number}") from None
             self.known.add(record.number)
         return True
 
@@ -195,9 +225,11 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     timer = timer or StageTimer()
     config, run_dir = plan.config, plan.run_dir
     uri = config.tracking_uri or default_tracking_uri(config.output)
+    check_writable(run_dir)
     if track:
         check_tracking_uri(uri)  # before any evaluation work
-    check_storage(config.storage)
+    own_study = run_dir / "optuna.db"  # a resumed run's own study: checked like a given one
+    check_storage(config.storage or (f"sqlite:///{own_study}" if own_study.is_file() else ""))
     budget = Budget.parse(list(config.budget))
     check_searcher(config)
     check_workers(config)
@@ -284,10 +316,6 @@ def restore_records(searcher: Searcher, journal: list[TrialRecord]) -> None:
     for record in missing:
         searcher.records.append(record)
         searcher.tell(record.proposed, record)
-    rng_replay = getattr(searcher, "rng", None)
-    if rng_replay is not None and missing:
-        for _ in range(len(missing)):  # continue the random sequence where it stopped
-            searcher.space.sample(searcher.rng)  # type: ignore[attr-defined]
     searcher.records.sort(key=lambda r: r.number)
 
 
@@ -357,8 +385,11 @@ def run_search(
             return finished
     session = build_session(plan, task)
     state = dict(plan.state)
-    (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
-    write_owner(run_dir)
+    try:
+        (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_owner(run_dir)
+    except OSError as exc:
+        raise disk_error(exc, run_dir / CONFIG, run_dir, "the run configuration") from None
     with handle_termination():
         status = "FAILED"
         try:
@@ -394,6 +425,8 @@ def _search(
         searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if plan.resuming:
         resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
+    if cfg.workers <= 1:  # a resumed search continues as the uninterrupted one would (Objective.restore)
+        session.objective.restore(searcher.records)
     done = {r.number for r in searcher.records}
     logged = set(tracker.logged_trials())
     journal = Journal(run_dir / JOURNAL, {r.number for r in plan.journal})

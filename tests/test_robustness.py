@@ -112,3 +112,158 @@ def test_a_search_reports_failed_writes_in_its_summary_tags_and_run_dir(tmp_path
     assert [json.loads(x)["what"] for x in (run_dir / FAILURES_FILE).read_text().splitlines()] == ["trial 1"]
     parent = MlflowClient(default_tracking_uri(tmp_path)).get_run(json.loads((run_dir / STATE).read_text())["parent_run_id"])
     assert parent.data.tags[FAILURES_TAG] == "1" and parent.info.status == "FINISHED"
+
+
+# bad stores and full disks, through the command line ------------------------------------------
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "automl", *argv], cwd=ROOT, capture_output=True, text=True,
+                          env=env or _env(), timeout=timeout)
+
+
+def _exit_2(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr[-3000:])
+    return proc.stderr
+
+
+def _foreign(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+
+
+def _corrupted_optuna(path: Path) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="s")
+    for _ in range(20):
+        study.enqueue_trial({"x": 1})
+    del study
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    data[2 * page : 4 * page] = os.urandom(2 * page)  # two pages of the tables' b-trees
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda p: p.write_bytes(os.urandom(3000)), "is not a SQLite database"),
+    (_foreign, "is a database of something else (tables: customers)"),
+    (_corrupted_optuna, "corrupted"),
+])
+def test_a_foreign_or_corrupted_optuna_database_is_refused_before_any_work(tmp_path, make, needle):
+    db = tmp_path / "study.db"
+    make(db)
+    before = db.read_bytes()
+    proc = _cli("search", *TINY, "--searcher", "tpe", "--evaluations", "2", "--storage", f"sqlite:///{db}",
+                "--output", str(tmp_path / "out"))
+    _exit_2(proc, needle, str(db), "Optuna storage")
+    assert db.read_bytes() == before  # nothing written into someone else's database
+    assert not list((tmp_path / "out").glob("runs/*/trials.jsonl"))
+
+
+def test_an_unwritable_output_directory_is_refused_before_any_work(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits; /sys refuses even root
+        out = Path("/sys/automl-mpq-test-out")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        out = locked / "out"
+    proc = _cli("search", *TINY, "--searcher", "random", "--evaluations", "2", "--output", str(out))
+    _exit_2(proc, f"the output directory {str(out)!r} cannot be written", "writable --output")
+
+
+def test_the_journal_undoes_a_write_the_full_disk_cut_and_keeps_the_records_before(tmp_path, monkeypatch):
+    from automl import faults
+    from automl.errors import RunDirError
+    from automl.runner import Journal
+    from tests.agents_support import make_objective
+
+    objective = make_objective()
+    records = [objective(p, number=i) for i, p in enumerate(objective.space.sample(__import__("numpy").random.default_rng(i))
+                                                            for i in range(3))]
+    path = tmp_path / JOURNAL
+    path.write_text(records[0].to_json() + "\n" + records[1].to_json()[:50])  # a torn line a kill -9 left
+    monkeypatch.setattr(faults, "_ARMED", ("journal-write", 2, "enospc"))
+    monkeypatch.setattr(faults, "_passes", {})
+    journal = Journal(path, {0})
+    assert path.read_text() == records[0].to_json() + "\n"  # the torn line is cut before appending
+    journal.on_trial(records[1])
+    with pytest.raises(RunDirError, match=r"the disk is full .*Every record already in .* is kept.*search --resume"):
+        journal.on_trial(records[2])
+    assert [r.number for r in read_journal(path)] == [0, 1] and path.read_text().endswith("\n")
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_journal_keeps_what_was_written_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("search", *TINY, "--searcher", "random", "--evaluations", "5", "--output", str(out),
+                env=_env(AUTOML_FAULT="journal-write:3:enospc"))
+    (run_dir,) = (out / "runs").iterdir()
+    _exit_2(proc, "the disk is full", str(run_dir / JOURNAL), f"search --resume {run_dir}", "trial 2")
+    text = (run_dir / JOURNAL).read_text()
+    assert text.endswith("\n") and [r.number for r in read_journal(run_dir / JOURNAL)] == [0, 1]  # the half line undone
+    from tests.test_cli_errors import parent_statuses
+
+    assert parent_statuses(out) == ["FAILED"]
+    resumed = _cli("search", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = read_journal(run_dir / JOURNAL)
+    # Trial 2 was evaluated (and cached) before the disk filled: the resume proposes it again and
+    # counts it as the evaluation it is, so the search holds 5 policies in trials 0..4, none twice.
+    assert [r.number for r in records] == [0, 1, 2, 3, 4] and not any(r.cache_hit for r in records)
+    assert len({r.policy.key() for r in records}) == 5
+    assert parent_statuses(out) == ["FINISHED"]
+
+
+# determinism across a kill -9 ----------------------------------------------------------------
+def test_a_resumed_random_search_proposes_what_the_uninterrupted_one_did():
+    """In process: 3 trials, a new searcher given the journal (restore_records), 3 more."""
+    from agents.random_search import RandomSearcher
+    from automl.runner import restore_records
+    from tests.agents_support import make_objective
+
+    objective = make_objective
+    whole = RandomSearcher(objective(), seed=7, max_tries=5).run(6)
+    first = RandomSearcher(objective(), seed=7, max_tries=5)
+    first.run(3)
+    again = RandomSearcher(objective(), seed=7, max_tries=5)
+    restore_records(again, list(first.records))
+    again.objective.restore(again.records)
+    rest = again.run(6)
+    assert [r.policy for r in rest.records] == [r.policy for r in whole.records]
+    assert [r.proposed for r in rest.records] == [r.proposed for r in whole.records]
+    assert RandomSearcher(objective(), seed=8, max_tries=5).run(2).records[0].proposed != whole.records[0].proposed
+
+
+def _best(run_dir: Path) -> tuple[int, dict, float]:
+    result = json.loads((run_dir / "result.json").read_text())
+    best = next(r for r in result["records"] if r["number"] == result["best"])
+    return best["number"], best["policy"], best["metrics"]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["evaluation:4", "cache-write:3", "journal-write:5"])
+def test_random_search_gives_the_same_best_across_a_kill_9_and_resume(tmp_path, kill_at):
+    args = [*TINY, "--searcher", "random", "--seed", "5", "--evaluations", "7"]
+    whole = _cli("search", *args, "--output", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _cli("search", *args, "--output", str(tmp_path / "cut"), env=_env(AUTOML_FAULT=kill_at))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (cut_dir,) = (tmp_path / "cut" / "runs").iterdir()
+    assert len(read_journal(cut_dir / JOURNAL)) < 7
+    resumed = _cli("search", "--resume", str(cut_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (whole_dir,) = (tmp_path / "whole" / "runs").iterdir()
+    assert _best(cut_dir) == _best(whole_dir)
+    a, b = read_journal(whole_dir / JOURNAL), read_journal(cut_dir / JOURNAL)
+    assert [(r.number, r.policy, r.accuracy, r.cache_hit) for r in a] == [(r.number, r.policy, r.accuracy, r.cache_hit) for r in b]
