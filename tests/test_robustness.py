@@ -267,3 +267,87 @@ def test_random_search_gives_the_same_best_across_a_kill_9_and_resume(tmp_path, 
     assert _best(cut_dir) == _best(whole_dir)
     a, b = read_journal(whole_dir / JOURNAL), read_journal(cut_dir / JOURNAL)
     assert [(r.number, r.policy, r.accuracy, r.cache_hit) for r in a] == [(r.number, r.policy, r.accuracy, r.cache_hit) for r in b]
+
+
+# a tracking server that goes away mid-search ------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            assert proc.poll() is None, "the MLflow server exited"
+            time.sleep(0.5)
+    _stop(proc)
+    raise AssertionError("the MLflow server did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, like a crash of its host
+    except ProcessLookupError:
+        return
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_mid_search(tmp_path):
+    """The search keeps evaluating and journaling, reports the writes that failed, and exits 2
+    with a resume hint when its final writes find the server still gone; a resume against the
+    restarted server logs every missing child run once and ends the parent FINISHED."""
+    from mlflow import MlflowClient
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    out = tmp_path / "out"
+    try:
+        cmd = [sys.executable, "-m", "automl", "search", *TINY, "--searcher", "random", "--evaluations", "40",
+               "--tracking-uri", uri, "--output", str(out)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(out.glob(f"runs/*/{JOURNAL}")):
+            time.sleep(0.05)
+        (journal,) = list(out.glob(f"runs/*/{JOURNAL}"))
+        while time.time() < deadline and len(read_journal(journal)) < 3 and proc.poll() is None:
+            time.sleep(0.02)
+        _stop(server)
+        _, err = proc.communicate(timeout=600)
+        run_dir = journal.parent
+        assert proc.returncode == 2, err[-3000:]
+        assert "Traceback" not in err and uri in err and f"search --resume {run_dir}" in err, err[-3000:]
+        assert "write(s) failed after retries" in err, err[-3000:]
+        records = read_journal(journal)
+        assert sum(not r.cache_hit for r in records) == 40  # every policy evaluated and journaled
+        assert (run_dir / FAILURES_FILE).read_text().strip()
+        assert json.loads((run_dir / STATE).read_text())["status"] == "FAILED"
+
+        server = _mlflow_server(tmp_path, port)  # the same store, back
+        resumed = _cli("search", "--resume", str(run_dir))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        client = MlflowClient(tracking_uri=uri)
+        parent_id = json.loads((run_dir / STATE).read_text())["parent_run_id"]
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "FINISHED" and int(parent.data.tags[FAILURES_TAG]) >= 1
+        kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000)
+        finished = sorted(int(r.data.tags["automl.trial"]) for r in kids if r.info.status == "FINISHED")
+        assert finished == [r.number for r in read_journal(journal)]  # each trial logged once, none lost
+        assert all(r.info.status != "RUNNING" for r in kids)
+    finally:
+        _stop(server)
