@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import Callback, Searcher
-from automl import faults
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
+from automl import faults
 from automl.budget import BoundBudget, Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
