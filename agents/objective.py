@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 from agents.records import TrialRecord
 from automl.budget import BoundBudget
@@ -71,6 +72,7 @@ class Objective:
         self.evaluations_by_fidelity: dict[int, int] = {}
         self.incumbent: float | None = None
         self._memo: dict[tuple[str, int | None], Metrics] = {}
+        self.recorded: set[str] | None = None
 
     # cost-only checks ----------------------------------------------------------------
     def price(self, policy: Policy) -> Costs:
@@ -150,8 +152,24 @@ class Objective:
             cache_hit=hit,
         )
         self.n_calls += 1
+        if self.recorded is not None:
+            self.recorded.add(evaluated.key())
         self._update_incumbent(trial)
         return trial
+
+    def restore(self, records: Sequence[TrialRecord]) -> None:
+        """Continue from the ``records`` of a search (a resume): the incumbent that early
+        stopping compares with, and the policies that count as evaluated.
+
+        After this call a result read from a shared evaluation cache counts as a cache hit
+        only when one of the search's records holds that policy. A crash between an
+        evaluation (cached) and its journal line leaves a cached result no record holds;
+        the resumed search then counts that policy as the new evaluation it is in the
+        search, as the uninterrupted search did, instead of as a free repeat.
+        """
+        self.recorded = {r.policy.key() for r in records}
+        for record in records:
+            self._update_incumbent(record)
 
     def _metrics(self, policy: Policy, fidelity: int | None = None) -> tuple[Metrics, bool]:
         key = (policy.key(), fidelity)
@@ -160,6 +178,8 @@ class Objective:
             return known, True
         lookup = getattr(self.evaluator, "lookup", None)
         hit = fidelity is None and callable(lookup) and lookup(policy) is not None
+        if self.recorded is not None:
+            hit = hit and policy.key() in self.recorded
         metrics = self.evaluator.evaluate(policy) if fidelity is None else self.evaluator.evaluate(policy, fidelity)
         self._memo[key] = metrics
         return metrics, hit

@@ -49,6 +49,7 @@ from agents.codec import PolicyCodec, uniform_policies
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from agents.storage import fail_stale, heartbeat, open_storage, quiet_optuna
+from automl import faults
 from automl.cache import evaluator_fidelity
 from automl.errors import AutoMLError, ConfigError
 from automl.ilp import solve_ilp
@@ -261,10 +262,12 @@ class OptunaSearcher(Searcher):
         with quiet_optuna():
             if pruned:
                 self.study.tell(trial, state=TrialState.PRUNED)
+                faults.point("optuna-commit")
                 return record
             score = self.score(record) - (0.0 if self.supports_constraints else excess)
             values = [score] + [record.cost(m) for m in self.cost_objectives]
             self.study.tell(trial, values if self.multi_objective else values[0])
+        faults.point("optuna-commit")
         return record
 
     def score(self, record: TrialRecord) -> float:

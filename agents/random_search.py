@@ -20,6 +20,10 @@ class RandomSearcher(Searcher):
     draws all miss (a tight budget in a large space), the last draw is handed to the
     objective, which repairs it when its repair is on; the repair is then in the record.
 
+    The draws of trial ``n`` come from a generator seeded with ``(seed, n)``, so a search
+    resumed after a crash at trial ``n`` proposes exactly what the uninterrupted one would
+    have, whatever the crash cut (no generator state to save or replay).
+
     Args:
         objective: scores policies.
         seed: seeds the draws.
@@ -33,17 +37,17 @@ class RandomSearcher(Searcher):
         if max_tries < 1:
             raise ConfigError(f"max_tries must be >= 1, got {max_tries}")
         self.max_tries = int(max_tries)
-        self.rng = np.random.default_rng(seed)
         self.rejected = 0
         self.fallbacks = 0
 
     def ask(self) -> Policy:
-        policy = self.space.sample(self.rng)
+        rng = np.random.default_rng([self.seed, len(self.records)])  # the next trial's number
+        policy = self.space.sample(rng)
         for _ in range(self.max_tries - 1):
             if self.objective.feasible(policy):
                 return policy
             self.rejected += 1
-            policy = self.space.sample(self.rng)
+            policy = self.space.sample(rng)
         if not self.objective.feasible(policy):
             self.rejected += 1
             self.fallbacks += 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from automl import faults
 from automl.errors import ConfigError
 from automl.metrics import Metrics, PolicyEvaluator
 from search_spaces.policy import Policy
@@ -153,8 +154,10 @@ class CachedEvaluator:
         self._misses += 1
         metrics = self.evaluator.evaluate(policy) if fidelity is None else self.evaluator.evaluate(policy, fidelity)  # type: ignore[call-arg]
         self._memory[key] = metrics
+        faults.point("evaluation")
         if self.path is not None:
             self._write(key[0], level, policy, metrics)
+        faults.point("cache-write")
         return metrics
 
     def close(self) -> None:
@@ -187,8 +190,17 @@ class CachedEvaluator:
         return Metrics.from_dict(json.loads(row[0])) if row else None
 
     def _write(self, key: str, fidelity: int, policy: Policy, metrics: Metrics) -> None:
-        self._connection().execute(
-            "INSERT OR IGNORE INTO evaluations (namespace, key, fidelity, policy, metrics, created) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (self.namespace, key, fidelity, policy.to_json(), json.dumps(metrics.to_dict()), time.time()),
-        )
+        try:
+            self._connection().execute(
+                "INSERT OR IGNORE INTO evaluations (namespace, key, fidelity, policy, metrics, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (self.namespace, key, fidelity, policy.to_json(), json.dumps(metrics.to_dict()), time.time()),
+            )
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):
+                raise
+            assert self.path is not None
+            raise ConfigError(
+                f"cannot write the evaluation cache {str(self.path)!r}: the disk is full ({exc}). Free space, then "
+                "resume the search (`automl search --resume <run dir>`); every journaled record is kept."
+            ) from None

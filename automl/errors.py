@@ -54,3 +54,7 @@ class TrackingError(AutoMLError, RuntimeError):
 
 class ExportError(AutoMLError, ValueError):
     """A model cannot be exported, or a file is not a readable automl-mpq export."""
+
+
+class RunDirError(AutoMLError, OSError):
+    """The run directory cannot be written: no permission, or no space left on the disk."""

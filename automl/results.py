@@ -272,6 +272,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
               f"({session.config.sensitivity_method}); results in {run_dir}")
         print(f"time per stage: {timer.summary()}")
+        if tracker is not None and tracker.failures:
+            print(tracker.failure_summary())
         for label, rep in tuned.items():
             why = {"float": "validation reached the float model's", "patience": "no better checkpoint in "
                    f"{session.config.finetune_patience} checks"}.get(rep.stop_reason, "all steps")

@@ -10,7 +10,10 @@ space, the searcher or the evaluation of a run with records is an error, not a s
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
@@ -19,7 +22,7 @@ from typing import Any
 
 from agents.records import TrialRecord
 from automl.config import SearchConfig
-from automl.errors import ConfigError
+from automl.errors import ConfigError, RunDirError
 
 JOURNAL, STATE, CONFIG = "trials.jsonl", "state.json", "config.json"
 RESUMABLE = ("evaluations", "threads", "workers", "resume", "output")
@@ -85,6 +88,55 @@ def read_journal(path: Path) -> list[TrialRecord]:
             raise ConfigError(_bad_line(path, i, f"not a trial record ({type(exc).__name__}: {exc})")) from None
         out.setdefault(record.number, record)
     return [out[n] for n in sorted(out)]
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a torn last line (a crash mid-write) off a journal before it is appended to, so
+    the next record starts on a line of its own; returns the bytes removed."""
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with path.open("rb+") as fh:
+        fh.truncate(keep)
+    return len(data) - keep
+
+
+def disk_error(exc: OSError, path: Path, run_dir: Path, what: str) -> RunDirError:
+    """The project's error for an ``OSError`` writing ``path`` (``what``) of the run in ``run_dir``."""
+    from automl.console import command_prefix
+
+    if exc.errno == errno.ENOSPC:
+        why, fix = "the disk is full", f"Free space on the disk that holds {str(run_dir)!r}"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why, fix = "it is not writable", f"Make {str(run_dir)!r} writable"
+    else:
+        why, fix = "the write failed", "Fix the cause"
+    return RunDirError(
+        f"cannot write {what} to {str(path)!r}: {why} ({exc.strerror or exc}). Every record already in "
+        f"{str(run_dir / JOURNAL)!r} is kept. {fix}, then continue with: {command_prefix()} search --resume {run_dir}"
+    )
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work when the run directory cannot be created or written: probe the
+    nearest existing folder on its path with a temporary file (nothing is left behind)."""
+    folder = run_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RunDirError(
+            f"the output directory {str(run_dir.parent.parent if run_dir.parent.name == 'runs' else run_dir)!r} cannot "
+            f"be written: creating a file in {str(folder)!r} failed ({exc.strerror or exc}). Pass a writable --output, "
+            "or fix its permissions."
+        ) from None
 
 
 def _bad_line(path: Path, line: int, what: str) -> str:

@@ -8,6 +8,7 @@ a progress bar. Everything a user could get wrong is checked before evaluation w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 from agents.base import Callback, Searcher
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
+from automl import faults
 from automl.budget import BoundBudget, Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
@@ -26,7 +28,7 @@ from automl.config_schema import check_searcher_options
 from automl.console import budget_line, command_prefix, stage
 from automl.cost import CostModel
 from automl.cost.ort_measure import resolve_profiles
-from automl.errors import ConfigError
+from automl.errors import ConfigError, TrackingError
 from automl.evaluate import Evaluator, Problem
 from automl.lifecycle import (
     RUN_DIR_TAG,
@@ -40,10 +42,21 @@ from automl.lifecycle import (
 from automl.loading import load_task
 from automl.mlflow_ui import repair_summary
 from automl.quant.methods import check_profile_scales
-from automl.resume import CONFIG, JOURNAL, STATE, RunPlan, find_run_dir, plan_run, read_journal
+from automl.resume import (
+    CONFIG,
+    JOURNAL,
+    STATE,
+    RunPlan,
+    check_writable,
+    disk_error,
+    find_run_dir,
+    plan_run,
+    read_journal,
+    repair_torn_tail,
+)
 from automl.task import Task
 from automl.timing import StageTimer, pin_threads
-from automl.tracking import MlflowTracker, artifact_root, default_tracking_uri
+from automl.tracking import FAILURES_FILE, MlflowTracker, artifact_root, default_tracking_uri
 from automl.units import cost_metrics, limit_metrics, shown
 from automl.uris import check_storage, check_tracking_uri
 from automl.workers import check_workers, run_searcher
@@ -88,18 +101,35 @@ def check_searcher(config: SearchConfig) -> None:
 
 # callbacks -------------------------------------------------------------------------------
 class Journal(Callback):
-    """Appends every new record to ``trials.jsonl`` (flushed and fsynced per line)."""
+    """Appends every new record to ``trials.jsonl`` (flushed and fsynced per line).
+
+    A torn last line a crash left is cut off first. A write that fails (a full disk) is
+    undone, so the journal keeps only whole records, and raised as
+    :class:`~automl.errors.RunDirError` with how to resume.
+    """
 
     def __init__(self, path: Path, known: set[int]) -> None:
         self.path = path
         self.known = set(known)
+        repair_torn_tail(path)
 
     def on_trial(self, record: TrialRecord) -> bool:
         if record.number not in self.known:
+            line = record.to_json() + "\n"
             with self.path.open("a") as fh:
-                fh.write(record.to_json() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+                start = fh.tell()
+                try:
+                    half = len(line) // 2  # two writes, so the crash tests can tear a line (automl.faults)
+                    fh.write(line[:half])
+                    fh.flush()
+                    faults.point("journal-write")
+                    fh.write(line[half:])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        fh.truncate(start)
+                    raise disk_error(exc, self.path, self.path.parent, f"the record of trial {record.number}") from None
             self.known.add(record.number)
         return True
 
@@ -195,9 +225,11 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     timer = timer or StageTimer()
     config, run_dir = plan.config, plan.run_dir
     uri = config.tracking_uri or default_tracking_uri(config.output)
+    check_writable(run_dir)
     if track:
         check_tracking_uri(uri)  # before any evaluation work
-    check_storage(config.storage)
+    own_study = run_dir / "optuna.db"  # a resumed run's own study: checked like a given one
+    check_storage(config.storage or (f"sqlite:///{own_study}" if own_study.is_file() else ""))
     budget = Budget.parse(list(config.budget))
     check_searcher(config)
     check_workers(config)
@@ -220,7 +252,8 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
         evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
     with timer.stage("mlflow"):
-        tracker = MlflowTracker(uri, config.experiment, artifact_root(config.output)) if track else None
+        tracker = (MlflowTracker(uri, config.experiment, artifact_root(config.output), failure_log=run_dir / FAILURES_FILE)
+                   if track else None)
     return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
 
 
@@ -283,10 +316,6 @@ def restore_records(searcher: Searcher, journal: list[TrialRecord]) -> None:
     for record in missing:
         searcher.records.append(record)
         searcher.tell(record.proposed, record)
-    rng_replay = getattr(searcher, "rng", None)
-    if rng_replay is not None and missing:
-        for _ in range(len(missing)):  # continue the random sequence where it stopped
-            searcher.space.sample(searcher.rng)  # type: ignore[attr-defined]
     searcher.records.sort(key=lambda r: r.number)
 
 
@@ -299,15 +328,29 @@ def _finished_result(plan: RunPlan) -> SearchResult | None:
 
 
 def _close(session: Session, status: str, state: dict[str, Any]) -> None:
-    """End the parent run with ``status`` and record it; runs whatever ended the search."""
+    """End the parent run with ``status`` and record it; runs whatever ended the search.
+
+    Never raises over the error that ended the search: a store that cannot be told the
+    status is reported (``automl best`` or a resume closes the parent later), and a full
+    disk that cannot take ``state.json`` leaves the owner file to tell the run was cut."""
+    tracker = session.tracker
     try:
-        if session.tracker is not None:
-            session.tracker.finish_parent(status)
-            session.tracker.close()
+        if tracker is not None:
+            try:
+                tracker.finish_parent(status)
+            except TrackingError as exc:
+                print(f"could not mark the MLflow parent run {status}: {exc}. `automl best` or a resume closes it "
+                      "once the store answers.", file=sys.stderr, flush=True)
+            tracker.close()
+            if status != "FINISHED" and tracker.failures:  # a finished search printed it with its summary
+                print(tracker.failure_summary(), file=sys.stderr, flush=True)
     finally:
         state["status"] = status
-        (session.run_dir / STATE).write_text(json.dumps(state))
-        remove_owner(session.run_dir)
+        try:
+            (session.run_dir / STATE).write_text(json.dumps(state))
+            remove_owner(session.run_dir)
+        except OSError as exc:
+            print(f"could not record the status in {session.run_dir / STATE}: {exc}", file=sys.stderr, flush=True)
 
 
 def run_search(
@@ -342,13 +385,21 @@ def run_search(
             return finished
     session = build_session(plan, task)
     state = dict(plan.state)
-    (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
-    write_owner(run_dir)
+    try:
+        (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_owner(run_dir)
+    except OSError as exc:
+        raise disk_error(exc, run_dir / CONFIG, run_dir, "the run configuration") from None
     with handle_termination():
         status = "FAILED"
         try:
             result = _search(session, plan, state, callbacks, quiet, say)
             status = "FINISHED"
+        except TrackingError as exc:
+            raise TrackingError(
+                f"{exc}. The journal {run_dir / JOURNAL} keeps every evaluated policy; once the tracking store "
+                f"answers, continue with: {command_prefix()} search --resume {run_dir}"
+            ) from exc
         except (KeyboardInterrupt, Terminated):
             status = "KILLED"
             raise
@@ -374,6 +425,8 @@ def _search(
         searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
     if plan.resuming:
         resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
+    if cfg.workers <= 1:  # a resumed search continues as the uninterrupted one would (Objective.restore)
+        session.objective.restore(searcher.records)
     done = {r.number for r in searcher.records}
     logged = set(tracker.logged_trials())
     journal = Journal(run_dir / JOURNAL, {r.number for r in plan.journal})

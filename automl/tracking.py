@@ -4,10 +4,21 @@ Child runs are written by a background thread through ``MlflowClient.log_batch``
 call for all metrics, params and tags of a trial), so logging overlaps evaluation instead
 of adding to it. Every child run carries its trial number as a tag, which is what makes a
 resumed search log each policy exactly once.
+
+Every client call goes through :class:`RetryingClient`: a failed call is retried (at most
+:data:`WRITE_ATTEMPTS` tries, backoff doubling from :data:`BACKOFF` s), then raised as
+:class:`~automl.errors.TrackingError`. A write on the background thread that still fails
+is never dropped silently: it is counted in :attr:`MlflowTracker.failures`, appended at
+once to ``mlflow_write_failures.jsonl`` in the run directory, printed with the search's
+summary, and stored as the tag ``mlflow_write_failures`` on the parent run as soon as the
+store answers again (at the end of the search, or when a resume reattaches the parent).
+Once a call has failed every try, the store counts as down: later calls get one try each
+(no backoff) until one succeeds, so a dead server does not stall the search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -19,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from automl import faults
 from automl.errors import TrackingError
 from automl.mlflow_ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, view_state
 from automl.units import shown
@@ -26,6 +38,12 @@ from automl.units import shown
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "automl.trial"
 BEST_TAG = "best"
+FAILURES_TAG = "mlflow_write_failures"
+FAILURES_FILE = "mlflow_write_failures.jsonl"
+WRITE_ATTEMPTS = 4
+BACKOFF = 0.5
+# MLflow errors that another try cannot fix (the request itself is wrong).
+_FINAL_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST")
 
 
 def default_tracking_uri(output: str | Path) -> str:
@@ -75,17 +93,67 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = text[:500]
 
 
-class MlflowTracker:
-    """Writes a search to MLflow. Thread-safe; :meth:`close` flushes pending trials."""
+class RetryingClient:
+    """An ``MlflowClient`` whose every call is retried with backoff, then raised as
+    :class:`TrackingError` naming the store and the call."""
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+    def __init__(self, inner: Any, uri: str, attempts: int | None = None, backoff: float | None = None) -> None:
+        self.inner, self.uri = inner, uri
+        self.attempts = WRITE_ATTEMPTS if attempts is None else int(attempts)
+        self.backoff = BACKOFF if backoff is None else float(backoff)
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            tries = 1 if self.down else self.attempts
+            for i in range(tries):
+                try:
+                    out = fn(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - MLflow, HTTP and database errors alike
+                    if getattr(exc, "error_code", None) in _FINAL_CODES:
+                        raise TrackingError(f"MLflow store {self.uri} refused {name}: {_first_line(exc)}") from exc
+                    if i < tries - 1:
+                        time.sleep(self.backoff * 2**i)
+                        continue
+                    self.down = True
+                    raise TrackingError(
+                        f"MLflow store {self.uri} failed on {name} after {tries} attempt(s): {_first_line(exc)}"
+                    ) from exc
+                self.down = False
+                return out
+            raise AssertionError("unreachable")
+
+        return call
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+class MlflowTracker:
+    """Writes a search to MLflow. Thread-safe; :meth:`close` flushes pending trials.
+
+    Args:
+        failure_log: a JSON-lines file that gets one line per background write that
+            failed every try (the run directory's :data:`FAILURES_FILE`).
+    """
+
+    def __init__(
+        self, uri: str, experiment: str, artifact_location: str | None = None, failure_log: Path | None = None,
+    ) -> None:
         _quiet_mlflow()
         check_tracking(uri)
         from mlflow import MlflowClient
 
         self.uri = uri
+        self.failure_log = failure_log
         try:
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri), uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 exp.experiment_id
@@ -102,8 +170,8 @@ class MlflowTracker:
         except Exception as exc:  # noqa: BLE001 - any store failure is reported the same way
             raise TrackingError(f"cannot open MLflow experiment {experiment!r} at {uri}: {exc}") from exc
         self.parent_id: str | None = None
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._errors: list[str] = []
+        self._queue: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
+        self.failures: list[dict[str, str]] = []
         self._worker = threading.Thread(target=self._drain, name="mlflow-logger", daemon=True)
         self._worker.start()
         self.log_seconds = 0.0
@@ -111,19 +179,52 @@ class MlflowTracker:
     # background writer ---------------------------------------------------------------
     def _drain(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            what, job = item
             start = time.perf_counter()
             try:
                 job()
-            except Exception as exc:  # noqa: BLE001 - logged, never kills the search
-                self._errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - reported, never kills the search
+                self._record_failure(what, exc)
             self.log_seconds += time.perf_counter() - start
+
+    def _record_failure(self, what: str, exc: BaseException) -> None:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "what": what, "error": str(exc)}
+        self.failures.append(entry)
+        if self.failure_log is not None:
+            try:
+                with self.failure_log.open("a") as fh:
+                    fh.write(json.dumps(entry) + "\n")
+            except OSError:
+                pass  # still counted in memory and printed with the summary
+
+    def failure_count(self) -> int:
+        """Failed background writes of the whole run (every session, from the failure log)."""
+        if self.failure_log is not None and self.failure_log.is_file():
+            return sum(1 for line in self.failure_log.read_text().splitlines() if line.strip())
+        return len(self.failures)
+
+    def failure_summary(self) -> str:
+        """One paragraph on the failed writes of this session, empty when there were none."""
+        if not self.failures:
+            return ""
+        shown_items = "; ".join(f"{f['what']}: {f['error'][:160]}" for f in self.failures[:5])
+        more = f" and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+        where = f" (all listed in {self.failure_log})" if self.failure_log is not None else ""
+        return (f"MLflow: {len(self.failures)} write(s) failed after retries{where}: {shown_items}{more}. The journal "
+                "keeps every policy; `automl search --resume <run dir>` logs the missing child runs once the store "
+                "answers.")
+
+    def _tag_failures(self) -> None:
+        n = self.failure_count()
+        if n and self.parent_id is not None:
+            self.client.set_tag(self.parent_id, FAILURES_TAG, str(n))
 
     def flush(self) -> None:
         done = threading.Event()
-        self._queue.put(done.set)
+        self._queue.put(("flush", done.set))
         done.wait()
 
     def close(self) -> None:
@@ -133,7 +234,7 @@ class MlflowTracker:
 
     @property
     def errors(self) -> list[str]:
-        return list(self._errors)
+        return [f["error"] for f in self.failures]
 
     # parent --------------------------------------------------------------------------
     def start_parent(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -153,6 +254,7 @@ class MlflowTracker:
         run = self.client.get_run(run_id)
         self.parent_id = run.info.run_id
         self.client.update_run(run_id, status="RUNNING")
+        self._tag_failures()  # failures of an earlier session, now that the store answers
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
         assert self.parent_id is not None
@@ -186,6 +288,9 @@ class MlflowTracker:
     def finish_parent(self, status: str = "FINISHED") -> None:
         self.flush()
         if self.parent_id:
+            if self.failures:
+                self._tag_failures()
+                self.mark_unfinished_children("FAILED")
             self.client.set_terminated(self.parent_id, status)
 
     # children ------------------------------------------------------------------------
@@ -220,17 +325,23 @@ class MlflowTracker:
                 self.experiment_id, run_name=f"trial-{number:04d}", tags={PARENT_TAG: parent, TRIAL_TAG: str(number)}
             )
             rid = run.info.run_id
+            faults.point("mlflow-write")
             now = int(time.time() * 1000)
-            self.client.log_batch(
-                rid,
-                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                params=[Param(k, str(v)) for k, v in params.items()],
-                tags=[RunTag(k, str(v)) for k, v in tags.items()],
-            )
-            self.client.log_text(rid, policy_json, "policy.json")
-            self.client.set_terminated(rid, "FINISHED")
+            try:
+                self.client.log_batch(
+                    rid,
+                    metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                    params=[Param(k, str(v)) for k, v in params.items()],
+                    tags=[RunTag(k, str(v)) for k, v in tags.items()],
+                )
+                self.client.log_text(rid, policy_json, "policy.json")
+                self.client.set_terminated(rid, "FINISHED")
+            except TrackingError:
+                with contextlib.suppress(Exception):  # not left RUNNING if the store still takes this
+                    self.client.inner.set_terminated(rid, "FAILED")
+                raise
 
-        self._queue.put(job)
+        self._queue.put((f"trial {number}", job))
 
     def tag_best(self, run_ids: Mapping[str, str]) -> None:
         """Tag child runs ``best=true`` (and which budget they are best for)."""

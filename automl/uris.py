@@ -92,6 +92,49 @@ def check_storage(url: str) -> None:
             "'postgresql://user@host/db', 'journal:study.log', or leave it empty for a SQLite file in the run directory"
         )
     connect_test(url, "Optuna storage", ConfigError)
+    parsed = _database_url(url, "Optuna storage", ConfigError)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        check_optuna_sqlite(Path(parsed.database).expanduser())
+
+
+OPTUNA_TABLES = {"studies", "trials", "version_info"}
+
+
+def check_optuna_sqlite(path: Path) -> None:
+    """An existing SQLite file given as the study storage must be an intact Optuna database
+    (or an empty one): Optuna would otherwise fail deep in the search on a corrupted file,
+    or silently add its tables to another application's database.
+
+    Raises:
+        ConfigError: the file is not SQLite, fails SQLite's integrity check, or holds
+            tables but not Optuna's.
+    """
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    fix = "Pass a new file (it is created) or the Optuna database of the search you mean, e.g. --storage sqlite:///study.db."
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head != b"SQLite format 3\x00":
+        raise ConfigError(f"Optuna storage {str(path)!r} is not a SQLite database (it starts with {head[:8]!r}). {fix}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"Optuna storage {str(path)!r} cannot be read as SQLite ({exc}); it is corrupted. {fix}") from None
+    if check != "ok":
+        raise ConfigError(f"Optuna storage {str(path)!r} is corrupted (SQLite integrity check: {check}). {fix}")
+    if tables and not OPTUNA_TABLES <= tables:
+        names = ", ".join(sorted(tables)[:6])
+        raise ConfigError(
+            f"Optuna storage {str(path)!r} is a database of something else (tables: {names}), not an Optuna study "
+            f"database; automl-mpq will not add its tables to it. {fix}"
+        )
 
 
 def check_tracking_uri(uri: str) -> None:
