@@ -10,13 +10,17 @@ pruned, BatchNorm-folded network is traced with ``torch.fx`` and its graph store
 tensor methods by name. Nothing is unpickled at load.
 
 Layout: magic ``b"AMPQEXP\\0"``, uint32 format version, uint32 header length ``H``, ``H``
-bytes of zlib-compressed JSON (graph, modules, tensor table ``name -> [numpy dtype, shape,
-offset, nbytes]``, data length, CRC-32), then the tensors' bytes back to back. A quantized
+bytes of zlib-compressed JSON (graph, modules, tensor table ``name -> [numpy dtype, shape]``
+in file order, data length, CRC-32), then the tensors' bytes back to back. A quantized
 layer ``L`` stores ``L.bits`` (uint8 per kept output channel), ``L.scale`` (float32 per
-kept quantized channel, BatchNorm-correction factor folded in), ``L.codes<b>`` (codes of
-its ``b``-bit channels in channel order plus ``2^(b-1) - 1``, packed LSB-first at ``b``
-bits each), ``L.float`` (float32 rows of 32-bit channels), ``L.bias`` (float32, correction
-offset folded in). Other modules store their ``state_dict`` unchanged.
+kept quantized channel, BatchNorm-correction factor folded in), ``L.codes`` (one stream:
+the codes of its quantized channels plus ``2^(b-1) - 1``, at ``b`` bits each, LSB-first,
+the channels of the narrowest width first and channel order within a width, padded once
+to a byte), ``L.float`` (float32 rows of 32-bit channels, possibly none), ``L.bias``
+(float32, correction offset folded in). Every quantized layer stores the same tensors
+whatever its bits, so the header hardly depends on the policy and
+:func:`container_bytes` prices it. Other modules store their ``state_dict`` unchanged.
+:class:`automl.cost.model.CostModel` prices exactly these bytes (see its size convention).
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ from automl.quant.engine import QuantEngine, QuantLayer
 from automl.quant.fake import FLOAT_BITS, weight_qmax
 from automl.timing import median_time, pin_threads
 from search_spaces.policy import Policy
+from search_spaces.space import SearchSpace
 
 if TYPE_CHECKING:
     from automl.cost.model import CostModel
 
 MAGIC = b"AMPQEXP\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 AGREE_TOL = 1e-4
 _PREFIX = struct.Struct("<8sII")
 _MAX_CODE_BITS = 24  # codes pass through a float32 weight while pruning: exact up to 2^24
@@ -72,17 +77,26 @@ def fake_quantize(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.
     return x.mul(1.0 / scale).round_().clamp_(qmin, qmax).mul_(scale)
 
 
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack signed codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` into ``ceil(n * bits / 8)`` bytes."""
+def _code_planes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """The ``n * bits`` bits (LSB first) of signed codes in ``[-(2^(b-1)-1), 2^(b-1)-1]``."""
     u = codes.astype(np.int64).ravel() + ((1 << (bits - 1)) - 1)
     assert u.min(initial=0) >= 0 and u.max(initial=0) < (1 << bits), "code outside its bit-width"
-    return np.packbits(((u[:, None] >> np.arange(bits)) & 1).astype(np.uint8).ravel(), bitorder="little")
+    return ((u[:, None] >> np.arange(bits)) & 1).astype(np.uint8).ravel()
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack signed codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` into ``ceil(n * bits / 8)`` bytes."""
+    return np.packbits(_code_planes(codes, bits), bitorder="little")
+
+
+def _decode_planes(planes: np.ndarray, bits: int, count: int) -> np.ndarray:
+    planes = planes[: count * bits].reshape(count, bits).astype(np.int64)
+    return (planes << np.arange(bits)).sum(axis=1) - ((1 << (bits - 1)) - 1)
 
 
 def unpack_codes(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: ``count`` signed int64 codes of ``bits`` bits each."""
-    planes = np.unpackbits(data, count=count * bits, bitorder="little").reshape(count, bits).astype(np.int64)
-    return (planes << np.arange(bits)).sum(axis=1) - ((1 << (bits - 1)) - 1)
+    return _decode_planes(np.unpackbits(data, count=count * bits, bitorder="little"), bits, count)
 
 
 def _encode(a: Any) -> Any:
@@ -232,13 +246,13 @@ def _check_policy(analysis: ModelAnalysis, policy: Policy, layers: dict[str, Qua
 
 
 def _quant_tensors(name: str, mod: nn.Module, bits: torch.Tensor, scale: torch.Tensor) -> dict[str, np.ndarray]:
-    rows = mod.weight.detach().reshape(mod.weight.shape[0], -1)
-    quant = bits < FLOAT_BITS
-    out = {f"{name}.bits": _array(bits).astype(np.uint8), f"{name}.scale": _array(scale[quant]).astype(np.float32)}
-    for b in sorted({int(x) for x in bits[quant]}):
-        out[f"{name}.codes{b}"] = pack_codes(_array(rows[bits == b]).round().astype(np.int64), b)
-    if not bool(quant.all()):
-        out[f"{name}.float"] = _array(rows[~quant]).astype(np.float32)
+    rows = _array(mod.weight.detach().reshape(mod.weight.shape[0], -1))
+    bits_np = _array(bits).astype(np.int64)
+    quant = bits_np < FLOAT_BITS
+    planes = [_code_planes(rows[bits_np == b].round().astype(np.int64), b) for b in sorted({int(x) for x in bits_np[quant]})]
+    out = {f"{name}.bits": bits_np.astype(np.uint8), f"{name}.scale": _array(scale)[quant].astype(np.float32),
+           f"{name}.codes": np.packbits(np.concatenate([np.zeros(0, np.uint8), *planes]), bitorder="little"),
+           f"{name}.float": rows[~quant].astype(np.float32)}
     if mod.bias is not None:
         out[f"{name}.bias"] = _array(mod.bias).astype(np.float32)
     return out
@@ -301,20 +315,49 @@ def _encode_network(qmodel: nn.Module, analysis: ModelAnalysis, policy: Policy) 
     return header, tensors
 
 
-def _write(path: Path, header: dict[str, Any], tensors: dict[str, np.ndarray]) -> tuple[int, int]:
-    chunks = [np.ascontiguousarray(a).tobytes() for a in tensors.values()]
-    offsets = np.cumsum([0] + [len(c) for c in chunks]).tolist()
-    entries = zip(tensors.items(), chunks, offsets[:-1], strict=True)
-    table = {k: [a.dtype.str, list(a.shape), o, len(c)] for (k, a), c, o in entries}
-    data = b"".join(chunks)
+def _header_blob(header: dict[str, Any], tensors: dict[str, np.ndarray], data: bytes) -> bytes:
+    """The compressed header; the tensor table lists dtype and shape (offsets follow from the order)."""
+    table = {k: [a.dtype.str, list(a.shape)] for k, a in tensors.items()}
     header = {**header, "tensors": table, "data_bytes": len(data), "data_crc32": zlib.crc32(data)}
-    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    return zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+
+
+def _write(path: Path, header: dict[str, Any], tensors: dict[str, np.ndarray]) -> tuple[int, int]:
+    data = b"".join(np.ascontiguousarray(a).tobytes() for a in tensors.values())
+    head = _header_blob(header, tensors, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as f:  # written aside and renamed: a crash never leaves half a file
         f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + data)
     os.replace(tmp, path)
     return _PREFIX.size + len(head), len(data)
+
+
+def container_bytes(
+    model: nn.Module, analysis: ModelAnalysis, space: SearchSpace, sample_input: torch.Tensor, *,
+    power_of_two: bool = False, samples: int = 3,
+) -> float:
+    """Bytes of an export of ``model`` that no layer's tensors account for, for the cost model.
+
+    The 16-byte prefix, the compressed header (graph, module arguments, tensor table,
+    activation grids) and the constant tensors the graph reads. Every policy's file has the
+    same tensors and graph nodes (only channel counts, shapes and activation scales differ),
+    so this is measured on a few random policies of ``space`` (fixed seed) and their median
+    taken: how well zlib compresses those numbers varies by ~1 % of the header from policy
+    to policy. Weights are quantized with max clipping and activation ranges come from
+    ``sample_input`` alone (neither changes the header's length beyond that noise).
+    """
+    engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
+                         power_of_two=power_of_two)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for _ in range(samples):
+        policy = space.resolve(space.sample(rng))
+        header, tensors = _encode_network(engine.apply(policy), analysis, policy)
+        data = b"".join(np.ascontiguousarray(a).tobytes() for a in tensors.values())
+        constants = sum(a.nbytes for k, a in tensors.items() if k.startswith("attr:"))
+        sizes.append(_PREFIX.size + len(_header_blob(header, tensors, data)) + constants)
+    return float(statistics.median(sizes))
 
 
 def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -336,8 +379,15 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     if len(data) != expected or zlib.crc32(data) != crc:
         raise ExportError(f"{path} is corrupt: expected {expected} data bytes with CRC-32 {crc:#010x}, got {len(data)} "
                           f"with CRC-32 {zlib.crc32(data):#010x} (truncated or modified). {_HOW}")
-    table = header["tensors"].items()
-    return header, {k: np.frombuffer(data, dt, int(np.prod(sh)), off).reshape(sh) for k, (dt, sh, off, _) in table}
+    out, offset = {}, 0
+    try:
+        for k, (dt, sh) in header["tensors"].items():
+            count = int(np.prod(sh))
+            out[k] = np.frombuffer(data, dt, count, offset).reshape(sh)
+            offset += count * np.dtype(dt).itemsize
+    except (ValueError, TypeError) as exc:
+        raise ExportError(f"{path} has a corrupt tensor table ({type(exc).__name__}: {exc}). {_HOW}") from exc
+    return header, out
 
 
 def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray]) -> None:
@@ -346,9 +396,12 @@ def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray]) -> No
     quant = bits < FLOAT_BITS
     scale = torch.ones(len(bits))
     scale[quant] = torch.from_numpy(tensors[f"{name}.scale"].copy())
+    planes, start = np.unpackbits(tensors[f"{name}.codes"], bitorder="little"), 0
     for b in sorted({int(x) for x in bits[quant]}):
         sel = bits == b
-        codes = unpack_codes(tensors[f"{name}.codes{b}"], b, int(sel.sum()) * rows.shape[1])
+        count = int(sel.sum()) * rows.shape[1]
+        codes = _decode_planes(planes[start:], b, count)
+        start += count * b
         rows[sel] = torch.from_numpy(codes.astype(np.float32)).view(-1, rows.shape[1])
     rows = rows * scale[:, None]
     if not bool(quant.all()):

@@ -30,6 +30,7 @@ from automl.cost import CostModel
 from automl.cost.ort_measure import resolve_profiles
 from automl.errors import ConfigError, TrackingError
 from automl.evaluate import Evaluator, Problem
+from automl.export import container_bytes
 from automl.lifecycle import (
     RUN_DIR_TAG,
     Terminated,
@@ -245,7 +246,9 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
         profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
         check_profile_scales(profiles, config.eval_power_of_two)
-        cost_model = CostModel(problem.analysis, problem.space, profiles)
+        container = container_bytes(task.model, problem.analysis, problem.space, task.sample_input,
+                                    power_of_two=config.eval_power_of_two)  # the .ampq header, priced in size
+        cost_model = CostModel(problem.analysis, problem.space, profiles, container)
         bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace

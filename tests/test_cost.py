@@ -55,11 +55,12 @@ def test_two_layer_prices_match_hand_computation(two_layer):
     cm, _ = two_layer
     policy = Policy((("conv", LayerPolicy(8, (8, 4, 0, 32))), ("fc", LayerPolicy(4, (2, 4, 8)))))
     costs = cm.price(policy)
-    # conv: 3 kept channels x 9 weights at 8+4+32 bits, 2 scales (the 32-bit channel has none), 3 folded biases.
-    conv_bits = 9 * (8 + 4 + 32) + 2 * 32 + 3 * 32
-    # fc: reads 3 kept channels x 16 positions = 48 features; 3 outputs at 2+4+8 bits, 3 scales, 3 biases.
-    fc_bits = 48 * (2 + 4 + 8) + 3 * 32 + 3 * 32
-    assert costs.size_bytes == (conv_bits + fc_bits) / 8 == 177.5
+    # conv: 3 kept channels x 9 weights: codes at 8+4 bits in one stream padded to a byte (108 -> 112
+    # bits), the float row at 32; 2 scales (the 32-bit channel has none), 3 folded biases, 3 bit bytes.
+    conv_bits = 112 + 9 * 32 + 2 * 32 + 3 * 32 + 3 * 8
+    # fc: reads 3 kept channels x 16 positions = 48 features; 3 outputs at 2+4+8 bits, 3 scales, 3 biases, 3 bit bytes.
+    fc_bits = 48 * (2 + 4 + 8) + 3 * 32 + 3 * 32 + 3 * 8
+    assert costs.size_bytes == (conv_bits + fc_bits) / 8 == 184
     assert costs.macs == 16 * 3 * 9 + 3 * 48 == 576
     assert costs.bitops == 16 * 9 * (8 + 4 + 32) * 8 + 48 * (2 + 4 + 8) * 4 == 53376
     # conv: 16 inputs at 8 bits + 48 outputs stored at fc's 4 bits = 40 B; fc: 48 x 4 + 3 x 32 bits = 36 B.
@@ -69,7 +70,10 @@ def test_two_layer_prices_match_hand_computation(two_layer):
 def test_float_model_counts_every_weight_and_folded_bias_at_32_bits(two_layer):
     cm, _ = two_layer
     f = cm.float_costs()
-    assert f.size_bytes == (4 * 9 * 32 + 4 * 32 + 3 * 64 * 32 + 3 * 32) / 8 == 940
+    assert f.size_bytes == (4 * 9 * 32 + 4 * 32 + 3 * 64 * 32 + 3 * 32) / 8 + 4 + 3 == 947  # + a bit byte per channel
+    with_header = CostModel(cm.analysis, cm.space, container_bytes=1000)
+    assert with_header.float_costs().size_bytes == 1947
+    assert with_header.price(cm.cheapest_policy()).size_bytes == cm.price(cm.cheapest_policy()).size_bytes + 1000
     assert f.macs == cm.analysis.total_macs == 768
     assert f.bitops == 768 * 32 * 32
     assert f.latency_ms == ()
@@ -82,7 +86,7 @@ def test_full_float_policy_costs_the_float_model(tiny_resnet):
     costs = cm.price(space.uniform(32, 32))
     assert costs == cm.float_costs()
     params = sum(lay.weight_params + lay.out_channels for lay in analysis.layers)  # weights + folded biases
-    assert costs.size_bytes == params * 4
+    assert costs.size_bytes == params * 4 + sum(lay.out_channels for lay in analysis.layers)  # + bit bytes
     assert costs.macs == analysis.total_macs
 
 
@@ -107,8 +111,8 @@ def test_pruned_residual_network_size_counts_removed_downstream_inputs(tiny_resn
     costs = cm.price(policy)
     pruned = prune_model(tiny_resnet, analysis, policy)
     convs = [m for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    # Float policy: weights + one (folded) bias per output channel, all at 32 bits.
-    expected = sum(m.weight.numel() + m.weight.shape[0] for m in convs) * 4
+    # Float policy: weights + one (folded) bias per output channel, all at 32 bits, + one bit byte per channel.
+    expected = sum(m.weight.numel() * 4 + m.weight.shape[0] * 5 for m in convs)
     assert costs.size_bytes == expected
     assert costs.macs == analyse(pruned, torch.zeros(1, 1, 28, 28)).total_macs
     # Removing only the producers' rows would overcount: every consumer lost 2 input channels.
@@ -118,7 +122,7 @@ def test_pruned_residual_network_size_counts_removed_downstream_inputs(tiny_resn
     inputs = sum(
         lay.weight_params // lay.in_channels * 2 for lay in analysis.layers if lay.name in group.consumers
     )
-    assert costs.size_bytes == cm.float_costs().size_bytes - (rows_only + inputs) * 4
+    assert costs.size_bytes == cm.float_costs().size_bytes - (rows_only + inputs) * 4 - 2 * len(group.producers)
     assert cm.price(space.resolve(policy)) == costs
 
 

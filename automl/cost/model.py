@@ -2,13 +2,21 @@
 
 Conventions (the float model and every policy are priced by the same formulas):
 
-- **Size.** Every kept weight at its bit-width; one 32-bit float scale per kept output
-  channel of a quantized (< 32-bit) layer; BatchNorm folded into the preceding convolution,
-  so a layer with a bias or a folded BatchNorm stores one 32-bit bias per kept output
-  channel (the BatchNorm's own four parameters are not counted separately); modules left
-  at full precision (``ModelAnalysis.unquantized``) at 32 bits, shrinking with their
-  channel group when they follow one. The float model is every layer at 32 bits with no
-  scales. Sizes are in bytes (bits / 8, not rounded).
+- **Size.** The bytes of the packed export file (:mod:`automl.export`), to within the
+  padding of its compressed header. Per layer: the codes of its quantized (< 32-bit)
+  kept channels at their bit-widths in one stream padded to a whole byte; float rows of
+  32-bit channels at 32 bits; one 32-bit scale per kept quantized channel; one bit-width
+  byte per kept channel; BatchNorm folded into the preceding convolution, so a layer
+  with a bias or a folded BatchNorm stores one 32-bit bias per kept output channel (the
+  BatchNorm's own four parameters are not counted separately). Modules left at full
+  precision (``ModelAnalysis.unquantized``) at 32 bits, shrinking with their channel
+  group when they follow one. Plus ``container_bytes`` once: the file's prefix and
+  compressed header, measured by :func:`automl.export.container_bytes` (0 when not
+  given, e.g. in unit tests). The **float size** is the same formulas at 32 bits for
+  every channel, none pruned: the ``.ampq`` file of the unpruned float model (no
+  scales, no codes), which is what ``x``-relative size budgets are fractions of; a
+  ``torch.save`` of the float ``state_dict`` is larger (BatchNorms unfolded, zip and
+  pickle framing: +7 % on ResNet-8). Sizes are in bytes.
 - **Pruning.** A channel pruned in one producer of a coupled group is pruned in all
   (union, as :meth:`SearchSpace.resolve`); a layer reading a group loses those input
   features (``Segment.features_per_channel`` each); a depthwise layer keeps one input per
@@ -44,9 +52,14 @@ class CostModel:
         analysis: the analysed model.
         space: the search space built from ``analysis`` (defines the layer order).
         profiles: hardware profiles whose latency every price includes.
+        container_bytes: bytes every export file needs besides the layers' tensors (prefix,
+            compressed graph header, constant tensors): :func:`automl.export.container_bytes`.
     """
 
-    def __init__(self, analysis: ModelAnalysis, space: SearchSpace, profiles: Sequence[HardwareProfile] = ()) -> None:
+    def __init__(
+        self, analysis: ModelAnalysis, space: SearchSpace, profiles: Sequence[HardwareProfile] = (),
+        container_bytes: float = 0.0,
+    ) -> None:
         if analysis.names != space.names:
             raise SearchSpaceError(
                 f"the search space was built for layers {list(space.names)}, the analysis has "
@@ -59,6 +72,7 @@ class CostModel:
         if len(set(names)) != len(names):
             raise ProfileError(f"two hardware profiles share a name: {names}. Give each profile its own 'name'.")
         self.names = space.names
+        self.container_bytes = float(container_bytes)
         self._build_tables()
         for p in self.profiles:
             p.check(self.names, [int(x) for x in self.in_total], [int(x) for x in self.out_total])
@@ -147,6 +161,9 @@ class CostModel:
         self._sentinels[:, 1] = FLOAT_BITS
         self._lut_bits = np.arange(FLOAT_BITS + 1, dtype=float)
         self._lut_quant = ((self._lut_bits > 0) & (self._lut_bits < FLOAT_BITS)).astype(float)
+        self._size_luts = np.stack(
+            [self._lut_bits * self._lut_quant, (self._lut_bits == FLOAT_BITS).astype(float), self._lut_quant], axis=1
+        )
 
     # vectorised core -----------------------------------------------------------------
     def layer_batch(self, bits: np.ndarray, act_bits: np.ndarray) -> LayerBatch:
@@ -174,9 +191,13 @@ class CostModel:
         )
 
     def layer_size_bits(self, batch: LayerBatch) -> np.ndarray:
-        """``[n, L]`` stored bits of every layer: weights, per-channel scales and biases."""
-        weights = batch.weight_bits_sum * batch.weights_per_out
-        return weights + FLOAT_BITS * (self.has_bias * batch.kept_out + batch.channel_sum(self._lut_quant))
+        """``[n, L]`` stored bits of every layer: codes (one byte-padded stream), float rows,
+        per-channel scales, bit-width bytes and biases."""
+        wpo = batch.weights_per_out
+        sums = batch.bit_histogram @ self._size_luts  # [n, L, 3]: code bits, float channels, quantized channels
+        codes = np.ceil(sums[..., 0] * wpo / 8.0 - 1e-6) * 8.0
+        meta = FLOAT_BITS * (self.has_bias * batch.kept_out + sums[..., 2]) + 8.0 * batch.kept_out
+        return codes + sums[..., 1] * wpo * FLOAT_BITS + meta
 
     def group_size_bits(self, batch: LayerBatch) -> np.ndarray:
         """``[n, G]`` bits of the full-precision modules that shrink with each group."""
@@ -184,8 +205,8 @@ class CostModel:
 
     @property
     def fixed_size_bits(self) -> float:
-        """Bits of full-precision modules that no pruning touches."""
-        return FLOAT_BITS * self.fixed_params
+        """Bits of full-precision modules that no pruning touches, plus the file's container."""
+        return FLOAT_BITS * self.fixed_params + 8.0 * self.container_bytes
 
     def _table(self, bits: np.ndarray, act_bits: np.ndarray) -> dict[str, np.ndarray]:
         b = self.layer_batch(bits, act_bits)
