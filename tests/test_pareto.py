@@ -39,7 +39,7 @@ def sweep(tmp_path_factory):
 
     stage_module.curvature_sensitivities = counted
     try:
-        config = ParetoConfig(small_config(tmp_path), ("0.2x", "0.05x", "0.1x"))
+        config = ParetoConfig(small_config(tmp_path), ("0.25x", "0.12x", "0.16x"))
         result = run_pareto(config, task=small_resnet(), quiet=True)
     finally:
         stage_module.curvature_sensitivities = real
@@ -55,7 +55,7 @@ def test_sweep_writes_csv_and_png_with_every_budget_and_method(sweep):
     result, _, _ = sweep
     rows = _rows(result)
     assert [(r["budget"], r["method"]) for r in rows] == [
-        (b, m) for b in ("size<=0.2x", "size<=0.1x", "size<=0.05x") for m in ("mixed", "uniform", "uniform+pruning")
+        (b, m) for b in ("size<=0.25x", "size<=0.16x", "size<=0.12x") for m in ("mixed", "uniform", "uniform+pruning")
     ]  # loosest budget first, whatever order they were given in
     assert result.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.files["png"].stat().st_size > 20_000
@@ -113,7 +113,7 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_budget(sweep):
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"pareto.csv", "pareto.png", "pareto.md", "uniform_points.csv"} <= artifacts
     levels = client.search_runs(ids, f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
-    assert sorted(r.data.tags["budget"] for r in levels) == ["size<=0.05x", "size<=0.1x", "size<=0.2x"]
+    assert sorted(r.data.tags["budget"] for r in levels) == ["size<=0.12x", "size<=0.16x", "size<=0.25x"]
     assert {r.info.status for r in levels} == {"FINISHED"}
     trials = client.search_runs(ids, f"tags.`mlflow.parentRunId` = '{levels[0].info.run_id}'")
     assert len(trials) >= 3
