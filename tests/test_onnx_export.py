@@ -88,6 +88,34 @@ def test_onnx_outputs_match_the_in_memory_quantized_model(fixture, request, tmp_
         assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
 
 
+def test_a_quantized_layer_behind_a_float_input_keeps_float_weights_on_its_grid(plain_cnn, tmp_path):
+    """Float input -> float kernel: int8 weights would only add a DequantizeLinear per run."""
+    from search_spaces import LayerPolicy, Policy
+    from search_spaces.space import SpaceConfig
+
+    loaders = make_loaders()
+    task = Task(plain_cnn, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
+    problem = Problem.from_task(task, SpaceConfig(weight_bits=(0, 4, 6), act_bits=(8, 32), pin_first_last=False))
+    ev = Evaluator(problem, EvalConfig())
+    names = problem.analysis.names
+    float_in, quant_in = names[1], names[2]
+    base = problem.space.uniform(4, 8).as_dict()
+    policy = Policy(tuple((n, LayerPolicy(32 if n == float_in else 8, base[n].weight_bits)) for n in names))
+    qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    model = ampq_to_onnx(tmp_path / "m.ampq")
+    weights = _weights(model)
+    assert weights[float_in].dtype == np.float32
+    assert weights[quant_in].dtype == np.int8
+    # the float weights are still on the 4-bit grid: at most 15 distinct values per output channel
+    w = weights[float_in].reshape(weights[float_in].shape[0], -1)
+    assert max(len(np.unique(row)) for row in w) <= 15
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    got = ort.predict(model.SerializeToString(), x.numpy())
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+
 def test_quantized_layers_are_qdq_with_int8_codes_on_their_grid(tiny_resnet, tmp_path):
     problem, ev, _ = _setup(tiny_resnet)
     policy = _mixed_policy(problem)
