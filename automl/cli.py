@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from automl.config import SearchConfig, read_config_file
 from automl.config_schema import flatten_sections
@@ -139,13 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
+def _config_and_flags(args: argparse.Namespace) -> tuple[SearchConfig, dict[str, Any], dict[str, Any]]:
+    """The ``--config`` file's configuration, its raw data, and the command line's overrides."""
     data = read_config_file(args.config) if args.config else {}
     try:
         config = SearchConfig.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"config file {args.config!r}: {exc}") from exc
     overrides = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
+    return config, data, overrides
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    config, data, overrides = _config_and_flags(args)
     config = config.merged(overrides)
     explicit = set(flatten_sections(SearchConfig, data)[0]) | {k for k, v in overrides.items() if v is not None}
     _check_cheaply(config)
@@ -158,12 +165,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_pareto(args: argparse.Namespace) -> int:
     from automl.pareto_config import DEFAULT_PARETO_EVALUATIONS, ParetoConfig
 
-    data = read_config_file(args.config) if args.config else {}
-    try:
-        config = SearchConfig.from_dict(data)
-    except ConfigError as exc:
-        raise ConfigError(f"config file {args.config!r}: {exc}") from exc
-    overrides = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
+    config, data, overrides = _config_and_flags(args)
     if overrides.get("evaluations") is None and "evaluations" not in flatten_sections(SearchConfig, data)[0]:
         overrides["evaluations"] = DEFAULT_PARETO_EVALUATIONS
     config = config.merged(overrides)

@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import DataError
-from automl.finetune import FinetuneConfig
 from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.finetune import FinetuneConfig
 from automl.task import Task
 from search_spaces import LayerPolicy, Policy, SpaceConfig
 
