@@ -115,8 +115,8 @@ def _fast_sqlite(storage: RDBStorage) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     # The pool still holds the connection that created the schema, made before the
-    # listener: drop it, or every commit keeps paying the fsync (158 -> 84 ms per
-    # 63-parameter trial, measured on this machine).
+    # listener: drop it, or every commit keeps paying the fsync (139 -> 104 ms per
+    # 63-parameter trial: benchmarks/study_storage.py).
     storage.engine.dispose()
     with storage.engine.connect() as conn:
         conn.execute(text("PRAGMA journal_mode=WAL"))

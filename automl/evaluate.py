@@ -50,8 +50,8 @@ class EvalConfig:
         calib_batches: how many calibration batches calibrate activation ranges.
         bn_samples: how many of those calibration inputs re-estimate BatchNorm statistics at
             fidelity 2 and in the final model (0 = all of them). The re-estimation pass is
-            the larger part of a fidelity-2 evaluation; see the README for the measurement
-            that chose the search's default.
+            the larger part of a fidelity-2 evaluation; benchmarks/bn_samples.py measured
+            the search's default (250).
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         seed: makes fidelity 3 deterministic.
         incremental: reuse the activations of an unchanged policy prefix at fidelities 1
