@@ -12,6 +12,7 @@ Rows:
   that fit), what every warm-started searcher begins with;
 - ``tpe`` / ``nsga2`` / ``cmaes``: the compact encoding, proposed-policy constraints;
 - ``tpe_layer_spread``: TPE with one spread per layer (71 parameters on ResNet-20, 29 here);
+- ``tpe_network_spread``: TPE with one spread for the whole network (52 parameters on ResNet-20);
 - ``tpe_multi_fidelity``: TPE scoring at fidelity 1 first, the better half promoted;
 - ``ppo`` / ``maskable_ppo`` / ``ddpg`` / ``sac``: relative actions, warm start, executed actions;
 - ``ppo_cold``: PPO with absolute actions and no warm start (the former behaviour).
@@ -31,8 +32,10 @@ rl_minus_random=<points> tpe_minus_random=<points>`` (validation accuracy, point
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +53,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("random", {}),
     "tpe": ("tpe", {"storage": ":memory:"}),
     "tpe_layer_spread": ("tpe", {"storage": ":memory:", "spread": "layer"}),
+    "tpe_network_spread": ("tpe", {"storage": ":memory:", "spread": "network"}),
     "tpe_multi_fidelity": ("tpe", {"storage": ":memory:", "stage_fidelity": 1}),
     "nsga2": ("nsga2", {"storage": ":memory:", "population_size": 10}),
     "cmaes": ("cmaes", {"storage": ":memory:"}),
@@ -68,6 +72,8 @@ def synthetic_problem() -> tuple[Any, float]:
     """The tests' objective factory and the known optimum's accuracy."""
     from agents.ilp import ILPSearcher
     from automl.sensitivity import as_sensitivities
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers live beside automl/
     from tests.agents_support import make_objective
 
     exact = make_objective(budget="size<=0.12x")

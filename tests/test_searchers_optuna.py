@@ -166,6 +166,12 @@ def test_the_compact_encoding_has_about_three_parameters_per_layer() -> None:
     free = sum(1 for s in space.layers if not s.pinned)
     assert (free, PolicyCodec(space).dimension) == (20, 63)
     assert PolicyCodec(space, spread="none").dimension == 51
+    network = PolicyCodec(space, spread="network")
+    assert network.dimension == 52 and network.dimension / free <= 3
+    params = {k: n - 1 for k, n in network.ranges.items()}  # widest spread, top widths: groups differ
+    policy = network.decode(params)
+    assert len({b for _, lp in policy.layers for b in lp.weight_bits if b}) > 1
+    assert network.decode(network.encode_nearest(policy)) == policy
     groups = [m for m in space.coupled().values() if any(len(space.layer(x).sparsity_levels) > 1 for x in m)]
     assert sum(1 for k in PolicyCodec(space).names if k.endswith("/sp")) == len(groups)
 
