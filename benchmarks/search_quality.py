@@ -26,6 +26,7 @@ Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents
 
     python benchmarks/search_quality.py --jobs 2            # the full protocol (about 2 h on 2 cores)
     python benchmarks/search_quality.py --quick --jobs 1    # one seed, two budgets, fewer evaluations
+    python benchmarks/search_quality.py --quick --seeds 3 --out rows.jsonl --resume   # add seeds 1, 2 to a run
 
 It ends ``RESULT ft_gap_1_16=<points> ft_gap_1_32=<points> best_minus_uniform_1_16=<points>
 best_minus_uniform_1_32=<points> regret_tiny=<points>``: ResNet-20 float test accuracy minus
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -197,11 +199,25 @@ def run_job(job: Job) -> Row:
     return row
 
 
-def run_jobs(jobs: list[Job], n: int) -> list[Row]:
-    if n <= 1:
-        return [run_job(j) for j in jobs]
-    with ProcessPoolExecutor(min(n, len(jobs)), mp_context=get_context("spawn")) as pool:
-        return list(pool.map(run_job, jobs))
+def _key(x: Job | Row) -> tuple[str, str, str, int]:
+    return (x.arch, x.budget, x.searcher, x.seed)
+
+
+def run_jobs(jobs: list[Job], n: int, done: dict[tuple[str, str, str, int], Row] | None = None) -> list[Row]:
+    """Every job's row; a job whose row is in ``done`` (``--resume``) is not run again."""
+    done = done or {}
+    todo = [j for j in jobs if _key(j) not in done]
+    if n <= 1 or len(todo) <= 1:
+        fresh = [run_job(j) for j in todo]
+    else:
+        with ProcessPoolExecutor(min(n, len(todo)), mp_context=get_context("spawn")) as pool:
+            fresh = list(pool.map(run_job, todo))
+    rows = {**done, **{_key(r): r for r in fresh}}
+    return [rows[_key(j)] for j in jobs]
+
+
+def load_rows(path: str) -> list[Row]:
+    return [Row(**json.loads(line)) for line in open(path) if line.strip()]
 
 
 def ground_truth(quick: bool, threads: int, cache_dir: str,
@@ -304,9 +320,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps of the final fine-tune (SearchConfig's default; lower only to smoke-test the script)")
     ap.add_argument("--out", default="", help="append every row as a JSON line to this file")
     ap.add_argument("--summarise", default="", help="only print the table and RESULT of rows saved by --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows already in --out (same settings assumed) and run only the missing ones")
     args = ap.parse_args(argv)
+    if args.resume and not args.out:
+        ap.error("--resume needs --out (the rows file of the run to continue)")
     if args.summarise:
-        rows = [Row(**json.loads(line)) for line in open(args.summarise) if line.strip()]
+        rows = load_rows(args.summarise)
         print(f"(summary of {len(rows)} saved rows; no ground truth)\n" + HEADER.format(f=DEFAULTS.fidelity))
         print("\n".join(table(rows)))
         r20 = setup("resnet20", args.quick, args.threads, args.cache_dir).float_test
@@ -328,14 +348,17 @@ def main(argv: list[str] | None = None) -> int:
               "finetune_steps": args.finetune_steps, "out": args.out}
     jobs = [Job("resnet8", b, n, 0, n_rank, **common) for b in rank_budgets for n in ("uniform", *searchers)]
     jobs += [Job("resnet20", b, n, 0, n_head, **common) for b in head_budgets for n in ("uniform", DEFAULTS.searcher)]
-    rows = run_jobs(jobs, args.jobs)
+    done = {_key(r): r for r in load_rows(args.out)} if args.resume and os.path.exists(args.out) else {}
+    if done:
+        print(f"--resume: {len(done)} rows read from {args.out}", flush=True)
+    rows = run_jobs(jobs, args.jobs, done)
     if seeds > 1:
         extra = [n for n in searchers if n in SEEDED]
         rl = best_rl(rows, rank_budgets)
         extra += [rl] if rl else []
         more = [Job("resnet8", b, n, seed, n_rank, **common) for seed in range(1, seeds) for b in rank_budgets for n in extra]
         more += [Job("resnet20", b, DEFAULTS.searcher, seed, n_head, **common) for seed in range(1, seeds) for b in head_budgets]
-        rows += run_jobs(more, args.jobs)
+        rows += run_jobs(more, args.jobs, done)
     print(f"\nsearch fidelity {DEFAULTS.fidelity}, sensitivities {DEFAULTS.sensitivity_method}, fine-tune "
           f"{_SETUPS[('resnet8', args.quick)].recipe}; ResNet-8 {n_rank} and ResNet-20 {n_head} distinct evaluations per "
           f"search; {seeds} seed(s); {time.perf_counter() - start:.0f} s in total\n")
