@@ -52,6 +52,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help="QAT steps for the final best policy")
     p.add_argument("--finetune-lr", dest="finetune_lr", type=float, help="peak learning rate of the final fine-tune")
     p.add_argument("--finetune-optimizer", dest="finetune_optimizer", help="sgd | adam (final fine-tune)")
+    p.add_argument("--finalists", dest="finetune_finalists", type=int,
+                   help="short-fine-tune this many of the best policies and fine-tune the one that validates best")
     p.add_argument("--sensitivity", dest="sensitivity_method",
                    help="per-layer sensitivities before the search: hessian | fisher | measured | heuristic")
     p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant", "adaquant-final"),

@@ -93,6 +93,10 @@ class SearchConfig:
             without a better checkpoint (0 = run every step).
         finetune_stop_at_float: end it as soon as validation accuracy reaches the float
             model's (off by default: an under-trained model gains beyond it).
+        finetune_finalists: how many of the best distinct policies get a short fine-tune
+            before the winner is chosen (1 = the best search score wins; see
+            :mod:`automl.finalists`).
+        finetune_finalist_steps: the steps of each finalist's short fine-tune.
         searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
             ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
             and promotes the better half (successive halving) to ``fidelity``; both stages
@@ -160,6 +164,8 @@ class SearchConfig:
     finetune_lsq: bool = False
     finetune_patience: int = 3
     finetune_stop_at_float: bool = False
+    finetune_finalists: int = 1
+    finetune_finalist_steps: int = 50
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
     eval_cache_mb: int = 1024
@@ -218,6 +224,11 @@ class SearchConfig:
             raise ConfigError(
                 f"finetune_steps and finetune_eval_every must be >= 0 and finetune_batch_size >= 1, got "
                 f"{self.finetune_steps}, {self.finetune_eval_every} and {self.finetune_batch_size}"
+            )
+        if self.finetune_finalists < 1 or self.finetune_finalist_steps < 1:
+            raise ConfigError(
+                f"finetune_finalists and finetune_finalist_steps must be >= 1 (1 finalist = the best search score "
+                f"wins), got {self.finetune_finalists} and {self.finetune_finalist_steps}"
             )
         if not self.finetune_lr > 0:
             raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")

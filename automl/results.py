@@ -21,6 +21,7 @@ from agents.records import SearchResult, TrialRecord  # noqa: E402
 from automl.budget import format_value  # noqa: E402
 from automl.console import closing_lines, stage  # noqa: E402
 from automl.export import ExportReport, export_policy  # noqa: E402
+from automl.finalists import Finalist, screen  # noqa: E402
 from automl.finetune import FinetuneConfig  # noqa: E402
 from automl.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
 from automl.mlflow_ui import child_note, limits_text, parent_note  # noqa: E402
@@ -200,6 +201,25 @@ def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord]
     tracker.set_note(tracker.parent_id, note)
 
 
+def pick_finalist(session: Session, result: SearchResult, best: dict[str, TrialRecord], recipe: FinetuneConfig,
+                  quiet: bool) -> list[Finalist]:
+    """With ``finetune_finalists > 1``, replace the budget's winner in ``best`` by the best of
+    the finalists after their short fine-tunes (:mod:`automl.finalists`); returns their report."""
+    k, steps = session.config.finetune_finalists, session.config.finetune_finalist_steps
+    if not best or k <= 1:
+        return []
+    label = next(iter(best))
+    with stage(f"finalists: a {steps}-step fine-tune of each of the {k} best policies, the best on validation wins",
+               quiet), session.timer.stage("finalists"):
+        winner, finalists = screen(session.evaluator.evaluator, result.records, k, steps, recipe)
+    if winner is not None:
+        best[label] = winner
+    if finalists and not quiet:
+        print("finalists (trial: search score -> validation after the short fine-tune): " + ", ".join(
+            f"{f.trial}: {f.score:.4f} -> {f.val_after:.4f}" for f in finalists) + f"; winner trial {best[label].number}")
+    return finalists
+
+
 def finish_search(session: Session, result: SearchResult, quiet: bool = False) -> dict[str, TrialRecord]:
     """Write and log the results of a finished search; returns the best records."""
     tracker = session.tracker
@@ -213,6 +233,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     export = None
     onnx_report: dict = {}
     timer = session.timer
+    finalists = pick_finalist(session, result, best, recipe, quiet)
     for i, (label, r) in enumerate(best.items()):
         with stage(f"final fine-tune of trial {r.number} (best for {label}): up to {steps} steps, then the test split", quiet), \
                 timer.stage("finetune"):
@@ -236,7 +257,9 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
                             "val_before_finetune": tuned[label].before.accuracy, "val_after_finetune": tuned[label].after.accuracy,
                             "finetune": tuned[label].to_dict(),
-                            "costs": r.costs.to_dict(), "policy": r.policy.to_dict()} for label, r in best.items()}, indent=1)
+                            "costs": r.costs.to_dict(), "policy": r.policy.to_dict(),
+                            **({"finalists": [f.to_dict() for f in finalists]} if i == 0 and finalists else {})}
+                    for i, (label, r) in enumerate(best.items())}, indent=1)
     )
     table = summary_table(result, best, test)
     (run_dir / "best_policies.md").write_text(table + "\n")
@@ -258,6 +281,9 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             ft = next(iter(tuned.values()))
             extra.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
                           "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
+        if finalists:
+            extra.update({"finalists_screened": float(len(finalists)),
+                          "finalist_winner_trial": float(next(iter(best.values())).number)})
         if onnx_report and "error" not in onnx_report:
             extra.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
         publish(session, result, best, test, export, artifacts, extra)

@@ -29,7 +29,8 @@ Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents
     python benchmarks/search_quality.py --quick --seeds 3 --out rows.jsonl --resume   # add seeds 1, 2 to a run
 
 It ends ``RESULT ft_gap_1_16=<points> ft_gap_1_32=<points> best_minus_uniform_1_16=<points>
-best_minus_uniform_1_32=<points> regret_tiny=<points>``: ResNet-20 float test accuracy minus
+best_minus_uniform_1_32=<points> regret_tiny=<points> best_learning_minus_warmstart=<points>
+rl_minus_tpe=<points> rl_minus_random=<points>``: ResNet-20 float test accuracy minus
 the best fine-tuned test accuracy of its headline rows (default searcher or uniform); on
 ResNet-8 the best searcher's mean fine-tuned test accuracy minus the uniform baseline's;
 and the default searcher's regret on the plain CNN.
@@ -56,6 +57,7 @@ from automl.config import SearchConfig
 from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
 from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.finalists import screen
 from automl.finetune import FinetuneConfig
 from automl.reference import default_cache_dir, reference_task
 from automl.sensitivity_stage import SensitivityReport, sensitivity_stage
@@ -137,6 +139,19 @@ def _counter(s: Setup) -> DistinctEvaluator:
     return counter
 
 
+def label(name: str, finalists: int) -> str:
+    """The row's searcher column: ``tpe``, or ``tpe+top3`` when 3 finalists were screened."""
+    return name if finalists <= 1 else f"{name}+top{finalists}"
+
+
+def _pick(s: Setup, records: Any, best: Any, finalists: int, finetune: bool) -> Any:
+    """The record that gets the final fine-tune: the best score, or the best of the finalists
+    after their short fine-tunes (``automl search --finalists``; the same steps)."""
+    if finalists <= 1 or not finetune:
+        return best
+    return screen(s.evaluator, records, finalists, DEFAULTS.finetune_finalist_steps, s.recipe)[0]
+
+
 def _finish(s: Setup, budget: str, name: str, seed: int, best: Any, distinct: int, start: float, finetune: bool) -> Row:
     if best is None:
         nan = float("nan")
@@ -147,7 +162,7 @@ def _finish(s: Setup, budget: str, name: str, seed: int, best: Any, distinct: in
                time.perf_counter() - start + s.stage.seconds)
 
 
-def uniform_row(s: Setup, budget: str) -> Row:
+def uniform_row(s: Setup, budget: str, finalists: int = 1) -> Row:
     start = time.perf_counter()
     bound = Budget.parse(budget).bind(s.cost_model)
     counter = DistinctEvaluator(CachedEvaluator(s.evaluator), s.problem.space)
@@ -155,12 +170,13 @@ def uniform_row(s: Setup, budget: str) -> Row:
     records = [objective(c.policy, number=i, searcher="uniform")
                for i, c in enumerate(feasible_uniform(s.problem.space, s.cost_model, bound))]
     best = max((r for r in records if r.feasible), key=lambda r: r.accuracy, default=None)
-    row = _finish(s, budget, "uniform", 0, best, counter.distinct, start, True)
+    best = _pick(s, records, best, finalists, True)
+    row = _finish(s, budget, label("uniform", finalists), 0, best, counter.distinct, start, True)
     return replace(row, seconds=row.seconds - s.stage.seconds)  # the baseline needs no sensitivities
 
 
 def searcher_row(s: Setup, budget: str, name: str, seed: int, distinct: int, finetune: bool = True,
-                 evaluator: Any = None) -> tuple[Row, Any]:
+                 evaluator: Any = None, finalists: int = 1) -> tuple[Row, Any]:
     start = time.perf_counter()
     bound = Budget.parse(budget).bind(s.cost_model)
     counter = _counter(s) if evaluator is None else DistinctEvaluator(evaluator, s.problem.space)
@@ -170,7 +186,8 @@ def searcher_row(s: Setup, budget: str, name: str, seed: int, distinct: int, fin
     remaining = max(1, distinct - counter.distinct)
     searcher = make_searcher(name, objective, seed=seed, **options_for(name, remaining))
     result = searcher.run(3 * distinct, callbacks=[DistinctLimit(counter, distinct)])
-    return _finish(s, budget, name, seed, result.best, counter.distinct, start, finetune), result
+    best = _pick(s, result.records, result.best, finalists, finetune)
+    return _finish(s, budget, label(name, finalists), seed, best, counter.distinct, start, finetune), result
 
 
 # jobs ------------------------------------------------------------------------------------
@@ -186,12 +203,13 @@ class Job:
     cache_dir: str
     finetune_steps: int
     out: str = ""
+    finalists: int = 1
 
 
 def run_job(job: Job) -> Row:
     s = setup(job.arch, job.quick, job.threads, job.cache_dir, job.finetune_steps)
-    row = uniform_row(s, job.budget) if job.searcher == "uniform" else \
-        searcher_row(s, job.budget, job.searcher, job.seed, job.distinct)[0]
+    row = uniform_row(s, job.budget, job.finalists) if job.searcher == "uniform" else \
+        searcher_row(s, job.budget, job.searcher, job.seed, job.distinct, finalists=job.finalists)[0]
     print(f"[{job.arch}] {format_row(row)}", flush=True)
     if job.out:  # one JSON line per row, so a run cut short can still be summarised (--summarise)
         with open(job.out, "a") as fh:
@@ -200,7 +218,8 @@ def run_job(job: Job) -> Row:
 
 
 def _key(x: Job | Row) -> tuple[str, str, str, int]:
-    return (x.arch, x.budget, x.searcher, x.seed)
+    name = label(x.searcher, x.finalists) if isinstance(x, Job) else x.searcher
+    return (x.arch, x.budget, name, x.seed)
 
 
 def run_jobs(jobs: list[Job], n: int, done: dict[tuple[str, str, str, int], Row] | None = None) -> list[Row]:
@@ -274,10 +293,38 @@ def mean_test(rows: list[Row], arch: str, budget: str, name: str) -> float:
     return statistics.mean(vals) if vals else float("nan")
 
 
+def _base(name: str) -> str:
+    return name.split("+")[0]
+
+
 def best_rl(rows: list[Row], budgets: tuple[str, ...]) -> str | None:
-    scores = {n: statistics.mean(mean_test(rows, "resnet8", b, n) for b in budgets)
-              for n in RL if any(r.searcher == n for r in rows)}
+    """The RL searcher with the best mean fine-tuned test accuracy over ``budgets`` (its row label)."""
+    names = {r.searcher for r in rows if r.arch == "resnet8" and _base(r.searcher) in RL}
+    scores = {n: statistics.mean(mean_test(rows, "resnet8", b, n) for b in budgets) for n in names}
     return max(scores, key=lambda n: scores[n]) if scores else None
+
+
+def learning_figures(rows: list[Row], budgets: tuple[str, ...] = ("size<=0.0625x", "size<=0.03125x")) -> dict[str, float]:
+    """Issue 10's figures on ResNet-8, fine-tuned test points (mean over seeds):
+    the worst over ``budgets`` of (best learning searcher minus the integer program, the warm
+    start of TPE/NSGA-II and the reference of the RL agents), and the mean over ``budgets``
+    of the best RL agent minus TPE and minus random search."""
+    nan = float("nan")
+    names = {r.searcher for r in rows if r.arch == "resnet8"}
+    learning = [n for n in names if _base(n) not in ("uniform", "ilp", "random")]
+    def pick(base: str) -> str | None:
+        return next((n for n in names if _base(n) == base), None)
+    ilp, tpe, rnd = pick("ilp"), pick("tpe"), pick("random")
+    rl = best_rl(rows, budgets)
+    out = {"best_learning_minus_warmstart": nan, "rl_minus_tpe": nan, "rl_minus_random": nan}
+    if learning and ilp:
+        out["best_learning_minus_warmstart"] = 100 * min(
+            max(mean_test(rows, "resnet8", b, n) for n in learning) - mean_test(rows, "resnet8", b, ilp) for b in budgets)
+    for key, other in (("rl_minus_tpe", tpe), ("rl_minus_random", rnd)):
+        if rl and other:
+            out[key] = 100 * statistics.mean(mean_test(rows, "resnet8", b, rl) - mean_test(rows, "resnet8", b, other)
+                                             for b in budgets)
+    return out
 
 
 def summary(rows: list[Row], tiny: list[tuple[str, float, int]], float_test: float) -> str:
@@ -288,14 +335,16 @@ def summary(rows: list[Row], tiny: list[tuple[str, float, int]], float_test: flo
         return 100 * (float_test - max(r.test for r in r20))
 
     def best_minus_uniform(budget: str) -> float:
-        names = {r.searcher for r in rows if r.arch == "resnet8" and r.budget == budget} - {"uniform"}
+        names = {r.searcher for r in rows if r.arch == "resnet8" and r.budget == budget and _base(r.searcher) != "uniform"}
         best = max((mean_test(rows, "resnet8", budget, n) for n in names), default=float("nan"))
-        return 100 * (best - mean_test(rows, "resnet8", budget, "uniform"))
+        uniform = next((r.searcher for r in rows if r.arch == "resnet8" and _base(r.searcher) == "uniform"), "uniform")
+        return 100 * (best - mean_test(rows, "resnet8", budget, uniform))
 
     regret = next((g for n, g, _ in tiny if n == DEFAULTS.searcher), float("nan"))
     return (f"RESULT ft_gap_1_16={gap('size<=0.0625x'):.2f} ft_gap_1_32={gap('size<=0.03125x'):.2f} "
             f"best_minus_uniform_1_16={best_minus_uniform('size<=0.0625x'):.2f} "
-            f"best_minus_uniform_1_32={best_minus_uniform('size<=0.03125x'):.2f} regret_tiny={regret:.2f}")
+            f"best_minus_uniform_1_32={best_minus_uniform('size<=0.03125x'):.2f} regret_tiny={regret:.2f} "
+            + " ".join(f"{k}={v:.2f}" for k, v in learning_figures(rows).items()))
 
 
 def plan(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int, int]:
@@ -320,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps of the final fine-tune (SearchConfig's default; lower only to smoke-test the script)")
     ap.add_argument("--out", default="", help="append every row as a JSON line to this file")
     ap.add_argument("--summarise", default="", help="only print the table and RESULT of rows saved by --out")
+    ap.add_argument("--finalists", type=int, default=1,
+                    help="screen this many of each search's best policies by a short fine-tune (automl search --finalists)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the rows already in --out (same settings assumed) and run only the missing ones")
     args = ap.parse_args(argv)
@@ -345,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s.stage.evaluations} evaluations, {s.stage.seconds:.0f} s", flush=True)
     tiny, optimum, count = ground_truth(args.quick, args.threads, args.cache_dir, searchers)  # cheap: first
     common = {"quick": args.quick, "threads": args.threads, "cache_dir": args.cache_dir,
-              "finetune_steps": args.finetune_steps, "out": args.out}
+              "finetune_steps": args.finetune_steps, "out": args.out, "finalists": args.finalists}
     jobs = [Job("resnet8", b, n, 0, n_rank, **common) for b in rank_budgets for n in ("uniform", *searchers)]
     jobs += [Job("resnet20", b, n, 0, n_head, **common) for b in head_budgets for n in ("uniform", DEFAULTS.searcher)]
     done = {_key(r): r for r in load_rows(args.out)} if args.resume and os.path.exists(args.out) else {}
@@ -355,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if seeds > 1:
         extra = [n for n in searchers if n in SEEDED]
         rl = best_rl(rows, rank_budgets)
-        extra += [rl] if rl else []
+        extra += [_base(rl)] if rl else []
         more = [Job("resnet8", b, n, seed, n_rank, **common) for seed in range(1, seeds) for b in rank_budgets for n in extra]
         more += [Job("resnet20", b, DEFAULTS.searcher, seed, n_head, **common) for seed in range(1, seeds) for b in head_budgets]
         rows += run_jobs(more, args.jobs, done)
