@@ -16,7 +16,7 @@ Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents
   combination that fits (W2A8-style included, :func:`automl.baselines.feasible_uniform`),
   all evaluated at the search fidelity, the best fine-tuned like the winners.
 - **Ranking** on ResNet-8 at ``size<=0.0625x``, ``size<=0.03125x``, a size + BitOps budget
-  and a latency budget on the shipped ``bitserial`` profile; 3 seeds for ilp/tpe/nsga2/random
+  and a latency budget on the shipped ``bitserial`` profile; 3 seeds for tpe/nsga2/random
   and the best RL agent of seed 0 (mean +- sd), one seed for the others.
 - **Headline** on ResNet-20 with the default searcher at ``size<=0.125x``/``0.0625x``/``0.03125x``.
 - **Ground truth**: the small plain CNN with layer-level choices only (one bit-width and
@@ -67,7 +67,7 @@ from search_spaces.space import SpaceConfig
 DEFAULTS = SearchConfig()
 RANK_BUDGETS = ("size<=0.0625x", "size<=0.03125x", "size<=0.0625x,bitops<=0.01x", "latency<=0.02x@bitserial")
 HEADLINE_BUDGETS = ("size<=0.125x", "size<=0.0625x", "size<=0.03125x")
-SEEDED = ("ilp", "tpe", "nsga2", "random")
+SEEDED = ("tpe", "nsga2", "random")  # the integer program is deterministic: one run is all its seeds
 RL = ("ppo", "maskable_ppo", "ddpg", "td3", "sac")
 ALL_SEARCHERS = ("ilp", "tpe", "nsga2", "random", "gp", "cmaes", *RL)
 QUICK_SEARCHERS = ("ilp", "tpe", "nsga2", "random", "maskable_ppo")
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluations", type=int, default=0, help="distinct evaluations per ResNet-8 search (stage included)")
     ap.add_argument("--headline-evaluations", type=int, default=0, help="the same for the ResNet-20 rows")
     ap.add_argument("--searchers", default="", help="comma-separated subset of the ranking searchers")
-    ap.add_argument("--seeds", type=int, default=0, help="seeds of ilp/tpe/nsga2/random/best RL (3; 1 with --quick)")
+    ap.add_argument("--seeds", type=int, default=0, help="seeds of tpe/nsga2/random/best RL (the ILP is deterministic) (3; 1 with --quick)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="where the sensitivity tables are cached")
