@@ -255,8 +255,10 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
         evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
     objective = Objective(evaluator, cost_model, bound)
     with timer.stage("mlflow"):
-        tracker = (MlflowTracker(uri, config.experiment, artifact_root(config.output), failure_log=run_dir / FAILURES_FILE)
-                   if track else None)
+        # A tracking server stores a new experiment's artifacts where it was told (--artifacts-destination
+        # or --default-artifact-root); only a store this process opens itself gets the local mlartifacts.
+        location = None if uri.startswith(("http://", "https://")) else artifact_root(config.output)
+        tracker = MlflowTracker(uri, config.experiment, location, failure_log=run_dir / FAILURES_FILE) if track else None
     return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
 
 

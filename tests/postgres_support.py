@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +62,29 @@ class PostgresServer:
             time.sleep(0.1)
         os.kill(self.pid, signal.SIGKILL)
 
+    @property
+    def log(self) -> Path:
+        return self.data_dir.parent / "server.log"
+
     def remove(self) -> None:
         """Stop the server and delete its directory."""
         self.stop()
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
-def start_postgres(database: str = "automl") -> PostgresServer:
+def start_postgres(
+    database: str = "automl", listen: Sequence[str] = (), trust_networks: Sequence[str] = (),
+    settings: Mapping[str, str] | None = None,
+) -> PostgresServer:
     """initdb in a new directory under the system temp dir (the ``postgres`` user must reach
     it, which pytest's private temp dirs do not allow), start on a free port, create
-    ``database``. Raises ``RuntimeError`` on failure."""
+    ``database``. Raises ``RuntimeError`` on failure.
+
+    The server always listens on 127.0.0.1 (the returned URL uses it); ``listen`` adds
+    addresses (e.g. the root side of a network namespace's veth pair) and ``trust_networks``
+    adds CIDR ranges whose clients pg_hba.conf lets in without a password; ``settings`` are
+    more server settings (``-c name=value``, e.g. ``log_connections=on``). The server's log
+    is :attr:`PostgresServer.log`."""
     bindir = postgres_bin()
     if bindir is None:
         raise RuntimeError("no PostgreSQL binaries (install Debian's postgresql package)")
@@ -88,7 +102,12 @@ def start_postgres(database: str = "automl") -> PostgresServer:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
 
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    if trust_networks:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {net} trust\n" for net in trust_networks)
+    addresses = ",".join(["127.0.0.1", *listen])
+    opts = f"-p {port} -k {base} -c listen_addresses={addresses} -c fsync=off"
+    opts += "".join(f" -c {k}={v}" for k, v in (settings or {}).items())
     run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "server.log"), "-w", "start")
     pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     server = PostgresServer(f"postgresql://postgres@127.0.0.1:{port}/{database}", pid, data)
