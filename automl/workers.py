@@ -82,18 +82,40 @@ def check_workers(config: SearchConfig) -> None:
 
 
 # worker identity ------------------------------------------------------------------------
+def process_space() -> str:
+    """Which process list a pid refers to: the kernel's boot id and this pid namespace.
+
+    Two containers or machines may share a hostname (``localhost``, a cloned image) while
+    their pids mean different processes; a trial is judged by its pid only when this matches
+    too. Empty where ``/proc`` does not say (then the hostname alone decides, as before).
+    """
+    parts = []
+    try:
+        parts.append(open("/proc/sys/kernel/random/boot_id").read().strip())
+    except OSError:
+        pass
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return ":".join(parts)
+
+
 def worker_tag() -> dict[str, Any]:
-    """This process as the trials it runs record it: host, pid, start time."""
+    """This process as the trials it runs record it: host, process space, pid, start time."""
     from automl.lifecycle import _start_time
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+    return {"host": socket.gethostname(), "space": process_space(), "pid": os.getpid(), "start": _start_time(os.getpid())}
 
 
 def tag_alive(tag: Any) -> bool | None:
-    """Whether the process of a :func:`worker_tag` still runs; ``None`` for another host or no tag."""
+    """Whether the process of a :func:`worker_tag` still runs; ``None`` for another host (or
+    another container with the same hostname) or no tag."""
     from automl.lifecycle import _start_time
 
     if not isinstance(tag, dict) or tag.get("host") != socket.gethostname():
+        return None
+    if tag.get("space", "") != process_space():
         return None
     try:
         pid = int(tag["pid"])

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from automl.cli import main
-from automl.workers import WORKER_ATTR, fail_dead_trials, tag_alive, worker_tag
+from automl.workers import WORKER_ATTR, fail_dead_trials, process_space, tag_alive, worker_tag
 from tests.test_postgres_tracking import postgres_urls  # noqa: F401, F811 - the PostgreSQL fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_worker_needs_join_or_storage_and_study(capsys, tmp_path):
 def test_a_trial_of_a_killed_worker_is_failed_with_a_reason_and_requeued(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    tag = {"host": socket.gethostname(), "pid": victim.pid, "start": None}
+    tag = {"host": socket.gethostname(), "space": process_space(), "pid": victim.pid, "start": None}
     dead = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
     dead.set_user_attr(WORKER_ATTR, tag)
     alive = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
@@ -105,6 +105,15 @@ def test_a_trial_of_a_killed_worker_is_failed_with_a_reason_and_requeued(tmp_pat
     assert retry.user_attrs["retry_of"] == dead.number
     nxt = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
     assert nxt.params == trials[dead.number].params  # the next worker evaluates the lost policy
+
+
+def test_a_worker_in_another_container_with_the_same_hostname_is_not_judged_by_its_pid():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = {"host": socket.gethostname(), "space": process_space(), "pid": gone.pid, "start": None}
+    assert process_space() and tag_alive(here) is False
+    elsewhere = {**here, "space": "another-boot-id:4026531836"}  # same hostname, another process list
+    assert tag_alive(elsewhere) is None  # left to the heartbeat, never failed by a pid lookup here
 
 
 @pytest.mark.slow
