@@ -137,3 +137,17 @@ def test_a_2_4_layer_is_priced_by_the_stated_formula(setup):
     cheapest = cm.cheapest_policy()
     assert any(lp.nm for _, lp in cheapest)
     assert cm.lowest_costs().size_bytes <= cm.price(sparse).size_bytes
+
+
+@pytest.mark.slow
+def test_search_with_nm_runs_end_to_end_and_exports(tmp_path):
+    from automl.cli import main
+
+    code = main(["search", "--task", "tests.tasks:tiny", "--searcher", "random", "--finetune-steps", "2",
+                 "--evaluations", "4", "--nm", "2:4", "--threads", "1", "--output", str(tmp_path)])
+    assert code == 0
+    run = next((tmp_path / "runs").iterdir())
+    trials = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
+    assert any(d.get("nm") == "2:4" for t in trials for d in t["policy"]["layers"].values())
+    report = json.loads((run / "export_report.json").read_text())
+    assert report["agreement"] == 1.0  # the loaded .ampq computes what the evaluated model computed
