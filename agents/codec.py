@@ -14,7 +14,9 @@ dimensions (the former encoding: a sparsity per layer and one bit-width per chan
   ``s`` and ``G`` groups, group ``g`` (0 = most important) takes the width ``round(s * (1 -
   2 g / (G - 1)))`` steps above ``w`` in the layer's width list, clipped; ``s = 0`` is
   uniform. ``spread="layer"`` gives each layer its own, ``spread="network"`` one for the
-  whole network, ``spread="none"`` none.
+  whole network, ``spread="none"`` none;
+- ``<layer>/nm``: only with N:M sparsity on (``SpaceConfig.nm_patterns``), per layer that
+  allows a pattern, the index into its ``nm_patterns`` (0 = dense; categorical, not ordinal).
 
 Dimension count (``PolicyCodec(space).ranges``), default space (8 weight widths with 0,
 6 activation widths, 4 channel groups, 7 sparsity levels, first and last layers pinned):
@@ -94,6 +96,8 @@ class PolicyCodec:
                 self.ranges[f"{s.name}/w"] = len(s.nonzero_bits)
             if len(s.act_bits) > 1:
                 self.ranges[f"{s.name}/a"] = len(s.act_bits)
+            if len(s.nm_patterns) > 1:
+                self.ranges[f"{s.name}/nm"] = len(s.nm_patterns)
             if spread == "layer" and self._spreadable(s):
                 self.ranges[f"{s.name}/spread"] = MAX_SPREAD + 1
                 self._spread_key[s.name] = f"{s.name}/spread"
@@ -128,13 +132,14 @@ class PolicyCodec:
             top = len(s.nonzero_bits) - 1
             bits = [s.nonzero_bits[min(max(w + off, 0), top)] for off in spread_offsets(spread, s.n_groups)]
             act = s.act_bits[int(params.get(f"{s.name}/a", 0))]
-            out.append((s.name, self._decode_layer(s, level_ix, bits, act)))
+            nm = s.nm_patterns[int(params.get(f"{s.name}/nm", 0))]
+            out.append((s.name, self._decode_layer(s, level_ix, bits, act, nm)))
         return Policy(tuple(out))
 
-    def _decode_layer(self, s: LayerSpace, level_ix: int, bits: list[int], act: int) -> LayerPolicy:
+    def _decode_layer(self, s: LayerSpace, level_ix: int, bits: list[int], act: int, nm: str = "") -> LayerPolicy:
         for ix in range(level_ix, -1, -1):
             try:
-                return self.space.decode(s.name, s.sparsity_levels[ix], bits, act)
+                return self.space.decode(s.name, s.sparsity_levels[ix], bits, act, nm)
             except PolicyError:
                 if ix == 0:
                     raise
@@ -161,6 +166,8 @@ class PolicyCodec:
                 params[key] = max(params.get(key, 0), level)
             if f"{s.name}/a" in self.ranges:
                 params[f"{s.name}/a"] = s.act_bits.index(lp.act_bits)
+            if f"{s.name}/nm" in self.ranges:
+                params[f"{s.name}/nm"] = s.nm_patterns.index(lp.nm)
             groups = self._group_indices(s, lp)
             by_spread.setdefault(self._spread_key.get(s.name, ""), []).append((s, groups))
         for key, layers in by_spread.items():

@@ -30,7 +30,7 @@ def repair_from_dict(data: Mapping[str, Any]) -> RepairRecord:
     """Read back :meth:`RepairRecord.to_dict` (the budget module writes it; records read it)."""
 
     def lp(d: Mapping[str, Any]) -> LayerPolicy:
-        return LayerPolicy(int(d["act_bits"]), tuple(int(b) for b in d["weight_bits"]))
+        return LayerPolicy(int(d["act_bits"]), tuple(int(b) for b in d["weight_bits"]), str(d.get("nm", "")))
 
     return RepairRecord(
         changed=bool(data["changed"]),

@@ -25,6 +25,11 @@ from automl.lifecycle import Terminated, handle_termination
 EXIT_USAGE = 2
 
 
+def _nm_list(text: str) -> tuple[str, ...]:
+    """``--nm 2:4,4:8`` -> ``("2:4", "4:8")``; the search space checks the names."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 def _debug_flag() -> argparse.ArgumentParser:
     """``--debug`` for every subcommand, so it works anywhere on the line."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -62,6 +67,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
                    help="calibrate on the task's data or on inputs synthesised from BatchNorm statistics")
     p.add_argument("--power-of-two", dest="eval_power_of_two", action="store_true", default=None,
                    help="power-of-two (shift) scales, for shift-only hardware such as --profile bitserial_shift")
+    p.add_argument("--nm", dest="space_nm", type=_nm_list,
+                   help="N:M weight sparsity patterns a layer may take besides dense, e.g. 2:4,4:8 or 2:4-T (transposable)")
     p.add_argument("--psg", dest="finetune_psg", type=float, help="PSG strength in [0, 1] for the fine-tunes (0 = off)")
 
 

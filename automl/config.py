@@ -62,6 +62,9 @@ class SearchConfig:
         space_pin_first_last: hold the first and the last layer at ``space_pinned_bits``.
         space_pinned_bits: bit-width of the pinned layers (weights and activations).
         space_pinned: further layer names held at ``space_pinned_bits``.
+        space_nm: N:M weight sparsity patterns a free layer may take besides dense
+            (``"2:4"``, ``"1:4"``, ``"4:8"``, ``"-T"`` suffix = transposable; quote them in
+            YAML, where an unquoted ``2:4`` is the base-60 integer 124); empty = off.
         space_importance: channel importance criterion that ranks channels into groups
             (``l1``, ``l2``, ``taylor``).
         eval_weight_method: per-channel weight clipping, ``mse`` or ``max``.
@@ -146,6 +149,7 @@ class SearchConfig:
     space_pin_first_last: bool = True
     space_pinned_bits: int = 8
     space_pinned: tuple[str, ...] = ()
+    space_nm: tuple[str, ...] = ()
     space_importance: Literal["l1", "l2", "taylor"] = "l1"
     eval_weight_method: Literal["mse", "max"] = "mse"
     eval_act_method: Literal["mse", "percentile", "minmax"] = "mse"
@@ -248,6 +252,7 @@ class SearchConfig:
                 min_sparsity=self.space_min_sparsity, max_sparsity=self.max_sparsity,
                 sparsity_step=self.space_sparsity_step, pin_first_last=self.space_pin_first_last,
                 pinned_bits=self.space_pinned_bits, pinned=self.space_pinned, allow_pruning=self.allow_pruning,
+                nm_patterns=self.space_nm,
             )
         except AutoMLError as exc:
             raise ConfigError(f"search space settings (section 'space'): {exc}") from exc

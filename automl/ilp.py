@@ -1,5 +1,8 @@
 """The exact optimum of the separable proxy under a budget, by integer programming.
 
+N:M sparsity (``SpaceConfig.nm_patterns``) is not a choice here: the sensitivity tables
+have no N:M axis, so every layer of the program's policy is dense (always allowed).
+
 Decision variables (all binary but the latency epigraph variables):
 
 - ``y[g, s]``: coupled channel group ``g`` is pruned at sparsity level ``s``. All producers of

@@ -209,7 +209,8 @@ class StagedModel:
                 h.update(b"m" + (b"-" if mask is None else mask.numpy().tobytes()))
             keys.append(h.digest())
             lp = by_name[name]
-            h.update(f"|{name}:{lp.act_bits}:{','.join(map(str, lp.weight_bits))}".encode())
+            nm = f":{lp.nm}" if lp.nm else ""  # dense layers keep their old key
+            h.update(f"|{name}:{lp.act_bits}:{','.join(map(str, lp.weight_bits))}{nm}".encode())
         return keys
 
     def run(

@@ -63,7 +63,7 @@ def _group_text(group: tuple[int, ...]) -> str:
 def layer_rows(cost_model: CostModel, policy: Policy) -> list[LayerRow]:
     """The per-layer rows of ``policy`` priced by ``cost_model``."""
     bits, act = cost_model.policy_arrays(policy)
-    batch = cost_model.layer_batch(bits[None, :].astype(np.int64), act[None, :])
+    batch = cost_model.layer_batch(bits[None, :].astype(np.int64), act[None, :], cost_model.policy_nm(policy))
     layer_bytes = cost_model.layer_size_bits(batch)[0] / 8.0
     total = cost_model.price(policy).size_bytes
     eff = batch.eff_bits[0]

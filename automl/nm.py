@@ -10,9 +10,11 @@ multiplies by ``W^T``; it is found greedily here (largest magnitude first, accep
 row and column still have room), which the paper reports to be close to its min-cost-flow
 optimum.
 
-Scope of this module: masks, their application to a float model, and mask diversity. It is
-not (yet) a search dimension: the search space, the cost model and the exporter do not know
-N:M patterns (see ``benchmarks/methods.py`` for the accuracy measurement).
+Scope of this module: masks, their application to a float model, and mask diversity. As a
+search dimension (``SpaceConfig.nm_patterns``, ``LayerPolicy.nm``) the quantization engine
+applies these masks before quantizing and the cost model prices the kept values plus their
+index; the exporter does not yet store them compactly (see ``benchmarks/methods.py`` for
+the accuracy measurement).
 """
 
 from __future__ import annotations

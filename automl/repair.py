@@ -106,6 +106,8 @@ class _Repairer:
         self.space = cm.space
         bits, act = cm.policy_arrays(policy)
         self.bits, self.act = bits.copy(), act.copy()
+        self.nm = cm.policy_nm(policy)  # repair changes bits only: every layer keeps its N:M pattern
+        self.nm_names = [lp.nm for _, lp in policy]
         self.slices = [slice(int(o), int(o) + int(c)) for o, c in zip(cm.offsets, cm.out_total, strict=True)]
         groups = self.space.coupled()
         self.members = [[self.space.names.index(m) for m in groups[s.coupled_group]] for s in self.space.layers]
@@ -209,7 +211,7 @@ class _Repairer:
         moves = self.bit_moves() + self.prune_moves()
         if not moves:
             return False
-        table = self.cm.price_arrays(np.stack([m.bits for m in moves]), np.stack([m.act for m in moves]))
+        table = self.cm.price_arrays(np.stack([m.bits for m in moves]), np.stack([m.act for m in moves]), self.nm)
         progress = current_excess - self.excess(table)
         if not (progress > 1e-12).any():
             # A plateau (e.g. a latency step that needs several layers lowered): steer by the
@@ -227,7 +229,7 @@ class _Repairer:
 
     def policy(self) -> Policy:
         return Policy(tuple(
-            (s.name, LayerPolicy(int(self.act[i]), tuple(int(b) for b in self.bits[self.slices[i]])))
+            (s.name, LayerPolicy(int(self.act[i]), tuple(int(b) for b in self.bits[self.slices[i]]), self.nm_names[i]))
             for i, s in enumerate(self.space.layers)
         ))
 
@@ -272,7 +274,7 @@ def repair(
         excess = float(fixer.excess(current))
         if excess <= 0 or not fixer.step(excess, current):
             break
-        current = {m: float(v[0]) for m, v in cost_model.price_arrays(fixer.bits[None], fixer.act[None]).items()}
+        current = {m: float(v[0]) for m, v in cost_model.price_arrays(fixer.bits[None], fixer.act[None], fixer.nm).items()}
     result = fixer.policy()
     after = cost_model.price(result)
     if not bound_budget.feasible(after):

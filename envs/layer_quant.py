@@ -28,6 +28,10 @@ class LayerQuantEnv(CompressionEnv):
     lowest first. :class:`~envs.wrappers.DiscreteActions` gives the ``Discrete(W * A)`` form
     (exactly masked, for MaskablePPO) or ``MultiDiscrete([W, A])``.
 
+    N:M sparsity (``SpaceConfig.nm_patterns``) is not part of the action: the env always
+    executes every layer dense (``nm=""``, always allowed), so its policies are valid in an
+    N:M space but never use a pattern; the Optuna and random searchers do search it.
+
     ## Observation Space
 
     ``Box(-1, 1, (n,), float32)``: the layer's normalised features (index, kind one-hot,

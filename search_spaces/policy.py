@@ -12,6 +12,17 @@ from automl.errors import PolicyError
 
 POLICY_SCHEMA_VERSION = 1
 FLOAT_BITS = 32
+# N:M fine-grained sparsity patterns a layer may take ("" = dense); "-T" = transposable.
+NM_PATTERNS = ("2:4", "1:4", "4:8", "2:4-T", "1:4-T", "4:8-T")
+
+
+def parse_nm(pattern: str) -> tuple[int, int, bool]:
+    """``"N:M"`` / ``"N:M-T"`` -> ``(N, M, transposable)``; raises :class:`PolicyError` otherwise."""
+    if pattern not in NM_PATTERNS:
+        raise PolicyError(f"N:M pattern must be one of {list(NM_PATTERNS)} (or '' for dense), got {pattern!r}")
+    body, _, tail = pattern.partition("-")
+    n, m = (int(x) for x in body.split(":"))
+    return n, m, tail == "T"
 
 
 @dataclass(frozen=True)
@@ -19,10 +30,12 @@ class LayerPolicy:
     """Activation bits of the layer's input and one weight bit-width per output channel.
 
     A weight bit-width of 0 means the channel is pruned; 32 means it stays in float.
+    ``nm`` is the layer's N:M weight sparsity pattern (e.g. ``"2:4"``), ``""`` for dense.
     """
 
     act_bits: int
     weight_bits: tuple[int, ...]
+    nm: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.weight_bits, tuple):
@@ -33,6 +46,8 @@ class LayerPolicy:
             raise PolicyError(f"weight bits must lie in 0..32, got {sorted(set(self.weight_bits))}")
         if not 1 <= self.act_bits <= FLOAT_BITS:
             raise PolicyError(f"activation bits must lie in 1..32, got {self.act_bits}")
+        if self.nm:
+            parse_nm(self.nm)
 
     @property
     def sparsity(self) -> float:
@@ -96,7 +111,7 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
-            "layers": {n: {"act_bits": lp.act_bits, "weight_bits": list(lp.weight_bits)} for n, lp in self.layers},
+            "layers": {n: _layer_dict(lp) for n, lp in self.layers},
         }
 
     @classmethod
@@ -118,10 +133,10 @@ class Policy:
         out = []
         for name, d in layers.items():
             try:
-                act, bits = d["act_bits"], list(d["weight_bits"])
-                if not all(_is_int(b) for b in [act, *bits]):
+                act, bits, nm = d["act_bits"], list(d["weight_bits"]), d.get("nm", "")
+                if not all(_is_int(b) for b in [act, *bits]) or not isinstance(nm, str):
                     raise TypeError("bit-widths must be integers")
-                out.append((name, LayerPolicy(int(act), tuple(int(b) for b in bits))))
+                out.append((name, LayerPolicy(int(act), tuple(int(b) for b in bits), nm)))
             except (KeyError, TypeError) as exc:
                 raise PolicyError(
                     f"layer {name!r}: expected act_bits (an integer) and weight_bits (a list of integers), got {d!r}"
@@ -141,6 +156,14 @@ class Policy:
     def key(self) -> str:
         """A stable hash: equal policies have equal keys across processes."""
         return hashlib.sha1(self.to_json().encode()).hexdigest()
+
+
+def _layer_dict(lp: LayerPolicy) -> dict[str, Any]:
+    # "nm" is written only when set, so dense policies keep their JSON and their cache keys.
+    d: dict[str, Any] = {"act_bits": lp.act_bits, "weight_bits": list(lp.weight_bits)}
+    if lp.nm:
+        d["nm"] = lp.nm
+    return d
 
 
 def _is_int(value: Any) -> bool:

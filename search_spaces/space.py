@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from automl.analysis.records import ModelAnalysis
 from automl.errors import PolicyError, SearchSpaceError
-from search_spaces.policy import FLOAT_BITS, LayerPolicy, Policy
+from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, LayerPolicy, Policy, parse_nm
 
 SPACE_SCHEMA_VERSION = 1
 DEFAULT_WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 8, 32)
@@ -38,6 +38,11 @@ class SpaceConfig:
         pin_first_last: keep the first and the last layer at ``pinned_bits``.
         pinned: further layer names held at ``pinned_bits``.
         allow_pruning: whether 0 bits is allowed at all.
+        nm_patterns: N:M weight sparsity patterns a free layer may take besides dense
+            (e.g. ``("2:4", "4:8")``; ``"-T"`` = transposable); empty (the default) = off.
+            A layer whose reduction dimension (in_channels / groups x kernel) is not a
+            multiple of M, a depthwise layer, and a pinned layer stay dense; a transposable
+            pattern also needs out_channels to be a multiple of M.
     """
 
     weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS
@@ -50,8 +55,19 @@ class SpaceConfig:
     pinned_bits: int = 8
     pinned: tuple[str, ...] = ()
     allow_pruning: bool = True
+    nm_patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.nm_patterns, tuple):
+            object.__setattr__(self, "nm_patterns", tuple(self.nm_patterns))
+        for pat in self.nm_patterns:
+            if not isinstance(pat, str) or pat not in NM_PATTERNS:
+                raise SearchSpaceError(
+                    f"nm_patterns: expected patterns from {list(NM_PATTERNS)}, got {pat!r}. Dense is always "
+                    "included when N:M is on; leave nm_patterns empty to turn it off."
+                )
+        if len(set(self.nm_patterns)) != len(self.nm_patterns):
+            raise SearchSpaceError(f"nm_patterns lists a pattern twice: {list(self.nm_patterns)}")
         for label, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits)):
             if not bits or any(not isinstance(b, int) or b < 0 or b > FLOAT_BITS for b in bits):
                 raise SearchSpaceError(f"{label} must be a non-empty list of integers in 0..32, got {bits!r}")
@@ -93,6 +109,7 @@ class LayerSpace:
     coupled_group: int
     pinned: bool = False
     shares_group: bool = False  # other layers' outputs are pruned together with this one's
+    nm_patterns: tuple[str, ...] = ("",)  # "" (dense) first, then the N:M patterns the layer allows
 
     def __post_init__(self) -> None:
         if sorted(self.channel_rank) != list(range(self.out_channels)):
@@ -200,6 +217,7 @@ class SearchSpace:
                     coupled_group=layer.out_group,
                     pinned=is_pinned,
                     shares_group=producers.get(layer.out_group, 1) > 1,
+                    nm_patterns=("",) if is_pinned else _layer_nm(layer, config.nm_patterns),
                 )
             )
         return cls(tuple(spaces), config=config)
@@ -223,8 +241,10 @@ class SearchSpace:
         return {g: tuple(v) for g, v in out.items()}
 
     # decoding ------------------------------------------------------------------------
-    def decode(self, name: str, sparsity: float, group_bits: Sequence[int], act_bits: int) -> LayerPolicy:
-        """Turn a layer-level and channel-level decision into per-channel bits.
+    def decode(
+        self, name: str, sparsity: float, group_bits: Sequence[int], act_bits: int, nm: str = ""
+    ) -> LayerPolicy:
+        """Turn a layer-level and channel-level decision (and an N:M pattern) into a layer policy.
 
         The ``round(sparsity * C)`` least important channels get 0 bits; the remaining
         channels take the bit-width of their importance group (a group at 0 bits is pruned
@@ -239,7 +259,7 @@ class SearchSpace:
         n_pruned = int(round(sparsity * s.out_channels))
         if n_pruned:
             bits[list(s.channel_rank[s.out_channels - n_pruned :])] = 0
-        policy = LayerPolicy(int(act_bits), tuple(int(b) for b in bits))
+        policy = LayerPolicy(int(act_bits), tuple(int(b) for b in bits), nm)
         self._check_layer(s, policy)
         return policy
 
@@ -265,8 +285,10 @@ class SearchSpace:
                 sp = float(rng.choice(s.sparsity_levels))
                 gb = [int(rng.choice(s.group_bits)) for _ in range(s.n_groups)]
                 ab = int(rng.choice(s.act_bits))
+                # drawn only when there is a choice, so a space without N:M keeps its random stream
+                nm = str(rng.choice(s.nm_patterns)) if len(s.nm_patterns) > 1 else ""
                 try:
-                    out.append((s.name, self.decode(s.name, sp, gb, ab)))
+                    out.append((s.name, self.decode(s.name, sp, gb, ab, nm)))
                     break
                 except PolicyError:
                     continue
@@ -285,6 +307,10 @@ class SearchSpace:
         if lp.act_bits not in s.act_bits:
             raise PolicyError(
                 f"layer {s.name!r}: activation bits {lp.act_bits} not allowed; allowed are {list(s.act_bits)}"
+            )
+        if lp.nm not in s.nm_patterns:
+            raise PolicyError(
+                f"layer {s.name!r}: N:M pattern {lp.nm!r} not allowed; allowed are {list(s.nm_patterns)} ('' = dense)"
             )
         pruned = sum(1 for b in lp.weight_bits if b == 0)
         if pruned > s.max_pruned:
@@ -343,7 +369,7 @@ class SearchSpace:
                 if (bits[pruned] != 0).any():
                     bits = bits.copy()
                     bits[pruned] = 0
-                    by_name[m] = LayerPolicy(by_name[m].act_bits, tuple(int(b) for b in bits))
+                    by_name[m] = replace(by_name[m], weight_bits=tuple(int(b) for b in bits))
                     changed = True
         return Policy(tuple((n, by_name[n]) for n in self.names)) if changed else policy
 
@@ -356,8 +382,8 @@ class SearchSpace:
         if data.get("schema_version") != SPACE_SCHEMA_VERSION:
             raise SearchSpaceError(f"search space schema {data.get('schema_version')!r} is not {SPACE_SCHEMA_VERSION}")
         cfg = dict(data["config"])
-        for k in ("weight_bits", "act_bits", "pinned"):
-            cfg[k] = tuple(cfg[k])
+        for k in ("weight_bits", "act_bits", "pinned", "nm_patterns"):
+            cfg[k] = tuple(cfg.get(k, ()))
         layers = tuple(
             LayerSpace(
                 **{
@@ -367,8 +393,22 @@ class SearchSpace:
                     "sparsity_levels": tuple(d["sparsity_levels"]),
                     "channel_rank": tuple(d["channel_rank"]),
                     "channel_groups": tuple(tuple(g) for g in d["channel_groups"]),
+                    "nm_patterns": tuple(d.get("nm_patterns", ("",))),
                 }
             )
             for d in data["layers"]
         )
         return cls(layers, data["schema_version"], SpaceConfig(**cfg))
+
+
+def _layer_nm(layer: Any, patterns: Sequence[str]) -> tuple[str, ...]:
+    """Dense plus the patterns of ``patterns`` that fit ``layer``'s weight matrix [out, K]."""
+    if layer.depthwise:  # K = kernel positions only (e.g. 9): too short to block, kept dense
+        return ("",)
+    k = layer.in_channels // layer.groups * layer.kernel_numel
+    ok = []
+    for pat in patterns:
+        _, m, transposable = parse_nm(pat)
+        if k % m == 0 and (not transposable or layer.out_channels % m == 0):
+            ok.append(pat)
+    return ("", *ok)

@@ -67,11 +67,13 @@ def sensitivity(space: SearchSpace, evaluator: SyntheticEvaluator):
     return fn
 
 
-def make_objective(budget: str = BUDGET, repair: bool = True, delay: float = 0.0, n_groups: int = 2) -> Objective:
+def make_objective(
+    budget: str = BUDGET, repair: bool = True, delay: float = 0.0, n_groups: int = 2, nm: tuple[str, ...] = ()
+) -> Objective:
     torch.manual_seed(0)
     model = ResNet(8, width=4).eval()
     analysis = analyse(model, torch.zeros(2, 1, 28, 28))
-    space = SearchSpace.build(analysis, SpaceConfig(n_groups=n_groups, max_sparsity=0.5, sparsity_step=0.25))
+    space = SearchSpace.build(analysis, SpaceConfig(n_groups=n_groups, max_sparsity=0.5, sparsity_step=0.25, nm_patterns=nm))
     cost_model = CostModel(analysis, space)
     evaluator = SyntheticEvaluator(delay)
     bound = Budget.parse(budget).bind(cost_model)

@@ -55,6 +55,8 @@ def one_paragraph(code: int, err: str, *patterns: str) -> None:
         ("finetune: {stop_at_float: maybe}\n", [r"finetune.stop_at_float: expected bool, got 'maybe'"]),
         ("evaluation: {bn_samples: -1}\n", [r"bn_samples must be >= 0"]),
         ("evaluation: {bn_samples: many}\n", [r"evaluation.bn_samples: expected int, got 'many'"]),
+        ('space: {nm: ["3:4"]}\n', [r"nm_patterns: expected patterns from .*got '3:4'"]),
+        ("space: {nm: [2:4]}\n", [r"space.nm.*expected"]),
         (": : :\n", [r"not valid YAML"]),
         ("- a\n- b\n", [r"must hold a mapping"]),
     ],
@@ -87,6 +89,8 @@ def test_binary_config_file(capsys, tmp_path):
         (["--finetune-steps", "-1"], [r"finetune_steps must be >= 0"]),
         (["--finalists", "0"], [r"finetune_finalists and finetune_finalist_steps must be >= 1"]),
         (["--evaluations", "0"], [r"evaluations must be >= 1"]),
+        (["--nm", "2:5"], [r"nm_patterns: expected patterns from .*got '2:5'. Dense is always included"]),
+        (["--nm", "2:4,2:4"], [r"nm_patterns lists a pattern twice"]),
         (["--resume", "nosuchrun"], [r"cannot resume 'nosuchrun'"]),
     ],
 )

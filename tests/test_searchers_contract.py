@@ -121,3 +121,20 @@ def test_result_round_trips_through_json(factory: SearcherFactory) -> None:
     again = SearchResult.from_json(result.to_json())
     assert again == result
     assert again.best == result.best
+
+
+# searchers whose encoding includes the N:M pattern (the RL envs and the ILP execute dense)
+SEARCH_NM = {"random", "tpe", "nsga2", "gp", "cmaes"}
+
+
+def test_works_with_nm_patterns_on(factory: SearcherFactory) -> None:
+    objective = make_objective(nm=("2:4", "2:4-T"))
+    result = factory(objective).run(N)
+    assert result.best is not None and result.best.feasible
+    for r in result.records:
+        objective.cost_model.space.validate(r.policy)
+        assert r.costs == objective.cost_model.price(r.policy)
+        assert r.feasible == objective.bound.feasible(r.costs)
+    used = {lp.nm for r in result.records for _, lp in r.policy}
+    if factory.searcher_name in SEARCH_NM:  # type: ignore[attr-defined]
+        assert used - {""}

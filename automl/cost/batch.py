@@ -39,6 +39,8 @@ class LayerBatch:
         group_kept: ``[n, G]`` channels kept of every group that has a producer (in the
             order of :attr:`automl.cost.model.CostModel.group_ids`).
         hist_base: ``[C]`` 33 x the layer index of every channel (for :attr:`bit_histogram`).
+        nm: ``[n, L]`` N:M pattern index of every layer (:data:`automl.cost.model.NM_CHOICES`,
+            0 = dense), or ``None`` when every layer is dense.
     """
 
     names: tuple[str, ...]
@@ -56,6 +58,7 @@ class LayerBatch:
     out_elems: np.ndarray
     group_kept: np.ndarray
     hist_base: np.ndarray
+    nm: np.ndarray | None = None
 
     @property
     def n(self) -> int:

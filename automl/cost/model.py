@@ -31,7 +31,9 @@ Conventions (the float model and every policy are priced by the same formulas):
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -41,8 +43,20 @@ from automl.cost.batch import LayerBatch
 from automl.cost.costs import Costs, latency_metric
 from automl.cost.profiles import HardwareProfile
 from automl.errors import PolicyError, ProfileError, SearchSpaceError
-from search_spaces.policy import FLOAT_BITS, Policy
+from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, Policy, parse_nm
 from search_spaces.space import SearchSpace
+
+NM_CHOICES = ("", *NM_PATTERNS)  # index 0 = dense; the index the cost arrays carry per layer
+_NM_NM = [(1, 1)] + [parse_nm(p)[:2] for p in NM_PATTERNS]
+_NM_DENSITY = np.array([n / m for n, m in _NM_NM])
+_NM_M = np.array([float(m) for _, m in _NM_NM])
+_NM_INDEX_BITS = np.array([0.0] + [float(math.ceil(math.log2(math.comb(m, n)))) for n, m in _NM_NM[1:]])
+
+
+def _nm_bits_per_weight(pattern: str, bits: int) -> float:
+    """Stored bits per weight of a layer at ``bits`` under ``pattern`` (values plus index)."""
+    i = NM_CHOICES.index(pattern)
+    return bits * _NM_DENSITY[i] + _NM_INDEX_BITS[i] / _NM_M[i]
 
 
 class CostModel:
@@ -166,8 +180,12 @@ class CostModel:
         )
 
     # vectorised core -----------------------------------------------------------------
-    def layer_batch(self, bits: np.ndarray, act_bits: np.ndarray) -> LayerBatch:
-        """Decode ``bits`` (``[n, C]``, all layers' channels concatenated) and ``act_bits`` (``[n, L]``)."""
+    def layer_batch(self, bits: np.ndarray, act_bits: np.ndarray, nm: np.ndarray | None = None) -> LayerBatch:
+        """Decode ``bits`` (``[n, C]``, all layers' channels concatenated) and ``act_bits`` (``[n, L]``).
+
+        ``nm`` (``[n, L]`` or ``[L]``, indices into :data:`NM_CHOICES`, 0 = dense) gives each
+        layer's N:M pattern; ``None`` means every layer is dense.
+        """
         n = bits.shape[0]
         kept = bits > 0
         kept_gc = kept[:, self._slots[0][1]]
@@ -188,6 +206,7 @@ class CostModel:
             kept_in=kept_in, in_total=self.in_total, kept_out=kept_out, out_total=self.out_total,
             weights_per_out=wpo, out_spatial=self.out_spatial, in_elems=kept_in * self.in_elem_per_feature,
             out_elems=kept_out * self.out_elem_per_channel, group_kept=group_kept, hist_base=self._hist_base,
+            nm=None if nm is None else np.broadcast_to(np.asarray(nm, dtype=np.int64), act_bits.shape),
         )
 
     def layer_size_bits(self, batch: LayerBatch) -> np.ndarray:
@@ -195,9 +214,19 @@ class CostModel:
         per-channel scales, bit-width bytes and biases."""
         wpo = batch.weights_per_out
         sums = batch.bit_histogram @ self._size_luts  # [n, L, 3]: code bits, float channels, quantized channels
-        codes = np.ceil(sums[..., 0] * wpo / 8.0 - 1e-6) * 8.0
         meta = FLOAT_BITS * (self.has_bias * batch.kept_out + sums[..., 2]) + 8.0 * batch.kept_out
-        return codes + sums[..., 1] * wpo * FLOAT_BITS + meta
+        dense = np.ceil(sums[..., 0] * wpo / 8.0 - 1e-6) * 8.0 + sums[..., 1] * wpo * FLOAT_BITS
+        if batch.nm is None or not batch.nm.any():
+            return dense + meta
+        # An N:M layer stores, per kept output channel, N values of every block of M along its
+        # full reduction dimension (the mask was fitted on the unpruned rows, so upstream input
+        # pruning does not shrink it) and, per block, ceil(log2(C(M, N))) bits naming the kept
+        # positions (3 bits for 2:4) in a byte-padded index stream.
+        k_full = self.in_total * self._per_input
+        values = k_full * _NM_DENSITY[batch.nm]
+        index = np.ceil(batch.kept_out * (k_full / _NM_M[batch.nm]) * _NM_INDEX_BITS[batch.nm] / 8.0 - 1e-6) * 8.0
+        sparse = np.ceil(sums[..., 0] * values / 8.0 - 1e-6) * 8.0 + sums[..., 1] * values * FLOAT_BITS + index
+        return np.where(batch.nm > 0, sparse, dense) + meta
 
     def group_size_bits(self, batch: LayerBatch) -> np.ndarray:
         """``[n, G]`` bits of the full-precision modules that shrink with each group."""
@@ -208,8 +237,8 @@ class CostModel:
         """Bits of full-precision modules that no pruning touches, plus the file's container."""
         return FLOAT_BITS * self.fixed_params + 8.0 * self.container_bytes
 
-    def _table(self, bits: np.ndarray, act_bits: np.ndarray) -> dict[str, np.ndarray]:
-        b = self.layer_batch(bits, act_bits)
+    def _table(self, bits: np.ndarray, act_bits: np.ndarray, nm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        b = self.layer_batch(bits, act_bits, nm)
         size = self.layer_size_bits(b).sum(axis=1) + self.group_size_bits(b).sum(axis=1) + self.fixed_size_bits
         out = {
             "size": size / 8.0,
@@ -238,6 +267,12 @@ class CostModel:
         act = np.fromiter((lp.act_bits for _, lp in layers), dtype=np.int64, count=len(layers))
         return bits, act
 
+    def policy_nm(self, policy: Policy) -> np.ndarray | None:
+        """``[L]`` N:M pattern index of every layer of ``policy`` (see :data:`NM_CHOICES`), ``None`` if all dense."""
+        if not any(lp.nm for _, lp in policy.layers):
+            return None
+        return np.array([NM_CHOICES.index(lp.nm) for _, lp in policy.layers], dtype=np.int64)
+
     @cached_property
     def _out_list(self) -> list[int]:
         return [int(c) for c in self.out_total]
@@ -245,7 +280,7 @@ class CostModel:
     def price(self, policy: Policy) -> Costs:
         """Price ``policy`` (channel coupling applied) on every metric and profile."""
         bits, act = self.policy_arrays(policy)
-        table = self._table(bits[None, :], act[None, :])
+        table = self._table(bits[None, :], act[None, :], self.policy_nm(policy))
         return Costs(
             size_bytes=float(table["size"][0]),
             macs=float(table["macs"][0]),
@@ -276,9 +311,12 @@ class CostModel:
         bits = np.concatenate([np.asarray(w, dtype=np.int64) for w in weight_bits], axis=1)
         return self._table(bits, act)
 
-    def price_arrays(self, bits: np.ndarray, act_bits: np.ndarray) -> dict[str, np.ndarray]:
-        """Like :meth:`price_batch` with the layers' channel bits already concatenated (``[n, C]``)."""
-        return self._table(np.asarray(bits), np.asarray(act_bits, dtype=np.int64))
+    def price_arrays(
+        self, bits: np.ndarray, act_bits: np.ndarray, nm: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Like :meth:`price_batch` with the layers' channel bits already concatenated (``[n, C]``);
+        ``nm`` as in :meth:`layer_batch`."""
+        return self._table(np.asarray(bits), np.asarray(act_bits, dtype=np.int64), nm)
 
     @cached_property
     def _float(self) -> Costs:
@@ -299,9 +337,10 @@ class CostModel:
         out = []
         for s in self.space.layers:
             wb = s.nonzero_bits[0]
+            nm = min(s.nm_patterns, key=lambda p: _nm_bits_per_weight(p, wb))  # the smallest storage
             for level in sorted(s.sparsity_levels, reverse=True):
                 try:
-                    lp = self.space.decode(s.name, level, [wb] * s.n_groups, s.act_bits[0])
+                    lp = self.space.decode(s.name, level, [wb] * s.n_groups, s.act_bits[0], nm)
                     break
                 except PolicyError:
                     continue
@@ -313,7 +352,7 @@ class CostModel:
         :meth:`cheapest_policy` and of the same policy at its widest activation bits (on
         ONNX Runtime a quantized activation costs time, so latency is not monotone in
         activation bits there)."""
-        wide = Policy(tuple((n, type(lp)(s.act_bits[-1], lp.weight_bits))
+        wide = Policy(tuple((n, replace(lp, act_bits=s.act_bits[-1]))
                             for (n, lp), s in zip(self._cheapest, self.space.layers, strict=True)))
         a, b = self.price(self._cheapest), self.price(wide)
         lat = tuple((name, min(v, dict(b.latency_ms)[name])) for name, v in a.latency_ms)

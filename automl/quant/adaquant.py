@@ -179,14 +179,14 @@ def _fit_layer(ql: QuantLayer, inp: torch.Tensor, target: torch.Tensor, cfg: Ada
         rtn = float(F.mse_loss(ql._run(inp, ql.weight, ql.bias), target))
     out_dims = [d for d in range(target.dim()) if d != 1]
     bias_unit = target.std(dim=out_dims).clamp_min(1e-6)
-    u = torch.nn.Parameter((ql.w_float / scale.view(shape)) * live.view(shape))
+    u = torch.nn.Parameter(ql.masked(ql.w_float / scale.view(shape)) * live.view(shape))
     db = torch.nn.Parameter(torch.zeros_like(ql.b_float))
     opt = torch.optim.Adam([u, db], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = inp.shape[0]
 
     def forward(idx: torch.Tensor | None) -> torch.Tensor:
-        w = quantize_weight_ste(u * scale.view(shape), bits, scale)
+        w = ql.masked(quantize_weight_ste(u * scale.view(shape), bits, scale))
         b = (ql.b_float + db * bias_unit) * live
         x = inp if idx is None else inp[idx]
         return ql._run(x, w, b)
@@ -198,7 +198,7 @@ def _fit_layer(ql: QuantLayer, inp: torch.Tensor, target: torch.Tensor, cfg: Ada
         loss.backward()
         opt.step()
     with torch.no_grad():
-        w = quantize_weight_ste(u * scale.view(shape), bits, scale)
+        w = ql.masked(quantize_weight_ste(u * scale.view(shape), bits, scale))
         b = (ql.b_float + db * bias_unit) * live
         after = float(F.mse_loss(ql._run(inp, w, b), target))
         kept = after < rtn

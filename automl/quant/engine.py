@@ -19,6 +19,7 @@ from torch import nn
 
 from automl.analysis.records import ModelAnalysis
 from automl.errors import PolicyError
+from automl.nm import nm_mask, transposable_mask
 from automl.quant.fake import (
     FLOAT_BITS,
     act_qparams,
@@ -28,7 +29,7 @@ from automl.quant.fake import (
     weight_qmax,
     weight_scales,
 )
-from search_spaces.policy import Policy
+from search_spaces.policy import Policy, parse_nm
 from search_spaces.space import SearchSpace
 
 _SAMPLE_PER_BATCH = 16384
@@ -88,9 +89,16 @@ class QuantLayer(nn.Module):
     In the default mode the layer runs with the weight tensor last set by the engine
     (gathered from the precomputed bank). With :meth:`enable_qat` its float weights become
     trainable and are fake-quantized on every forward with a straight-through gradient.
+
+    With N:M patterns (``nm_patterns`` beyond dense ``""``) the layer also holds, per pattern,
+    the fixed mask of the float weights and their masked-then-quantized banks: the mask is
+    applied before quantization, so scales are fitted to the kept weights.
     """
 
-    def __init__(self, layer: nn.Module, bank_bits: Sequence[int], method: str, power_of_two: bool) -> None:
+    def __init__(
+        self, layer: nn.Module, bank_bits: Sequence[int], method: str, power_of_two: bool,
+        nm_patterns: Sequence[str] = ("",), name: str = "layer",
+    ) -> None:
         super().__init__()
         self.op = layer  # keeps conv hyper-parameters; its own weight is not used in forward
         w = layer.weight.detach().clone()
@@ -98,20 +106,17 @@ class QuantLayer(nn.Module):
         self.bank_bits = tuple(int(x) for x in bank_bits)
         self.register_buffer("w_float", w)
         self.register_buffer("b_float", b)
-        banks, scales = [], []
-        for bits in self.bank_bits:
-            bt = torch.full((w.shape[0],), bits)
-            if bits == 0:
-                banks.append(torch.zeros_like(w))
-                scales.append(torch.ones(w.shape[0]))
-            elif bits >= FLOAT_BITS:
-                banks.append(w)
-                scales.append(torch.ones(w.shape[0]))
-            else:
-                banks.append(quantize_weight(w, bt, method, power_of_two))
-                scales.append(weight_scales(w, bt, method, power_of_two))
-        self.register_buffer("bank", torch.stack(banks))  # [n_bits, C, ...]
-        self.register_buffer("scale_bank", torch.stack(scales))  # [n_bits, C]
+        bank, scale_bank = _banks(w, self.bank_bits, method, power_of_two)
+        self.register_buffer("bank", bank)  # [n_bits, C, ...]
+        self.register_buffer("scale_bank", scale_bank)  # [n_bits, C]
+        self.nm = ""
+        self.nm_keep: torch.Tensor | None = None  # 0/1 float mask of the current N:M pattern
+        self._nm_banks: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for pat in nm_patterns:
+            if pat:
+                n, m, transposable = parse_nm(pat)
+                keep = (transposable_mask if transposable else nm_mask)(w, n, m, name).to(w.dtype)
+                self._nm_banks[pat] = (keep, *_banks(w * keep, self.bank_bits, method, power_of_two))
         self.register_buffer("weight", w.clone())
         self.register_buffer("bias", b.clone())
         self.register_buffer("bits", torch.full((w.shape[0],), FLOAT_BITS))
@@ -122,16 +127,24 @@ class QuantLayer(nn.Module):
         self._arange = torch.arange(w.shape[0])
         self._lookup = {b: i for i, b in enumerate(self.bank_bits)}
 
-    def set_bits(self, bits: Sequence[int]) -> None:
+    def set_bits(self, bits: Sequence[int], nm: str = "") -> None:
         try:
             idx = torch.tensor([self._lookup[int(b)] for b in bits])
         except KeyError as exc:
             raise PolicyError(f"bit-width {exc.args[0]} has no precomputed weights; allowed are {self.bank_bits}") from exc
+        if nm and nm not in self._nm_banks:
+            raise PolicyError(f"N:M pattern {nm!r} has no precomputed weights; allowed are {['', *self._nm_banks]}")
+        self.nm = nm
+        self.nm_keep, bank, scale_bank = self._nm_banks[nm] if nm else (None, self.bank, self.scale_bank)
         self.bits = torch.tensor(list(bits))
-        self.weight = self.bank[idx, self._arange]
+        self.weight = bank[idx, self._arange]
         self.bias = self.b_float * (self.bits > 0)
-        self._scale = self.scale_bank[idx, self._arange]
+        self._scale = scale_bank[idx, self._arange]
         self.qat_start = None
+
+    def masked(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` with the current N:M mask applied (unchanged when the layer is dense)."""
+        return w if self.nm_keep is None else w * self.nm_keep
 
     def enable_qat(self, lsq: bool = False) -> None:
         """Make the float weights trainable, quantized on the fly with the current bits.
@@ -141,7 +154,8 @@ class QuantLayer(nn.Module):
         """
         live = (self.bits > 0).to(self.w_float.dtype)
         w, b = self.qat_start or (self.w_float, self.b_float)
-        self.w_param = nn.Parameter(w * live.view(-1, *([1] * (self.w_float.dim() - 1))))
+        # masked weights start at zero and, masked again in every forward, get no gradient: they stay zero
+        self.w_param = nn.Parameter(self.masked(w * live.view(-1, *([1] * (self.w_float.dim() - 1)))))
         self.b_param = nn.Parameter(b * live)
         self.qat = True
         self.w_scale = nn.Parameter(self._scale.clone()) if lsq else None
@@ -158,13 +172,13 @@ class QuantLayer(nn.Module):
 
     def _qat_weight(self) -> torch.Tensor:
         if getattr(self, "w_scale", None) is None:
-            return quantize_weight_ste(self.w_param, self.bits, self._scale)
+            return self.masked(quantize_weight_ste(self.w_param, self.bits, self._scale))
         shape = (-1,) + (1,) * (self.w_param.dim() - 1)
         qmax = weight_qmax(self.bits).view(shape)
         live = (self.bits > 0).to(self.w_param.dtype).view(shape)
         factor = 1.0 / float(self.w_param[0].numel() * max(float(qmax.max()), 1.0)) ** 0.5
         q = lsq_quantize(self.w_param, self.w_scale.abs().clamp_min(1e-12).view(shape), -qmax, qmax, factor)
-        return torch.where((self.bits >= FLOAT_BITS).view(shape), self.w_param, q) * live
+        return self.masked(torch.where((self.bits >= FLOAT_BITS).view(shape), self.w_param, q) * live)
 
     def _run(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         op = self.op
@@ -206,6 +220,23 @@ class QuantLayer(nn.Module):
         return out
 
 
+def _banks(w: torch.Tensor, bank_bits: Sequence[int], method: str, power_of_two: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake-quantized copies of ``w`` and their per-channel scales, one per bit-width."""
+    banks, scales = [], []
+    for bits in bank_bits:
+        bt = torch.full((w.shape[0],), bits)
+        if bits == 0:
+            banks.append(torch.zeros_like(w))
+            scales.append(torch.ones(w.shape[0]))
+        elif bits >= FLOAT_BITS:
+            banks.append(w)
+            scales.append(torch.ones(w.shape[0]))
+        else:
+            banks.append(quantize_weight(w, bt, method, power_of_two))
+            scales.append(weight_scales(w, bt, method, power_of_two))
+    return torch.stack(banks), torch.stack(scales)
+
+
 class QuantEngine:
     """Applies policies to a BN-folded, fake-quantized copy of a float model.
 
@@ -238,7 +269,9 @@ class QuantEngine:
         self.layers: dict[str, QuantLayer] = {}
         for ls in space.layers:
             bank_bits = sorted(set(ls.weight_bits) | {FLOAT_BITS})
-            ql = QuantLayer(self.qmodel.get_submodule(ls.name), bank_bits, weight_method, power_of_two)
+            ql = QuantLayer(
+                self.qmodel.get_submodule(ls.name), bank_bits, weight_method, power_of_two, ls.nm_patterns, ls.name
+            )
             self.qmodel.set_submodule(ls.name, ql)
             self.layers[ls.name] = ql
         self.act_params = self._calibrate(list(calib_batches), act_method, power_of_two)
@@ -305,7 +338,7 @@ class QuantEngine:
         self._masks = {}
         for name, lp in policy:
             ql = self.layers[name]
-            ql.set_bits(lp.weight_bits)
+            ql.set_bits(lp.weight_bits, lp.nm)
             ql.act = None if lp.act_bits >= FLOAT_BITS else self.act_params[name][lp.act_bits]
             ql.correction = None
             gid = self._group_of_layer[name]
