@@ -37,6 +37,7 @@ Design (the simplest one that is correct with the stores the project already has
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -82,6 +83,7 @@ def check_workers(config: SearchConfig) -> None:
 
 
 # worker identity ------------------------------------------------------------------------
+@functools.cache  # read once per process: the parent polls tag_alive twice a second
 def process_space() -> str:
     """Which process list a pid refers to: the kernel's boot id and this pid namespace.
 

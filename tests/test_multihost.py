@@ -64,7 +64,7 @@ def cluster(tmp_path) -> Iterator[Cluster]:
         why = "no PostgreSQL binaries: apt-get install -y postgresql"
         if os.environ.get("CI"):
             pytest.fail(why)
-        pytest.skip(why)
+        pytest.skip(why)  # a developer machine without PostgreSQL; under CI (above) it fails instead
     import psycopg
 
     hosts: Hosts | None = None
