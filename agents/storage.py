@@ -88,14 +88,17 @@ def open_storage(
 
 def _open_rdb(url: str, kwargs: dict, attempts: int = 4) -> RDBStorage:
     """Open an RDB storage; workers that start together on a new database race to create its
-    schema (PostgreSQL: 'type studydirection already exists'), so the loser retries."""
+    schema (PostgreSQL: 'type studydirection already exists'; SQLite: 'UNIQUE constraint failed:
+    alembic_version.version_num' or 'table ... already exists'), so the loser retries."""
     import time
 
     for attempt in range(attempts):
         try:
             return RDBStorage(url, **kwargs)
         except Exception as exc:  # noqa: BLE001 - driver-specific; re-raised on the last attempt
-            if attempt == attempts - 1 or "already exists" not in str(exc):
+            text = str(exc)
+            raced = "already exists" in text or "UNIQUE constraint failed: alembic_version" in text
+            if attempt == attempts - 1 or not raced:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")

@@ -60,7 +60,7 @@ from automl.timing import StageTimer, pin_threads
 from automl.tracking import FAILURES_FILE, MlflowTracker, artifact_root, default_tracking_uri
 from automl.units import cost_metrics, limit_metrics, shown
 from automl.uris import check_storage, check_tracking_uri
-from automl.workers import check_workers, run_searcher
+from automl.workers import check_workers, run_searcher, start_workers, stop_workers
 
 __all__ = ["CONFIG", "JOURNAL", "STATE", "read_journal", "run_search", "search"]
 
@@ -416,6 +416,20 @@ def run_search(
 def _search(
     session: Session, plan: RunPlan, state: dict[str, Any], callbacks: Sequence[Callback], quiet: bool, say: Any,
 ) -> SearchResult:
+    cfg, run_dir = session.config, session.run_dir
+    # Local workers start first: their start-up overlaps the set-up below (automl.workers).
+    started = start_workers(run_dir, cfg.workers) if cfg.workers > 1 else {}
+    try:
+        return _search_with(session, plan, state, callbacks, quiet, say, started)
+    except BaseException:
+        stop_workers(started)
+        raise
+
+
+def _search_with(
+    session: Session, plan: RunPlan, state: dict[str, Any], callbacks: Sequence[Callback], quiet: bool, say: Any,
+    started: dict[int, Any],
+) -> SearchResult:
     cfg, run_dir, tracker = session.config, session.run_dir, session.tracker
     assert tracker is not None
     timer = session.timer
@@ -446,7 +460,8 @@ def _search(
         cbs.append(Progress(cfg.evaluations, len(done), best))
     cbs.extend(callbacks)
     with timer.stage("search"):
-        result = replace(run_searcher(searcher, session, cbs), sensitivity_evaluations=sensitivity.evaluations)
+        result = replace(run_searcher(searcher, session, cbs, started=started),
+                         sensitivity_evaluations=sensitivity.evaluations)
     timer.add("evaluations", result.eval_seconds, within="search")
     with timer.stage("mlflow"):
         tracker.flush()

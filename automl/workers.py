@@ -9,10 +9,14 @@ Design (the simplest one that is correct with the stores the project already has
   evaluations, the surplus rule and the constant liar behave as for one process. The
   evaluation cache (``cache.sqlite`` of the run directory) is shared too; its SQLite file
   is opened per process.
-- The parent process (``automl search --workers N``) evaluates nothing itself. It builds
-  the session as a single search would (MLflow parent run, float baseline, sensitivity
-  tables, warm start), starts N subprocesses of ``python -m automl worker --join RUN_DIR``
-  and then *tails the study*: every poll it loads the finished trials' records (each trial
+- The parent process (``automl search --workers N``) evaluates nothing itself. It starts N
+  subprocesses of ``python -m automl worker --join RUN_DIR`` as soon as the run directory
+  holds its configuration, so that each worker's start-up (imports, task, model analysis,
+  evaluator: ~7 s on ResNet-20) overlaps the parent's own set-up (MLflow parent run, float
+  baseline, sensitivity tables, warm start); a worker that has built its evaluator waits for
+  the parent's ``workers/ready`` marker (written once the study holds the warm start and
+  the configuration) before it reads the sensitivity tables and asks for trials. The parent
+  then *tails the study*: every poll it loads the finished trials' records (each trial
   carries its :class:`~agents.records.TrialRecord` as a user attribute) and hands the new
   ones to the run's callbacks. So the journal and MLflow keep exactly one writer, the
   parent, and every worker's trials land in the one journal and under the one parent run
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from agents.base import Callback
     from agents.records import SearchResult
 
+READY = "ready"  # run_dir/workers/ready: the study holds the configuration and the warm start
 WORKER_ATTR = "worker"  # agents.optuna_search.WORKER_ATTR (not imported: this module loads without torch)
 CONFIG_ATTR = "automl_config"
 RUN_DIR_ATTR = "automl_run_dir"
@@ -159,12 +164,47 @@ def fail_dead_trials(study: Any) -> list[int]:
 
 
 # the parent -----------------------------------------------------------------------------
-def run_searcher(searcher: Any, session: Any, callbacks: Sequence[Callback], poll: float = 0.5) -> SearchResult:
-    """``searcher.run`` for one worker; the coordinator of :func:`coordinate` for several."""
+def run_searcher(
+    searcher: Any, session: Any, callbacks: Sequence[Callback], poll: float = 0.5,
+    started: dict[int, subprocess.Popen] | None = None,
+) -> SearchResult:
+    """``searcher.run`` for one worker; the coordinator of :func:`coordinate` for several
+    (``started``: the workers :func:`start_workers` already started)."""
     cfg = session.config
     if cfg.workers <= 1:
         return searcher.run(cfg.evaluations, callbacks)
-    return coordinate(searcher, session.run_dir, cfg, callbacks, poll=poll)
+    return coordinate(searcher, session.run_dir, cfg, callbacks, poll=poll, started=started)
+
+
+def start_workers(run_dir: Path, workers: int) -> dict[int, subprocess.Popen]:
+    """Start the local workers early: they build their evaluators while the parent sets up,
+    then wait for :func:`coordinate`'s ready marker. A marker left by an earlier (resumed)
+    run is removed first. Stop them with :func:`stop_workers` if the parent fails before
+    :func:`coordinate` takes them over."""
+    (run_dir / "workers").mkdir(exist_ok=True)
+    (run_dir / "workers" / READY).unlink(missing_ok=True)
+    return {i: _spawn(run_dir, i) for i in range(workers)}
+
+
+def stop_workers(procs: dict[int, subprocess.Popen]) -> None:
+    """SIGTERM (then SIGKILL) to the workers of :func:`start_workers` that still run."""
+    _stop(procs.values())
+
+
+def wait_ready(run_dir: Path, poll: float = 0.2) -> None:
+    """Block a ``--join`` worker until the parent has published the study (its ready marker).
+
+    Raises:
+        ConfigError: the parent that owns the run directory stopped before publishing it.
+    """
+    from automl.lifecycle import owner_alive
+
+    marker = run_dir / "workers" / READY
+    while not marker.exists():
+        if owner_alive(run_dir) is False:
+            raise ConfigError(f"the search that owns {str(run_dir)!r} is not running and never published its study "
+                              f"(no {str(marker)!r}); resume it with: automl search --resume {run_dir} --workers N")
+        time.sleep(poll)
 
 
 def _spawn(run_dir: Path, index: int) -> subprocess.Popen:
@@ -188,6 +228,7 @@ def _tail(run_dir: Path, index: int, lines: int = 8) -> str:
 
 def coordinate(
     searcher: Any, run_dir: Path, cfg: SearchConfig, callbacks: Sequence[Callback], poll: float = 0.5,
+    started: dict[int, subprocess.Popen] | None = None,
 ) -> SearchResult:
     """Start ``cfg.workers`` worker processes on the searcher's study and feed every trial they
     finish to ``callbacks`` (journal, MLflow, progress) until they are done.
@@ -205,8 +246,9 @@ def coordinate(
     print(f"{cfg.workers} workers on this host (logs in {run_dir / 'workers'}); more join with: automl worker --join "
           f"{run_dir}  or, from another host on a shared database: automl worker --storage <its URL> --study "
           f"{searcher.study_name}", file=sys.stderr, flush=True)
-    procs = {i: _spawn(run_dir, i) for i in range(cfg.workers)}
-    restarts, next_index = 0, cfg.workers
+    procs = dict(started) if started else start_workers(run_dir, cfg.workers)
+    (run_dir / "workers" / READY).write_text(searcher.study_name + "\n")
+    restarts, next_index = 0, max(procs, default=-1) + 1
     stop_reason = ""
     try:
         while True:
@@ -333,6 +375,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from automl.sensitivity_stage import sensitivity_stage
 
     session = build_session(RunPlan(cfg, run_dir, resuming=True), track=False)
+    if args.join:  # started early by the parent: its study, warm start and sensitivity tables come first
+        wait_ready(run_dir)
     report = sensitivity_stage(session.evaluator, session.problem.space, cfg.fidelity, cfg.sensitivity_method,
                                cache_dir=cfg.output, quiet=True)
     session.objective.sensitivities = report.sensitivities

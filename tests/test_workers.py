@@ -130,19 +130,21 @@ def test_two_workers_share_one_study_journal_and_parent_run(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_of_a_worker_mid_trial_loses_nothing_and_repeats_nothing(tmp_path):
-    n = 10
+    n = 24  # enough trials (~0.1 s each) that the poll below sees one running after two are done
     cmd = [sys.executable, "-m", "automl", "search", *TINY, "--searcher", "tpe", "--evaluations", str(n),
            "--workers", "2", "--output", str(tmp_path), "--fidelity", "3"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.time() + 400
     while killed is None and time.time() < deadline and proc.poll() is None:
-        dbs = list(tmp_path.glob("runs/*/optuna.db"))
-        if dbs:
+        # The parent's ready marker: the study exists (opening a half-made SQLite file races its creation).
+        ready = list(tmp_path.glob("runs/*/workers/ready"))
+        if ready:
             try:
-                study = _study(dbs[0].parent)
+                study = _study(ready[0].parent.parent)
+                # a trial that started < 0.5 s ago (they take ~1.5 s): the kill lands before it completes
                 running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                           if WORKER_ATTR in t.user_attrs]
+                           if WORKER_ATTR in t.user_attrs and time.time() - t.datetime_start.timestamp() < 0.5]
                 done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             except (KeyError, Exception):  # noqa: BLE001 - the study is not created yet
                 running, done = [], []
@@ -150,7 +152,9 @@ def test_kill_9_of_a_worker_mid_trial_loses_nothing_and_repeats_nothing(tmp_path
                 killed = running[0]
                 os.kill(killed.user_attrs[WORKER_ATTR]["pid"], signal.SIGKILL)
         time.sleep(0.05)
-    assert killed is not None, "no trial was running to kill"
+    if killed is None:
+        proc.kill()
+        pytest.fail(f"no trial was running to kill (search exit {proc.wait()}): {proc.stderr.read()[-3000:]}")
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     run_dir = _check_complete(tmp_path, n)
@@ -187,13 +191,16 @@ def test_a_worker_from_another_directory_joins_through_postgres(tmp_path, postgr
     cmd = [sys.executable, "-m", "automl", "search", *TINY, "--searcher", "tpe", "--evaluations", str(n),
            "--workers", "2", "--output", str(host_a / "out"), "--fidelity", "3", "--storage", optuna_url,
            "--tracking-uri", mlflow_url]
-    proc = subprocess.Popen(cmd, cwd=host_a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the test task (tests.tasks) from any working directory
+    proc = subprocess.Popen(cmd, cwd=host_a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300
     runs: list[Path] = []
     while not runs and time.time() < deadline and proc.poll() is None:
         runs = list((host_a / "out" / "runs").glob("*")) if (host_a / "out" / "runs").exists() else []
         time.sleep(0.2)
-    assert runs, "the search made no run directory"
+    if not runs:
+        proc.kill()
+        pytest.fail(f"the search made no run directory (exit {proc.wait()}): {proc.stderr.read()[-3000:]}")
     study_name = f"automl-{runs[0].name}"
     for _ in range(600):  # the parent stores its configuration in the study before starting workers
         try:
@@ -203,7 +210,8 @@ def test_a_worker_from_another_directory_joins_through_postgres(tmp_path, postgr
             pass
         time.sleep(0.5)
     joined = subprocess.run([sys.executable, "-m", "automl", "worker", "--storage", optuna_url, "--study", study_name,
-                             "--output", str(host_b / "out")], cwd=host_b, capture_output=True, text=True, timeout=600)
+                             "--output", str(host_b / "out")], cwd=host_b, capture_output=True, text=True, timeout=600,
+                            env=env)
     assert joined.returncode == 0, joined.stderr[-3000:]
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -223,6 +231,24 @@ def test_a_worker_from_another_directory_joins_through_postgres(tmp_path, postgr
     parents = [r.info.run_id for r in all_runs if r.data.tags.get("automl.kind") == "search"]
     kids = [r.data.tags["mlflow.parentRunId"] for r in all_runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and kids == [parents[0]] * len(journal)
+
+
+def test_the_loser_of_a_sqlite_schema_race_retries(monkeypatch, tmp_path):
+    """Two processes creating the schema of one new SQLite file at once (seen: the search and
+    a script polling its study): the loser's alembic insert fails; it retries and opens."""
+    import agents.storage as storage_mod
+
+    real, calls = storage_mod.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(storage_mod, "RDBStorage", racing)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert storage_mod.open_storage(f"sqlite:///{tmp_path / 'race.db'}") is not None and len(calls) == 2
 
 
 def test_a_trial_without_heartbeat_is_failed_and_requeued_once_per_retry(tmp_path):
@@ -245,3 +271,21 @@ def test_a_trial_without_heartbeat_is_failed_and_requeued_once_per_retry(tmp_pat
             assert retry.system_attrs["fixed_params"] == study.get_trials()[trial.number].params
         else:
             assert waiting == []  # a policy that keeps killing its workers is not queued forever
+
+
+def test_a_joining_worker_waits_for_the_ready_marker_and_gives_up_when_the_owner_is_gone(tmp_path):
+    from automl.errors import ConfigError
+    from automl.lifecycle import write_owner
+    from automl.workers import READY, wait_ready
+
+    run_dir = tmp_path / "run"
+    (run_dir / "workers").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="never published its study"):
+        wait_ready(run_dir, poll=0.01)  # no owner file: nobody will publish it
+    write_owner(run_dir)  # this process owns it and is alive: the worker waits ...
+    import threading
+
+    threading.Timer(0.3, lambda: (run_dir / "workers" / READY).write_text("automl-run\n")).start()
+    start = time.monotonic()
+    wait_ready(run_dir, poll=0.01)  # ... until the marker appears
+    assert time.monotonic() - start >= 0.25
