@@ -21,6 +21,18 @@ to a byte), ``L.float`` (float32 rows of 32-bit channels, possibly none), ``L.bi
 whatever its bits, so the header hardly depends on the policy and
 :func:`container_bytes` prices it. Other modules store their ``state_dict`` unchanged.
 :class:`automl.cost.model.CostModel` prices exactly these bytes (see its size convention).
+
+A layer with an N:M pattern (``LayerPolicy.nm``) stores only its kept weights: ``L.codes``
+and ``L.float`` hold, per kept output channel, the ``N`` kept values of every block of ``M``
+along its reduction dimension (in row order; a block of a greedy transposable mask that
+keeps fewer stores zeros at its first free positions), and ``L.index`` (uint8) names each block's
+kept positions as the rank of that ``N``-subset of ``0..M-1`` in lexicographic order, at
+``ceil(log2 C(M, N))`` bits per block (3 for 2:4, 7 for 4:8), LSB-first, the kept channels in
+order, padded once to a byte. The mask was fitted on the unpruned layer, so the rows span
+its full reduction dimension; the module's header entry ``nm`` gives the pattern, the
+unpruned input width and, when upstream pruning removed inputs, the kept inputs as a hex
+bit mask, which the loader drops after scattering the values back. Format version 3 holds
+such layers; a file without one is written as version 2, as before.
 """
 
 from __future__ import annotations
@@ -29,7 +41,9 @@ import copy
 import functools
 import inspect
 import io
+import itertools
 import json
+import math
 import operator
 import os
 import statistics
@@ -45,20 +59,21 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from automl.analysis.prune import keep_masks, prune_model
+from automl.analysis.prune import in_keep_mask, keep_masks, prune_model
 from automl.analysis.records import ModelAnalysis
 from automl.errors import ExportError, PolicyError
 from automl.quant.engine import QuantEngine, QuantLayer
 from automl.quant.fake import FLOAT_BITS, weight_qmax
 from automl.timing import median_time, pin_threads
-from search_spaces.policy import Policy
+from search_spaces.policy import Policy, parse_nm
 from search_spaces.space import SearchSpace
 
 if TYPE_CHECKING:
     from automl.cost.model import CostModel
 
 MAGIC = b"AMPQEXP\x00"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest: compact N:M layers; files without one are written as version 2
+_READABLE = (2, FORMAT_VERSION)
 AGREE_TOL = 1e-4
 _PREFIX = struct.Struct("<8sII")
 _MAX_CODE_BITS = 24  # codes pass through a float32 weight while pruning: exact up to 2^24
@@ -97,6 +112,32 @@ def _decode_planes(planes: np.ndarray, bits: int, count: int) -> np.ndarray:
 def unpack_codes(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: ``count`` signed int64 codes of ``bits`` bits each."""
     return _decode_planes(np.unpackbits(data, count=count * bits, bitorder="little"), bits, count)
+
+
+@functools.cache
+def nm_index_table(n: int, m: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """How an N:M block's kept positions are stored.
+
+    Returns ``(rank, positions, bits)``: ``rank[k]`` is the index of the ``m``-bit keep
+    pattern ``k`` (bit ``j`` = position ``j`` kept) among the ``N``-subsets of ``0..M-1`` in
+    lexicographic order, -1 where ``k`` does not keep exactly ``n``; ``positions[r]`` the
+    ``n`` ascending positions of index ``r``; ``bits = ceil(log2 C(m, n))`` per stored index.
+    """
+    positions = np.array(list(itertools.combinations(range(m), n)), dtype=np.int64)
+    rank = np.full(1 << m, -1, dtype=np.int64)
+    rank[(1 << positions).sum(axis=1)] = np.arange(len(positions))
+    return rank, positions, math.ceil(math.log2(len(positions)))
+
+
+def _pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ``values`` below ``2^bits`` at ``bits`` bits each, LSB-first, padded to a byte."""
+    planes = (values.astype(np.int64).ravel()[:, None] >> np.arange(bits)) & 1
+    return np.packbits(planes.astype(np.uint8).ravel(), bitorder="little")
+
+
+def _unpack_uint(data: np.ndarray, bits: int, count: int) -> np.ndarray:
+    planes = np.unpackbits(data, count=count * bits, bitorder="little").reshape(count, bits).astype(np.int64)
+    return (planes << np.arange(bits)).sum(axis=1)
 
 
 def _encode(a: Any) -> Any:
@@ -212,7 +253,7 @@ def _raw_op(ql: QuantLayer, has_bias: bool) -> tuple[nn.Module, torch.Tensor, to
     quant = (bits > 0) & (bits < FLOAT_BITS)
     scale = getattr(ql, "_scale", torch.ones_like(live)).detach().clamp_min(1e-12)
     if ql.qat:  # the weights Evaluator.finetune trained, quantized as its forward does
-        w, b = ql.w_param.detach() * live.view(shape), ql.b_param.detach() * live
+        w, b = ql.masked(ql.w_param.detach() * live.view(shape)), ql.b_param.detach() * live
     else:
         w, b = ql.weight, ql.bias
     qmax = weight_qmax(bits).view(shape)
@@ -234,6 +275,9 @@ def _check_policy(analysis: ModelAnalysis, policy: Policy, layers: dict[str, Qua
             raise ExportError(f"layer {layer.name!r} is not quantized in the given model: expected the network of "
                               "QuantEngine.apply() or Evaluator.finetune(), got one without a QuantLayer there")
         kept = masks[layer.out_group]
+        if layers[layer.name].nm != policy[layer.name].nm:
+            raise PolicyError(f"layer {layer.name!r}: the model runs N:M pattern {layers[layer.name].nm or 'dense'!r}, the "
+                              f"policy asks {policy[layer.name].nm or 'dense'!r}. Pass the policy applied to this model.")
         runs, want = layers[layer.name].bits.numpy(), np.asarray(policy[layer.name].weight_bits)
         if (runs[kept] != want[kept]).any() or (runs[~kept] != 0).any():
             raise PolicyError(f"layer {layer.name!r}: the model runs channel bits {runs.tolist()}, the policy (coupling "
@@ -245,28 +289,72 @@ def _check_policy(analysis: ModelAnalysis, policy: Policy, layers: dict[str, Qua
     return masks
 
 
-def _quant_tensors(name: str, mod: nn.Module, bits: torch.Tensor, scale: torch.Tensor) -> dict[str, np.ndarray]:
-    rows = _array(mod.weight.detach().reshape(mod.weight.shape[0], -1))
+def _quant_tensors(
+    name: str, rows: np.ndarray, bits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+    nm: tuple[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The tensors of one quantized layer from its kept channels' ``rows`` (codes, or float
+    weights for 32-bit channels); ``nm`` = (pattern, keep mask of ``rows``) stores only the kept values."""
     bits_np = _array(bits).astype(np.int64)
     quant = bits_np < FLOAT_BITS
+    index = {}
+    if nm is not None:
+        n, m, _ = parse_nm(nm[0])
+        rank, _, index_bits = nm_index_table(n, m)
+        keep = _exactly_n(nm[1].reshape(len(rows), -1, m), n)
+        ranks = rank[(keep.astype(np.int64) << np.arange(m)).sum(axis=2)]
+        keep = keep.reshape(rows.shape)
+        assert (ranks >= 0).all() and not rows[~keep].any(), f"{name}: a weight outside its {nm[0]} mask is not 0"
+        rows = rows[keep].reshape(len(rows), -1)
+        index = {f"{name}.index": _pack_uint(ranks, index_bits)}
     planes = [_code_planes(rows[bits_np == b].round().astype(np.int64), b) for b in sorted({int(x) for x in bits_np[quant]})]
     out = {f"{name}.bits": bits_np.astype(np.uint8), f"{name}.scale": _array(scale)[quant].astype(np.float32),
            f"{name}.codes": np.packbits(np.concatenate([np.zeros(0, np.uint8), *planes]), bitorder="little"),
-           f"{name}.float": rows[~quant].astype(np.float32)}
-    if mod.bias is not None:
-        out[f"{name}.bias"] = _array(mod.bias).astype(np.float32)
+           f"{name}.float": rows[~quant].astype(np.float32), **index}
+    if bias is not None:
+        out[f"{name}.bias"] = _array(bias).astype(np.float32)
     return out
+
+
+def _exactly_n(blocks: np.ndarray, n: int) -> np.ndarray:
+    """``blocks`` (``[..., M]`` bool, at most ``n`` kept each) with the first unkept positions
+    added until each keeps exactly ``n``: a greedy transposable mask can keep fewer in a
+    block, and storage holds ``n`` values per block whatever (the added ones are zeros)."""
+    m = blocks.shape[-1]
+    assert int(blocks.sum(axis=-1).max(initial=0)) <= n, "a block keeps more than N weights"
+    score = blocks * (2 * m) + (m - np.arange(m))  # kept first, then lower positions
+    chosen = np.argsort(-score, axis=-1, kind="stable")[..., :n]
+    out = np.zeros_like(blocks)
+    np.put_along_axis(out, chosen, True, axis=-1)
+    return out
+
+
+def _nm_layer(
+    ql: QuantLayer, full: torch.Tensor, analysis: ModelAnalysis, name: str, masks: dict[int, np.ndarray]
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """An N:M layer's header entry and, over its kept output channels, its unpruned-input rows and keep mask."""
+    assert ql.nm_keep is not None
+    out_keep = masks[analysis.layer(name).out_group]
+    in_keep = in_keep_mask(analysis, name, masks)
+    spec: dict[str, Any] = {"pattern": ql.nm, "in_features": int(full.shape[1]), "in_keep": None}
+    if not in_keep.all():
+        assert in_keep.size == full.shape[1], "only ungrouped layers lose inputs"
+        spec["in_keep"] = np.packbits(in_keep, bitorder="little").tobytes().hex()
+    rows = _array(full.reshape(full.shape[0], -1))[out_keep]
+    keep = _array(ql.nm_keep.reshape(full.shape[0], -1)).astype(bool)[out_keep]
+    return spec, rows, keep
 
 
 def _pruned_graph(
     qmodel: nn.Module, analysis: ModelAnalysis, policy: Policy, layers: dict[str, QuantLayer]
-) -> tuple[fx.GraphModule, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The traced, pruned float skeleton (raw codes as weights) and per layer (bits, scales)."""
+) -> tuple[fx.GraphModule, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """The traced, pruned float skeleton (raw codes as weights) and per layer (bits, scales,
+    raw weight before pruning)."""
     skeleton = copy.deepcopy(qmodel).eval()
     per_channel = {}
     for layer in analysis.layers:
         op, bits, scale = _raw_op(layers[layer.name], layer.bias_params > 0 or layer.folded_bn is not None)
-        per_channel[layer.name] = (bits, scale)
+        per_channel[layer.name] = (bits, scale, op.weight.detach())
         skeleton.set_submodule(layer.name, op)
     # Folded BatchNorms are Identity in the quantized model: only the remaining ones follow a group.
     bn = nn.modules.batchnorm._BatchNorm
@@ -304,8 +392,14 @@ def _encode_network(qmodel: nn.Module, analysis: ModelAnalysis, policy: Policy) 
         if node.target in layers:
             keep = torch.from_numpy(masks[analysis.layer(node.target).out_group])
             spec["quantized"] = True
-            bits, scale = per_channel[node.target]
-            tensors.update(_quant_tensors(node.target, mod, bits[keep], scale[keep]))
+            bits, scale, full = per_channel[node.target]
+            nm = None
+            if layers[node.target].nm:
+                spec["nm"], rows, nm_keep = _nm_layer(layers[node.target], full, analysis, node.target, masks)
+                nm = (layers[node.target].nm, nm_keep)
+            else:
+                rows = _array(mod.weight.detach().reshape(mod.weight.shape[0], -1))
+            tensors.update(_quant_tensors(node.target, rows, bits[keep], scale[keep], mod.bias, nm))
         else:
             spec["state"] = list(mod.state_dict())
             tensors.update({f"{node.target}.{k}": _array(v) for k, v in mod.state_dict().items()})
@@ -326,9 +420,11 @@ def _write(path: Path, header: dict[str, Any], tensors: dict[str, np.ndarray]) -
     data = b"".join(np.ascontiguousarray(a).tobytes() for a in tensors.values())
     head = _header_blob(header, tensors, data)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the oldest version that holds the file, so that dense files stay readable by older releases
+    version = FORMAT_VERSION if any("nm" in spec for spec in header["modules"].values()) else 2
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as f:  # written aside and renamed: a crash never leaves half a file
-        f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + data)
+        f.write(_PREFIX.pack(MAGIC, version, len(head)) + head + data)
     os.replace(tmp, path)
     return _PREFIX.size + len(head), len(data)
 
@@ -367,9 +463,9 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
         raise ExportError(f"{path} is not an automl-mpq export: expected it to start with {MAGIC!r}, got {blob[:8]!r}. {_HOW}")
     _, version, head_len = _PREFIX.unpack_from(blob)
-    if version != FORMAT_VERSION:
-        raise ExportError(f"{path} has export format version {version}, expected {FORMAT_VERSION}: load it with the "
-                          f"automl-mpq that wrote it. {_HOW}")
+    if version not in _READABLE:
+        raise ExportError(f"{path} has export format version {version}, expected {' or '.join(map(str, _READABLE))}: load "
+                          f"it with the automl-mpq that wrote it. {_HOW}")
     try:
         header = json.loads(zlib.decompress(blob[_PREFIX.size : _PREFIX.size + head_len]))
         data = blob[_PREFIX.size + head_len :]
@@ -390,9 +486,13 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     return header, out
 
 
-def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray]) -> None:
+def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray], nm: dict[str, Any] | None = None) -> None:
     bits = torch.from_numpy(tensors[f"{name}.bits"].astype(np.int64))
-    rows = torch.zeros(mod.weight.shape[0], mod.weight[0].numel())
+    width = mod.weight[0].numel()
+    if nm is not None:
+        n, m, _ = parse_nm(nm["pattern"])
+        width = int(nm["in_features"]) * math.prod(mod.weight.shape[2:]) * n // m
+    rows = torch.zeros(mod.weight.shape[0], width)
     quant = bits < FLOAT_BITS
     scale = torch.ones(len(bits))
     scale[quant] = torch.from_numpy(tensors[f"{name}.scale"].copy())
@@ -406,10 +506,36 @@ def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray]) -> No
     rows = rows * scale[:, None]
     if not bool(quant.all()):
         rows[~quant] = torch.from_numpy(tensors[f"{name}.float"].copy())
+    if nm is not None:
+        rows = _nm_scatter(rows, tensors[f"{name}.index"], nm, mod.weight.shape)
     with torch.no_grad():
         mod.weight.copy_(rows.view_as(mod.weight))
         if mod.bias is not None:
             mod.bias.copy_(torch.from_numpy(tensors[f"{name}.bias"].copy()))
+
+
+def _nm_scatter(values: torch.Tensor, index: np.ndarray, nm: dict[str, Any], shape: torch.Size) -> torch.Tensor:
+    """The rows of a loaded N:M layer: its kept ``values`` put back at their blocks' positions
+    over the unpruned reduction dimension, then the inputs pruned upstream dropped."""
+    n, m, _ = parse_nm(nm["pattern"])
+    _, positions, index_bits = nm_index_table(n, m)
+    channels, in_features = shape[0], int(nm["in_features"])
+    k_full = in_features * math.prod(shape[2:])
+    blocks = k_full // m
+    ranks = _unpack_uint(index, index_bits, channels * blocks)
+    if ranks.size and ranks.max() >= len(positions):
+        raise ExportError(f"the file's {nm['pattern']} index names block pattern {int(ranks.max())}, of only "
+                          f"{len(positions)}: it is corrupt. {_HOW}")
+    cols = positions[ranks].reshape(channels, blocks, n) + (np.arange(blocks) * m)[None, :, None]
+    full = torch.zeros(channels, k_full).scatter_(1, torch.from_numpy(cols.reshape(channels, -1)), values)
+    full = full.view(channels, in_features, -1)
+    if nm["in_keep"] is not None:
+        keep = np.unpackbits(np.frombuffer(bytes.fromhex(nm["in_keep"]), np.uint8), count=in_features, bitorder="little")
+        if int(keep.sum()) != shape[1]:
+            raise ExportError(f"the file's N:M input mask keeps {int(keep.sum())} inputs, its layer has {shape[1]}: it is "
+                              f"corrupt. {_HOW}")
+        full = full[:, torch.from_numpy(keep.astype(bool))]
+    return full.reshape(channels, -1)
 
 
 def load_exported(path: str | os.PathLike[str]) -> fx.GraphModule:
@@ -428,7 +554,7 @@ def load_exported(path: str | os.PathLike[str]) -> fx.GraphModule:
             raise ExportError(f"{path} names the module type {spec['type']!r}, which is not a torch.nn module. {_HOW}")
         mod = cls(**kwargs)
         if spec.get("quantized"):
-            _dequantize(name, mod, tensors)
+            _dequantize(name, mod, tensors, spec.get("nm"))
         else:
             mod.load_state_dict({k: torch.from_numpy(tensors[f"{name}.{k}"].copy()) for k in spec["state"]})
         root[name] = mod

@@ -12,9 +12,13 @@ optimum.
 
 Scope of this module: masks, their application to a float model, and mask diversity. As a
 search dimension (``SpaceConfig.nm_patterns``, ``LayerPolicy.nm``) the quantization engine
-applies these masks before quantizing and the cost model prices the kept values plus their
-index; the exporter does not yet store them compactly (see ``benchmarks/methods.py`` for
-the accuracy measurement).
+applies these masks before quantizing, the cost model prices the kept values plus their
+index, and the ``.ampq`` exporter (:mod:`automl.export`) stores exactly those: the kept
+values' codes and a ``ceil(log2 C(M, N))``-bit index per block, loaded back to the same
+weights. A hardware profile may declare N:M MAC speedups (``nm_speedup``,
+:class:`automl.cost.hardware.HardwareProfile`); only the illustrative ``sparse_accel``
+profile does. The ONNX export keeps the masked zeros dense. See ``benchmarks/methods.py``
+for the accuracy measurement.
 """
 
 from __future__ import annotations

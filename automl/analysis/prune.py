@@ -42,7 +42,8 @@ def keep_masks(analysis: ModelAnalysis, policy: Policy) -> dict[int, np.ndarray]
     return masks
 
 
-def _in_keep(analysis: ModelAnalysis, name: str, masks: dict[int, np.ndarray]) -> np.ndarray:
+def in_keep_mask(analysis: ModelAnalysis, name: str, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """Which input features of layer ``name`` survive (``masks`` from :func:`keep_masks`)."""
     layer = analysis.layer(name)
     return np.concatenate([np.repeat(masks[s.group], s.features_per_channel) for s in layer.in_segments])
 
@@ -74,7 +75,7 @@ def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn
     for layer in analysis.layers:
         mod = pruned.get_submodule(layer.name)
         out_keep = torch.from_numpy(masks[layer.out_group])
-        in_keep = torch.from_numpy(_in_keep(analysis, layer.name, masks))
+        in_keep = torch.from_numpy(in_keep_mask(analysis, layer.name, masks))
         with torch.no_grad():
             w = mod.weight[out_keep]
             if layer.kind == "linear":

@@ -48,6 +48,7 @@ class BitSerialProfile(HardwareProfile):
     runtime: str = HYPOTHETICAL
     scales: str = "any"
     requant_ns: float = 0.0
+    nm_speedup: tuple[tuple[str, float], ...] = ()  # N:M pattern -> MAC speedup (HardwareProfile)
 
     @cached_property
     def padded(self) -> np.ndarray:
@@ -69,7 +70,7 @@ class BitSerialProfile(HardwareProfile):
         compute = batch.macs_per_channel * batch.channel_sum(units) * (units[batch.act_bits] * ms_per_brick_cycle)
         traffic = batch.channel_sum(pad) * batch.weights_per_out + batch.in_elems * pad[batch.act_bits]
         overhead = self.layer_overhead_us * 1e-3 * batch.alive + batch.out_elems * (self.requant_ns * 1e-6)
-        return compute, traffic * self._ms_per_bit, overhead
+        return self.sparse_compute(compute, batch), traffic * self._ms_per_bit, overhead
 
     @cached_property
     def _units(self) -> np.ndarray:
@@ -89,7 +90,7 @@ class BitSerialProfile(HardwareProfile):
             "supported_bits": list(self.supported_bits), "bricks": self.bricks,
             "frequency_mhz": self.frequency_mhz, "memory_gbps": self.memory_gbps,
             "layer_overhead_us": self.layer_overhead_us, "network_overhead_us": self.network_overhead_us,
-            "scales": self.scales, "requant_ns": self.requant_ns,
+            "scales": self.scales, "requant_ns": self.requant_ns, **self.nm_entry(),
         }
 
     @classmethod
@@ -106,6 +107,7 @@ class BitSerialProfile(HardwareProfile):
             network_overhead_us=r.number("network_overhead_us", positive=False, default=0.0),
             description=str(data.get("description", "")), runtime=str(data.get("runtime", HYPOTHETICAL)),
             scales=_scales(r), requant_ns=r.number("requant_ns", positive=False, default=0.0),
+            nm_speedup=r.nm_speedup(),
         )
 
 
@@ -138,6 +140,7 @@ class RooflineProfile(HardwareProfile):
     network_overhead_us: float = 0.0
     description: str = ""
     runtime: str = HYPOTHETICAL
+    nm_speedup: tuple[tuple[str, float], ...] = ()  # N:M pattern -> MAC speedup (HardwareProfile)
 
     @cached_property
     def class_of_bits(self) -> np.ndarray:
@@ -176,7 +179,7 @@ class RooflineProfile(HardwareProfile):
         per_mac = self._pair_inv_ms[self.class_of_bits[batch.act_bits]]  # [n, L, K]
         compute = (counts * per_mac).sum(axis=2) * batch.macs_per_channel
         traffic = batch.channel_sum(container) * batch.weights_per_out + batch.in_elems * container[batch.act_bits]
-        return compute, traffic * self._ms_per_bit, self.layer_overhead_us * 1e-3 * batch.alive
+        return self.sparse_compute(compute, batch), traffic * self._ms_per_bit, self.layer_overhead_us * 1e-3 * batch.alive
 
     @cached_property
     def _ms_per_bit(self) -> float:
@@ -191,7 +194,7 @@ class RooflineProfile(HardwareProfile):
             "description": self.description, "runtime": self.runtime,
             "classes": [{"max_bits": m, "gmacs": g} for m, g in self.classes],
             "memory_gbps": self.memory_gbps, "layer_overhead_us": self.layer_overhead_us,
-            "network_overhead_us": self.network_overhead_us,
+            "network_overhead_us": self.network_overhead_us, **self.nm_entry(),
         }
 
     @classmethod
@@ -218,4 +221,5 @@ class RooflineProfile(HardwareProfile):
             layer_overhead_us=r.number("layer_overhead_us", positive=False, default=0.0),
             network_overhead_us=r.number("network_overhead_us", positive=False, default=0.0),
             description=str(data.get("description", "")), runtime=str(data.get("runtime", HYPOTHETICAL)),
+            nm_speedup=r.nm_speedup(),
         )

@@ -15,6 +15,10 @@ from functools import cached_property
 
 import numpy as np
 
+from search_spaces.policy import NM_PATTERNS
+
+NM_CHOICES = ("", *NM_PATTERNS)  # index 0 = dense; the index :attr:`LayerBatch.nm` carries per layer
+
 
 @dataclass(eq=False)
 class LayerBatch:
@@ -39,7 +43,7 @@ class LayerBatch:
         group_kept: ``[n, G]`` channels kept of every group that has a producer (in the
             order of :attr:`automl.cost.model.CostModel.group_ids`).
         hist_base: ``[C]`` 33 x the layer index of every channel (for :attr:`bit_histogram`).
-        nm: ``[n, L]`` N:M pattern index of every layer (:data:`automl.cost.model.NM_CHOICES`,
+        nm: ``[n, L]`` N:M pattern index of every layer (:data:`NM_CHOICES`,
             0 = dense), or ``None`` when every layer is dense.
     """
 

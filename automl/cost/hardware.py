@@ -5,15 +5,32 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 
-from automl.cost.batch import LayerBatch
+from automl.cost.batch import NM_CHOICES, LayerBatch
 from automl.errors import ProfileError
+from search_spaces.policy import NM_PATTERNS, parse_nm
 
 PROFILE_SCHEMA_VERSION = 1
 BITS = np.arange(33)
+# The patterns a profile's ``nm_speedup`` may name: a transposable (-T) mask is N:M along
+# the rows too, so it runs on the kernels of its plain pattern.
+NM_KERNELS = tuple(dict.fromkeys(p.removesuffix("-T") for p in NM_PATTERNS))
+NM_KEY_EXAMPLE = '{"2:4": 2.0}'
+
+
+def nm_fits(pattern: str, kernel: str) -> bool:
+    """Whether every ``pattern`` mask also satisfies ``kernel``'s constraint (e.g. 1:4 fits 2:4, 2:4 fits 4:8).
+
+    A kernel N':M' takes at most N' of every M' aligned weights; a mask with at most N of
+    every M does so when M' is a multiple of M and its M'/M blocks hold at most N'.
+    """
+    n, m, _ = parse_nm(pattern)
+    kn, km, _ = parse_nm(kernel)
+    return km % m == 0 and n * (km // m) <= kn
 
 
 class Reader:
@@ -58,6 +75,38 @@ class Reader:
             raise self.fail(key, "a non-empty list of bit-widths in 1..32", value)
         return tuple(sorted(set(value)))
 
+    def nm_speedup(self, key: str = "nm_speedup") -> tuple[tuple[str, float], ...]:
+        """The optional mapping ``N:M pattern -> MAC speedup`` of a profile with sparse MAC units."""
+        value = self.data.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"a mapping of N:M pattern -> MAC speedup such as {NM_KEY_EXAMPLE}", value)
+        out = []
+        for pattern, speedup in value.items():
+            if not isinstance(pattern, str):
+                raise ProfileError(
+                    f"profile {self.source}: key {key!r} names the pattern {pattern!r}; expected a quoted string, one "
+                    f"of {list(NM_KERNELS)} (YAML reads a bare 2:4 as the base-60 number 124). Quote it: {NM_KEY_EXAMPLE}."
+                )
+            if pattern not in NM_KERNELS:
+                hint = " (a transposable -T layer runs on its plain pattern's kernels)" if pattern.endswith("-T") else ""
+                raise ProfileError(
+                    f"profile {self.source}: key {key!r} names the pattern {pattern!r}; expected one of "
+                    f"{list(NM_KERNELS)}{hint}. Fix that key in the file."
+                )
+            n, m, _ = parse_nm(pattern)
+            top = m / n
+            number = not isinstance(speedup, bool) and isinstance(speedup, (int, float)) and math.isfinite(speedup)
+            if not number or not 1.0 <= speedup <= top:
+                raise ProfileError(
+                    f"profile {self.source}: key {key!r}: the speedup of {pattern} must be a number in [1, {top:g}] "
+                    f"(a {pattern} layer multiplies at most M/N = {top:g} x fewer weights), got {speedup!r}. "
+                    "Fix that key in the file."
+                )
+            out.append((pattern, float(speedup)))
+        return tuple(sorted(out))
+
 
 class HardwareProfile(abc.ABC):
     """Base of the latency models. Subclasses are frozen dataclasses.
@@ -66,10 +115,18 @@ class HardwareProfile(abc.ABC):
     (:func:`automl.ilp.solve_ilp`) linearises exactly: a layer takes
     ``max(compute, memory + output write) + overhead`` and the network adds
     :attr:`network_overhead_ms`.
+
+    ``nm_speedup`` (YAML ``nm_speedup: {"2:4": 2.0}``, empty by default) declares sparse MAC
+    units: a layer whose N:M mask fits a declared kernel pattern (:func:`nm_fits`: its own
+    pattern, its transposable form, or a sparser one such as 1:4 on 2:4 units) has its
+    compute term divided by that pattern's speedup, the largest when several fit (at most
+    M/N). Memory traffic and overheads stay as priced dense. A profile that declares none
+    prices N:M layers exactly as dense ones.
     """
 
     kind: ClassVar[str] = ""
     name: str
+    nm_speedup: tuple[tuple[str, float], ...]
 
     @property
     def network_overhead_ms(self) -> float:
@@ -78,6 +135,24 @@ class HardwareProfile(abc.ABC):
     @abc.abstractmethod
     def layer_terms(self, batch: LayerBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(compute, memory without the output write, fixed overhead)``, each ``[n, L]`` ms."""
+
+    @cached_property
+    def nm_divisor(self) -> np.ndarray:
+        """``[len(NM_CHOICES)]`` what the compute term of a layer with each pattern is divided by (1 = dense speed)."""
+        out = np.ones(len(NM_CHOICES))
+        for i, pattern in enumerate(NM_CHOICES[1:], start=1):
+            out[i] = max([1.0] + [s for kernel, s in self.nm_speedup if nm_fits(pattern, kernel)])
+        return out
+
+    def nm_entry(self) -> dict[str, Any]:
+        """The ``nm_speedup`` key of :meth:`to_dict`, absent when the profile declares none."""
+        return {"nm_speedup": dict(self.nm_speedup)} if self.nm_speedup else {}
+
+    def sparse_compute(self, compute: np.ndarray, batch: LayerBatch) -> np.ndarray:
+        """``compute`` (``[n, L]`` ms) with each N:M layer's divided by the declared speedup."""
+        if batch.nm is None or not self.nm_speedup:
+            return compute
+        return compute / self.nm_divisor[batch.nm]
 
     def output_ms(self, elems: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """Milliseconds to write ``elems`` output activations of ``bits`` bits (elementwise)."""

@@ -23,6 +23,11 @@ Conventions (the float model and every policy are priced by the same formulas):
   kept output channel.
 - **MACs / BitOps.** MACs of the pruned network per sample; BitOps = sum over kept output
   channels of MACs x weight bits x input activation bits (32-bit float counts as 32).
+  Both count an N:M layer's multiplies densely (its zeros included), whatever the hardware.
+- **N:M layers.** Size as above for the kept values plus their block index (see
+  :meth:`CostModel.layer_size_bits`); latency divides the layer's compute term by the
+  speedup its profile declares (``nm_speedup``, :class:`~automl.cost.hardware.HardwareProfile`),
+  and equals the dense latency on a profile that declares none.
 - **Peak activation memory.** The largest, over layers, of the layer's input (kept
   features at its activation bits) plus its output (kept channels at the widest activation
   bits among the layers reading it, 32 bits for a model output), per sample.
@@ -39,14 +44,13 @@ from functools import cached_property
 import numpy as np
 
 from automl.analysis.records import ModelAnalysis
-from automl.cost.batch import LayerBatch
+from automl.cost.batch import NM_CHOICES, LayerBatch
 from automl.cost.costs import Costs, latency_metric
 from automl.cost.profiles import HardwareProfile
 from automl.errors import PolicyError, ProfileError, SearchSpaceError
 from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, Policy, parse_nm
 from search_spaces.space import SearchSpace
 
-NM_CHOICES = ("", *NM_PATTERNS)  # index 0 = dense; the index the cost arrays carry per layer
 _NM_NM = [(1, 1)] + [parse_nm(p)[:2] for p in NM_PATTERNS]
 _NM_DENSITY = np.array([n / m for n, m in _NM_NM])
 _NM_M = np.array([float(m) for _, m in _NM_NM])

@@ -94,6 +94,10 @@ class MeasuredProfile(HardwareProfile):
     ``batch`` how many samples one timed run holds (latencies are per run), and
     ``stated_error`` the largest relative error measured on whole networks when the
     profile was made (0 when not measured).
+
+    ``nm_speedup`` (see :class:`~automl.cost.hardware.HardwareProfile`) divides an N:M
+    layer's interpolated time, all of which is its compute term here; no profile that
+    automl-mpq measures declares it (the measured kernels are dense).
     """
 
     kind: ClassVar[str] = "measured"
@@ -110,6 +114,7 @@ class MeasuredProfile(HardwareProfile):
     batch: int = 1
     int8_capped: bool = True
     stated_error: float = 0.0
+    nm_speedup: tuple[tuple[str, float], ...] = ()  # N:M pattern -> speedup of the measured layer time (HardwareProfile)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -184,11 +189,12 @@ class MeasuredProfile(HardwareProfile):
                 cons_act = np.where(has[None, :], batch.act_bits[:, np.maximum(consumer, 0)], FLOAT_BITS_)
                 fused = interpolate(np.nan_to_num(fz), self.widths, fi, fo)
                 compute = np.where(has[None, :] & (cons_act <= self.int8_max_bits), fused, compute)
-            return compute * batch.alive, np.zeros(compute.shape), batch.out_elems * (self.overhead_us_per_kelem * 1e-6)
+            compute = self.sparse_compute(compute * batch.alive, batch)
+            return compute, np.zeros(compute.shape), batch.out_elems * (self.overhead_us_per_kelem * 1e-6)
         wide = batch.channel_sum(self._wide_lut)
         int8 = (wide == 0) & quant_in
         compute = np.where(int8, interpolate(q8, self.widths, fi, fo), interpolate(fl, self.widths, fi, fo))
-        compute = compute * batch.alive
+        compute = self.sparse_compute(compute * batch.alive, batch)
         overhead = batch.out_elems * (self.overhead_us_per_kelem * 1e-6)
         return compute, np.zeros(compute.shape), overhead
 
@@ -197,7 +203,8 @@ class MeasuredProfile(HardwareProfile):
             "schema_version": PROFILE_SCHEMA_VERSION, "kind": self.kind, "name": self.name,
             "description": self.description, "engine": self.engine, "threads": self.threads,
             "int8_max_bits": self.int8_max_bits, "runtime": self.runtime, "batch": self.batch,
-            "int8_capped": self.int8_capped, "stated_error": self.stated_error, "widths": list(self.widths),
+            "int8_capped": self.int8_capped, "stated_error": self.stated_error, **self.nm_entry(),
+            "widths": list(self.widths),
             "network_overhead_ms": self.overhead_ms, "overhead_us_per_kelem": self.overhead_us_per_kelem,
             "layers": {
                 m.name: {
@@ -239,7 +246,7 @@ class MeasuredProfile(HardwareProfile):
             int8_max_bits=int(r.number("int8_max_bits", default=8)), description=str(data.get("description", "")),
             runtime=r.text("runtime", default="torch"), batch=int(r.number("batch", default=1)),
             int8_capped=bool(data.get("int8_capped", True)),
-            stated_error=r.number("stated_error", positive=False, default=0.0),
+            stated_error=r.number("stated_error", positive=False, default=0.0), nm_speedup=r.nm_speedup(),
         )
 
 

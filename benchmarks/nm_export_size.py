@@ -1,0 +1,70 @@
+"""How much smaller an N:M policy's .ampq file is than the same policy dense, and its price.
+
+On the reference ResNet-8 architecture (random weights with a fixed seed: a file's size does
+not depend on the weight values, only its compressed header varies by a few bytes), every
+free layer at ``--bits`` weight bits and 8-bit activations, exported four ways: dense, every
+layer that allows it at 2:4, at 4:8 and at 2:4-T (the first and last layers are pinned at 8
+bits and stay dense). For each file it prints its bytes, the cost model's size price
+(:func:`automl.export.container_bytes` included) and their ratio; the RESULT line gives the
+N:M files over the dense one and the largest real/priced deviation. No timing: the numbers
+do not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from automl.analysis import analyse
+from automl.cost import CostModel
+from automl.export import container_bytes, export_policy
+from automl.models import REFERENCE_MODELS
+from automl.quant.engine import QuantEngine
+from search_spaces import LayerPolicy, Policy, SearchSpace, SpaceConfig
+
+PATTERNS = ("2:4", "4:8", "2:4-T")
+
+
+def with_pattern(space: SearchSpace, dense: Policy, pattern: str) -> Policy:
+    """``dense`` with every layer that allows ``pattern`` at it."""
+    return Policy(tuple((n, LayerPolicy(lp.act_bits, lp.weight_bits, pattern if pattern in s.nm_patterns else ""))
+                        for (n, lp), s in zip(dense, space.layers, strict=True)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="resnet8", choices=sorted(REFERENCE_MODELS))
+    parser.add_argument("--bits", type=int, default=4)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = REFERENCE_MODELS[args.arch]().eval()
+    sample = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    analysis = analyse(model, sample[:1])
+    space = SearchSpace.build(analysis, SpaceConfig(nm_patterns=PATTERNS))
+    cost = CostModel(analysis, space, container_bytes=container_bytes(model, analysis, space, sample[:1]))
+    engine = QuantEngine(model, analysis, space, [sample])
+    dense = space.uniform(args.bits, 8)
+    policies = {"dense": dense, **{p: with_pattern(space, dense, p) for p in PATTERNS}}
+    sizes, worst = {}, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, policy in policies.items():
+            report = export_policy(engine.apply(policy), analysis, policy, Path(tmp) / f"{label}.ampq",
+                                   sample_input=sample, float_model=model, cost_model=cost, repeats=1)
+            layers = sum(1 for _, lp in policy if lp.nm)
+            ratio = report.file_bytes / report.predicted_bytes
+            worst = max(worst, abs(ratio - 1))
+            sizes[label] = report.file_bytes
+            print(f"{label:6s} N:M layers={layers:2d} file_bytes={report.file_bytes} "
+                  f"priced_bytes={report.predicted_bytes:.0f} real_over_priced={ratio:.4f} "
+                  f"max_abs_diff={report.max_abs_diff:.2e}")
+    print(f"RESULT arch={args.arch} bits={args.bits} dense_bytes={sizes['dense']} "
+          + " ".join(f"{p.replace(':', 'of').replace('-', '')}_over_dense={sizes[p] / sizes['dense']:.3f}"
+                     for p in PATTERNS)
+          + f" max_real_over_priced_dev={worst:.4f}")
+
+
+if __name__ == "__main__":
+    main()
