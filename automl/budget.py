@@ -37,7 +37,7 @@ GRAMMAR = """budget grammar: <metric> <= <limit>[@<profile>], several separated 
            size, peak_act: B, kB (= KB), MB, GB (x1000) or KiB, MiB, GiB (x1024); default B
            macs, bitops:   K, M, G, T (x1000); default none
            latency:        us, ms, s; default ms
-  profile: a shipped profile name (bitserial, accel_roofline: models of hypothetical accelerators), ort-cpu / ort-cpu-b<N> (measured on ONNX Runtime) or the path of a profile YAML
+  profile: a shipped profile name (bitserial, bitserial_shift, accel_roofline, sparse_accel: models of hypothetical accelerators), ort-cpu / ort-cpu-b<N> (measured on ONNX Runtime) or the path of a profile YAML
   examples: size<=0.125x   size<=0.2MB   bitops<=0.5G   macs<=0.6x   latency<=2ms@bitserial"""
 
 _METRICS = ("size", "macs", "bitops", "peak_act", "latency")
