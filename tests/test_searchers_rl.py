@@ -44,7 +44,8 @@ def test_env_repair_is_recorded_with_the_requested_policy() -> None:
     objective = make_objective(budget="size<=0.1x")
     result = PPOSearcher(objective, seed=0, budget_mode="repair", episodes_per_update=2, reference="none",
                          warm_start=False).run(6)
-    repaired = [r for r in result.records if r.repaired]
+    # In-episode "space" projections (too many zero-bit groups) are recorded too, on the executed policy.
+    repaired = [r for r in result.records if r.repaired and not any("projection" in s for s in r.repair.steps)]
     assert repaired, "random early episodes overshoot a tight budget"
     assert all(r.feasible and r.proposed != r.policy for r in repaired)
 
