@@ -8,7 +8,7 @@ from agents.rl import DDPGSearcher, MaskablePPOSearcher, PPOSearcher
 from tests.agents_support import make_objective
 
 
-@pytest.mark.parametrize("cls", [PPOSearcher, DDPGSearcher])
+@pytest.mark.parametrize("cls", [PPOSearcher, MaskablePPOSearcher, DDPGSearcher])
 def test_a_checkpointed_search_resumes_where_it_stopped(tmp_path, cls) -> None:
     options = {"checkpoint_dir": tmp_path, "checkpoint_every": 2, "episodes_per_update": 2, "warmup_episodes": 2}
     first = cls(make_objective(), seed=0, **options).run(4)
