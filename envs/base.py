@@ -196,7 +196,7 @@ class CompressionEnv(gym.Env, ABC):
     # scripted episodes ---------------------------------------------------------------
     def decision_options(self, policy: Policy) -> list[tuple[int, ...]]:
         """Per decision, the options nearest to ``policy`` (see :meth:`LayerChoices.row_of`)."""
-        rows = [c.row_of(lp) for c, (_, lp) in zip(self.choices, self.space.validate(policy), strict=True)]
+        rows = [c.row_of(lp) for c, (_, lp) in zip(self.choices, self.space.resolve(policy), strict=True)]
         return [tuple(component_option(rows[d.layer], comp, self.choices[d.layer]) for comp in d.components)
                 for d in self.decisions]
 
@@ -337,8 +337,10 @@ class CompressionEnv(gym.Env, ABC):
 
     # episode end ---------------------------------------------------------------------
     def policy(self) -> Policy:
-        """The policy of the current rows, decoded by :meth:`SearchSpace.decode`."""
-        return Policy(tuple((c.name, c.layer_policy(row, self.space)) for c, row in zip(self.choices, self._rows, strict=True)))
+        """The policy of the current rows, decoded by :meth:`SearchSpace.decode`, with channel
+        coupling applied (:meth:`SearchSpace.resolve`: what the network runs and is priced as)."""
+        rows = zip(self.choices, self._rows, strict=True)
+        return self.space.resolve(Policy(tuple((c.name, c.layer_policy(row, self.space)) for c, row in rows)))
 
     def _reference_accuracy(self) -> float:
         if self._reference is None:

@@ -193,16 +193,24 @@ class LayerChoices:
 
     def row_of(self, lp: LayerPolicy) -> np.ndarray:
         """The row nearest to ``lp``: the level of its pruned count, each group's median kept
-        width (nearest offered non-zero width; a fully pruned group the widest), its activation
-        bits (nearest offered)."""
+        width (nearest offered non-zero width), its activation bits (nearest offered).
+
+        A fully pruned group takes the median kept width of the whole layer (the lowest
+        non-zero width if the layer keeps nothing): its bits cost nothing while pruned, and
+        they are what its channels come back with when an agent lowers the sparsity from
+        here, so they should be the layer's own precision, not an outlier (the widest width
+        would make every step back from a pruned policy look unaffordable).
+        """
         bits = np.asarray(lp.weight_bits)
         row = np.empty(self.width, dtype=np.int64)
         row[0] = int(np.argmin(np.abs(self.n_pruned - int((bits == 0).sum()))))
         widths = self.weight_bits[self.nonzero :]
+        layer_kept = bits[bits > 0]
+        fallback = float(np.median(layer_kept)) if layer_kept.size else float(widths[0])
         for g, members in enumerate(self.space.channel_groups):
             kept = bits[list(members)]
             kept = kept[kept > 0]
-            target = float(np.median(kept)) if kept.size else float(widths[-1])
+            target = float(np.median(kept)) if kept.size else fallback
             row[1 + g] = self.nonzero + int(np.argmin(np.abs(widths - target)))
         row[-1] = int(np.argmin(np.abs(self.act_bits - lp.act_bits)))
         return self.make_valid(row)

@@ -6,10 +6,11 @@ from typing import Any
 
 from automl.errors import ConfigError
 from envs.base import CompressionEnv
-from envs.choices import ACT, GROUP, SPARSITY, Component, Decision, LayerChoices
+from envs.choices import ACT, GROUP, SPARSITY, UNIFORM, Component, Decision, LayerChoices
 from search_spaces.space import LayerSpace
 
 HIERARCHIES = ("two_level", "per_layer")
+CHANNELS = ("groups", "uniform")
 
 
 class JointPruneQuantEnv(CompressionEnv):
@@ -45,6 +46,11 @@ class JointPruneQuantEnv(CompressionEnv):
     Args:
         hierarchy: ``two_level`` (a layer step, then a channel step, with a phase flag in
             the observation) or ``per_layer`` (both in one step).
+        channels: ``groups`` (the channel decision gives each importance-ranked group its
+            bits: mixed precision inside a layer) or ``uniform`` (one non-zero weight
+            bit-width for the whole layer, HAQ's granularity; pruning is the sparsity's).
+            ``uniform`` has three components per layer instead of ``G + 2``: a change of a
+            layer's precision is one move, not ``G`` coordinated ones.
         **kwargs: see :class:`~envs.base.CompressionEnv`.
 
     ## Action Space
@@ -58,6 +64,11 @@ class JointPruneQuantEnv(CompressionEnv):
     ``D = G + 2``. ``G`` is the largest number of groups of any layer; dimensions a step does
     not read are ignored. :class:`~envs.wrappers.DiscreteActions` gives the
     ``MultiDiscrete`` form with ``action_masks()`` for MaskablePPO.
+
+    Layers whose output channels are pruned together (a residual block's last convolution
+    and its shortcut: a *coupled group*) share one sparsity decision, taken at the group's
+    first prunable member; the other members' sparsity component has a single option and
+    they prune the same, importance-ranked channels (the final policy shows them pruned).
 
     N:M sparsity (``SpaceConfig.nm_patterns``) is not part of the action: the env always
     executes every layer dense (``nm=""``, always allowed), so its policies are valid in an
@@ -86,24 +97,58 @@ class JointPruneQuantEnv(CompressionEnv):
     ``projections`` and ``multipliers``; a projected step carries ``info["projection"]``.
     """
 
-    def __init__(self, *args: Any, hierarchy: str = "two_level", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hierarchy: str = "two_level", channels: str = "groups", **kwargs: Any) -> None:
         if hierarchy not in HIERARCHIES:
             raise ConfigError(
                 f"hierarchy must be one of {list(HIERARCHIES)}, got {hierarchy!r}: 'two_level' takes a layer step "
                 "then a channel step, 'per_layer' takes both in one action"
             )
-        self.hierarchy = hierarchy
+        if channels not in CHANNELS:
+            raise ConfigError(
+                f"channels must be one of {list(CHANNELS)}, got {channels!r}: 'groups' gives every importance-ranked "
+                "channel group its own bits, 'uniform' one weight bit-width per layer"
+            )
+        self.hierarchy, self.channels = hierarchy, channels
         self.has_phase = hierarchy == "two_level"
+        self._leaders: dict[str, str] | None = None
         super().__init__(*args, **kwargs)
 
     def _layer_choices(self, s: LayerSpace) -> LayerChoices:
-        return LayerChoices(s, s.group_bits, s.sparsity_levels)
+        leaders = self._coupled_leaders()
+        leader = leaders.get(s.name)
+        if leader is None:
+            return LayerChoices(s, s.group_bits, s.sparsity_levels)
+        if leader != s.name:  # a follower: prunes what its group's leader prunes (the cost model and decode couple them)
+            return LayerChoices(s, s.group_bits, (min(s.sparsity_levels),))
+        members = [self.space.layer(m) for m, lead in leaders.items() if lead == s.name]
+        limit = min(m.max_pruned for m in members)
+        return LayerChoices(s, s.group_bits, [lv for lv in s.sparsity_levels if int(round(lv * s.out_channels)) <= limit])
+
+    def _coupled_leaders(self) -> dict[str, str]:
+        """Member -> leader of every coupled group with two or more prunable members.
+
+        The leader is the group's first prunable member in execution order; it takes the
+        group's one sparsity decision. A channel pruned in one member is pruned in all
+        (:meth:`SearchSpace.resolve`), so separate levels per member would only matter
+        through their maximum: an agent would have to move every member's level at once to
+        unprune a channel, and moving one alone costs nothing and changes nothing.
+        """
+        if self._leaders is None:
+            self._leaders = {}
+            for members in self.space.coupled().values():
+                prunable = [m for m in members if len(self.space.layer(m).sparsity_levels) > 1]
+                if len(prunable) > 1:
+                    self._leaders.update({m: prunable[0] for m in prunable})
+        return self._leaders
 
     def _decisions(self) -> list[Decision]:
         out = []
         for i, c in enumerate(self.choices):
             level = Component(SPARSITY, len(c.levels))
-            channel = tuple(Component(GROUP, len(c.weight_bits), g) for g in range(c.n_groups))
+            if self.channels == "uniform":
+                channel: tuple[Component, ...] = (Component(UNIFORM, len(c.weight_bits) - c.nonzero),)
+            else:
+                channel = tuple(Component(GROUP, len(c.weight_bits), g) for g in range(c.n_groups))
             channel += (Component(ACT, len(c.act_bits)),)
             if self.hierarchy == "per_layer":
                 steps = [(0, (level, *channel))]

@@ -32,6 +32,7 @@ KINDS = {
     "layer": (LayerQuantEnv, {}, ("discrete", "multidiscrete")),
     "two_level": (JointPruneQuantEnv, {"hierarchy": "two_level"}, ("multidiscrete",)),
     "per_layer": (JointPruneQuantEnv, {"hierarchy": "per_layer"}, ("multidiscrete",)),
+    "uniform": (JointPruneQuantEnv, {"hierarchy": "per_layer", "channels": "uniform"}, ("multidiscrete",)),
 }
 FORMS = [(kind, form) for kind, (_, _, forms) in KINDS.items() for form in ("box", *forms)]
 
@@ -414,3 +415,43 @@ def test_per_channel_bit_widths_work_too():
     for seed in range(3):
         _, last = rollout(env, rng, seed=seed)
         assert last["feasible"]
+
+
+@pytest.mark.parametrize("kind", ["two_level", "per_layer", "uniform"])
+def test_a_coupled_group_takes_one_sparsity_decision(resnet, kind):
+    """A residual block's last convolution and its shortcut prune the same channels: only the
+    group's first member has a sparsity choice, and every final policy prunes them alike."""
+    env = resnet.env(kind, "multidiscrete", budget="size<=0.12x")
+    base = env.unwrapped
+    groups = [m for m in resnet.space.coupled().values()
+              if sum(len(resnet.space.layer(n).sparsity_levels) > 1 for n in m) > 1]
+    assert groups, "the tiny ResNet-8 has residual blocks with a shortcut convolution"
+    index = {n: i for i, n in enumerate(resnet.space.names)}
+    for members in groups:
+        leader, *followers = members
+        assert len(base.choices[index[leader]].levels) > 1
+        assert all(len(base.choices[index[f]].levels) == 1 for f in followers)
+    rng = np.random.default_rng(0)
+    pruned_leaders = 0
+    for episode in range(6):
+        _, last = rollout(env, rng, seed=episode)
+        layers = last["policy"].as_dict()
+        for leader, *followers in groups:
+            zeros = np.asarray(layers[leader].weight_bits) == 0
+            pruned_leaders += bool(zeros.any())
+            for f in followers:
+                assert np.array_equal(np.asarray(layers[f].weight_bits) == 0, zeros)
+    assert pruned_leaders, "random masked episodes prune some coupled group"
+
+
+def test_a_pruned_group_is_replayed_at_its_layers_width(resnet):
+    """An agent stepping back from a pruned policy gets the channels back at the layer's own
+    precision: the replayed row gives fully pruned groups the layer's width, not the widest."""
+    env = resnet.env("per_layer", budget=None)
+    name = next(s.name for s in resnet.space.layers if not s.pinned and len(s.sparsity_levels) > 2)
+    c = env.choices[resnet.space.names.index(name)]
+    lp = resnet.space.decode(name, c.levels[-1], [4] * c.n_groups, 8)
+    assert 0 in lp.weight_bits
+    row = c.row_of(lp)
+    assert list(c.weight_bits[row[1 : 1 + c.n_groups]]) == [4] * c.n_groups
+    assert c.levels[row[0]] == c.levels[-1]
