@@ -189,3 +189,30 @@ def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(ca
     code, err = run(capsys, "search", "--resume", str(run_dir), "--evaluations", "5")
     one_paragraph(code, err, "line 1")
     assert parent_statuses(out) == ["KILLED"]
+
+
+@pytest.mark.parametrize(
+    "options,patterns",
+    [
+        ("{channels: bogus}", [r"channels must be one of \['groups', 'uniform'\]|channels must be one of"]),
+        ("{explore_moves: 0}", [r"explore_moves must be > 0"]),
+    ],
+)
+def test_bad_rl_exploration_options_exit_2_and_close_the_run(capsys, tmp_path, options, patterns):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"searcher: maskable_ppo\nsearcher_options: {options}\n")
+    argv = [a for a in TINY if a not in ("--searcher", "random")]
+    code, err = run(capsys, "search", "--config", str(cfg), *argv, "--evaluations", "2", "--output", str(tmp_path / "out"))
+    one_paragraph(code, err, *patterns)
+    assert "RUNNING" not in parent_statuses(tmp_path / "out")
+
+
+@pytest.mark.parametrize("value,pattern", [('{"2:4": 5.0}', r"nm_speedup"), ('{2:4: 2.0}', r"nm_speedup")])
+def test_a_profile_with_a_bad_nm_speedup_exits_2(capsys, tmp_path, value, pattern):
+    shipped = Path(__file__).resolve().parents[1] / "automl" / "cost" / "profiles" / "sparse_accel.yaml"
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(shipped.read_text().replace('nm_speedup: {"2:4": 2.0}', f"nm_speedup: {value}"))
+    code, err = run(capsys, "search", *TINY, "--evaluations", "2", "--output", str(tmp_path / "out"),
+                    "--budget", f"latency<=90%@{profile}")
+    one_paragraph(code, err, pattern, "bad.yaml")
+    assert "RUNNING" not in parent_statuses(tmp_path / "out")
