@@ -206,9 +206,9 @@ class RLSearcher(Searcher):
         self.explore_moves, self.recenter = float(explore_moves), bool(recenter)
         self.env = self._make_env(ObjectiveEvaluator(self))
         self.episode_length = len(self.env.unwrapped.decisions)
-        sizes = [d.sizes for d in self.env.unwrapped.decisions]
-        self.epsilon = min(0.5, self.explore_moves / max(1, sum(n > 1 for s in sizes for n in s)))
-        self._box_sigma = box_sigma(sizes, self.env.unwrapped.action_dim, self.epsilon)
+        self._sizes = [d.sizes for d in self.env.unwrapped.decisions]  # option counts per step and component
+        self.epsilon = min(0.5, self.explore_moves / max(1, sum(n > 1 for s in self._sizes for n in s)))
+        self._box_sigma = box_sigma(self._sizes, self.env.unwrapped.action_dim, self.epsilon)
         self._anchor: CategoricalAnchor | None = None
         self._centre_key: str | None = None
         self.recentred = 0  # times the centre moved to a better policy
@@ -370,11 +370,9 @@ class RLSearcher(Searcher):
         assert self.model is not None
         steps = replay_episode(self._proposal(), policy)
         if self.masked:
-            base = self._proposal().unwrapped
-            sizes = [d.sizes for d in base.decisions]
             options = [s[4]["executed_options"] for s in steps]
             nvec = self.env.get_wrapper_attr("nvec")
-            targets, weights = kernel_targets(sizes, options, nvec, self.epsilon)
+            targets, weights = kernel_targets(self._sizes, options, nvec, self.epsilon)
             self._anchor = CategoricalAnchor(np.stack([s[0] for s in steps]), targets, weights, nvec)
             if fit:
                 self._anchor.fit(self.model, max(self.bc_steps, 1))

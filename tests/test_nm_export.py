@@ -10,11 +10,9 @@ import struct
 import zlib
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
-from automl import ort
 from automl.analysis.prune import in_keep_mask, keep_masks
 from automl.cost.model import CostModel
 from automl.errors import ExportError, PolicyError
@@ -30,10 +28,10 @@ from automl.export import (
     read_export,
 )
 from automl.models import ResNet
-from automl.onnx_export import ampq_to_onnx
 from automl.task import Task
 from search_spaces import LayerPolicy, Policy, SpaceConfig
 from tests.conftest import make_loaders, randomise_batchnorm
+from tests.test_onnx_export import onnx_vs_model
 
 PATTERNS = ("2:4", "4:8", "2:4-T")
 
@@ -184,13 +182,7 @@ def test_onnx_of_an_nm_file_stays_dense_and_agrees(setup, tmp_path, which):
     problem, ev, cost = setup
     policy = _cycled(problem.space, problem.space.uniform(4, 8, sparsity=0.25)) if which == "cycled" else _nm_policy(problem)
     qmodel, _ = _export(problem, ev, cost, policy, tmp_path / "nm.ampq")
-    model = ampq_to_onnx(tmp_path / "nm.ampq")
-    onnx.checker.check_model(model, full_check=True)
-    x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected = qmodel(x).numpy()
-    got = ort.predict(model.SerializeToString(), x.numpy())
-    diff = np.abs(got - expected).max(axis=1)
+    model, expected, got, diff = onnx_vs_model(qmodel, tmp_path / "nm.ampq")
     if which == "cycled":
         assert np.mean(diff <= 1e-4) >= 0.25
     assert diff.max() < 0.1 * np.abs(expected).max()

@@ -25,6 +25,18 @@ from automl.task import Task
 from tests.conftest import make_loaders, randomise_batchnorm
 
 
+def onnx_vs_model(qmodel: nn.Module, ampq_path) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray, np.ndarray]:
+    """The ONNX file made from ``ampq_path`` (checked) run in ONNX Runtime on 128 fixed inputs:
+    the ONNX model, the in-memory model's outputs, ONNX Runtime's, and their per-sample max
+    absolute difference."""
+    model = ampq_to_onnx(ampq_path)
+    onnx.checker.check_model(model, full_check=True)
+    x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    got = ort.predict(model.SerializeToString(), x.numpy())
+    return model, expected, got, np.abs(got - expected).max(axis=1)
+
 def _setup(model: nn.Module) -> tuple[Problem, Evaluator, CostModel]:
     loaders = make_loaders()
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
@@ -76,13 +88,7 @@ def test_onnx_outputs_match_the_in_memory_quantized_model(fixture, request, tmp_
     problem, ev, _ = _setup(request.getfixturevalue(fixture))
     for policy in (problem.space.uniform(4, 8, sparsity=0.25), _mixed_policy(problem)):
         qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
-        model = ampq_to_onnx(tmp_path / "m.ampq")
-        onnx.checker.check_model(model, full_check=True)
-        x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            expected = qmodel(x).numpy()
-        got = ort.predict(model.SerializeToString(), x.numpy())
-        diff = np.abs(got - expected).max(axis=1)
+        _, expected, got, diff = onnx_vs_model(qmodel, tmp_path / "m.ampq")
         assert np.mean(diff <= 1e-4) >= 0.25
         assert diff.max() < 0.1 * np.abs(expected).max()
         assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.97
