@@ -96,7 +96,17 @@ def _code_planes(codes: np.ndarray, bits: int) -> np.ndarray:
     """The ``n * bits`` bits (LSB first) of signed codes in ``[-(2^(b-1)-1), 2^(b-1)-1]``."""
     u = codes.astype(np.int64).ravel() + ((1 << (bits - 1)) - 1)
     assert u.min(initial=0) >= 0 and u.max(initial=0) < (1 << bits), "code outside its bit-width"
-    return ((u[:, None] >> np.arange(bits)) & 1).astype(np.uint8).ravel()
+    return _uint_planes(u, bits)
+
+
+def _uint_planes(values: np.ndarray, bits: int) -> np.ndarray:
+    """The ``n * bits`` bits (LSB first) of unsigned ``values`` below ``2^bits``."""
+    return ((values.astype(np.int64).ravel()[:, None] >> np.arange(bits)) & 1).astype(np.uint8).ravel()
+
+
+def _planes_uint(planes: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`_uint_planes` for the first ``count`` values."""
+    return (planes[: count * bits].reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(axis=1)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -105,8 +115,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _decode_planes(planes: np.ndarray, bits: int, count: int) -> np.ndarray:
-    planes = planes[: count * bits].reshape(count, bits).astype(np.int64)
-    return (planes << np.arange(bits)).sum(axis=1) - ((1 << (bits - 1)) - 1)
+    return _planes_uint(planes, bits, count) - ((1 << (bits - 1)) - 1)
 
 
 def unpack_codes(data: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -131,13 +140,11 @@ def nm_index_table(n: int, m: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 def _pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
     """Unsigned ``values`` below ``2^bits`` at ``bits`` bits each, LSB-first, padded to a byte."""
-    planes = (values.astype(np.int64).ravel()[:, None] >> np.arange(bits)) & 1
-    return np.packbits(planes.astype(np.uint8).ravel(), bitorder="little")
+    return np.packbits(_uint_planes(values, bits), bitorder="little")
 
 
 def _unpack_uint(data: np.ndarray, bits: int, count: int) -> np.ndarray:
-    planes = np.unpackbits(data, count=count * bits, bitorder="little").reshape(count, bits).astype(np.int64)
-    return (planes << np.arange(bits)).sum(axis=1)
+    return _planes_uint(np.unpackbits(data, count=count * bits, bitorder="little"), bits, count)
 
 
 def _encode(a: Any) -> Any:
