@@ -6,7 +6,10 @@ Times, on the validation split of the reference ResNet-20 with threads pinned:
   like-for-like baseline: the quantized network is folded too);
 - applying a random policy (weight gather and activation lookup);
 - a full fidelity-1 evaluation of a random policy with a cold activation cache (apply,
-  quantized forward through the staged executor, storing the activations, metrics);
+  quantized forward through the staged executor, storing the activations, metrics); random
+  policies prune channels (the share is printed), which the engine skips, so the
+  same evaluation of the policies with every pruned channel given back its lowest bit-width
+  (``eval_dense_over_forward``) shows the quantization overhead alone;
 - an incremental fidelity-1 evaluation: a policy that differs from an evaluated one in one
   layer of the last third of the network (execution order), so only the suffix runs.
 
@@ -26,7 +29,7 @@ import torch
 from automl.evaluate import EvalConfig, Evaluator, Problem
 from automl.reference import reference_task
 from automl.timing import median_time, pin_threads
-from search_spaces.policy import Policy
+from search_spaces.policy import LayerPolicy, Policy
 
 
 def one_layer_changes(problem: Problem, ev: Evaluator, base: Policy, n: int, rng: np.random.Generator) -> list[Policy]:
@@ -44,6 +47,15 @@ def one_layer_changes(problem: Problem, ev: Evaluator, base: Policy, n: int, rng
         layers[names.index(name)] = (name, other)
         out.append(Policy(tuple(layers)))
     return out
+
+
+def unpruned(problem: Problem, policy: Policy) -> Policy:
+    """``policy`` with every pruned channel at its layer's lowest non-zero weight bit-width."""
+    layers = []
+    for ls, (name, lp) in zip(problem.space.layers, policy, strict=True):
+        low = min(b for b in ls.weight_bits if b > 0)
+        layers.append((name, LayerPolicy(lp.act_bits, tuple(b or low for b in lp.weight_bits), lp.nm)))
+    return Policy(tuple(layers))
 
 
 def timed(fn) -> float:
@@ -66,6 +78,8 @@ def main() -> None:
     xs, _, _ = ev._split("val")
     rng = np.random.default_rng(0)
     policies = [problem.space.sample(rng) for _ in range(64)]
+    dense = [unpruned(problem, p) for p in policies]
+    pruned = statistics.mean(lp.sparsity for p in policies for _, lp in p)
     base = policies[0]
     changes = one_layer_changes(problem, ev, base, 64, rng)
     folded = ev.engine.folded
@@ -78,6 +92,10 @@ def main() -> None:
     def cold_eval() -> None:
         ev.incremental.cache.clear()
         ev.evaluate(policies[next(it) % len(policies)])
+
+    def cold_dense_eval() -> None:
+        ev.incremental.cache.clear()
+        ev.evaluate(dense[next(it) % len(dense)])
 
     def incremental_eval() -> None:
         ev.evaluate(changes[next(it) % len(changes)])
@@ -93,6 +111,9 @@ def main() -> None:
     t_forward = statistics.median(f for f, _ in pairs)
     eval_ratio = statistics.median(e / f for f, e in pairs)
     t_eval = statistics.median(e for _, e in pairs)
+    dense_pairs = [(timed(forward), timed(cold_dense_eval)) for _ in range(args.repeats)]
+    dense_ratio = statistics.median(e / f for f, e in dense_pairs)
+    t_dense = statistics.median(e for _, e in dense_pairs)
     t_apply = median_time(lambda: ev.engine.apply(policies[next(it) % len(policies)]), 50, warmup=3)
     ev.incremental.cache.clear()
     ev.evaluate(base)
@@ -106,11 +127,12 @@ def main() -> None:
     print(f"{args.arch}, {n} validation images, {args.threads} thread(s), load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"folded float forward pass     {t_forward * 1e3:8.2f} ms")
     print(f"apply a random policy         {t_apply * 1e3:8.2f} ms")
-    print(f"fidelity-1 evaluation (cold)  {t_eval * 1e3:8.2f} ms")
+    print(f"fidelity-1 evaluation (cold)  {t_eval * 1e3:8.2f} ms  (random policies, {pruned:.0%} of channels pruned)")
+    print(f"  the same, nothing pruned    {t_dense * 1e3:8.2f} ms")
     print(f"one-layer change, last third  {t_inc * 1e3:8.2f} ms  ({share:.0%} of the quantized layers ran)")
     print(f"activation cache: {ev.incremental.stats.to_dict()}")
     print(f"RESULT eval_over_forward={eval_ratio:.3f} incremental_over_forward={inc_ratio:.3f} "
-          f"apply_over_forward={t_apply / t_forward:.4f}")
+          f"apply_over_forward={t_apply / t_forward:.4f} eval_dense_over_forward={dense_ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,32 @@ def test_pruned_channel_stays_zero_through_an_unfolded_batchnorm():
         quantized = engine.apply(policy)(x)
         pruned = prune_model(model, analysis, policy)(x)
     assert torch.allclose(quantized, pruned, atol=1e-5)
+
+
+def test_inference_skips_pruned_channels_and_matches_the_masked_computation(tiny_resnet, rng):
+    x = torch.randn(8, 1, 28, 28)
+    _, space, engine = _engine(tiny_resnet, x, pin_first_last=False)
+    sliced_layers = 0
+    for _ in range(6):
+        policy = space.sample(rng)
+        model = engine.apply(policy)
+        sliced_layers += sum(ql.keep_in is not None or ql.keep_out is not None for ql in engine.layers.values())
+        for ql in engine.layers.values():  # pruned input channels are those every producer pruned
+            if ql.keep_in is not None:
+                assert len(ql.keep_in) < ql.w_float.shape[1]
+            if ql.keep_out is not None:
+                assert torch.equal(ql.keep_out, (ql.bits > 0).nonzero().flatten())
+        with torch.no_grad():
+            fast = model(x)
+        for ql in engine.layers.values():
+            ql._sliceable = False
+        try:
+            model = engine.apply(policy)
+            assert all(ql.keep_in is None and ql.keep_out is None for ql in engine.layers.values())
+            with torch.no_grad():
+                full = model(x)
+        finally:
+            for ql in engine.layers.values():
+                ql._sliceable = True
+        assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
+    assert sliced_layers > 0, "random policies prune: some layer must skip channels"

@@ -126,6 +126,12 @@ class QuantLayer(nn.Module):
         self.qat_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (w, b) set by AdaQuant for this policy
         self._arange = torch.arange(w.shape[0])
         self._lookup = {b: i for i, b in enumerate(self.bank_bits)}
+        # Physically skipped channels at inference (see _fast_weights): the indices of the kept
+        # output channels and of the input channels that are not known to be zero (None = all).
+        self._sliceable = isinstance(layer, nn.Linear) or getattr(layer, "groups", 1) == 1  # not grouped/depthwise
+        self.keep_out: torch.Tensor | None = None
+        self.keep_in: torch.Tensor | None = None
+        self._fast: tuple[object, ...] | None = None
 
     def set_bits(self, bits: Sequence[int], nm: str = "") -> None:
         try:
@@ -141,6 +147,57 @@ class QuantLayer(nn.Module):
         self.bias = self.b_float * (self.bits > 0)
         self._scale = scale_bank[idx, self._arange]
         self.qat_start = None
+        live = self.bits > 0
+        pruned = len(live) - int(live.sum())
+        # Below ~1/8 of the channels the scatter back into the full width costs more than it saves.
+        self.keep_out = live.nonzero().flatten() if self._sliceable and pruned and pruned * 8 >= len(live) else None
+
+    def set_inputs(self, keep: torch.Tensor | None) -> None:
+        """Input channels (features of a Linear) that can be non-zero; the others are skipped at inference.
+
+        The engine derives them from the policy: a channel pruned by every producer of a prunable
+        group is exactly zero at every consumer (the analysis only lets zero-preserving operations
+        sit between them), so dropping it from the reduction changes nothing but the cost.
+        """
+        self.keep_in = keep if self._sliceable else None
+
+    def _fast_weights(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference weights and bias: kept rows, kept input columns, activation scale folded in.
+
+        Recomputed when the policy, AdaQuant (which assigns new tensors) or the activation scale
+        changed since the last call, so a gathered policy pays for slicing once.
+        """
+        c = self._fast
+        if c is None or c[0] is not self.weight or c[1] is not self.bias or c[2] != scale \
+                or c[3] is not self.keep_in or c[4] is not self.keep_out:
+            w, b = self.weight, self.bias
+            if self.keep_out is not None:
+                w, b = w.index_select(0, self.keep_out), b.index_select(0, self.keep_out)
+            if self.keep_in is not None:
+                w = w.index_select(1, self.keep_in)
+            w = w * scale if scale != 1.0 else w.contiguous()
+            self._fast = c = (self.weight, self.bias, scale, self.keep_in, self.keep_out, w, b)
+        return c[5], c[6]  # type: ignore[return-value]
+
+    def _sliced_run(self, x: torch.Tensor, scale: float, act: tuple[int, int] | None) -> torch.Tensor:
+        """Inference of the current policy over the live channels only, scattered back to full width."""
+        w, b = self._fast_weights(scale)
+        dim = x.dim() - 1 if isinstance(self.op, nn.Linear) else 1
+        if act is not None:
+            qmin, qmax = act
+            # index_select allocates the copy that the out-of-place multiply would have
+            q = x.index_select(dim, self.keep_in) if self.keep_in is not None else x.mul(1.0 / scale)
+            if self.keep_in is not None:
+                q.mul_(1.0 / scale)
+            x = q.round_().clamp_(qmin, qmax)
+        elif self.keep_in is not None:
+            x = x.index_select(dim, self.keep_in)
+        out = self._run(x, w, b)
+        if self.keep_out is not None:
+            shape = list(out.shape)
+            shape[dim] = self.w_float.shape[0]
+            out = out.new_zeros(shape).index_copy_(dim, self.keep_out, out)
+        return out
 
     def masked(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` with the current N:M mask applied (unchanged when the layer is dense)."""
@@ -194,8 +251,9 @@ class QuantLayer(nn.Module):
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
             # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
             scale, qmin, qmax = self.act
-            q = x.mul(1.0 / scale).round_().clamp_(qmin, qmax)
-            return self._finish(self._run(q, self.weight * scale, self.bias))
+            return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
+        if self.act is None and not self.qat and not torch.is_grad_enabled():
+            return self._finish(self._sliced_run(x, 1.0, None))
         if self.act is not None:
             scale, qmin, qmax = self.act
             a_scale = getattr(self, "a_scale", None)
@@ -288,6 +346,15 @@ class QuantEngine:
                 if name not in folded:
                     self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(group.gid))
                     self._group_of_follower[name] = group.gid
+        # Which input channels of each layer a policy can zero: segments of prunable groups whose
+        # producers are all quantized layers (a pruned channel of such a group is zero at its consumers).
+        producers = {g.gid: g.producers for g in analysis.groups
+                     if g.prunable and g.producers and all(p in self.layers for p in g.producers)}
+        self._in_segments: dict[str, tuple[tuple[tuple[str, ...] | None, int, int], ...]] = {}
+        for layer in analysis.layers:
+            if layer.name in self.layers and any(seg.group in producers for seg in layer.in_segments):
+                self._in_segments[layer.name] = tuple(
+                    (producers.get(seg.group), seg.channels, seg.features_per_channel) for seg in layer.in_segments)
 
     def _mask_hook(self, gid: int):
         def fn(_mod: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
@@ -344,8 +411,29 @@ class QuantEngine:
             gid = self._group_of_layer[name]
             live = (ql.bits > 0).to(ql.w_float.dtype)
             self._masks[gid] = live if gid not in self._masks else self._masks[gid] * live
+        for name, ql in self.layers.items():
+            ql.set_inputs(self._live_inputs(name))
         self.current = policy
         return self.qmodel
+
+    def _live_inputs(self, name: str) -> torch.Tensor | None:
+        """Indices of ``name``'s input channels (features) that the current policy can make non-zero (None = all)."""
+        segments = self._in_segments.get(name)
+        if segments is None:
+            return None
+        parts = []
+        for producers, channels, per_channel in segments:
+            if producers is None:
+                parts.append(torch.ones(channels * per_channel, dtype=torch.bool))
+                continue
+            live = torch.zeros(channels, dtype=torch.bool)
+            for p in producers:
+                live |= self.layers[p].bits > 0
+            parts.append(live.repeat_interleave(per_channel) if per_channel > 1 else live)
+        keep = torch.cat(parts)
+        if bool(keep.all()) or keep.numel() != self.layers[name].w_float.shape[1]:
+            return None
+        return keep.nonzero().flatten()
 
     def reestimate_batchnorm(self, batch: torch.Tensor) -> None:
         """Re-estimate BatchNorm statistics of the current policy (fidelity 2).
