@@ -65,7 +65,7 @@ from automl.timing import pin_threads
 from search_spaces.space import SpaceConfig
 
 DEFAULTS = SearchConfig()
-RANK_BUDGETS = ("size<=0.0625x", "size<=0.03125x", "size<=0.0625x,bitops<=0.01x", "latency<=0.02x@bitserial")
+RANK_BUDGETS = ("size<=0.0625x", "size<=0.03125x", "size<=0.0625x,bitops<=0.01x", "latency<=0.03x@bitserial")
 HEADLINE_BUDGETS = ("size<=0.125x", "size<=0.0625x", "size<=0.03125x")
 SEEDED = ("tpe", "nsga2", "random")  # the integer program is deterministic: one run is all its seeds
 RL = ("ppo", "maskable_ppo", "ddpg", "td3", "sac")
