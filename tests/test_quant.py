@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,9 +165,10 @@ def test_pruned_channel_stays_zero_through_an_unfolded_batchnorm():
     assert torch.allclose(quantized, pruned, atol=1e-5)
 
 
-def test_inference_skips_pruned_channels_and_matches_the_masked_computation(tiny_resnet, rng):
+@pytest.mark.parametrize("net", ["tiny_resnet", "plain_cnn"])  # residual groups; a Linear on a flattened map
+def test_inference_skips_pruned_channels_and_matches_the_masked_computation(net, rng, request):
     x = torch.randn(8, 1, 28, 28)
-    _, space, engine = _engine(tiny_resnet, x, pin_first_last=False)
+    _, space, engine = _engine(request.getfixturevalue(net), x, pin_first_last=False)
     sliced_layers = 0
     for _ in range(6):
         policy = space.sample(rng)
@@ -179,6 +181,7 @@ def test_inference_skips_pruned_channels_and_matches_the_masked_computation(tiny
                 assert torch.equal(ql.keep_out, (ql.bits > 0).nonzero().flatten())
         with torch.no_grad():
             fast = model(x)
+        sliceable = {n: ql._sliceable for n, ql in engine.layers.items()}  # depthwise layers never slice
         for ql in engine.layers.values():
             ql._sliceable = False
         try:
@@ -187,7 +190,7 @@ def test_inference_skips_pruned_channels_and_matches_the_masked_computation(tiny
             with torch.no_grad():
                 full = model(x)
         finally:
-            for ql in engine.layers.values():
-                ql._sliceable = True
+            for n, ql in engine.layers.items():
+                ql._sliceable = sliceable[n]
         assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
     assert sliced_layers > 0, "random policies prune: some layer must skip channels"
