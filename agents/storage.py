@@ -12,7 +12,7 @@ import contextlib
 import importlib.util
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -73,7 +73,7 @@ def open_storage(
                 kwargs.update(
                     heartbeat_interval=int(heartbeat_interval),
                     grace_period=grace_period,
-                    heartbeat_stale_trial_callback=requeue_stale,
+                    heartbeat_stale_trial_callback=requeue_stale(grace_period or 2 * int(heartbeat_interval)),
                 )
             rdb = _open_rdb(url, kwargs)
             if url.startswith("sqlite"):
@@ -189,8 +189,9 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -
     return True
 
 
-def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's stale-trial callback: a trial failed for a missing heartbeat is queued again."""
-    storage = study._storage  # noqa: SLF001 - the study's own storage
-    grace = getattr(storage, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 0)
-    requeue(study, trial, f"no heartbeat from its worker for {grace} s (worker on another host gone?)")
+def requeue_stale(grace: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Optuna's stale-trial callback for a storage whose grace period is ``grace`` seconds: a
+    trial failed for a missing heartbeat is queued again, the reason naming the grace period."""
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        requeue(study, trial, f"no heartbeat from its worker for {grace} s (worker on another host gone?)")
+    return callback

@@ -137,24 +137,26 @@ def tag_alive(tag: Any) -> bool | None:
     return start is None or _start_time(pid) in (None, start)
 
 
-def fail_dead_trials(study: Any) -> list[int]:
-    """Fail every RUNNING trial whose worker process (on this host) is gone and re-queue its
-    parameters; returns the numbers of the failed trials."""
+def fail_dead_trials(study: Any, storage: Any) -> list[int]:
+    """Fail every RUNNING trial of ``study`` (kept in ``storage``, the storage object it was
+    opened on) whose worker process (on this host) is gone and re-queue its parameters; returns
+    the numbers of the failed trials."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from agents.storage import requeue
 
-    storage = study._storage  # noqa: SLF001 - the study's own storage object
+    study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         tag = t.user_attrs.get(WORKER_ATTR)
         if tag_alive(tag) is not False:
             continue
         reason = f"worker process {tag['pid']} on {tag['host']} died during the trial; its parameters were re-queued"
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)  # noqa: SLF001
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):  # noqa: SLF001
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # the worker finished it after all, or another process failed it first
@@ -257,14 +259,14 @@ def coordinate(
                 if rc is None:
                     continue
                 del procs[i]
-                fail_dead_trials(study)
+                fail_dead_trials(study, searcher.storage)
                 if rc == 2 and not searcher.n_distinct:
                     raise ConfigError(f"worker {i} stopped on a bad input: {_tail(run_dir, i)}")
                 if rc != 0 and not _done(searcher, cfg.evaluations) and restarts < 2 * cfg.workers:
                     restarts += 1
                     procs[next_index] = _spawn(run_dir, next_index)
                     next_index += 1
-            fail_dead_trials(study)
+            fail_dead_trials(study, searcher.storage)
             if not _feed(searcher, seen, callbacks):
                 stop_reason = "a callback asked to stop"
                 break
@@ -274,7 +276,7 @@ def coordinate(
     finally:
         _stop(procs.values())
         if procs:
-            fail_dead_trials(study)
+            fail_dead_trials(study, searcher.storage)
     _feed(searcher, seen, callbacks)
     searcher.stop_reason = stop_reason
     return searcher.finish(start, callbacks)

@@ -84,19 +84,20 @@ def test_worker_needs_join_or_storage_and_study(capsys, tmp_path):
 
 
 def test_a_trial_of_a_killed_worker_is_failed_with_a_reason_and_requeued(tmp_path):
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     tag = {"host": socket.gethostname(), "space": process_space(), "pid": victim.pid, "start": None}
     dead = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
     dead.set_user_attr(WORKER_ATTR, tag)
     alive = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
     alive.set_user_attr(WORKER_ATTR, worker_tag())
-    assert fail_dead_trials(study) == []  # both workers still run
+    assert fail_dead_trials(study, storage) == []  # both workers still run
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert tag_alive(tag) is False
-    assert fail_dead_trials(study) == [dead.number]
-    assert fail_dead_trials(study) == []  # failed once, re-queued once
+    assert fail_dead_trials(study, storage) == [dead.number]
+    assert fail_dead_trials(study, storage) == []  # failed once, re-queued once
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL
     assert "died during the trial" in trials[dead.number].user_attrs["fail_reason"]
@@ -259,7 +260,8 @@ def test_a_trial_without_heartbeat_is_failed_and_requeued_once_per_retry(tmp_pat
     dist = {"x": optuna.distributions.IntDistribution(0, 9)}
     for attempt in range(MAX_RETRIES + 1):
         trial = study.ask(dist)
-        with quiet_optuna(), heartbeat(storage, trial._trial_id):  # one beat, then the "worker" goes silent
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("hb"), trial.number)
+        with quiet_optuna(), heartbeat(storage, trial_id):  # one beat, then the "worker" goes silent
             pass
         time.sleep(2.2)
         fail_stale(study, storage)
@@ -268,6 +270,7 @@ def test_a_trial_without_heartbeat_is_failed_and_requeued_once_per_retry(tmp_pat
         if attempt < MAX_RETRIES:
             (retry,) = waiting
             assert retry.user_attrs["retry_of"] == trial.number and "no heartbeat" in retry.user_attrs["retry_reason"]
+            assert "for 1 s" in retry.user_attrs["retry_reason"]  # the storage's own grace period
             assert retry.system_attrs["fixed_params"] == study.get_trials()[trial.number].params
         else:
             assert waiting == []  # a policy that keeps killing its workers is not queued forever
