@@ -316,6 +316,7 @@ class Evaluator:
         model = self._apply(policy, final=True)
         if self.engine.bn_affine:
             self.engine.reestimate_batchnorm(self._bn_batch)
-        cfg = finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed)
+        cfg = finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed,
+                                                                   psg=self.config.psg)
         model, self.last_finetune = run_finetune(self, model, cfg)
         return self._score(model, split, 3 if self.last_finetune.steps else 2, start), model

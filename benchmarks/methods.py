@@ -7,8 +7,9 @@ For ResNet-8 and ResNet-20 (cached reference nets, one torch thread):
    seconds one fidelity-2 evaluation takes either way.
 2. Data-free calibration: uniform W8A8 / W4A4 / W3A3 at fidelity 2, calibrated on the 500
    real calibration images or on inputs synthesised from the BatchNorm statistics.
-4. PSG: test accuracy after the final fine-tune (``--finetune-steps`` QAT steps, the
-   search's deliverable) of uniform W2A4 and W3A3 with and without PSG, same steps and seed.
+4. PSG: test accuracy after the final fine-tune's recipe run for exactly ``--finetune-steps``
+   QAT steps (keep-best and early stop off, so both sides train the same steps) of uniform
+   W2A4 and W3A3 with and without PSG, same seed.
 5. Power-of-two scales: W8A8 / W4A4 at fidelities 1 and 2 with arbitrary and with
    power-of-two scales, and the bitserial latency of W8A8 / W4A4 with a multiplier
    requantizer (0.125 ns per output) against the shift-only ``bitserial_shift`` profile.
@@ -32,6 +33,7 @@ from dataclasses import replace
 from automl.cost.model import CostModel
 from automl.cost.profiles import load_profile, profile_from_dict
 from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.finetune import FinetuneConfig
 from automl.nm import log10_mask_diversity, sparsify
 from automl.quant.adaquant import AdaQuantConfig, adaquant
 from automl.reference import reference_task
@@ -96,15 +98,15 @@ def psg_rows(arch: str, ev: Evaluator, steps: int, strength: float, seeds: list[
         pol = ev.problem.space.uniform(wb, ab)
         gains = []
         for seed in seeds:
-            ev.config = replace(ev.config, psg=0.0, seed=seed)
-            plain = ev.final(pol, steps, "test")[0]
-            ev.config = replace(ev.config, psg=strength, seed=seed)
-            psg = ev.final(pol, steps, "test")[0]
+            # Equal steps on both sides: no keep-best and no early stop, which would return the same
+            # pre-fine-tune checkpoint for both whenever validation does not improve and hide PSG.
+            recipe = FinetuneConfig(steps=steps, seed=seed, keep_best=False, patience=0)
+            plain = ev.final(pol, steps, "test", finetune=replace(recipe, psg=0.0))[0]
+            psg = ev.final(pol, steps, "test", finetune=replace(recipe, psg=strength))[0]
             gains.append(psg.accuracy - plain.accuracy)
             print(f"| {arch} | W{wb}A{ab} | {seed} | {_pts(plain.accuracy)} | {_pts(psg.accuracy)} | {_pts(gains[-1])} "
                   f"| {plain.seconds:.0f} / {psg.seconds:.0f} |", flush=True)
         out[f"w{wb}_gain"] = sum(gains) / len(gains)
-    ev.config = replace(ev.config, psg=0.0, seed=seeds[0])
     return out
 
 

@@ -153,6 +153,25 @@ def test_finetune_with_psg_ends_nearer_the_grid(tiny_task):
         EvalConfig(psg=1.5)
 
 
+def test_final_without_a_recipe_fine_tunes_with_the_evaluators_psg(tiny_task, monkeypatch):
+    """``EvalConfig.psg`` is documented for every fine-tune; ``final`` without a recipe used to drop it."""
+    import automl.evaluate as evaluate_mod
+
+    class Report:
+        steps = 0  # scored like an untrained model: the spy trains nothing
+
+    recipes = []
+
+    def spy(evaluator, model, cfg):
+        recipes.append(cfg)
+        return model, Report()
+
+    monkeypatch.setattr(evaluate_mod, "run_finetune", spy)
+    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(psg=0.5))
+    ev.final(ev.problem.space.uniform(4, 4), 3, "val")
+    assert [(r.psg, r.steps) for r in recipes] == [(0.5, 3)]
+
+
 # power-of-two scales --------------------------------------------------------------------------
 def test_power_of_two_scales_everywhere_and_in_the_export(tiny_task, tmp_path):
     problem = Problem.from_task(tiny_task)
