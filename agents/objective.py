@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from agents.records import TrialRecord
 from automl.budget import BoundBudget
@@ -20,7 +21,7 @@ from automl.metrics import Metrics, PolicyEvaluator
 from automl.repair import RepairRecord
 from automl.repair import repair as repair_policy
 from automl.sensitivity import Sensitivities, SensitivityFn, as_sensitivities
-from search_spaces.policy import Policy
+from search_spaces.policy import LayerPolicy, Policy
 from search_spaces.space import SearchSpace
 
 
@@ -38,6 +39,10 @@ class Objective:
         repair: when true, a policy over budget is repaired (:func:`automl.repair.repair`)
             before it is evaluated and the repair is recorded; when false it is evaluated
             as proposed and recorded as infeasible, so it can never be a search's best.
+        widen_activations: when true and no constraint of ``bound`` depends on activation bits
+            (a size-only budget), every layer's activations are set to its widest allowed
+            bits before evaluation: the same price, never a worse quantization. Recorded on
+            the trial like a repair (a step and the changed layers).
 
     A policy evaluated before (by this objective, or found in the evaluator's cache, as
     on a resumed search) is answered from that result and recorded as a cache hit: the
@@ -61,6 +66,7 @@ class Objective:
         *,
         sensitivities: Sensitivities | SensitivityFn | None = None,
         repair: bool = True,
+        widen_activations: bool = False,
     ) -> None:
         self.evaluator = evaluator
         self.cost_model = cost_model
@@ -68,6 +74,8 @@ class Objective:
         self.space: SearchSpace = cost_model.space
         self.sensitivities = as_sensitivities(self.space, sensitivities)
         self.repair_enabled = repair
+        # Only where no constrained metric depends on activation bits (probed, not assumed).
+        self.widen_activations = bool(widen_activations) and not self._activations_priced()
         self.n_calls = 0
         self.evaluations_by_fidelity: dict[int, int] = {}
         self.incumbent: float | None = None
@@ -136,6 +144,8 @@ class Objective:
             costs = self.price(evaluated)
             if not record.changed:
                 record = None
+        if self.widen_activations:
+            evaluated, record, costs = self._widen(evaluated, record, costs)
         metrics, hit = self._metrics(evaluated, fidelity)
         if not hit:
             self.evaluations_by_fidelity[metrics.fidelity] = self.evaluations_by_fidelity.get(metrics.fidelity, 0) + 1
@@ -156,6 +166,39 @@ class Objective:
             self.recorded.add(evaluated.key())
         self._update_incumbent(trial)
         return trial
+
+    def _activations_priced(self) -> bool:
+        """Whether any constrained metric changes with activation bits (probed on dense uniform policies)."""
+        for bits in sorted({b for s in self.space.layers for b in s.nonzero_bits}):
+            try:
+                probe = self.space.uniform(bits, min(min(s.act_bits) for s in self.space.layers))
+            except Exception:  # noqa: BLE001 - a width or activation some layer does not allow: next probe
+                continue
+            narrow, wide = self.price(probe), self.price(self._widened(probe)[0])
+            if any(narrow.value(m) != wide.value(m) for m in self.bound.metrics):
+                return True
+        return False
+
+    def _widened(self, policy: Policy) -> tuple[Policy, list[tuple[str, LayerPolicy, LayerPolicy]]]:
+        tops = {s.name: max(s.act_bits) for s in self.space.layers}
+        layers, changes = [], []
+        for name, lp in policy.layers:
+            if lp.act_bits < tops[name]:
+                wide = replace(lp, act_bits=tops[name])
+                changes.append((name, lp, wide))
+                lp = wide
+            layers.append((name, lp))
+        return replace(policy, layers=tuple(layers)), changes
+
+    def _widen(self, policy: Policy, record: RepairRecord | None, costs: Costs) -> tuple[Policy, RepairRecord | None, Costs]:
+        wide, changes = self._widened(policy)
+        if not changes:
+            return policy, record, costs
+        after = self.price(wide)
+        step = f"activations of {len(changes)} layer(s) widened to their widest bits (no constraint prices them)"
+        if record is None:
+            return wide, RepairRecord(changed=True, changes=tuple(changes), steps=(step,), before=costs, after=after), after
+        return wide, replace(record, changes=record.changes + tuple(changes), steps=record.steps + (step,), after=after), after
 
     def restore(self, records: Sequence[TrialRecord]) -> None:
         """Continue from the ``records`` of a search (a resume): the incumbent that early

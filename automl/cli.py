@@ -65,6 +65,9 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
                    help="layer-wise PTQ optimisation after rounding: every evaluation, or only the final policy")
     p.add_argument("--calibration", dest="eval_calibration", choices=("data", "data-free"),
                    help="calibrate on the task's data or on inputs synthesised from BatchNorm statistics")
+    p.add_argument("--widen-activations", dest="widen_activations", action="store_true", default=None,
+                   help="evaluate every policy with its widest activation bits when no constraint prices them "
+                        "(a size-only budget); recorded like a repair")
     p.add_argument("--power-of-two", dest="eval_power_of_two", action="store_true", default=None,
                    help="power-of-two (shift) scales, for shift-only hardware such as --profile bitserial_shift")
     p.add_argument("--nm", dest="space_nm", type=_nm_list,

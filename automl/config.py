@@ -104,6 +104,11 @@ class SearchConfig:
             ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
             and promotes the better half (successive halving) to ``fidelity``; both stages
             are counted.
+        widen_activations: evaluate every proposed policy with each layer's widest activation
+            bits when no constraint of the budget depends on them (a size-only budget: the
+            same price, never a coarser quantization); each widening is recorded on the trial
+            like a repair (:class:`agents.Objective`). Off by default until the searcher
+            benchmark is re-run with it.
         searcher_options: keyword options of the searcher's constructor, checked against
             its signature (e.g. ``{"n_startup_trials": 20}`` for ``tpe``).
         eval_cache_mb: memory limit (MiB) of the activation cache of incremental
@@ -172,6 +177,7 @@ class SearchConfig:
     finetune_finalist_steps: int = 50
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
+    widen_activations: bool = False
     eval_cache_mb: int = 1024
     eval_early_stop: bool = True
     eval_early_stop_delta: float = 0.01

@@ -253,7 +253,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     run_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
         evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
-    objective = Objective(evaluator, cost_model, bound)
+    objective = Objective(evaluator, cost_model, bound, widen_activations=config.widen_activations)
     with timer.stage("mlflow"):
         # A tracking server stores a new experiment's artifacts where it was told (--artifacts-destination
         # or --default-artifact-root); only a store this process opens itself gets the local mlartifacts.

@@ -148,9 +148,10 @@ def _counter(s: Setup) -> DistinctEvaluator:
     return counter
 
 
-def label(name: str, finalists: int) -> str:
-    """The row's searcher column: ``tpe``, or ``tpe+top3`` when 3 finalists were screened."""
-    return name if finalists <= 1 else f"{name}+top{finalists}"
+def label(name: str, finalists: int, widen: bool = False) -> str:
+    """The row's searcher column: ``tpe``, ``tpe+top3`` when 3 finalists were screened,
+    ``tpe+wideA`` when activation bits no constraint prices were widened (``Objective(widen_activations=True)``)."""
+    return name + (f"+top{finalists}" if finalists > 1 else "") + ("+wideA" if widen else "")
 
 
 def _pick(s: Setup, records: Any, best: Any, finalists: int, finetune: bool) -> Any:
@@ -186,19 +187,20 @@ def uniform_row(s: Setup, budget: str, finalists: int = 1, seed: int = 0) -> Row
 
 
 def searcher_row(s: Setup, budget: str, name: str, seed: int, distinct: int, finetune: bool = True,
-                 evaluator: Any = None, finalists: int = 1, trials_per_distinct: int = 3) -> tuple[Row, Any]:
+                 evaluator: Any = None, finalists: int = 1, trials_per_distinct: int = 3,
+                 widen: bool = False) -> tuple[Row, Any]:
     start = time.perf_counter()
     bound = Budget.parse(budget).bind(s.cost_model)
     counter = _counter(s) if evaluator is None else DistinctEvaluator(evaluator, s.problem.space)
     if evaluator is not None:
         counter.charge(evaluations=s.stage.evaluations)
-    objective = Objective(counter, s.cost_model, bound, sensitivities=s.stage.sensitivities)
+    objective = Objective(counter, s.cost_model, bound, sensitivities=s.stage.sensitivities, widen_activations=widen)
     remaining = max(1, distinct - counter.distinct)
     searcher = make_searcher(name, objective, seed=seed, **options_for(name, remaining))
     # the trial cap only bounds a searcher that keeps proposing repeats; the distinct count stops the run
     result = searcher.run(trials_per_distinct * distinct, callbacks=[DistinctLimit(counter, distinct)])
     best = _pick(s, result.records, result.best, finalists, finetune)
-    return _finish(s, budget, label(name, finalists), seed, best, counter.distinct, start, finetune), result
+    return _finish(s, budget, label(name, finalists, widen), seed, best, counter.distinct, start, finetune), result
 
 
 # jobs ------------------------------------------------------------------------------------
@@ -215,12 +217,13 @@ class Job:
     finetune_steps: int
     out: str = ""
     finalists: int = 1
+    widen: bool = False
 
 
 def run_job(job: Job) -> Row:
     s = setup(job.arch, job.quick, job.threads, job.cache_dir, job.finetune_steps)
     row = uniform_row(s, job.budget, job.finalists, job.seed) if job.searcher == "uniform" else \
-        searcher_row(s, job.budget, job.searcher, job.seed, job.distinct, finalists=job.finalists)[0]
+        searcher_row(s, job.budget, job.searcher, job.seed, job.distinct, finalists=job.finalists, widen=job.widen)[0]
     print(f"[{job.arch}] {format_row(row)}", flush=True)
     if job.out:  # one JSON line per row, so a run cut short can still be summarised (--summarise)
         with open(job.out, "a") as fh:
@@ -229,7 +232,7 @@ def run_job(job: Job) -> Row:
 
 
 def _key(x: Job | Row) -> tuple[str, str, str, int]:
-    name = label(x.searcher, x.finalists) if isinstance(x, Job) else x.searcher
+    name = label(x.searcher, x.finalists, x.widen) if isinstance(x, Job) else x.searcher
     return (x.arch, x.budget, name, x.seed)
 
 
