@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+
+import numpy as np
 
 from agents.records import TrialRecord
 from automl.budget import BoundBudget
@@ -23,6 +25,8 @@ from automl.repair import repair as repair_policy
 from automl.sensitivity import Sensitivities, SensitivityFn, as_sensitivities
 from search_spaces.policy import LayerPolicy, Policy
 from search_spaces.space import SearchSpace
+
+Change = tuple[str, LayerPolicy, LayerPolicy]  # (layer, before, after), as in RepairRecord.changes
 
 
 class Objective:
@@ -74,6 +78,7 @@ class Objective:
         self.space: SearchSpace = cost_model.space
         self.sensitivities = as_sensitivities(self.space, sensitivities)
         self.repair_enabled = repair
+        self._act_bits = {s.name: s.act_bits for s in self.space.layers}
         # Only where no constrained metric depends on activation bits (probed, not assumed).
         self.widen_activations = bool(widen_activations) and not self._activations_priced()
         self.n_calls = 0
@@ -168,30 +173,26 @@ class Objective:
         return trial
 
     def _activations_priced(self) -> bool:
-        """Whether any constrained metric changes with activation bits (probed on dense uniform policies)."""
-        for bits in sorted({b for s in self.space.layers for b in s.nonzero_bits}):
-            try:
-                probe = self.space.uniform(bits, min(min(s.act_bits) for s in self.space.layers))
-            except Exception:  # noqa: BLE001 - a width or activation some layer does not allow: next probe
-                continue
-            narrow, wide = self.price(probe), self.price(self._widened(probe)[0])
-            if any(narrow.value(m) != wide.value(m) for m in self.bound.metrics):
-                return True
-        return False
+        """Whether any constrained metric changes with activation bits: one sampled policy,
+        priced with every layer's narrowest and with its widest activations."""
+        probe = self.space.sample(np.random.default_rng(0))
+        narrow, wide = (self.price(self._with_acts(probe, pick)[0]) for pick in (min, max))
+        return any(narrow.value(m) != wide.value(m) for m in self.bound.metrics)
 
-    def _widened(self, policy: Policy) -> tuple[Policy, list[tuple[str, LayerPolicy, LayerPolicy]]]:
-        tops = {s.name: max(s.act_bits) for s in self.space.layers}
+    def _with_acts(self, policy: Policy, pick: Callable[[Sequence[int]], int]) -> tuple[Policy, list[Change]]:
+        """``policy`` with each layer's activations at ``pick`` of its allowed bits, and the changed layers."""
         layers, changes = [], []
         for name, lp in policy.layers:
-            if lp.act_bits < tops[name]:
-                wide = replace(lp, act_bits=tops[name])
-                changes.append((name, lp, wide))
-                lp = wide
+            bits = pick(self._act_bits[name])
+            if lp.act_bits != bits:
+                changed = replace(lp, act_bits=bits)
+                changes.append((name, lp, changed))
+                lp = changed
             layers.append((name, lp))
         return replace(policy, layers=tuple(layers)), changes
 
     def _widen(self, policy: Policy, record: RepairRecord | None, costs: Costs) -> tuple[Policy, RepairRecord | None, Costs]:
-        wide, changes = self._widened(policy)
+        wide, changes = self._with_acts(policy, max)
         if not changes:
             return policy, record, costs
         after = self.price(wide)

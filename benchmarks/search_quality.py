@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--resume: {len(done)} rows read from {args.out}", flush=True)
     rows = run_jobs(jobs, args.jobs, done)
     if seeds > 1:
-        extra = ["uniform"] + [n for n in searchers if n in SEEDED + DETERMINISTIC]
+        extra = [n for n in ("uniform", *searchers) if n in SEEDED + DETERMINISTIC]
         rl = best_rl(rows, rank_budgets)
         extra += [_base(rl)] if rl else []
         more = [Job("resnet8", b, n, seed, n_rank, **common) for seed in range(1, seeds) for b in rank_budgets for n in extra]
