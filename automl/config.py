@@ -100,6 +100,10 @@ class SearchConfig:
             before the winner is chosen (1 = the best search score wins; see
             :mod:`automl.finalists`).
         finetune_finalist_steps: the steps of each finalist's short fine-tune.
+        finetune_overlap: fine-tune each new incumbent on a spare core while the search
+            runs, so the winner's fine-tune is done, or partly done, when the search ends;
+            the same result as fine-tuning it afterwards (:mod:`automl.overlap`, which
+            also says when there is no spare core and it stays off).
         searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
             ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
             and promotes the better half (successive halving) to ``fidelity``; both stages
@@ -175,6 +179,7 @@ class SearchConfig:
     finetune_stop_at_float: bool = False
     finetune_finalists: int = 1
     finetune_finalist_steps: int = 50
+    finetune_overlap: bool = True
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
     widen_activations: bool = False

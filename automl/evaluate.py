@@ -313,10 +313,28 @@ class Evaluator:
         (validation before and after) is kept in :attr:`last_finetune`. Returns the metrics
         and the trained quantized model (a copy; the engine's model is left as is)."""
         start = time.perf_counter()
+        model = self.prepare_final(policy)
+        model, report = run_finetune(self, model, self.final_recipe(finetune_steps, finetune))
+        return self.score_final(model, report, split, start), model
+
+    def final_recipe(self, finetune_steps: int, finetune: FinetuneConfig | None = None) -> FinetuneConfig:
+        """The recipe :meth:`final` runs: ``finetune``, or the default one for ``finetune_steps``."""
+        return finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed,
+                                                                    psg=self.config.psg)
+
+    def prepare_final(self, policy: Policy) -> nn.Module:
+        """The first half of :meth:`final`: ``policy`` applied (with ``adaquant-final``'s
+        optimisation) and BatchNorm re-estimated. It is the engine's own model: copy it
+        before the engine applies another policy. With ``ptq="none"`` a later :meth:`evaluate`
+        is unaffected: it applies its policy from scratch, and the activation cache is keyed
+        by policy (:mod:`automl.overlap` relies on this)."""
         model = self._apply(policy, final=True)
         if self.engine.bn_affine:
             self.engine.reestimate_batchnorm(self._bn_batch)
-        cfg = finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed,
-                                                                   psg=self.config.psg)
-        model, self.last_finetune = run_finetune(self, model, cfg)
-        return self._score(model, split, 3 if self.last_finetune.steps else 2, start), model
+        return model
+
+    def score_final(self, model: nn.Module, report: FinetuneReport, split: str, start: float) -> Metrics:
+        """The second half of :meth:`final`: the fine-tuned ``model`` scored on ``split``,
+        its fine-tune's ``report`` kept in :attr:`last_finetune`."""
+        self.last_finetune = report
+        return self._score(model, split, 3 if report.steps else 2, start)

@@ -207,16 +207,44 @@ def _better(m: Metrics, best: Metrics) -> bool:
     return m.accuracy > best.accuracy or (m.accuracy == best.accuracy and m.loss < best.loss)
 
 
-def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) -> tuple[nn.Module, FinetuneReport]:
+def _loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float,
+          task_loss: Callable[..., torch.Tensor], distill: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """``(1 - alpha) * task loss + alpha * distillation loss`` of one batch (a term of weight 0 is skipped)."""
+    out = student(x)
+    loss = out.new_zeros(())
+    if alpha < 1:
+        loss = loss + (1 - alpha) * task_loss(out, y)
+    if alpha > 0:
+        with torch.no_grad():
+            target = teacher(x)
+        loss = loss + alpha * distill(out, target)
+    return loss
+
+
+class Cancelled(Exception):
+    """A fine-tune told to stop by its ``should_stop`` (a speculative one whose policy lost, :mod:`automl.overlap`)."""
+
+
+def finetune(
+    evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig, *,
+    should_stop: Callable[[], bool] | None = None, seed_global: bool = True,
+) -> tuple[nn.Module, FinetuneReport]:
     """A fine-tuned copy of ``qmodel`` (the engine's model is left as is) and its report.
 
     Args:
         evaluator: supplies the float teacher, the training batches and the validation score.
         qmodel: the quantized model of a policy (``QuantEngine.apply`` after any BN re-estimation).
         config: see :class:`FinetuneConfig`.
+        should_stop: checked before every step; ``True`` raises :class:`Cancelled`.
+        seed_global: seed torch's global generator with ``config.seed`` (for a task loss
+            that draws from it; nothing in this module does: the data order has its own
+            generator). A fine-tune on a background thread passes ``False``, since the
+            global generator is shared with the search on the main thread (an RL agent
+            samples its actions from it).
     """
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
+    if seed_global:
+        torch.manual_seed(config.seed)
     student = copy.deepcopy(qmodel).eval()
     # Eval mode throughout: BatchNorms that could not be folded keep their statistics.
     validate = config.keep_best or config.eval_every > 0
@@ -236,15 +264,10 @@ def finetune(evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig) ->
     if steps and before.accuracy >= target:
         reason, steps = "float", 0
     for step in range(1, steps + 1):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"stopped before step {step} of {steps}")
         x, y = batches[(step - 1) % len(batches)]
-        out = student(x)
-        loss = out.new_zeros(())
-        if alpha < 1:
-            loss = loss + (1 - alpha) * task_loss(out, y)
-        if alpha > 0:
-            with torch.no_grad():
-                teacher = evaluator.float_model(x)
-            loss = loss + alpha * distill(out, teacher)
+        loss = _loss(student, evaluator.float_model, x, y, alpha, task_loss, distill)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -10,7 +10,7 @@ import csv
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -26,6 +26,7 @@ from automl.finetune import FinetuneConfig  # noqa: E402
 from automl.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
 from automl.mlflow_ui import child_note, limits_text, parent_note  # noqa: E402
 from automl.onnx_export import export_run_onnx  # noqa: E402
+from automl.overlap import SpeculativeFinetune, overlap_line  # noqa: E402
 from automl.units import SIZE_UNIT, cost_metrics, kb, limit_metrics  # noqa: E402
 
 if TYPE_CHECKING:
@@ -220,8 +221,45 @@ def pick_finalist(session: Session, result: SearchResult, best: dict[str, TrialR
     return finalists
 
 
-def finish_search(session: Session, result: SearchResult, quiet: bool = False) -> dict[str, TrialRecord]:
-    """Write and log the results of a finished search; returns the best records."""
+def _parent_extras(result: SearchResult, best: dict[str, TrialRecord], tuned: dict[str, Any], finalists: list[Finalist],
+                   onnx_report: dict, speculation: SpeculativeFinetune | None) -> dict[str, float]:
+    """The parent run's metrics beyond the winner's costs: counts, fine-tune, overlap, finalists, ONNX."""
+    extra = {"sensitivity_evaluations": float(result.sensitivity_evaluations), "n_proposed": float(result.n_proposed),
+             "n_cache_hits": float(result.n_cache_hits), "n_stopped_early": float(result.n_stopped_early),
+             "eval_seconds": result.eval_seconds}
+    if tuned:
+        ft = next(iter(tuned.values()))
+        extra.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
+                      "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
+    if speculation is not None:
+        rep = speculation.report
+        extra.update({"finetune_speculations": float(rep.started), "finetune_overlap_hit": float(rep.hit),
+                      "finetune_overlap_seconds": rep.overlapped_seconds, "finetune_background_seconds": rep.background_seconds})
+    if finalists:
+        extra.update({"finalists_screened": float(len(finalists)),
+                      "finalist_winner_trial": float(next(iter(best.values())).number)})
+    if onnx_report and "error" not in onnx_report:
+        extra.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
+    return extra
+
+
+def _final(ev: Any, r: TrialRecord, steps: int, recipe: FinetuneConfig,
+           speculation: SpeculativeFinetune | None) -> tuple[Any, Any]:
+    """``ev.final`` of the winner, or the same result from its speculative fine-tune (automl.overlap)."""
+    start = time.perf_counter()
+    ready = speculation.take(r.policy) if speculation is not None else None
+    if ready is None:
+        return ev.final(r.policy, steps, "test", finetune=recipe)
+    model, report = ready
+    return ev.score_final(model, report, "test", start), model
+
+
+def finish_search(session: Session, result: SearchResult, quiet: bool = False,
+                  speculation: SpeculativeFinetune | None = None) -> dict[str, TrialRecord]:
+    """Write and log the results of a finished search; returns the best records.
+
+    ``speculation``: the search's speculative fine-tunes; the budget's winner takes its
+    fine-tune from there when the last one was of its policy."""
     tracker = session.tracker
     run_dir = session.run_dir
     best = best_per_budget(session, result)
@@ -237,7 +275,9 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
     for i, (label, r) in enumerate(best.items()):
         with stage(f"final fine-tune of trial {r.number} (best for {label}): up to {steps} steps, then the test split", quiet), \
                 timer.stage("finetune"):
-            metrics, model = ev.final(r.policy, steps, "test", finetune=recipe)
+            metrics, model = _final(ev, r, steps, recipe, speculation if i == 0 else None)
+        if i == 0 and speculation is not None:
+            speculation.close()
         test[label] = metrics.accuracy
         tuned[label] = ev.last_finetune
         if i == 0:  # the budget's winner becomes a deployable file, measured for real
@@ -274,24 +314,14 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
             artifacts.append(layer_chart(session, best))
     if tracker is not None:
         mlflow_start = time.perf_counter()
-        extra = {"sensitivity_evaluations": float(result.sensitivity_evaluations), "n_proposed": float(result.n_proposed),
-                 "n_cache_hits": float(result.n_cache_hits), "n_stopped_early": float(result.n_stopped_early),
-                 "eval_seconds": result.eval_seconds}
-        if tuned:
-            ft = next(iter(tuned.values()))
-            extra.update({"finetune_val_before": ft.before.accuracy, "finetune_val_after": ft.after.accuracy,
-                          "finetune_best_step": float(ft.best_step), "finetune_seconds": ft.seconds})
-        if finalists:
-            extra.update({"finalists_screened": float(len(finalists)),
-                          "finalist_winner_trial": float(next(iter(best.values())).number)})
-        if onnx_report and "error" not in onnx_report:
-            extra.update({"onnx_speedup_b1": onnx_report["speedup_b1"], "onnx_speedup_batch": onnx_report["speedup_batch"]})
+        extra = _parent_extras(result, best, tuned, finalists, onnx_report, speculation)
         publish(session, result, best, test, export, artifacts, extra)
         timer.add("mlflow", time.perf_counter() - mlflow_start)
         tracker.log_parent_metrics(timer.metrics())
+    overlap = {"overlap": speculation.report.to_dict()} if speculation is not None else {}
     (run_dir / "timings.json").write_text(json.dumps({**timer.metrics(), "n_proposed": result.n_proposed,
                                                       "n_evaluations": result.n_evaluations,
-                                                      "eval_seconds": result.eval_seconds}, indent=1))
+                                                      "eval_seconds": result.eval_seconds, **overlap}, indent=1))
     if not quiet:
         print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
         print(table)
@@ -305,6 +335,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False) -
                    f"{session.config.finetune_patience} checks"}.get(rep.stop_reason, "all steps")
             print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
                   f"(best step {rep.best_step} of {rep.steps} taken; stopped: {why}; {rep.seconds:.0f} s)")
+        if speculation is not None:
+            print(overlap_line(speculation.report))
         if export is not None:
             print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
                   f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "

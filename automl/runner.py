@@ -31,6 +31,7 @@ from automl.cost.ort_measure import resolve_profiles
 from automl.errors import ConfigError, TrackingError
 from automl.evaluate import Evaluator, Problem
 from automl.export import container_bytes
+from automl.finetune import FinetuneConfig
 from automl.lifecycle import (
     RUN_DIR_TAG,
     Terminated,
@@ -42,6 +43,7 @@ from automl.lifecycle import (
 )
 from automl.loading import load_task
 from automl.mlflow_ui import repair_summary
+from automl.overlap import SpeculativeFinetune, overlap_reason
 from automl.quant.methods import check_profile_scales
 from automl.resume import (
     CONFIG,
@@ -459,15 +461,25 @@ def _search_with(
         say("budget: " + budget_line(session.bound))
         cbs.append(Progress(cfg.evaluations, len(done), best))
     cbs.extend(callbacks)
-    with timer.stage("search"):
-        result = replace(run_searcher(searcher, session, cbs, started=started),
-                         sensitivity_evaluations=sensitivity.evaluations)
-    timer.add("evaluations", result.eval_seconds, within="search")
-    with timer.stage("mlflow"):
-        tracker.flush()
-    from automl.results import finish_search
+    speculation = None  # the winner's fine-tune beside the search, on the spare core (automl.overlap)
+    if not overlap_reason(cfg):
+        speculation = SpeculativeFinetune(session.evaluator.evaluator, FinetuneConfig.from_search(cfg), searcher.records)
+        cbs.append(speculation)
+    try:
+        with timer.stage("search"):
+            result = replace(run_searcher(searcher, session, cbs, started=started),
+                             sensitivity_evaluations=sensitivity.evaluations)
+        timer.add("evaluations", result.eval_seconds, within="search")
+        if speculation is not None:
+            timer.add("speculation", speculation.report.prepare_seconds, within="search")
+        with timer.stage("mlflow"):
+            tracker.flush()
+        from automl.results import finish_search
 
-    finish_search(session, result, quiet=quiet)
+        finish_search(session, result, quiet=quiet, speculation=speculation)
+    finally:
+        if speculation is not None:
+            speculation.close()
     return result
 
 

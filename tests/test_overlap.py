@@ -1,0 +1,147 @@
+"""The winner's fine-tune beside the search (automl.overlap): the same result, cancelled on a new incumbent."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from agents.objective import Objective
+from automl.budget import Budget
+from automl.config import SearchConfig
+from automl.cost import CostModel
+from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.finetune import FinetuneConfig
+from automl.overlap import SpeculativeFinetune, overlap_reason
+from search_spaces.space import SpaceConfig
+from tests.tasks import small_resnet
+
+RECIPE = FinetuneConfig(steps=30, eval_every=10, patience=0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    problem = Problem.from_task(small_resnet(), SpaceConfig(weight_bits=(0, 2, 3, 4), act_bits=(2, 3, 4, 8)))
+    ev = Evaluator(problem, EvalConfig(fidelity=2))
+    cost = CostModel(problem.analysis, problem.space)
+    objective = Objective(ev, cost, Budget.parse("size<=0.5x").bind(cost), repair=False)
+    rng = np.random.default_rng(0)
+    return ev, objective, [problem.space.sample(rng) for _ in range(12)]
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_the_speculative_fine_tune_is_bit_for_bit_the_foreground_one_and_leaves_the_search_alone(setup, monkeypatch):
+    from automl import overlap
+
+    ev, objective, policies = setup
+    before = [ev.evaluate(p).to_dict() for p in policies[:6]]
+    records = [objective(p, number=i, searcher="test") for i, p in enumerate(policies[:6])]
+    feasible = [r for r in records if r.feasible]
+    assert feasible, "the budget admits none of the sampled policies: loosen it"
+    winner = max(feasible, key=lambda r: (r.accuracy, -r.costs.size_bytes, -r.number))
+    # the background fine-tune starts only after the search has applied other policies
+    gate, real = threading.Event(), overlap.finetune
+    monkeypatch.setattr(overlap, "finetune", lambda *a, **k: (gate.wait(), real(*a, **k))[1])
+    spec = SpeculativeFinetune(ev, RECIPE)
+    spec.on_trial(winner)
+    for r in records:  # the search goes on: the engine applies other policies
+        ev.evaluate(r.policy)
+        spec.on_trial(r)
+    assert spec.report.started == 1 and ev.engine.current != ev.problem.space.resolve(winner.policy)
+    gate.set()
+    spec.on_end(None)
+    model, report = spec.take(winner.policy)
+    test = ev.score_final(model, report, "test", 0.0)
+    assert spec.report.hit and spec.report.started >= 1
+    after = [ev.evaluate(p).to_dict() for p in policies[:6]]
+    for a, b in zip(before, after, strict=True):  # the prepared incumbents changed no evaluation
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    ref_metrics, ref_model = ev.final(winner.policy, RECIPE.steps, "test", finetune=RECIPE)
+    assert test.accuracy == ref_metrics.accuracy and test.loss == ref_metrics.loss
+    assert report.history == ev.last_finetune.history
+    ref, got = _state(ref_model), _state(model)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_a_new_incumbent_supersedes_the_running_fine_tune_and_another_winner_gets_none(setup):
+    ev, objective, policies = setup
+    slow = FinetuneConfig(steps=100_000, eval_every=0, keep_best=False, patience=0)
+    spec = SpeculativeFinetune(ev, slow)
+    a = SimpleNamespace(policy=policies[0], feasible=True, accuracy=0.1, number=0,
+                        costs=SimpleNamespace(size_bytes=1), metrics=SimpleNamespace(fidelity=2))
+    b = SimpleNamespace(policy=policies[1], feasible=True, accuracy=0.2, number=1,
+                        costs=SimpleNamespace(size_bytes=1), metrics=SimpleNamespace(fidelity=2))
+    worse = SimpleNamespace(policy=policies[2], feasible=True, accuracy=0.05, number=2,
+                            costs=SimpleNamespace(size_bytes=1), metrics=SimpleNamespace(fidelity=2))
+    spec.on_trial(a)
+    spec.on_trial(b)  # better: a's fine-tune is stopped, b's starts
+    spec.on_trial(worse)  # not better: nothing new
+    assert spec.report.started == 2
+    assert spec.take(policies[0]) is None  # not the last speculation: stop everything, fine-tune in front
+    assert spec.report.cancelled == 2 and not spec.report.hit
+    assert all(not j.thread.is_alive() for j in spec._jobs)
+
+
+class _FailsInTheBackground:
+    """The evaluator, except that its training data cannot be read off the main thread."""
+
+    def __init__(self, ev):
+        self._ev = ev
+
+    def __getattr__(self, name):
+        return getattr(self._ev, name)
+
+    def train_batches(self, *args):
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("no training data")
+        return self._ev.train_batches(*args)
+
+
+def test_an_error_in_the_background_fine_tune_reaches_the_caller(setup):
+    ev, _, policies = setup
+    spec = SpeculativeFinetune(_FailsInTheBackground(ev), RECIPE)
+    spec.on_trial(SimpleNamespace(policy=policies[0], feasible=True, accuracy=0.5, number=0,
+                                  costs=SimpleNamespace(size_bytes=1), metrics=SimpleNamespace(fidelity=2)))
+    with pytest.raises(RuntimeError, match="no training data"):
+        spec.take(policies[0])
+
+
+def test_overlap_needs_a_spare_core_one_worker_one_finalist_and_plain_rounding():
+    assert overlap_reason(SearchConfig(threads=1), cores=2) == ""
+    assert "spare core" in overlap_reason(SearchConfig(threads=1), cores=1)
+    assert "spare core" in overlap_reason(SearchConfig(threads=2), cores=3)
+    assert "off" in overlap_reason(SearchConfig(finetune_overlap=False), cores=8)
+    assert "workers" in overlap_reason(SearchConfig(workers=2), cores=8)
+    assert "finalists" in overlap_reason(SearchConfig(finetune_finalists=2), cores=8)
+    assert "eval_ptq" in overlap_reason(SearchConfig(eval_ptq="adaquant-final"), cores=8)
+    assert "no fine-tune" in overlap_reason(SearchConfig(finetune_steps=0), cores=8)
+
+
+def test_a_search_with_and_without_overlap_delivers_the_same_model(tmp_path, monkeypatch):
+    from automl import overlap
+    from automl.runner import search
+    from tests.tasks import tiny
+
+    monkeypatch.setattr(overlap, "usable_cores", lambda: 2)  # a spare core even on a one-core runner
+    out = {}
+    for on in (True, False):
+        search(tiny(), budget="size<=0.3x", searcher="random", evaluations=6, output=str(tmp_path / str(on)),
+               quiet=True, finetune_steps=6, finetune_eval_every=2, sensitivity_method="heuristic",
+               finetune_overlap=on)
+        run_dir = next((tmp_path / str(on) / "runs").iterdir())
+        out[on] = (json.loads((run_dir / "best_policies.json").read_text()),
+                   json.loads((run_dir / "timings.json").read_text()))
+    (with_, t_with), (without, t_without) = out[True], out[False]
+    strip = lambda best: {k: {kk: vv for kk, vv in v.items() if kk != "finetune"} for k, v in best.items()}  # noqa: E731
+    assert strip(with_) == strip(without)
+    assert [v["finetune"]["history"] for v in with_.values()] == [v["finetune"]["history"] for v in without.values()]
+    assert t_with["overlap"]["hit"] and t_with["overlap"]["started"] >= 1
+    assert "overlap" not in t_without
