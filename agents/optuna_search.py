@@ -2,7 +2,7 @@
 
 A policy is a compact vector of integer parameters (:class:`agents.codec.PolicyCodec`: one
 sparsity per coupled group, weight and activation bits per layer, one importance spread of
-channel-group bits per coupled group; 63 parameters for ResNet-20). Every trial of the
+channel-group bits for the whole network; 52 parameters for ResNet-20). Every trial of the
 study stores its :class:`~agents.records.TrialRecord` as a user attribute, so
 
 - re-opening a study (same storage and study name) resumes it: finished trials are loaded
@@ -103,8 +103,8 @@ class OptunaSearcher(Searcher):
             while their KL still tells "less broken" from "more broken". The small weight
             leaves the order of working policies to accuracy. Records, ``best`` and the
             Pareto front always use accuracy itself.
-        spread: the codec's channel-group spread (``group``, ``layer``, ``none``; see
-            :class:`~agents.codec.PolicyCodec`).
+        spread: the codec's channel-group spread (``network``, the default, ``group``,
+            ``layer`` or ``none``; see :class:`~agents.codec.PolicyCodec`).
         stage_fidelity: score each proposal at this fidelity first and promote the better
             ``1 / reduction_factor`` to the evaluator's own fidelity (``None``: one stage).
             Warm-start trials are always promoted.
@@ -127,7 +127,7 @@ class OptunaSearcher(Searcher):
         objectives: Sequence[str] | None = None,
         heartbeat_interval: int | None = 30,
         kl_weight: float = 0.01,
-        spread: str = "group",
+        spread: str = "network",
         stage_fidelity: int | None = None,
         reduction_factor: int = 2,
     ) -> None:

@@ -164,10 +164,10 @@ def test_the_compact_encoding_has_about_three_parameters_per_layer() -> None:
 
     space = SearchSpace.build(analyse(ResNet(20).eval(), torch.zeros(2, 1, 28, 28)))
     free = sum(1 for s in space.layers if not s.pinned)
-    assert (free, PolicyCodec(space).dimension) == (20, 63)
+    network = PolicyCodec(space)  # the default: one spread for the whole network
+    assert (free, network.spread, network.dimension) == (20, "network", 52) and network.dimension / free <= 3
     assert PolicyCodec(space, spread="none").dimension == 51
-    network = PolicyCodec(space, spread="network")
-    assert network.dimension == 52 and network.dimension / free <= 3
+    assert PolicyCodec(space, spread="group").dimension == 63
     params = {k: n - 1 for k, n in network.ranges.items()}  # widest spread, top widths: groups differ
     policy = network.decode(params)
     assert len({b for _, lp in policy.layers for b in lp.weight_bits if b}) > 1
