@@ -10,9 +10,10 @@ Rows:
 - ``random``: random search (feasible draws);
 - ``warm_start``: the best of the warm-start policies (integer program + uniform baselines
   that fit), what every warm-started searcher begins with;
-- ``tpe`` / ``nsga2`` / ``cmaes``: the compact encoding, proposed-policy constraints;
+- ``tpe`` / ``nsga2`` / ``cmaes``: the compact encoding (one channel-group spread for the
+  whole network, 52 parameters on ResNet-20), proposed-policy constraints;
 - ``tpe_layer_spread``: TPE with one spread per layer (71 parameters on ResNet-20, 29 here);
-- ``tpe_network_spread``: TPE with one spread for the whole network (52 parameters on ResNet-20);
+- ``tpe_group_spread``: TPE with one spread per coupled group (63 parameters on ResNet-20, 27 here);
 - ``tpe_multi_fidelity``: TPE scoring at fidelity 1 first, the better half promoted;
 - ``ppo`` / ``maskable_ppo`` / ``ddpg`` / ``sac``: relative actions, warm start, executed actions;
 - ``ppo_cold``: PPO with absolute actions and no warm start (the former behaviour).
@@ -53,7 +54,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("random", {}),
     "tpe": ("tpe", {"storage": ":memory:"}),
     "tpe_layer_spread": ("tpe", {"storage": ":memory:", "spread": "layer"}),
-    "tpe_network_spread": ("tpe", {"storage": ":memory:", "spread": "network"}),
+    "tpe_group_spread": ("tpe", {"storage": ":memory:", "spread": "group"}),
     "tpe_multi_fidelity": ("tpe", {"storage": ":memory:", "stage_fidelity": 1}),
     "nsga2": ("nsga2", {"storage": ":memory:", "population_size": 10}),
     "cmaes": ("cmaes", {"storage": ":memory:"}),
