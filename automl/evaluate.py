@@ -164,6 +164,8 @@ class Evaluator:
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_finetune: FinetuneReport | None = None
         self.n_evaluations = 0
+        self._final_ready: Policy | None = None  # the policy whose prepare_final state the engine holds
+        self.final_reuses = 0  # prepare_final calls answered from that state
         self.incumbent: float | None = None
         self._stop_rule = EarlyStopRule(self.config.early_stop_delta)
         self.incremental, self.incremental_error = (
@@ -260,10 +262,13 @@ class Evaluator:
                 self.engine.reestimate_batchnorm(self._bn_batch)
         if fidelity == 3:
             model = self.finetune(model, self.config.qat_steps)
+        if self.config.ptq == "none" and (fidelity >= 2 or not self.engine.bn_affine):
+            self._final_ready = self.engine.current  # the state prepare_final would build
         self.n_evaluations += 1
         return self._score(model, split, fidelity, start, inc)
 
     def _apply(self, policy: Policy, final: bool = False) -> nn.Module:
+        self._final_ready = None
         model = self.engine.apply(policy)
         if self.config.ptq == "adaquant" or (final and self.config.ptq == "adaquant-final"):
             adaquant(self.engine, self._bn_batch, AdaQuantConfig(steps=self.config.adaquant_steps, seed=self.config.seed))
@@ -324,14 +329,30 @@ class Evaluator:
 
     def prepare_final(self, policy: Policy) -> nn.Module:
         """The first half of :meth:`final`: ``policy`` applied (with ``adaquant-final``'s
-        optimisation) and BatchNorm re-estimated. It is the engine's own model: copy it
-        before the engine applies another policy. With ``ptq="none"`` a later :meth:`evaluate`
+        optimisation) and BatchNorm re-estimated, or, when the engine holds exactly that
+        state (``policy`` was the last one evaluated, at fidelity 2), the engine's model as it
+        is: the incremental re-estimation is bit-for-bit the full one. It is the engine's own
+        model: copy it before the engine applies another policy. With ``ptq="none"`` a later :meth:`evaluate`
         is unaffected: it applies its policy from scratch, and the activation cache is keyed
         by policy (:mod:`automl.overlap` relies on this)."""
+        resolved = self.problem.space.resolve(policy)
+        if self._holds_final(resolved):  # just evaluated at fidelity 2: the same apply and re-estimation
+            self.final_reuses += 1
+            return self.engine.qmodel
         model = self._apply(policy, final=True)
         if self.engine.bn_affine:
             self.engine.reestimate_batchnorm(self._bn_batch)
+        if self.config.ptq == "none":
+            self._final_ready = self.engine.current
         return model
+
+    def _holds_final(self, resolved: Policy) -> bool:
+        """Whether the engine still holds :meth:`prepare_final`'s state for ``resolved``: its
+        last evaluation (or preparation) was of it, with BatchNorm re-estimated on the same
+        batch, and nothing has applied a policy or dropped the corrections since."""
+        if self._final_ready is None or self._final_ready != resolved or self.engine.current != resolved:
+            return False
+        return all(self.engine.layers[name].correction is not None for name in self.engine.bn_affine)
 
     def score_final(self, model: nn.Module, report: FinetuneReport, split: str, start: float) -> Metrics:
         """The second half of :meth:`final`: the fine-tuned ``model`` scored on ``split``,

@@ -145,3 +145,32 @@ def test_a_search_with_and_without_overlap_delivers_the_same_model(tmp_path, mon
     assert [v["finetune"]["history"] for v in with_.values()] == [v["finetune"]["history"] for v in without.values()]
     assert t_with["overlap"]["hit"] and t_with["overlap"]["started"] >= 1
     assert "overlap" not in t_without
+
+
+def _corrections(model):
+    from automl.quant.engine import QuantLayer
+
+    return [None if m.correction is None else [c.clone() for c in m.correction]
+            for m in model.modules() if isinstance(m, QuantLayer)]
+
+
+def test_preparing_the_policy_just_evaluated_reuses_the_engine_state_bit_for_bit(setup):
+    import copy
+
+    ev, _, policies = setup
+    x = ev._split("val")[0][0]
+    ev.evaluate(policies[1])
+    reuses = ev.final_reuses
+    full = copy.deepcopy(ev.prepare_final(policies[0]))  # from another policy's state: applied and re-estimated
+    assert ev.final_reuses == reuses
+    ev.evaluate(policies[2])
+    ev.evaluate(policies[0])  # incremental: the prefix shared with the earlier ones comes from the cache
+    fast = copy.deepcopy(ev.prepare_final(policies[0]))
+    assert ev.final_reuses == reuses + 1
+    with torch.no_grad():
+        assert torch.equal(full(x), fast(x))
+    for a, b in zip(_corrections(full), _corrections(fast), strict=True):
+        assert (a is None and b is None) or all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    ev.engine.apply(policies[0])  # the same policy applied again drops the corrections: no reuse
+    ev.prepare_final(policies[0])
+    assert ev.final_reuses == reuses + 1
