@@ -99,6 +99,11 @@ def uniform_combinations(space: SearchSpace) -> list[UniformChoice]:
     return out
 
 
+def uniform_set(space: SearchSpace) -> frozenset[Policy]:
+    """Every uniform policy of ``space`` (:func:`uniform_combinations`), for membership tests."""
+    return frozenset(c.policy for c in uniform_combinations(space))
+
+
 def feasible_uniform(space: SearchSpace, cost_model: CostModel, bound: BoundBudget) -> list[UniformChoice]:
     """The uniform combinations of ``space`` that meet ``bound``, each with its price."""
     out = []

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.records import SearchResult, TrialRecord  # noqa: E402
+from automl.baselines import uniform_set  # noqa: E402
 from automl.budget import format_value  # noqa: E402
 from automl.console import closing_lines, stage  # noqa: E402
 from automl.export import ExportReport, export_policy  # noqa: E402
@@ -212,12 +213,13 @@ def pick_finalist(session: Session, result: SearchResult, best: dict[str, TrialR
     label = next(iter(best))
     with stage(f"finalists: a {steps}-step fine-tune of each of the {k} best policies, the best on validation wins",
                quiet), session.timer.stage("finalists"):
-        winner, finalists = screen(session.evaluator.evaluator, result.records, k, steps, recipe)
+        winner, finalists = screen(session.evaluator.evaluator, result.records, k, steps, recipe,
+                                   uniform_set(session.problem.space))
     if winner is not None:
         best[label] = winner
     if finalists and not quiet:
         print("finalists (trial: search score -> validation after the short fine-tune): " + ", ".join(
-            f"{f.trial}: {f.score:.4f} -> {f.val_after:.4f}" for f in finalists) + f"; winner trial {best[label].number}")
+            f"{f.trial}{' (uniform)' if f.uniform else ''}: {f.score:.4f} -> {f.val_after:.4f}" for f in finalists) + f"; winner trial {best[label].number}")
     return finalists
 
 

@@ -55,7 +55,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from agents import Objective, make_searcher
-from automl.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform
+from automl.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform, uniform_set
 from automl.budget import Budget
 from automl.cache import CachedEvaluator
 from automl.config import SearchConfig
@@ -159,7 +159,12 @@ def _pick(s: Setup, records: Any, best: Any, finalists: int, finetune: bool) -> 
     after their short fine-tunes (``automl search --finalists``; the same steps)."""
     if finalists <= 1 or not finetune:
         return best
-    return screen(s.evaluator, records, finalists, DEFAULTS.finetune_finalist_steps, s.recipe)[0]
+    winner, report = screen(s.evaluator, records, finalists, DEFAULTS.finetune_finalist_steps, s.recipe,
+                            uniform_set(s.problem.space))
+    print("  finalists (trial: score -> validation after the short fine-tune): " + ", ".join(
+        f"{f.trial}{' uniform' if f.uniform else ''}: {100 * f.score:.1f} -> {100 * f.val_after:.1f}" for f in report)
+        + f"; winner {getattr(winner, 'number', None)}", flush=True)
+    return winner
 
 
 def _finish(s: Setup, budget: str, name: str, seed: int, best: Any, distinct: int, start: float, finetune: bool) -> Row:

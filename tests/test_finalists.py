@@ -45,6 +45,19 @@ def test_top_distinct_skips_repeats_infeasible_and_early_stopped():
     assert [r.number for r in top_distinct(RECORDS, 3)] == [0, 2, 5]
 
 
+def test_the_best_uniform_policy_takes_the_last_place_unless_one_is_already_there():
+    assert [r.number for r in top_distinct(RECORDS, 3, uniform={"f"})] == [0, 2, 6]  # f: the only uniform one
+    assert [r.number for r in top_distinct(RECORDS, 3, uniform={"c", "f"})] == [0, 2, 5]  # c is a top-3 already
+    assert [r.number for r in top_distinct(RECORDS, 1, uniform={"f"})] == [0]  # one finalist: the best score
+    assert [r.number for r in top_distinct(RECORDS, 3, uniform={"b", "d"})] == [0, 2, 5]  # not eligible
+
+
+def test_a_uniform_finalist_can_win_and_is_reported_as_uniform():
+    ev = FakeEvaluator({"a": 0.91, "c": 0.92, "f": 0.97})
+    winner, report = screen(ev, RECORDS, 3, 40, FinetuneConfig(), uniform={"f"})
+    assert winner.number == 6 and [f.uniform for f in report] == [False, False, True]
+
+
 def test_the_finalist_that_validates_best_after_the_short_fine_tune_wins():
     ev = FakeEvaluator({"a": 0.91, "c": 0.96, "e": 0.93})
     winner, report = screen(ev, RECORDS, 3, 40, FinetuneConfig(steps=500, patience=3))
