@@ -53,6 +53,7 @@ def one_paragraph(code: int, err: str, *patterns: str) -> None:
         ("finetune: {finalists: 0}\n", [r"finetune_finalists and finetune_finalist_steps must be >= 1"]),
         ("finetune: {finalists: three}\n", [r"finetune.finalists: expected int, got 'three'"]),
         ("finetune: {stop_at_float: maybe}\n", [r"finetune.stop_at_float: expected bool, got 'maybe'"]),
+        ("finetune: {overlap: maybe}\n", [r"finetune.overlap: expected bool, got 'maybe'"]),
         ("widen_activations: sometimes\n", [r"widen_activations: expected bool, got 'sometimes'"]),
         ("evaluation: {bn_samples: -1}\n", [r"bn_samples must be >= 0"]),
         ("evaluation: {bn_samples: many}\n", [r"evaluation.bn_samples: expected int, got 'many'"]),
