@@ -45,11 +45,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
 from agents.base import Callback, Searcher, check_evaluations, notify_trial
-from agents.codec import PolicyCodec, uniform_policies
+from agents.codec import PolicyCodec
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from agents.storage import fail_stale, heartbeat, open_storage, quiet_optuna
 from automl import faults
+from automl.baselines import UniformChoice, uniform_combinations
 from automl.cache import evaluator_fidelity
 from automl.errors import AutoMLError, ConfigError
 from automl.ilp import solve_ilp
@@ -66,18 +67,26 @@ _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def warm_start_policies(objective: Objective, ilp_time_limit: float = 60.0) -> list[Policy]:
-    """The integer program's optimum and, per weight bit-width, the least-pruned uniform policy that fits."""
+    """The integer program's optimum and, per weight bit-width, the least-pruned uniform policy
+    that fits, with the widest activations that still fit at that pruning.
+
+    Activations are free under a size budget, so tying them to the weight bits (W2A2) would
+    seed the search with a needlessly broken policy; the fair uniform baseline
+    (:func:`automl.baselines.uniform_combinations`) takes them independently, and so does this.
+    """
     out: list[Policy] = []
     try:
         out.append(solve_ilp(objective.space, objective.cost_model, objective.bound, objective.sensitivities,
                              time_limit=ilp_time_limit))
     except AutoMLError:
         pass  # no proxy optimum to seed with; the uniform baselines still are
-    taken: set[int] = set()
-    for bits, _level, policy in uniform_policies(objective.space):
-        if bits not in taken and objective.feasible(policy):
-            taken.add(bits)
-            out.append(policy)
+    best: dict[int, UniformChoice] = {}
+    for choice in uniform_combinations(objective.space):
+        held = best.get(choice.weight_bits)
+        if (held is None or (choice.sparsity, -choice.act_bits) < (held.sparsity, -held.act_bits)) and \
+                objective.feasible(choice.policy):
+            best[choice.weight_bits] = choice
+    out.extend(best[w].policy for w in sorted(best, reverse=True))
     return out
 
 

@@ -43,6 +43,25 @@ def test_warm_start_evaluates_the_ilp_policy_first() -> None:
     assert result.best.accuracy >= result.records[0].accuracy
 
 
+def test_warm_start_uniform_policies_take_the_widest_activations_that_fit() -> None:
+    """Under a size budget activations cost nothing: the warm start's uniform policies are
+    W{b}A{widest}, not W{b}A{b}, and each is the least pruned that fits."""
+    from agents.optuna_search import warm_start_policies
+    from automl.baselines import uniform_combinations
+
+    objective = make_objective(budget="size<=0.15x")
+    uniform = [p for p in warm_start_policies(objective)[1:]]
+    assert uniform and all(objective.feasible(p) for p in uniform)
+    widest = max(a for s in objective.space.layers if not s.pinned for a in s.act_bits)
+    combos = {c.policy: c for c in uniform_combinations(objective.space)}
+    for p in uniform:
+        choice = combos[p]
+        assert choice.act_bits == widest, choice
+        fits = [c for c in combos.values() if c.weight_bits == choice.weight_bits and objective.feasible(c.policy)]
+        assert choice.sparsity == min(c.sparsity for c in fits)
+    assert len({combos[p].weight_bits for p in uniform}) == len(uniform)
+
+
 def test_infeasible_proposals_are_constrained_not_best_without_repair() -> None:
     objective = make_objective(budget="size<=0.1x", repair=False)
     searcher = TPESearcher(objective, storage=":memory:", warm_start=False, n_startup_trials=4)
