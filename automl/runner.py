@@ -8,6 +8,7 @@ a progress bar. Everything a user could get wrong is checked before evaluation w
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -240,6 +241,22 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
     pin_threads(config.threads)
+    # MLflow's import and store set-up (~3 s on a new SQLite store) overlap the task, analysis and evaluator.
+    opening = _open_tracker(uri, config, run_dir) if track else None
+    try:
+        problem, cost_model, bound, evaluator = _build_problem(config, budget, task, run_dir, timer)
+    except BaseException:
+        if opening is not None:
+            opening.add_done_callback(_close_unused)
+        raise
+    objective = Objective(evaluator, cost_model, bound, widen_activations=config.widen_activations)
+    with timer.stage("mlflow"):  # what is left of opening the store once the problem is built
+        tracker = opening.result() if opening is not None else None
+    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
+
+
+def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_dir: Path,
+                   timer: StageTimer) -> tuple[Problem, CostModel, BoundBudget, CachedEvaluator]:
     with timer.stage("task"):  # for a reference task: load the shipped checkpoint (or train) and check it
         task = task or load_task(config.task, threads=config.threads)
     with timer.stage("analysis"):
@@ -255,13 +272,28 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     run_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
         evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
-    objective = Objective(evaluator, cost_model, bound, widen_activations=config.widen_activations)
-    with timer.stage("mlflow"):
-        # A tracking server stores a new experiment's artifacts where it was told (--artifacts-destination
-        # or --default-artifact-root); only a store this process opens itself gets the local mlartifacts.
-        location = None if uri.startswith(("http://", "https://")) else artifact_root(config.output)
-        tracker = MlflowTracker(uri, config.experiment, location, failure_log=run_dir / FAILURES_FILE) if track else None
-    return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
+    return problem, cost_model, bound, evaluator
+
+
+def _close_unused(opening: concurrent.futures.Future[MlflowTracker]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+def _open_tracker(uri: str, config: SearchConfig, run_dir: Path) -> concurrent.futures.Future[MlflowTracker]:
+    """Open the MLflow store on a thread of its own; ``result()`` gives the tracker or raises its error.
+
+    The thread mostly imports and waits on the store while the main thread runs torch, so the two
+    overlap even under the GIL. If building the problem fails first, the tracker is closed when it is
+    ready (it has no run yet, so nothing is left RUNNING).
+    """
+    # A tracking server stores a new experiment's artifacts where it was told (--artifacts-destination
+    # or --default-artifact-root); only a store this process opens itself gets the local mlartifacts.
+    location = None if uri.startswith(("http://", "https://")) else artifact_root(config.output)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open")
+    future = pool.submit(MlflowTracker, uri, config.experiment, location, failure_log=run_dir / FAILURES_FILE)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _start_tracking(session: Session, resuming: bool, state: dict[str, Any]) -> None:

@@ -127,3 +127,25 @@ def test_bring_your_own_model_example_runs(tmp_path, monkeypatch):
                     finetune_steps=2)
     assert result.n_evaluations == 4 and result.best is not None
     assert result.best.costs.size_bytes <= dict(result.limits)["size"]
+
+
+def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch):
+    """MLflow opens on its own thread while the problem is built; when the build fails, the
+    error is the build's and the tracker that opened anyway stops its writer thread."""
+    import threading
+
+    from automl import runner
+    from automl.errors import ConfigError
+    from automl.resume import RunPlan
+
+    def broken(*args, **kwargs):
+        raise ConfigError("task build failed")
+
+    monkeypatch.setattr(runner, "_build_problem", broken)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=2, output=str(tmp_path))
+    with pytest.raises(ConfigError, match="task build failed"):
+        runner.build_session(RunPlan(cfg, tmp_path / "run"))
+    deadline = time.time() + 60
+    while any(t.name in ("mlflow-logger",) or t.name.startswith("mlflow-open") for t in threading.enumerate()):
+        assert time.time() < deadline, [t.name for t in threading.enumerate()]
+        time.sleep(0.1)
