@@ -204,24 +204,3 @@ class PolicyCodec:
             kept = sorted(lp.weight_bits[c] for c in members if lp.weight_bits[c] != 0)
             out.append(s.nonzero_bits.index(kept[len(kept) // 2]) if kept else None)
         return out
-
-
-def uniform_policies(space: SearchSpace) -> list[tuple[int, float, Policy]]:
-    """Every uniform-precision policy: ``(bits, sparsity, policy)`` for each weight bit-width
-    the free layers share (activations at the same bits, or the nearest allowed) and each
-    sparsity level (applied to every prunable layer), widest bits and least pruning first."""
-    free = [s for s in space.layers if not s.pinned] or list(space.layers)
-    bits = sorted(set.intersection(*(set(s.nonzero_bits) for s in free)), reverse=True)
-    levels = sorted(set().union(*(set(s.sparsity_levels) for s in free)))
-    out = []
-    seen: set[str] = set()
-    for b in bits:
-        for lv in levels:
-            try:
-                policy = space.uniform(b, sparsity=lv)
-            except PolicyError:
-                continue
-            if policy.key() not in seen:
-                seen.add(policy.key())
-                out.append((b, lv, policy))
-    return out

@@ -50,7 +50,7 @@ from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from agents.storage import fail_stale, heartbeat, open_storage, quiet_optuna
 from automl import faults
-from automl.baselines import UniformChoice, uniform_combinations
+from automl.baselines import UniformChoice, feasible_uniform
 from automl.cache import evaluator_fidelity
 from automl.errors import AutoMLError, ConfigError
 from automl.ilp import solve_ilp
@@ -81,10 +81,9 @@ def warm_start_policies(objective: Objective, ilp_time_limit: float = 60.0) -> l
     except AutoMLError:
         pass  # no proxy optimum to seed with; the uniform baselines still are
     best: dict[int, UniformChoice] = {}
-    for choice in uniform_combinations(objective.space):
+    for choice in feasible_uniform(objective.space, objective.cost_model, objective.bound):
         held = best.get(choice.weight_bits)
-        if (held is None or (choice.sparsity, -choice.act_bits) < (held.sparsity, -held.act_bits)) and \
-                objective.feasible(choice.policy):
+        if held is None or (choice.sparsity, -choice.act_bits) < (held.sparsity, -held.act_bits):
             best[choice.weight_bits] = choice
     out.extend(best[w].policy for w in sorted(best, reverse=True))
     return out

@@ -146,6 +146,6 @@ def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="task build failed"):
         runner.build_session(RunPlan(cfg, tmp_path / "run"))
     deadline = time.time() + 60
-    while any(t.name in ("mlflow-logger",) or t.name.startswith("mlflow-open") for t in threading.enumerate()):
+    while any(t.name == "mlflow-logger" or t.name.startswith("mlflow-open") for t in threading.enumerate()):
         assert time.time() < deadline, [t.name for t in threading.enumerate()]
         time.sleep(0.1)

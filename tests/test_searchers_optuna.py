@@ -12,11 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from agents.codec import PolicyCodec, uniform_policies
+from agents.codec import PolicyCodec
 from agents.ilp import ILPSearcher
 from agents.optuna_search import RECORD_ATTR, SURPLUS_ATTR, NSGA2Searcher, TPESearcher
 from agents.records import TrialRecord
 from agents.storage import open_storage
+from automl.baselines import uniform_set
 from automl.errors import ConfigError
 from tests.agents_support import make_objective
 from tests.postgres_support import ENV_URL, postgres_bin, start_postgres
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_codec_round_trips_uniform_and_sampled_policies(rng) -> None:
     objective = make_objective()
     codec = PolicyCodec(objective.space)
-    for _, _, policy in uniform_policies(objective.space):
+    for policy in uniform_set(objective.space):
         assert codec.decode(codec.encode(policy)) == policy
     for _ in range(20):
         params = {k: int(rng.integers(n)) for k, n in codec.ranges.items()}
@@ -50,7 +51,7 @@ def test_warm_start_uniform_policies_take_the_widest_activations_that_fit() -> N
     from automl.baselines import uniform_combinations
 
     objective = make_objective(budget="size<=0.15x")
-    uniform = [p for p in warm_start_policies(objective)[1:]]
+    uniform = warm_start_policies(objective)[1:]
     assert uniform and all(objective.feasible(p) for p in uniform)
     widest = max(a for s in objective.space.layers if not s.pinned for a in s.act_bits)
     combos = {c.policy: c for c in uniform_combinations(objective.space)}
