@@ -142,6 +142,9 @@ class Problem:
         return cls(task, analysis, SearchSpace.build(analysis, space_config, ranks))
 
 
+TEACHER_CACHE_BYTES = 256 * 2**20  # the float teacher's kept outputs on the train split (Evaluator.teacher_output)
+
+
 class Evaluator:
     """Evaluates policies on the validation split (or the test split for final reports)."""
 
@@ -162,6 +165,7 @@ class Evaluator:
             self._bn_batch = self._bn_batch[: self.config.bn_samples]
         self._splits: dict[str, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._teacher: dict[tuple[int, int], list[torch.Tensor | None]] = {}
         self.last_finetune: FinetuneReport | None = None
         self.n_evaluations = 0
         self._final_ready: Policy | None = None  # the policy whose prepare_final state the engine holds
@@ -309,6 +313,28 @@ class Evaluator:
         xs, ys = self._train_data
         perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed))
         return list(zip(xs[perm].split(batch_size), ys[perm].split(batch_size), strict=True))
+
+    def teacher_output(self, batch_size: int, seed: int | None, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The float model's output on ``x``, batch ``index`` of ``train_batches(batch_size, seed)``.
+
+        Computed once per batch and kept: every fine-tune of a search (the speculative ones
+        of :mod:`automl.overlap`, the finalists', the winner's) walks the same batches, so
+        from the second epoch or the second fine-tune on the teacher costs nothing. The
+        same forward on the same batch gives the same tensor, so a fine-tune's result does
+        not depend on whether the output came from here (``tests/test_finetune.py``). Kept
+        only while the train split's outputs stay under :data:`TEACHER_CACHE_BYTES`.
+        """
+        cache = self._teacher.get((batch_size, seed))
+        if cache is None:
+            n = len(self.train_batches(batch_size, seed))
+            cache = self._teacher[(batch_size, seed)] = [None] * n
+        out = cache[index]
+        if out is None:
+            with torch.no_grad():
+                out = self.float_model(x)
+            if out.element_size() * out.numel() * len(cache) <= TEACHER_CACHE_BYTES:
+                cache[index] = out  # one list slot per batch: a second thread writes the same value
+        return out
 
     def evaluate_many(self, policies: Sequence[Policy], fidelity: int | None = None) -> list[Metrics]:
         return [self.evaluate(p, fidelity) for p in policies]

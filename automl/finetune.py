@@ -26,6 +26,7 @@ float accuracy took that away (benchmarks/search_speed.py, README).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -207,17 +208,16 @@ def _better(m: Metrics, best: Metrics) -> bool:
     return m.accuracy > best.accuracy or (m.accuracy == best.accuracy and m.loss < best.loss)
 
 
-def _loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float,
+def _loss(student: nn.Module, teacher: Callable[[], torch.Tensor], x: torch.Tensor, y: torch.Tensor, alpha: float,
           task_loss: Callable[..., torch.Tensor], distill: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """``(1 - alpha) * task loss + alpha * distillation loss`` of one batch (a term of weight 0 is skipped)."""
+    """``(1 - alpha) * task loss + alpha * distillation loss`` of one batch (a term of weight 0 is
+    skipped); ``teacher()`` gives the float model's output on ``x``."""
     out = student(x)
     loss = out.new_zeros(())
     if alpha < 1:
         loss = loss + (1 - alpha) * task_loss(out, y)
     if alpha > 0:
-        with torch.no_grad():
-            target = teacher(x)
-        loss = loss + alpha * distill(out, target)
+        loss = loss + alpha * distill(out, teacher())
     return loss
 
 
@@ -266,8 +266,10 @@ def finetune(
     for step in range(1, steps + 1):
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped before step {step} of {steps}")
-        x, y = batches[(step - 1) % len(batches)]
-        loss = _loss(student, evaluator.float_model, x, y, alpha, task_loss, distill)
+        i = (step - 1) % len(batches)
+        x, y = batches[i]
+        teacher = functools.partial(evaluator.teacher_output, config.batch_size, config.seed, i, x)
+        loss = _loss(student, teacher, x, y, alpha, task_loss, distill)
         opt.zero_grad()
         loss.backward()
         opt.step()

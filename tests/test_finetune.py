@@ -171,3 +171,27 @@ def test_cli_rejects_a_bad_optimizer_with_exit_code_2(tmp_path):
     )
     assert done.returncode == 2
     assert "finetune_optimizer must be one of" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_teachers_outputs_are_computed_once_and_change_no_fine_tune(evaluator, monkeypatch):
+    """A second fine-tune on the same batches takes the float model's outputs from the cache,
+    and ends bit for bit where a fine-tune without the cache ends."""
+    import automl.evaluate as evaluate
+
+    policy = _policies(evaluator, 1)[0]
+    recipe = FinetuneConfig(steps=12, eval_every=4, batch_size=32)
+    calls = []
+    real = evaluator.float_model.forward
+    monkeypatch.setattr(evaluator.float_model, "forward", lambda x: (calls.append(len(x)), real(x))[1])
+    _, first = evaluator.final(policy, 12, "val", finetune=recipe)
+    train_calls = sum(n == 32 for n in calls)
+    assert train_calls > 0
+    calls.clear()
+    _, cached = evaluator.final(policy, 12, "val", finetune=recipe)
+    assert sum(n == 32 for n in calls) == 0  # no teacher pass on the train batches the second time
+    monkeypatch.setattr(evaluate, "TEACHER_CACHE_BYTES", 0)
+    evaluator._teacher.clear()
+    _, uncached = evaluator.final(policy, 12, "val", finetune=recipe)
+    for a, b, c in zip(first.parameters(), cached.parameters(), uncached.parameters(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert all(out is None for cache in evaluator._teacher.values() for out in cache)  # over the limit: not kept
