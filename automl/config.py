@@ -93,7 +93,7 @@ class SearchConfig:
             validation accuracy.
         finetune_lsq: also learn the quantizers' step sizes (LSQ).
         finetune_patience: end the fine-tune after this many validation checks in a row
-            with neither a better checkpoint nor a lower validation loss (0 = run every step).
+            without a better checkpoint (0 = run every step).
         finetune_stop_at_float: end it as soon as validation accuracy reaches the float
             model's (off by default: an under-trained model gains beyond it).
         finetune_finalists: how many of the best distinct policies get a short fine-tune

@@ -14,10 +14,8 @@ the model is scored on the validation split, and the best checkpoint (the untrai
 model included) is returned, so the result is never worse on validation than the input.
 
 Two rules end a fine-tune before its last step, both on validation and both recorded in
-the report's ``stop_reason``: ``patience`` checks in a row that neither give a better
-checkpoint nor lower the validation loss below its lowest so far (the cosine schedule is
-then cut short; on a few hundred validation images the loss still falls while accuracy
-steps up and down, as when a heavily pruned winner recovers), and ``stop_at_float``: once validation accuracy
+the report's ``stop_reason``: ``patience`` checks in a row without a better checkpoint
+(the cosine schedule is then cut short), and ``stop_at_float``: once validation accuracy
 reaches the float model's, the fine-tune has done what it is for, and further checkpoints
 would be chosen on the noise of a few hundred validation images. It is off by default: a
 model that was not trained to convergence (an outside LeNet-style CNN trained for two
@@ -72,8 +70,8 @@ class FinetuneConfig:
             when false, the last one.
         lsq: learn the quantizers' step sizes (weights per channel, activations per layer).
         psg: position-based scaled gradient strength in [0, 1] (0 = off).
-        patience: stop after this many validation checks in a row with neither a better
-            checkpoint nor a validation loss below the lowest so far (0 = run every step).
+        patience: stop after this many validation checks in a row without a better
+            checkpoint (0 = run every step).
         stop_at_float: stop as soon as validation accuracy reaches the float model's
             (checked before the first step too).
         seed: data order and initialisation.
@@ -260,7 +258,6 @@ def finetune(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if config.schedule == "cosine" else None
     opt = with_psg(opt, student, config.psg)  # type: ignore[assignment]  # PSG (automl/quant/psg.py); unchanged at 0
     best, best_step, best_state = before, 0, _trainable_state(student)
-    lowest = before.loss  # the lowest validation loss so far: patience counts checks that lower neither it nor the best
     history = [(0, before.accuracy, before.loss)] if validate else []
     alpha = config.distill_weight
     taken, reason, stale = 0, "steps", 0
@@ -282,11 +279,10 @@ def finetune(
         if validate and ((config.eval_every and step % config.eval_every == 0) or step == steps):
             m = evaluator.score(student, "val")
             history.append((step, m.accuracy, m.loss))
-            improved = _better(m, best) or m.loss < lowest
-            lowest = min(lowest, m.loss)
             if _better(m, best) or not config.keep_best:
-                best, best_step, best_state = m, step, _trainable_state(student)
-            stale = 0 if improved or not config.keep_best else stale + 1
+                best, best_step, best_state, stale = m, step, _trainable_state(student), 0
+            else:
+                stale += 1
             if step < steps and best.accuracy >= target:
                 reason = "float"
                 break

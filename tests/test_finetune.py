@@ -77,21 +77,6 @@ def test_patience_ends_a_fine_tune_that_stops_improving(evaluator):
     assert evaluator.last_finetune.steps == 40 and evaluator.last_finetune.stop_reason == "steps"
 
 
-def test_patience_waits_while_the_validation_loss_still_falls(evaluator, monkeypatch):
-    """Accuracy below its best but the loss falling (a pruned winner recovering): the checks
-    that lower the loss are not stale; patience counts from the last of them."""
-    from automl.metrics import Metrics
-
-    script = iter([(0.60, 1.00), (0.55, 0.90), (0.58, 0.80), (0.59, 0.70), (0.59, 0.75), (0.57, 0.72), (0.6, 0.7)])
-    monkeypatch.setattr(evaluator, "score", lambda model, split: Metrics(*next(script), 0.0, 2))
-    policy = _policies(evaluator, 1)[0]
-    evaluator.final(policy, 40, "val", finetune=FinetuneConfig(steps=40, eval_every=5, patience=2))
-    report = evaluator.last_finetune
-    assert report.stop_reason == "patience"
-    assert [h[0] for h in report.history] == [0, 5, 10, 15, 20, 25]  # accuracy alone would have stopped at 10
-    assert report.best_step == 0 and report.after.accuracy == 0.60
-
-
 def test_a_policy_at_float_accuracy_is_not_trained(evaluator, monkeypatch):
     """Validation at (or above) the float model's: the fine-tune returns its input after one pass."""
     policy = _policies(evaluator, 1)[0]
