@@ -115,14 +115,15 @@ def test_an_error_in_the_background_fine_tune_reaches_the_caller(setup):
 
 
 def test_overlap_needs_a_spare_core_one_worker_one_finalist_and_plain_rounding():
-    assert overlap_reason(SearchConfig(threads=1), cores=2) == ""
-    assert "spare core" in overlap_reason(SearchConfig(threads=1), cores=1)
-    assert "spare core" in overlap_reason(SearchConfig(threads=2), cores=3)
-    assert "off" in overlap_reason(SearchConfig(finetune_overlap=False), cores=8)
-    assert "workers" in overlap_reason(SearchConfig(workers=2), cores=8)
-    assert "finalists" in overlap_reason(SearchConfig(finetune_finalists=2), cores=8)
-    assert "eval_ptq" in overlap_reason(SearchConfig(eval_ptq="adaquant-final"), cores=8)
-    assert "no fine-tune" in overlap_reason(SearchConfig(finetune_steps=0), cores=8)
+    on = {"finetune_overlap": True}
+    assert overlap_reason(SearchConfig(threads=1, **on), cores=2) == ""
+    assert "spare core" in overlap_reason(SearchConfig(threads=1, **on), cores=1)
+    assert "spare core" in overlap_reason(SearchConfig(threads=2, **on), cores=3)
+    assert "off" in overlap_reason(SearchConfig(), cores=8)  # the default
+    assert "workers" in overlap_reason(SearchConfig(workers=2, **on), cores=8)
+    assert "finalists" in overlap_reason(SearchConfig(finetune_finalists=2, **on), cores=8)
+    assert "eval_ptq" in overlap_reason(SearchConfig(eval_ptq="adaquant-final", **on), cores=8)
+    assert "no fine-tune" in overlap_reason(SearchConfig(finetune_steps=0, **on), cores=8)
 
 
 def test_a_search_with_and_without_overlap_delivers_the_same_model(tmp_path, monkeypatch):
