@@ -68,12 +68,15 @@ def onnx_accuracy(model: bytes, x: np.ndarray, y: np.ndarray, threads: int) -> f
     return float((ort.predict(model, x, threads).argmax(1) == y).mean())
 
 
-def run(label: str, budget: str, args: argparse.Namespace, out: Path, task, **options) -> dict:
+def run(label: str, budget: str, args: argparse.Namespace, out: Path, **options) -> dict:
+    options = {"finetune_steps": args.finetune_steps, **options}
     cfg = SearchConfig(budget=(budget,), evaluations=args.evaluations, seed=args.seed, threads=args.threads,
-                       output=str(out / label), finetune_steps=args.finetune_steps, **options)
+                       output=str(out / label), **options)
     start = time.perf_counter()
     if not (args.reuse and (out / label / "runs").is_dir()):
-        run_search(cfg, task=task, quiet=True)
+        # a task of its own, as `automl search` builds: the train loader reshuffles every epoch,
+        # so a task another search has trained from would hand the fine-tune another data order
+        run_search(cfg, task=reference_task("resnet20", threads=args.threads), quiet=True)
     run_dir = next((out / label / "runs").iterdir())
     report = json.loads((run_dir / "export_report.json").read_text())
     best = next(iter(json.loads((run_dir / "best_policies.json").read_text()).values()))
@@ -90,6 +93,10 @@ def main() -> None:
                         help="at most this many fine-tune steps (default: the search's own)")
     parser.add_argument("--latency-searcher", default="ilp",
                         help="searcher of the latency-budgeted search (default: ilp; see the docstring)")
+    parser.add_argument("--latency-finetune-steps", type=int, default=None,
+                        help="fine-tune steps of the latency search's winner (default: --finetune-steps)")
+    parser.add_argument("--latency-finetune-patience", type=int, default=None,
+                        help="its fine-tune's patience (default: the search's own; 0 = every step)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="keep the run directories here")
@@ -106,8 +113,11 @@ def main() -> None:
     # pruning alone ran 2.11x); weights keep their searched bits (the ONNX file stores them as float values on their grid):
     # with act_bits (2..8) even the cheapest policy misses 0.5x of float.
     latency_space = {"act_bits": (32,), "space_pinned_bits": 32}
-    runs = [run("default", "size<=0.125x", args, out, task),
-            run("latency", "latency<=0.5x@ort-cpu", args, out, task, searcher=args.latency_searcher, **latency_space)]
+    recipe = {k: v for k, v in (("finetune_steps", args.latency_finetune_steps),
+                                ("finetune_patience", args.latency_finetune_patience)) if v is not None}
+    label = "latency" + "".join(f"-{k.split('_')[1]}{v}" for k, v in recipe.items())  # --reuse keeps recipes apart
+    runs = [run("default", "size<=0.125x", args, out),
+            run(label, "latency<=0.5x@ort-cpu", args, out, searcher=args.latency_searcher, **latency_space, **recipe)]
     probe = SearchConfig(output=str(out / "probe"), budget=("size<=0.125x",), threads=args.threads, **latency_space)
     session = build_session(plan_run(probe), task=task, track=False)  # the latency search's space
     ev, analysis = session.evaluator.evaluator, session.problem.analysis

@@ -6,7 +6,9 @@ search once more with the winner's fine-tune beside the search instead of after 
 ``finetune_overlap=True``, :mod:`automl.overlap`; ``total_over_no_overlap`` is that run's
 time over the run without it), on the reference ResNet-20 and on a LeNet-5-style
 4-layer CNN without BatchNorm (trained here for two epochs, so not the project's own
-model), each in a fresh output directory. Reads the run's ``timings.json`` (the same
+model), each in a fresh output directory and a fresh Python process, as ``automl search``
+runs (the first search of a process also pays its one-time costs: data, caches, warm-up;
+run in one process, whichever search came first looked ~10 % slower). Reads the run's ``timings.json`` (the same
 ``seconds_<stage>`` values the MLflow parent run gets) and prints the stages, the share of
 wall time spent evaluating, distinct evaluations over proposals, the overhead, and the
 default search's time over the ILP-only search's, with both test accuracies (fine-tuned).
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,22 +94,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--evaluations", type=int, default=None, help="override the default count (for a quick look)")
     parser.add_argument("--only", choices=("resnet20", "lenet4"), default=None)
+    parser.add_argument("--child", nargs=4, metavar=("MODEL", "SEARCHER", "OVERLAP", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     pin_threads(args.threads)
+    if args.child:  # one search in this process; the parent reads its result
+        name, searcher, overlap, out = args.child
+        task = lenet_task() if name == "lenet4" else None
+        r = one_search(task, searcher, args.evaluations, Path(out), args.threads, overlap == "True")
+        (Path(out) / "search_speed.json").write_text(json.dumps(r))
+        return
     results: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory(prefix="search-speed-") as tmp:
         for name in ("resnet20", "lenet4"):
             if args.only and name != args.only:
                 continue
-            task = lenet_task() if name == "lenet4" else None
             default = SearchConfig().finetune_overlap
             runs = [(SearchConfig().searcher, default), ("ilp", default)]
             if name == (args.only or "resnet20"):  # the same search with the other fine-tune placement
                 runs.append((SearchConfig().searcher, not default))
             for searcher, overlap in runs:
                 tag = searcher + ("" if overlap == default else " (overlap)" if overlap else " (no overlap)")
-                r = one_search(task, searcher, args.evaluations, Path(tmp) / f"{name}-{searcher}-{overlap}", args.threads,
-                               overlap)
+                out = Path(tmp) / f"{name}-{searcher}-{overlap}"
+                child = [sys.executable, __file__, "--child", name, searcher, str(overlap), str(out), "--threads",
+                         str(args.threads)] + (["--evaluations", str(args.evaluations)] if args.evaluations else [])
+                subprocess.run(child, check=True)
+                r = json.loads((out / "search_speed.json").read_text())
                 results[(name, tag)] = r
                 report(name, tag, r)
     key = "resnet20" if not args.only else args.only
