@@ -1,0 +1,15 @@
+"""The example configurations the README points to stay loadable and say what it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from automl.config import load_config
+
+
+def test_the_latency_example_config_loads_as_the_readme_describes():
+    """examples/latency_ort.yaml (README, Deployment): the ort-cpu latency budget, the integer
+    program, float activations and float pinned layers."""
+    cfg = load_config(Path(__file__).resolve().parent.parent / "examples" / "latency_ort.yaml")
+    assert cfg.budget == ("latency<=0.5x@ort-cpu",) and cfg.searcher == "ilp"
+    assert cfg.act_bits == (32,) and cfg.space_pinned_bits == 32
