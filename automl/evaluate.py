@@ -165,7 +165,7 @@ class Evaluator:
             self._bn_batch = self._bn_batch[: self.config.bn_samples]
         self._splits: dict[str, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._teacher: dict[tuple[int, int], list[torch.Tensor | None]] = {}
+        self._teacher: dict[tuple[int, int | None], list[torch.Tensor | None]] = {}
         self.last_finetune: FinetuneReport | None = None
         self.n_evaluations = 0
         self._final_ready: Policy | None = None  # the policy whose prepare_final state the engine holds
@@ -332,7 +332,7 @@ class Evaluator:
         if out is None:
             with torch.no_grad():
                 out = self.float_model(x)
-            if out.element_size() * out.numel() * len(cache) <= TEACHER_CACHE_BYTES:
+            if isinstance(out, torch.Tensor) and out.element_size() * out.numel() * len(cache) <= TEACHER_CACHE_BYTES:
                 cache[index] = out  # one list slot per batch: a second thread writes the same value
         return out
 
