@@ -124,9 +124,14 @@ class Setup:
 _SETUPS: dict[tuple[str, bool], Setup] = {}
 
 
-def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: int = DEFAULTS.finetune_steps) -> Setup:
-    """The network's setup, built once per process (the stage's tables come from ``cache_dir`` after the first)."""
+def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: int = DEFAULTS.finetune_steps,
+          finetune_patience: int = DEFAULTS.finetune_patience) -> Setup:
+    """The network's setup, built once per process (the stage's tables come from ``cache_dir`` after the first);
+    the final fine-tune's recipe is the search's default with ``finetune_steps`` and ``finetune_patience``."""
     key = (arch, quick)
+    recipe = FinetuneConfig.from_search(replace(DEFAULTS, finetune_steps=finetune_steps, finetune_patience=finetune_patience))
+    if key in _SETUPS and _SETUPS[key].recipe != recipe:
+        return replace(_SETUPS[key], recipe=recipe)
     if key not in _SETUPS:
         pin_threads(threads)
         task = reference_task(arch, log=None)
@@ -135,7 +140,6 @@ def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: 
         cost_model = CostModel(problem.analysis, problem.space, load_profiles(["bitserial"]))
         evaluator = Evaluator(problem, EvalConfig(fidelity=DEFAULTS.fidelity, seed=DEFAULTS.seed))
         stage = sensitivity_stage(evaluator, problem.space, DEFAULTS.fidelity, DEFAULTS.sensitivity_method, cache_dir)
-        recipe = FinetuneConfig.from_search(replace(DEFAULTS, finetune_steps=finetune_steps))
         _SETUPS[key] = Setup(arch, problem, cost_model, evaluator, stage, recipe,
                              evaluator.baseline("test").accuracy)
     return _SETUPS[key]
@@ -223,10 +227,11 @@ class Job:
     out: str = ""
     finalists: int = 1
     widen: bool = False
+    finetune_patience: int = DEFAULTS.finetune_patience
 
 
 def run_job(job: Job) -> Row:
-    s = setup(job.arch, job.quick, job.threads, job.cache_dir, job.finetune_steps)
+    s = setup(job.arch, job.quick, job.threads, job.cache_dir, job.finetune_steps, job.finetune_patience)
     row = uniform_row(s, job.budget, job.finalists, job.seed) if job.searcher == "uniform" else \
         searcher_row(s, job.budget, job.searcher, job.seed, job.distinct, finalists=job.finalists, widen=job.widen)[0]
     print(f"[{job.arch}] {format_row(row)}", flush=True)
