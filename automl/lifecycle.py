@@ -32,10 +32,20 @@ class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an 
         self.signum = signum
 
 
+_received: list[int] = []  # the SIGTERM of the innermost handle_termination block, once it has fired
+
+
 @contextlib.contextmanager
 def handle_termination() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated` (once; a second SIGTERM during
-    clean-up is ignored). Only the main thread can install handlers; elsewhere a no-op."""
+    clean-up is ignored). Only the main thread can install handlers; elsewhere a no-op.
+
+    Python runs a signal handler at the next bytecode of the main thread, and that can be
+    inside a ``__del__`` or a weakref callback, where an exception is printed and dropped:
+    the search then ran on to its end (a flaky ``test_sigterm_ends_the_parent_killed``).
+    So the signal is also kept, and :func:`raise_if_terminated`, called after every trial,
+    raises it again.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -45,6 +55,7 @@ def handle_termination() -> Iterator[None]:
         nonlocal fired
         if not fired:
             fired = True
+            _received.append(signum)
             raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)
@@ -52,6 +63,14 @@ def handle_termination() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _received.clear()
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` if a SIGTERM arrived in this :func:`handle_termination` block
+    (its first raise may have been dropped; see there). A no-op otherwise."""
+    if _received:
+        raise Terminated(_received[0])
 
 
 def _start_time(pid: int) -> str | None:

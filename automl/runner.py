@@ -39,6 +39,7 @@ from automl.lifecycle import (
     close_if_stale,
     handle_termination,
     owner_alive,
+    raise_if_terminated,
     remove_owner,
     write_owner,
 )
@@ -135,6 +136,7 @@ class Journal(Callback):
                         fh.truncate(start)
                     raise disk_error(exc, self.path, self.path.parent, f"the record of trial {record.number}") from None
             self.known.add(record.number)
+        raise_if_terminated()  # a SIGTERM whose first raise was dropped stops the search here (automl.lifecycle)
         return True
 
 

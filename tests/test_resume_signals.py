@@ -156,3 +156,24 @@ def test_automl_ui_stops_its_server_on_sigterm(tmp_path):
     time.sleep(1)
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
+def test_a_sigterm_whose_raise_python_drops_still_stops_the_search():
+    """A handler that runs inside a ``__del__`` raises where Python only prints the exception;
+    the signal is kept, and the next trial's check raises it."""
+    from automl.lifecycle import Terminated, handle_termination, raise_if_terminated
+
+    class KilledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecodes, where the handler runs: its exception is dropped here
+                pass
+
+    with handle_termination():
+        raise_if_terminated()  # nothing received yet
+        obj = KilledWhileCollected()
+        del obj  # "Exception ignored in ... __del__": the search would have run on
+        with pytest.raises(Terminated):
+            raise_if_terminated()
+    raise_if_terminated()  # the block is over: nothing pending
