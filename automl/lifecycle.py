@@ -41,10 +41,11 @@ def handle_termination() -> Iterator[None]:
     clean-up is ignored). Only the main thread can install handlers; elsewhere a no-op.
 
     Python runs a signal handler at the next bytecode of the main thread, and that can be
-    inside a ``__del__`` or a weakref callback, where an exception is printed and dropped:
-    the search then ran on to its end (a flaky ``test_sigterm_ends_the_parent_killed``).
-    So the signal is also kept, and :func:`raise_if_terminated`, called after every trial,
-    raises it again.
+    inside a ``__del__`` or a weakref callback, where an exception is printed and dropped,
+    and the search would run on to its end (the likely cause of one CI failure of
+    ``test_sigterm_ends_the_parent_killed``, where a SIGTERM was ignored; not reproduced in
+    six reruns). So the signal is also kept, and :func:`raise_if_terminated`, called after
+    every trial, raises it again.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
