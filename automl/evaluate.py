@@ -9,6 +9,7 @@ gathers weights and runs one pass over the validation split.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -326,7 +327,10 @@ class Evaluator:
         """
         cache = self._teacher.get((batch_size, seed))
         if cache is None:
-            n = len(self.train_batches(batch_size, seed))
+            if self._train_data is None:
+                self.train_batches(batch_size, seed)  # the train split, gathered once
+            assert self._train_data is not None
+            n = math.ceil(len(self._train_data[0]) / batch_size)  # as many as train_batches cuts
             cache = self._teacher[(batch_size, seed)] = [None] * n
         out = cache[index]
         if out is None:

@@ -103,15 +103,15 @@ def main() -> None:
         r = one_search(task, searcher, args.evaluations, Path(out), args.threads, overlap == "True")
         (Path(out) / "search_speed.json").write_text(json.dumps(r))
         return
-    results: dict[tuple[str, str], dict] = {}
+    results: dict[tuple[str, str, bool], dict] = {}  # (model, searcher, fine-tune beside the search)
     with tempfile.TemporaryDirectory(prefix="search-speed-") as tmp:
         for name in ("resnet20", "lenet4"):
             if args.only and name != args.only:
                 continue
-            default = SearchConfig().finetune_overlap
-            runs = [(SearchConfig().searcher, default), ("ilp", default)]
+            default, tpe = SearchConfig().finetune_overlap, SearchConfig().searcher
+            runs = [(tpe, default), ("ilp", default)]
             if name == (args.only or "resnet20"):  # the same search with the other fine-tune placement
-                runs.append((SearchConfig().searcher, not default))
+                runs.append((tpe, not default))
             for searcher, overlap in runs:
                 tag = searcher + ("" if overlap == default else " (overlap)" if overlap else " (no overlap)")
                 out = Path(tmp) / f"{name}-{searcher}-{overlap}"
@@ -119,12 +119,12 @@ def main() -> None:
                          str(args.threads)] + (["--evaluations", str(args.evaluations)] if args.evaluations else [])
                 subprocess.run(child, check=True)
                 r = json.loads((out / "search_speed.json").read_text())
-                results[(name, tag)] = r
+                results[(name, searcher, overlap)] = r
                 report(name, tag, r)
     key = "resnet20" if not args.only else args.only
-    d, ilp = results[(key, SearchConfig().searcher)], results[(key, "ilp")]
-    other = results[(key, f"{SearchConfig().searcher} ({'no ' if SearchConfig().finetune_overlap else ''}overlap)")]
-    overlapped, serial = (d, other) if SearchConfig().finetune_overlap else (other, d)
+    default, tpe = SearchConfig().finetune_overlap, SearchConfig().searcher
+    d, ilp = results[(key, tpe, default)], results[(key, "ilp", default)]
+    overlapped, serial = results[(key, tpe, True)], results[(key, tpe, False)]
     t = d["timings"]
     total = t["seconds_total"]
     print(f"\nILP-only test accuracy {ilp['test_accuracy']:.4f} vs default {d['test_accuracy']:.4f} "
