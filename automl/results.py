@@ -266,21 +266,16 @@ def _charts(session: Session, result: SearchResult, best: dict[str, TrialRecord]
 
 def _winner_independent(session: Session, result: SearchResult, best: dict[str, TrialRecord], sample: torch.Tensor,
                         quiet: bool) -> dict[str, Any]:
-    """The final stage's work that needs no fine-tuned model, done while the winner's fine-tune
-    runs beside on the other core (:meth:`automl.overlap.SpeculativeFinetune.running`): the
-    charts, the ONNX libraries' first imports and the float network's ONNX form (the exported
-    file's latency baseline). Each is timed in its own stage, as when it runs after the
-    fine-tune. The latency timing itself stays after: beside a running fine-tune it would be
-    measured on a busy machine."""
+    """The final stage's work that needs no fine-tuned model: the charts and the float network's
+    ONNX form (the exported file's latency baseline), done while the winner's fine-tune runs
+    beside on the other core (:meth:`automl.overlap.SpeculativeFinetune.running`). Each is timed
+    in its own stage, as when it runs after the fine-tune."""
     timer = session.timer
     out: dict[str, Any] = {}
     with stage("while the winner's fine-tune runs: charts and the float ONNX baseline", quiet):
         with timer.stage("charts"):
             out["charts"] = _charts(session, result, best)
         with timer.stage("export_onnx"):
-            import onnx  # noqa: F401  # first imports (~1.1 s, most of it ml_dtypes), here rather than after
-            import onnxruntime  # noqa: F401
-
             try:  # a copy: the fine-tune beside this reads the float model as its teacher
                 out["float_onnx"] = float_onnx(copy.deepcopy(session.evaluator.evaluator.float_model), sample)
             except ExportError:
