@@ -304,17 +304,15 @@ def layer_precisions(model: Any) -> dict[str, int]:
 
 
 def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, sample: torch.Tensor, *,
-                 threads: int = 1, repeats: int = 20, baseline: bytes | None = None) -> dict[str, Any]:
+                 threads: int = 1, repeats: int = 20) -> dict[str, Any]:
     """ONNX Runtime latency of the exported file and of the float network, at batch 1 and
-    ``len(sample)``, timed round-robin in one run (:func:`automl.ort.best_ms`).
-
-    ``baseline``: the float network's ONNX bytes when already made (:func:`float_onnx`)."""
+    ``len(sample)``, timed round-robin in one run (:func:`automl.ort.best_ms`)."""
     import onnx
 
     from automl import ort
 
     exported = Path(onnx_path).read_bytes()
-    baseline = float_onnx(float_model, sample) if baseline is None else baseline
+    baseline = float_onnx(float_model, sample)
     x = sample.detach().numpy()
     sessions = [ort.session(exported, threads), ort.session(baseline, threads)]
     calls = [ort.runner(s, x[:1]) for s in sessions] + [ort.runner(s, x) for s in sessions]
@@ -350,12 +348,11 @@ def export_file(run: Path, fmt: str = "onnx", output: str | os.PathLike[str] | N
 
 
 def export_run_onnx(ampq_path: Path, onnx_path: Path, float_model: nn.Module, sample: torch.Tensor,
-                    threads: int = 1, baseline: bytes | None = None) -> dict[str, Any]:
+                    threads: int = 1) -> dict[str, Any]:
     """The search's final step: the ONNX file next to the ``.ampq`` one, timed against float
-    (:func:`measure_onnx`; ``baseline`` as there); ``{"error": message}`` instead when the
-    network has no ONNX form, so that a long search still ends with its ``.ampq`` file and results."""
+    (:func:`measure_onnx`); ``{"error": message}`` instead when the network has no ONNX form,
+    so that a long search still ends with its ``.ampq`` file and results."""
     try:
-        return measure_onnx(export_onnx(ampq_path, onnx_path), float_model, sample, threads=threads, repeats=10,
-                            baseline=baseline)
+        return measure_onnx(export_onnx(ampq_path, onnx_path), float_model, sample, threads=threads, repeats=10)
     except ExportError as exc:
         return {"error": str(exc)}

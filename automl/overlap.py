@@ -78,9 +78,7 @@ class OverlapReport:
         prepare_seconds: search-side seconds applying each incumbent and copying its model.
         background_seconds: fine-tune seconds run on the background thread (all of them).
         overlapped_seconds: seconds of the winner's fine-tune that ran before the search ended.
-        side_seconds: seconds of the final stage's own work (charts, the float ONNX baseline)
-            done on the main thread while the winner's fine-tune was still running.
-        wait_seconds: seconds the final stage then waited, idle, for the winner's fine-tune to finish.
+        wait_seconds: seconds the final stage waited for the winner's fine-tune to finish.
     """
 
     started: int = 0
@@ -89,7 +87,6 @@ class OverlapReport:
     prepare_seconds: float = 0.0
     background_seconds: float = 0.0
     overlapped_seconds: float = 0.0
-    side_seconds: float = 0.0
     wait_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,9 +98,8 @@ def overlap_line(report: OverlapReport) -> str:
     head = f"fine-tune beside the search (spare core): {report.started} started, {report.cancelled} superseded; "
     if not report.hit:
         return head + "the winner's fine-tune ran after the search"
-    side = f" after {report.side_seconds:.0f} s of its own work beside it" if report.side_seconds else ""
     return head + (f"the winner's ran {report.overlapped_seconds:.0f} s during the search, the final stage "
-                   f"waited {report.wait_seconds:.0f} s{side}")
+                   f"waited {report.wait_seconds:.0f} s")
 
 
 class _Job:
@@ -179,11 +175,6 @@ class SpeculativeFinetune(Callback):
         if self._job is not None:
             self._job.stop.set()
             self._job = None
-
-    def running(self, policy: Policy) -> bool:
-        """Whether the speculation on ``policy`` is still fine-tuning (the caller can do other work first)."""
-        job = self._job
-        return job is not None and job.policy == policy and job.thread.is_alive()
 
     def take(self, policy: Policy) -> tuple[nn.Module, FinetuneReport] | None:
         """The winner's fine-tuned model and report, waiting for its fine-tune to end;

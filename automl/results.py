@@ -6,7 +6,6 @@ Written to the run directory and to the MLflow parent run; the best policy of th
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import sys
@@ -27,13 +26,11 @@ from automl.finalists import Finalist, screen  # noqa: E402
 from automl.finetune import FinetuneConfig  # noqa: E402
 from automl.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
 from automl.mlflow_ui import child_note, limits_text, parent_note  # noqa: E402
-from automl.onnx_export import ExportError, export_run_onnx, float_onnx  # noqa: E402
+from automl.onnx_export import export_run_onnx  # noqa: E402
 from automl.overlap import SpeculativeFinetune, overlap_line  # noqa: E402
 from automl.units import SIZE_UNIT, cost_metrics, kb, limit_metrics  # noqa: E402
 
 if TYPE_CHECKING:
-    import torch
-
     from automl.runner import Session
 
 
@@ -259,30 +256,6 @@ def _final(ev: Any, r: TrialRecord, steps: int, recipe: FinetuneConfig,
     return ev.score_final(model, report, "test", start), model
 
 
-def _charts(session: Session, result: SearchResult, best: dict[str, TrialRecord]) -> list:
-    """The Pareto front's files, then the best policies' layer chart (``None`` without a best policy)."""
-    return [*pareto_artifacts(session, result), layer_chart(session, best) if best else None]
-
-
-def _winner_independent(session: Session, result: SearchResult, best: dict[str, TrialRecord], sample: torch.Tensor,
-                        quiet: bool) -> dict[str, Any]:
-    """The final stage's work that needs no fine-tuned model: the charts and the float network's
-    ONNX form (the exported file's latency baseline), done while the winner's fine-tune runs
-    beside on the other core (:meth:`automl.overlap.SpeculativeFinetune.running`). Each is timed
-    in its own stage, as when it runs after the fine-tune."""
-    timer = session.timer
-    out: dict[str, Any] = {}
-    with stage("while the winner's fine-tune runs: charts and the float ONNX baseline", quiet):
-        with timer.stage("charts"):
-            out["charts"] = _charts(session, result, best)
-        with timer.stage("export_onnx"):
-            try:  # a copy: the fine-tune beside this reads the float model as its teacher
-                out["float_onnx"] = float_onnx(copy.deepcopy(session.evaluator.evaluator.float_model), sample)
-            except ExportError:
-                pass  # reported by the export after the fine-tune, as without this step
-    return out
-
-
 def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                   speculation: SpeculativeFinetune | None = None) -> dict[str, TrialRecord]:
     """Write and log the results of a finished search; returns the best records.
@@ -301,13 +274,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
     onnx_report: dict = {}
     timer = session.timer
     finalists = pick_finalist(session, result, best, recipe, quiet)
-    early: dict[str, Any] = {}
-    sample = next(iter(session.problem.task.val_loader))[0]
     for i, (label, r) in enumerate(best.items()):
-        if i == 0 and speculation is not None and speculation.running(r.policy):
-            side = time.perf_counter()  # the main thread would only wait: do first what needs no fine-tuned model
-            early = _winner_independent(session, result, best, sample[:64], quiet)
-            speculation.report.side_seconds = time.perf_counter() - side
         with stage(f"final fine-tune of trial {r.number} (best for {label}): up to {steps} steps, then the test split", quiet), \
                 timer.stage("finetune"):
             metrics, model = _final(ev, r, steps, recipe, speculation if i == 0 else None)
@@ -320,13 +287,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                     timer.stage("export"):
                 export = export_policy(
                     model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
-                    sample_input=sample[:EXPORT_TIMING_BATCH],
+                    sample_input=next(iter(session.problem.task.val_loader))[0][:EXPORT_TIMING_BATCH],
                     float_model=ev.float_model, cost_model=session.cost_model, threads=session.config.threads,
                     repeats=EXPORT_TIMING_REPEATS,
                 )
             with stage(f"ONNX export of trial {r.number}: QDQ graph timed in ONNX Runtime", quiet), timer.stage("export_onnx"):
                 onnx_report = export_run_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx", ev.float_model,
-                                              sample[:64], session.config.threads, baseline=early.get("float_onnx"))
+                                              next(iter(session.problem.task.val_loader))[0][:64], session.config.threads)
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -341,12 +308,12 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
     if export is not None:
         (run_dir / "export_report.json").write_text(json.dumps({**export.to_dict(), "onnx": onnx_report}, indent=1, default=str))
     with timer.stage("charts"):
-        charts = early["charts"] if "charts" in early else _charts(session, result, best)
-        artifacts = [*charts[:-1], run_dir / "best_policies.md", run_dir / "best_policies.json"]
+        artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
         if export is not None:
             artifacts += [p for p in (run_dir / "best_model.ampq", run_dir / "best_model.onnx", run_dir / "export_report.json")
                           if p.is_file()]
-        artifacts += [p for p in charts[-1:] if p is not None]
+        if best:
+            artifacts.append(layer_chart(session, best))
     if tracker is not None:
         mlflow_start = time.perf_counter()
         extra = _parent_extras(result, best, tuned, finalists, onnx_report, speculation)

@@ -149,58 +149,6 @@ def test_a_search_with_and_without_overlap_delivers_the_same_model(tmp_path, mon
     assert "overlap" not in t_without
 
 
-def test_the_final_stage_does_its_own_work_while_the_winners_fine_tune_runs(tmp_path, monkeypatch):
-    """Charts and the float ONNX baseline are made while the background fine-tune still runs
-    (held here until they are done), and the run's files are those of a run without the overlap."""
-    import time
-
-    from automl import overlap, results
-    from automl.finetune import Cancelled
-    from automl.runner import search
-    from tests.tasks import tiny
-
-    monkeypatch.setattr(overlap, "usable_cores", lambda: 2)
-    gate, calls = threading.Event(), []
-    real_finetune, real_side = overlap.finetune, results._winner_independent
-
-    def held(ev, model, recipe, should_stop=None, seed_global=True):
-        deadline = time.monotonic() + 60  # never hang: without the side step the test fails below
-        while not gate.is_set() and time.monotonic() < deadline:
-            if should_stop is not None and should_stop():
-                raise Cancelled("superseded while held")
-            time.sleep(0.005)
-        return real_finetune(ev, model, recipe, should_stop=should_stop, seed_global=seed_global)
-
-    def side(session, *args, **kwargs):
-        calls.append(threading.current_thread() is threading.main_thread())
-        try:
-            return real_side(session, *args, **kwargs)
-        finally:
-            gate.set()
-
-    monkeypatch.setattr(overlap, "finetune", held)
-    monkeypatch.setattr(results, "_winner_independent", side)
-    out = {}
-    for on in (True, False):
-        search(tiny(), budget="size<=0.3x", searcher="random", evaluations=6, output=str(tmp_path / str(on)),
-               quiet=True, finetune_steps=6, finetune_eval_every=2, sensitivity_method="heuristic",
-               finetune_overlap=on)
-        run_dir = next((tmp_path / str(on) / "runs").iterdir())
-        out[on] = run_dir
-    assert calls == [True]  # once, on the main thread, and only in the run with the overlap
-    timings = json.loads((out[True] / "timings.json").read_text())
-    assert timings["overlap"]["hit"] and timings["overlap"]["side_seconds"] > 0
-    best = [json.loads((d / "best_policies.json").read_text()) for d in (out[True], out[False])]
-    strip = lambda b: {k: {kk: vv for kk, vv in v.items() if kk != "finetune"} for k, v in b.items()}  # noqa: E731
-    assert strip(best[0]) == strip(best[1])
-    assert [v["finetune"]["history"] for v in best[0].values()] == [v["finetune"]["history"] for v in best[1].values()]
-    assert (out[True] / "pareto_front.csv").read_text() == (out[False] / "pareto_front.csv").read_text()
-    for name in ("pareto_front.png", "best_policies_layers.png", "best_model.onnx"):
-        assert (out[True] / name).stat().st_size > 0
-    reports = [json.loads((d / "export_report.json").read_text())["onnx"] for d in (out[True], out[False])]
-    assert reports[0]["float_onnx_bytes"] == reports[1]["float_onnx_bytes"] > 0
-
-
 def _corrections(model):
     from automl.quant.engine import QuantLayer
 
