@@ -236,7 +236,8 @@ def _parent_extras(result: SearchResult, best: dict[str, TrialRecord], tuned: di
     if speculation is not None:
         rep = speculation.report
         extra.update({"finetune_speculations": float(rep.started), "finetune_overlap_hit": float(rep.hit),
-                      "finetune_overlap_seconds": rep.overlapped_seconds, "finetune_background_seconds": rep.background_seconds})
+                      "finetune_overlap_seconds": rep.overlapped_seconds, "finetune_background_seconds": rep.background_seconds,
+                      "finetune_wait_seconds": rep.wait_seconds})
     if finalists:
         extra.update({"finalists_screened": float(len(finalists)),
                       "finalist_winner_trial": float(next(iter(best.values())).number)})
