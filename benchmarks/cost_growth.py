@@ -22,27 +22,16 @@ import time
 
 import numpy as np
 import torch
+from env_speed import ConstantEvaluator  # benchmarks/ is on the path of a script run from it
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.budget import Budget
 from automl.cost import CostModel
 from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.metrics import Metrics
 from automl.models import MobileNetV2Small, resnet8, resnet20, resnet56
 from automl.task import Task
 from automl.timing import median_time, pin_threads
 from envs import EnvConfig, LayerQuantEnv
-from search_spaces.policy import Policy
-
-
-class ConstantEvaluator:
-    fidelity = 1
-
-    def evaluate(self, policy: Policy, fidelity: int | None = None) -> Metrics:
-        return Metrics(accuracy=0.9, loss=0.3, kl=0.1, fidelity=1)
-
-    def baseline(self) -> Metrics:
-        return Metrics(accuracy=0.95, loss=0.2, kl=0.0, fidelity=0)
 
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
