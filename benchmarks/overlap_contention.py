@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--alone-seconds", type=float, default=25.0, help="length of the evaluation loop alone")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.steps < 1 or args.alone_seconds <= 0 or args.threads < 1:
+        parser.error(f"expected --steps >= 1, --alone-seconds > 0 and --threads >= 1, got {args.steps}, "
+                     f"{args.alone_seconds} and {args.threads}")
     pin_threads(args.threads)
     problem = Problem.from_task(reference_task("resnet20", log=None))
     ev = Evaluator(problem, EvalConfig(fidelity=2))
