@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from automl.analysis import analyse
 from automl.quant import QuantEngine, fold_batchnorm, quantize_weight, quantize_weight_ste
+from automl.quant.fake import quantize_act_ste
 from search_spaces import LayerPolicy, SearchSpace, SpaceConfig
 
 
@@ -46,6 +47,22 @@ def test_ste_passes_gradient_and_blocks_pruned_channels():
     assert torch.equal(out[0], torch.zeros(4))
     assert torch.equal(w.grad[0], torch.zeros(4))
     assert (w.grad[1:] != 0).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(1e-3, 2.0), signed=st.booleans(), bits=st.sampled_from([2, 3, 4, 8]), seed=st.integers(0, 1000))
+def test_activation_ste_gives_the_fused_fake_quantizers_values_and_gradients_bit_for_bit(scale, signed, bits, seed):
+    # the QAT fine-tune's activation quantizer replaced torch.fake_quantize_per_tensor_affine for speed only
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(4, 3, 9, 9, generator=gen) * 4 * scale * 2**bits).requires_grad_(True)
+    qmin, qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    grad = torch.randn(4, 3, 9, 9, generator=gen)
+    fused = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
+    ours = quantize_act_ste(x, scale, qmin, qmax)
+    assert torch.equal(ours, fused)
+    ours_grad = torch.autograd.grad(ours, x, grad)[0]
+    assert torch.equal(ours_grad, torch.autograd.grad(fused, x, grad)[0])
+    assert 0 < int((ours_grad == 0).sum()) < x.numel()  # clipped inputs get no gradient, the others all of it
 
 
 def test_bn_folding_keeps_float_outputs(tiny_resnet):

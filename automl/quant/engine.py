@@ -24,6 +24,7 @@ from automl.quant.fake import (
     FLOAT_BITS,
     act_qparams,
     lsq_quantize,
+    quantize_act_ste,
     quantize_weight,
     quantize_weight_ste,
     weight_qmax,
@@ -260,7 +261,7 @@ class QuantLayer(nn.Module):
             if a_scale is not None:  # learnable step size (LSQ fine-tune)
                 x = lsq_quantize(x, a_scale.abs().clamp_min(1e-12), qmin, qmax, 1.0 / (x[0].numel() * qmax) ** 0.5)
             elif torch.is_grad_enabled():  # straight-through gradient for QAT
-                x = torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
+                x = quantize_act_ste(x, scale, qmin, qmax)
             else:
                 x = x.mul(1.0 / scale).round_().clamp_(qmin, qmax).mul_(scale)
         if self.qat:

@@ -86,6 +86,32 @@ def quantize_weight_ste(w: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor
     return _STEWeight.apply(w, scale.view(shape).clamp_min(1e-12), qmax, (bits >= FLOAT_BITS).view(shape), live) * live
 
 
+class _STEAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, inv_scale, qmin, qmax):  # type: ignore[override]
+        q = x.mul(inv_scale).round_()
+        inside = (q >= qmin).logical_and_(q <= qmax)
+        ctx.save_for_backward(inside)
+        return q.clamp_(qmin, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def quantize_act_ste(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
+    """Per-tensor fake quantization of an activation with a straight-through gradient (zero outside the grid).
+
+    The same values and gradients, bit for bit, as ``torch.fake_quantize_per_tensor_affine(x,
+    scale, 0, qmin, qmax)`` (both round ``x * (1 / scale)`` in float32, ties to even), in a
+    quarter of its time on CPU: the fused op took as long as the layer's convolution in a
+    fine-tune step (``tests/test_quant.py``).
+    """
+    s32 = torch.tensor(scale, dtype=torch.float32)
+    return _STEAct.apply(x, float(s32), float(1.0 / s32), qmin, qmax)
+
+
 def act_qparams(
     sample: torch.Tensor, bits: int, signed: bool, method: str = "mse", power_of_two: bool = False
 ) -> tuple[float, int, int]:
