@@ -48,7 +48,7 @@ from agents.base import Callback, Searcher, check_evaluations, notify_trial
 from agents.codec import PolicyCodec
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
-from agents.storage import fail_stale, heartbeat, open_storage, quiet_optuna
+from agents.storage import batched_params, fail_stale, heartbeat, open_storage, quiet_optuna
 from automl import faults
 from automl.baselines import UniformChoice, feasible_uniform
 from automl.cache import evaluator_fidelity
@@ -243,7 +243,7 @@ class OptunaSearcher(Searcher):
         active = [t for t in self.study.get_trials(deepcopy=False, states=_ACTIVE) if not t.user_attrs.get(CACHE_HIT_ATTR)]
         if len(active) >= n_evaluations:
             return None
-        with quiet_optuna():
+        with quiet_optuna(), batched_params(self.storage):
             trial = self.study.ask(self.distributions)
         if self.worker:
             trial.set_user_attr(WORKER_ATTR, self.worker)
@@ -285,7 +285,7 @@ class OptunaSearcher(Searcher):
 
     # ask / tell ----------------------------------------------------------------------
     def ask(self) -> Policy:
-        with quiet_optuna():
+        with quiet_optuna(), batched_params(self.storage):
             trial = self.study.ask(self.distributions)
         policy = self.codec.decode(trial.params)
         self._pending.setdefault(policy.key(), []).append(trial)

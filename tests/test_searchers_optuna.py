@@ -86,6 +86,36 @@ def test_a_reopened_study_resumes_without_re_evaluating(tmp_path) -> None:
     assert result.records[:5] == first.records
 
 
+def _commits_per_trial(tmp_path: Path, name: str, trials: int = 4) -> tuple[float, TPESearcher, list[TrialRecord]]:
+    from sqlalchemy import event
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=None)
+    searcher = TPESearcher(make_objective(), storage=storage, study_name=name, warm_start=False)
+    commits: list[int] = []
+    event.listen(storage.engine, "commit", lambda _conn: commits.append(1))
+    result = searcher.run(trials)
+    return len(commits) / trials, searcher, result.records
+
+
+def test_a_trials_parameters_are_stored_exactly_in_one_commit(tmp_path, monkeypatch) -> None:
+    import contextlib
+
+    from agents import optuna_search
+    from agents.storage import batched_params
+
+    batched, searcher, records = _commits_per_trial(tmp_path, "batched")
+    stored = optuna.load_study(study_name="batched", storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}")).trials
+    assert len(stored) == 4 and all(len(t.params) == len(searcher.distributions) for t in stored)
+    assert [searcher.codec.decode(t.params) for t in stored] == [r.proposed for r in records]
+    monkeypatch.setattr(optuna_search, "batched_params", lambda _storage: contextlib.nullcontext())
+    one_by_one, _, _ = _commits_per_trial(tmp_path, "one-by-one")
+    assert len(searcher.distributions) > 20
+    assert batched <= one_by_one - (len(searcher.distributions) - 1), (batched, one_by_one)
+    # Optuna's own checks still run on the held parameters: a distribution the study holds in another form
+    with pytest.raises(ValueError, match="different distribution"), batched_params(searcher.storage):
+        searcher.study.ask({**searcher.distributions, "spread": optuna.distributions.FloatDistribution(0, 1)})
+
+
 def test_a_study_with_other_objectives_is_refused(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     TPESearcher(make_objective(), storage=url, study_name="s", warm_start=False).run(1)

@@ -239,7 +239,7 @@ def test_the_loser_of_a_sqlite_schema_race_retries(monkeypatch, tmp_path):
     a script polling its study): the loser's alembic insert fails; it retries and opens."""
     import agents.storage as storage_mod
 
-    real, calls = storage_mod.RDBStorage, []
+    real, calls = storage_mod.BatchedRDBStorage, []
 
     def racing(url, **kwargs):
         calls.append(url)
@@ -247,7 +247,7 @@ def test_the_loser_of_a_sqlite_schema_race_retries(monkeypatch, tmp_path):
             raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
         return real(url, **kwargs)
 
-    monkeypatch.setattr(storage_mod, "RDBStorage", racing)
+    monkeypatch.setattr(storage_mod, "BatchedRDBStorage", racing)
     monkeypatch.setattr("time.sleep", lambda s: None)
     assert storage_mod.open_storage(f"sqlite:///{tmp_path / 'race.db'}") is not None and len(calls) == 2
 
