@@ -124,6 +124,7 @@ class QuantLayer(nn.Module):
         self.act: tuple[float, int, int] | None = None
         self.correction: tuple[torch.Tensor, torch.Tensor] | None = None
         self.qat = False
+        self._baked: tuple[int, ...] | None = None  # the trained weights last written for inference (_inference_ready)
         self.qat_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (w, b) set by AdaQuant for this policy
         self._arange = torch.arange(w.shape[0])
         self._lookup = {b: i for i, b in enumerate(self.bank_bits)}
@@ -216,6 +217,7 @@ class QuantLayer(nn.Module):
         self.w_param = nn.Parameter(self.masked(w * live.view(-1, *([1] * (self.w_float.dim() - 1)))))
         self.b_param = nn.Parameter(b * live)
         self.qat = True
+        self._baked = None
         self.w_scale = nn.Parameter(self._scale.clone()) if lsq else None
         self.a_scale = nn.Parameter(torch.tensor(float(self.act[0]))) if lsq and self.act is not None else None
 
@@ -246,14 +248,36 @@ class QuantLayer(nn.Module):
             return F.conv2d(x, w, b, op.stride, op.padding, op.dilation, op.groups)
         return F.conv1d(x, w, b, op.stride, op.padding, op.dilation, op.groups)
 
+    def _inference_ready(self) -> bool:
+        """Whether a forward without gradients can take the inference path.
+
+        A fine-tuned layer (QAT, fixed scales) gets its trained weights quantized exactly as its
+        training forward quantizes them, written to ``weight`` / ``bias`` when they changed. So
+        a fine-tuned model is scored by the arithmetic a policy is scored by in the search
+        (``conv(q, s * w)``, pruned channels skipped), not by the training formulation
+        (``conv(s * q, w)``), whose rounding differs: untrained, it now scores what the search
+        scored, bit for bit (``tests/test_finetune.py``). Learned (LSQ) scales keep the training path.
+        """
+        if not self.qat:
+            return True
+        if getattr(self, "w_scale", None) is not None or getattr(self, "a_scale", None) is not None:
+            return False
+        key = (id(self.w_param), self.w_param._version, id(self.b_param), self.b_param._version)
+        if self._baked != key:
+            with torch.no_grad():
+                self.weight = self._qat_weight()
+                self.bias = self.b_param * (self.bits > 0).to(self.b_param.dtype)
+            self._baked = key
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None and not self.qat and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self.act is not None and self._inference_ready():
             # Inference: the layer is linear in its input, so the activation scale moves onto the
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
             # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
             scale, qmin, qmax = self.act
             return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
-        if self.act is None and not self.qat and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self.act is None and self._inference_ready():
             return self._finish(self._sliced_run(x, 1.0, None))
         if self.act is not None:
             scale, qmin, qmax = self.act
