@@ -18,7 +18,7 @@ from automl.config_schema import check_types, flatten_sections, normalise
 from automl.errors import AutoMLError, ConfigError
 
 if TYPE_CHECKING:
-    from automl.evaluate import EvalConfig
+    from automl.eval_config import EvalConfig
     from search_spaces.space import SpaceConfig
 
 DEFAULT_BUDGET = ("size<=0.125x",)
@@ -272,7 +272,7 @@ class SearchConfig:
 
     def eval_config(self) -> EvalConfig:
         """The evaluation settings of this configuration."""
-        from automl.evaluate import EvalConfig
+        from automl.eval_config import EvalConfig
 
         try:
             return EvalConfig(

@@ -218,3 +218,16 @@ def test_a_profile_with_a_bad_nm_speedup_exits_2(capsys, tmp_path, value, patter
                     "--budget", f"latency<=90%@{profile}")
     one_paragraph(code, err, pattern, "bad.yaml")
     assert "RUNNING" not in parent_statuses(tmp_path / "out")
+
+
+@pytest.mark.parametrize("argv", [["--searcher", "nope"], ["--budget", "size<=zz"], ["--threads", "0"], ["--finetune-lr=-1"]])
+def test_a_bad_option_is_refused_before_torch_is_imported(argv):
+    """Issue 14: a typo answers at once; torch's import alone is ~1 s, so the check must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom automl.cli import main\nrc = main(['search', *sys.argv[1:]])\n"
+            "print('torch' in sys.modules, rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "2"], out.stdout + out.stderr
+    assert "Error" in out.stderr and "Traceback" not in out.stderr

@@ -1,10 +1,24 @@
-"""Model analysis: layers, shapes, MACs and channel coupling."""
+"""Model analysis: layers, shapes, MACs and channel coupling.
 
-from automl.analysis.graph import analyse
+The records (:mod:`automl.analysis.records`) are plain values and import without torch, so the
+search space, the cost model and a command line that refuses a bad option do not pay for
+torch's import (~1 s); the tracer and the pruning helpers load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from automl.analysis.records import ChannelGroup, LayerInfo, ModelAnalysis, Segment
 
-__all__ = ["ChannelGroup", "LayerInfo", "ModelAnalysis", "Segment", "analyse"]
+_LAZY = {"analyse": "automl.analysis.graph", "keep_masks": "automl.analysis.prune",
+         "mask_model": "automl.analysis.prune", "prune_model": "automl.analysis.prune"}
 
-from automl.analysis.prune import keep_masks, mask_model, prune_model  # noqa: E402
+__all__ = ["ChannelGroup", "LayerInfo", "ModelAnalysis", "Segment", *_LAZY]
 
-__all__ += ["keep_masks", "mask_model", "prune_model"]
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,24 @@
-"""Fake quantization and the policy-applying engine."""
+"""Fake quantization and the policy-applying engine.
 
-from automl.quant.engine import QuantEngine, QuantLayer, fold_batchnorm
-from automl.quant.fake import act_qparams, quantize_weight, quantize_weight_ste, weight_scales
+The names below load their modules on first use, so that :mod:`automl.quant.methods` (option
+checks that a configuration runs before torch is imported) can be imported on its own.
+"""
 
-__all__ = ["QuantEngine", "QuantLayer", "act_qparams", "fold_batchnorm", "quantize_weight", "quantize_weight_ste", "weight_scales"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "QuantEngine": "automl.quant.engine", "QuantLayer": "automl.quant.engine", "fold_batchnorm": "automl.quant.engine",
+    "act_qparams": "automl.quant.fake", "quantize_weight": "automl.quant.fake",
+    "quantize_weight_ste": "automl.quant.fake", "weight_scales": "automl.quant.fake",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
