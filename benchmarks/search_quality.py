@@ -20,7 +20,8 @@ Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents
   the best RL agent of seed 0, the integer program and the uniform baseline (mean +- sd), one
   seed for the others. The row's seed seeds its final fine-tune too (as ``--seed`` does), so
   the two deterministic searches still have a spread: the fine-tune's.
-- **Headline** on ResNet-20 with the default searcher and the uniform baseline at
+- **Headline** on ResNet-20 with the default searcher and the uniform baseline (``--headline-searchers``
+  adds others) at
   ``size<=0.125x``/``0.0625x``/``0.03125x`` (the same seeds).
 - **Ground truth**: the small plain CNN with layer-level choices only (one bit-width and
   sparsity per layer); its whole space at one budget is enumerated, and each searcher's
@@ -34,7 +35,7 @@ Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents
 It ends ``RESULT ft_gap_1_16=<points> ft_gap_1_32=<points> best_minus_uniform_1_16=<points>
 best_minus_uniform_1_32=<points> regret_tiny=<points> best_learning_minus_warmstart=<points>
 rl_minus_tpe=<points> rl_minus_random=<points>``: ResNet-20 float test accuracy minus the
-better headline row's mean fine-tuned test accuracy (default searcher or uniform); on ResNet-8
+best headline row's mean fine-tuned test accuracy (any of ``--headline-searchers``); on ResNet-8
 the best searcher's mean minus the uniform baseline's mean; the default searcher's regret on
 the plain CNN; and issue 10's figures (:func:`learning_figures`). Every comparison is between
 means over the same seeds: only searchers run with the most seeds at a budget take part
@@ -417,9 +418,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summarise", default="", help="only print the table and RESULT of rows saved by --out")
     ap.add_argument("--finalists", type=int, default=1,
                     help="screen this many of each search's best policies by a short fine-tune (automl search --finalists)")
+    ap.add_argument("--headline-searchers", default=f"uniform,{DEFAULTS.searcher}",
+                    help="the ResNet-20 headline rows' searchers (default: the uniform baseline and the default searcher)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the rows already in --out (same settings assumed) and run only the missing ones")
     args = ap.parse_args(argv)
+    from agents import SEARCHERS
+
+    for option in ("searchers", "headline_searchers"):
+        unknown = [x.strip() for x in getattr(args, option).split(",") if x.strip() and x.strip() not in (*SEARCHERS, "uniform")]
+        if unknown:
+            ap.error(f"--{option.replace('_', '-')}: unknown searcher(s) {unknown}; choose from {sorted(SEARCHERS)} or uniform")
     if args.resume and not args.out:
         ap.error("--resume needs --out (the rows file of the run to continue)")
     if args.summarise:
@@ -444,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     common = {"quick": args.quick, "threads": args.threads, "cache_dir": args.cache_dir,
               "finetune_steps": args.finetune_steps, "out": args.out, "finalists": args.finalists}
     jobs = [Job("resnet8", b, n, 0, n_rank, **common) for b in rank_budgets for n in ("uniform", *searchers)]
-    jobs += [Job("resnet20", b, n, 0, n_head, **common) for b in head_budgets for n in ("uniform", DEFAULTS.searcher)]
+    headline = tuple(x.strip() for x in args.headline_searchers.split(",") if x.strip())
+    jobs += [Job("resnet20", b, n, 0, n_head, **common) for b in head_budgets for n in headline]
     done = {_key(r): r for r in load_rows(args.out)} if args.resume and os.path.exists(args.out) else {}
     if done:
         print(f"--resume: {len(done)} rows read from {args.out}", flush=True)
@@ -455,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         extra += [_base(rl)] if rl else []
         more = [Job("resnet8", b, n, seed, n_rank, **common) for seed in range(1, seeds) for b in rank_budgets for n in extra]
         more += [Job("resnet20", b, n, seed, n_head, **common)
-                 for seed in range(1, seeds) for b in head_budgets for n in ("uniform", DEFAULTS.searcher)]
+                 for seed in range(1, seeds) for b in head_budgets for n in headline]
         rows += run_jobs(more, args.jobs, done)
     print(f"\nsearch fidelity {DEFAULTS.fidelity}, sensitivities {DEFAULTS.sensitivity_method}, fine-tune "
           f"{_SETUPS[('resnet8', args.quick)].recipe}; ResNet-8 {n_rank} and ResNet-20 {n_head} distinct evaluations per "
