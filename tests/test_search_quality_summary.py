@@ -45,3 +45,12 @@ def test_gap_uses_the_mean_of_the_better_headline_row(sq) -> None:
     figures = dict(kv.split("=") for kv in line.removeprefix("RESULT ").split())
     assert float(figures["ft_gap_1_16"]) == pytest.approx(0.6, abs=1e-6)  # 99.0 - 98.4, not 99.0 - 99.0
     assert math.isnan(float(figures["ft_gap_1_32"]))  # no rows at that budget
+
+
+@pytest.mark.parametrize("option", ["--searchers", "--headline-searchers"])
+def test_an_unknown_searcher_name_exits_2_before_any_work(sq, capsys, option) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sq.main([option, "tpe,nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown searcher(s) ['nope']" in err and "Traceback" not in err
