@@ -271,14 +271,14 @@ class QuantLayer(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and self.act is not None and self._inference_ready():
+        if not torch.is_grad_enabled() and self._inference_ready():
+            if self.act is None:
+                return self._finish(self._sliced_run(x, 1.0, None))
             # Inference: the layer is linear in its input, so the activation scale moves onto the
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
             # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
             scale, qmin, qmax = self.act
             return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
-        if not torch.is_grad_enabled() and self.act is None and self._inference_ready():
-            return self._finish(self._sliced_run(x, 1.0, None))
         if self.act is not None:
             scale, qmin, qmax = self.act
             a_scale = getattr(self, "a_scale", None)
