@@ -40,6 +40,7 @@ def __getattr__(name: str) -> Any:
 SEARCHERS: dict[str, tuple[str, str]] = {
     "random": ("agents.random_search", "RandomSearcher"),
     "ilp": ("agents.ilp", "ILPSearcher"),
+    "ilp_tpe": ("agents.optuna_search", "ILPTPESearcher"),
     "tpe": ("agents.optuna_search", "TPESearcher"),
     "nsga2": ("agents.optuna_search", "NSGA2Searcher"),
     "gp": ("agents.optuna_search", "GPSearcher"),

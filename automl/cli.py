@@ -42,7 +42,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with the same keys as these options (options override it)")
     p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | package.module:function")
     p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@bitserial")
-    p.add_argument("--searcher", help="tpe | nsga2 | random | ilp | ppo | maskable_ppo | sac | td3 | ddpg | cmaes | gp")
+    p.add_argument("--searcher", help="ilp_tpe (default: the integer program's sweep, then TPE) | tpe | nsga2 | random | ilp | ppo | maskable_ppo | sac | td3 | ddpg | cmaes | gp")
     p.add_argument("--evaluations", type=int, help="policies to evaluate")
     p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
     p.add_argument("--seed", type=int)
@@ -88,7 +88,7 @@ def _pareto_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="size", help="size | bitops: what the budgets constrain (default size)")
     p.add_argument("--levels", type=int, help="default levels from 1/4x to 1/64x (size) or 1/16x to 1/256x (bitops); 8")
     p.add_argument("--evaluations", type=int, help="distinct policies searched per budget (default 20)")
-    p.add_argument("--searcher", help="tpe | nsga2 | random | ilp | ppo | ... (as `automl search`)")
+    p.add_argument("--searcher", help="ilp_tpe | tpe | nsga2 | random | ilp | ppo | ... (as `automl search`)")
     p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
     p.add_argument("--finetune-overlap", dest="finetune_overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune each new incumbent on a spare core during the search (default on; "

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from search_spaces.space import SpaceConfig
 
 DEFAULT_BUDGET = ("size<=0.125x",)
-DEFAULT_SEARCHER = "tpe"
+DEFAULT_SEARCHER = "ilp_tpe"
 DEFAULT_EVALUATIONS = 60
 SENSITIVITY_METHODS = ("measured", "fisher", "hessian", "heuristic")
 FINETUNE_OPTIMIZERS = ("sgd", "adam")

@@ -32,6 +32,7 @@ rows are scaled to order one for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +238,12 @@ def _objective(sens: Sensitivities) -> Any:
     return objective
 
 
+def choice_table(space: SearchSpace, cost_model: CostModel, metrics: Sequence[str],
+                 sensitivities: Sensitivities | SensitivityFn | None) -> ChoiceTable:
+    """Every layer decision priced on ``metrics`` and scored by ``sensitivities``, dominated ones dropped."""
+    return build_choices(space, cost_model, metrics, _objective(as_sensitivities(space, sensitivities)))
+
+
 def solve_ilp_detailed(
     space: SearchSpace,
     cost_model: CostModel,
@@ -246,6 +253,7 @@ def solve_ilp_detailed(
     time_limit: float = 60.0,
     mip_rel_gap: float = 1e-6,
     max_rounds: int = 5,
+    table: ChoiceTable | None = None,
 ) -> IlpResult:
     """Minimise the sum of layer sensitivities under every constraint of ``bound_budget``.
 
@@ -259,9 +267,13 @@ def solve_ilp_detailed(
         time_limit: seconds HiGHS may spend per solve.
         mip_rel_gap: relative optimality gap at which HiGHS stops (1e-6: optimal up to rounding).
         max_rounds: solves allowed when the re-priced result must be tightened.
+        table: the priced decisions from :func:`choice_table` for the same space, cost model,
+            sensitivities and constrained metrics. A sweep over scaled limits builds it once:
+            pricing is ~70 % of a solve on ResNet-20 (0.5 of 0.7 s), and no limit enters it.
     """
     sens = as_sensitivities(space, sensitivities)
-    table = build_choices(space, cost_model, bound_budget.metrics, _objective(sens))
+    if table is None:
+        table = choice_table(space, cost_model, bound_budget.metrics, sens)
     limits = dict(bound_budget.limits)
     notes: list[str] = []
     for round_ in range(1, max_rounds + 1):

@@ -249,6 +249,8 @@ def coordinate(
           f"{run_dir}  or, from another host on a shared database: automl worker --storage <its URL> --study "
           f"{searcher.study_name}", file=sys.stderr, flush=True)
     procs = dict(started) if started else start_workers(run_dir, cfg.workers)
+    if hasattr(searcher, "prime"):  # ilp_tpe: its sweep is queued before any worker asks
+        searcher.prime(cfg.evaluations)
     (run_dir / "workers" / READY).write_text(searcher.study_name + "\n")
     restarts, next_index = 0, max(procs, default=-1) + 1
     stop_reason = ""

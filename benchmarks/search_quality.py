@@ -73,14 +73,14 @@ from search_spaces.space import SpaceConfig
 DEFAULTS = SearchConfig()
 RANK_BUDGETS = ("size<=0.0625x", "size<=0.03125x", "size<=0.0625x,bitops<=0.01x", "latency<=0.03x@bitserial")
 HEADLINE_BUDGETS = ("size<=0.125x", "size<=0.0625x", "size<=0.03125x")
-SEEDED = ("tpe", "nsga2", "random")
+SEEDED = ("ilp_tpe", "tpe", "nsga2", "random")
 # The uniform baseline and the integer program search deterministically, but the final fine-tune
 # is seeded like every row's (the row's seed), so they get the same seeds: every mean +- sd
 # compares what a user gets over seeds, fine-tune noise included.
 DETERMINISTIC = ("uniform", "ilp")
 RL = ("ppo", "maskable_ppo", "ddpg", "td3", "sac")
-ALL_SEARCHERS = ("ilp", "tpe", "nsga2", "random", "gp", "cmaes", *RL)
-QUICK_SEARCHERS = ("ilp", "tpe", "nsga2", "random", "maskable_ppo")
+ALL_SEARCHERS = ("ilp_tpe", "ilp", "tpe", "nsga2", "random", "gp", "cmaes", *RL)
+QUICK_SEARCHERS = ("ilp_tpe", "ilp", "tpe", "nsga2", "random", "maskable_ppo")
 TINY_BUDGET = "size<=0.2x"
 TINY_SPACE = SpaceConfig(weight_bits=(0, 2, 4, 8), act_bits=(4, 8), n_groups=1, max_sparsity=0.5, sparsity_step=0.25)
 TINY_SPACE_QUICK = replace(TINY_SPACE, max_sparsity=0.25)
@@ -88,6 +88,8 @@ TINY_SPACE_QUICK = replace(TINY_SPACE, max_sparsity=0.25)
 
 def options_for(name: str, distinct: int) -> dict[str, Any]:
     """Constructor options: in-memory Optuna studies; the ILP may sweep as many optima as it has evaluations."""
+    if name == "ilp_tpe":
+        return {"storage": ":memory:", "sweep": max(1, distinct)}
     if name in ("tpe", "nsga2", "gp", "cmaes"):
         return {"storage": ":memory:"}
     if name == "ilp":
@@ -358,7 +360,7 @@ def learning_figures(rows: list[Row], budgets: tuple[str, ...] = ("size<=0.0625x
     nan = float("nan")
     names = {r.searcher for r in rows if r.arch == "resnet8"
              and all(r.searcher in fully_seeded(rows, "resnet8", b) for b in budgets)}
-    learning = [n for n in names if _base(n) not in ("uniform", "ilp", "random")]
+    learning = [n for n in names if _base(n) not in ("uniform", "ilp", "ilp_tpe", "random")]  # pure learners
     def pick(base: str) -> str | None:
         return next((n for n in names if _base(n) == base), None)
     ilp, tpe, rnd = pick("ilp"), pick("tpe"), pick("random")

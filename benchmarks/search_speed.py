@@ -1,8 +1,8 @@
 """Where the wall time of a default search goes, stage by stage.
 
-Runs ``automl search`` with its defaults (TPE, ``size<=0.125x``, fidelity 2, 1 thread) and
-the integer-program searcher alone (and, for the model the RESULT line is about, the default
-search once more with the winner's fine-tune beside the search instead of after it:
+Runs ``automl search`` with its defaults (``ilp_tpe``, ``size<=0.125x``, fidelity 2, 1 thread) and
+the integer-program searcher alone (and, for the model the RESULT line is about, TPE, the
+previous default, and the default search once more with the winner's fine-tune beside the search instead of after it:
 ``finetune_overlap=True``, :mod:`automl.overlap`; ``total_over_no_overlap`` is that run's
 time over the run without it), on the reference ResNet-20 and on a LeNet-5-style
 4-layer CNN without BatchNorm (trained here for two epochs, so not the project's own
@@ -11,7 +11,8 @@ runs (the first search of a process also pays its one-time costs: data, caches, 
 run in one process, whichever search came first looked ~10 % slower). Reads the run's ``timings.json`` (the same
 ``seconds_<stage>`` values the MLflow parent run gets) and prints the stages, the share of
 wall time spent evaluating, distinct evaluations over proposals, the overhead, and the
-default search's time over the ILP-only search's, with both test accuracies (fine-tuned).
+default search's time over the ILP-only search's and over TPE's (``total_over_ilp``,
+``total_over_tpe``), with the test accuracies (fine-tuned) of all three.
 
     python benchmarks/search_speed.py               # both models
     python benchmarks/search_speed.py --only resnet20 --evaluations 40
@@ -108,10 +109,11 @@ def main() -> None:
         for name in ("resnet20", "lenet4"):
             if args.only and name != args.only:
                 continue
-            default, tpe = SearchConfig().finetune_overlap, SearchConfig().searcher
-            runs = [(tpe, default), ("ilp", default)]
-            if name == (args.only or "resnet20"):  # the same search with the other fine-tune placement
-                runs.append((tpe, not default))
+            default, dflt = SearchConfig().finetune_overlap, SearchConfig().searcher
+            runs = [(dflt, default), ("ilp", default)]
+            if name == (args.only or "resnet20"):  # the previous default, and the other fine-tune placement
+                runs += [("tpe", default)] if dflt != "tpe" else []
+                runs.append((dflt, not default))
             for searcher, overlap in runs:
                 tag = searcher + ("" if overlap == default else " (overlap)" if overlap else " (no overlap)")
                 out = Path(tmp) / f"{name}-{searcher}-{overlap}"
@@ -122,19 +124,23 @@ def main() -> None:
                 results[(name, searcher, overlap)] = r
                 report(name, tag, r)
     key = "resnet20" if not args.only else args.only
-    default, tpe = SearchConfig().finetune_overlap, SearchConfig().searcher
-    d, ilp = results[(key, tpe, default)], results[(key, "ilp", default)]
-    overlapped, serial = results[(key, tpe, True)], results[(key, tpe, False)]
+    default, dflt = SearchConfig().finetune_overlap, SearchConfig().searcher
+    d, ilp = results[(key, dflt, default)], results[(key, "ilp", default)]
+    tpe = results[(key, "tpe", default)]
+    overlapped, serial = results[(key, dflt, True)], results[(key, dflt, False)]
     t = d["timings"]
     total = t["seconds_total"]
-    print(f"\nILP-only test accuracy {ilp['test_accuracy']:.4f} vs default {d['test_accuracy']:.4f} "
+    print(f"\nILP-only test accuracy {ilp['test_accuracy']:.4f}, TPE {tpe['test_accuracy']:.4f} "
+          f"({tpe['timings']['seconds_total']:.1f} s) vs default {d['test_accuracy']:.4f} "
           f"(total_over_ilp compares wall times at these accuracies); with the fine-tune beside the search "
           f"{overlapped['timings']['seconds_total']:.1f} s, test {overlapped['test_accuracy']:.4f}; after it "
           f"{serial['timings']['seconds_total']:.1f} s, test {serial['test_accuracy']:.4f}")
     print(f"RESULT total_s_{key}={total:.1f} eval_share={t['eval_seconds'] / total:.3f} "
           f"distinct_share={t['n_evaluations'] / max(1, t['n_proposed']):.3f} overhead_s={total - t['eval_seconds']:.1f} "
           f"total_over_ilp={total / ilp['timings']['seconds_total']:.2f} "
-          f"total_over_no_overlap={overlapped['timings']['seconds_total'] / serial['timings']['seconds_total']:.2f}")
+          f"total_over_no_overlap={overlapped['timings']['seconds_total'] / serial['timings']['seconds_total']:.2f} "
+          f"total_over_tpe={total / tpe['timings']['seconds_total']:.2f} test_default={d['test_accuracy']:.4f} "
+          f"test_tpe={tpe['test_accuracy']:.4f} test_ilp={ilp['test_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

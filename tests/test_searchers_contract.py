@@ -21,6 +21,7 @@ N = 16
 FACTORIES: dict[str, dict] = {
     "random": {},
     "ilp": {},
+    "ilp_tpe": {"storage": ":memory:", "sweep": 4, "n_startup_trials": 5},  # sweep, uniform, then TPE within N
     "tpe": {"storage": ":memory:", "warm_start": False, "n_startup_trials": 5},
     "nsga2": {"storage": ":memory:", "warm_start": False, "population_size": 6},
     "gp": {"storage": ":memory:", "warm_start": False, "n_startup_trials": 5},
