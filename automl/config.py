@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 DEFAULT_BUDGET = ("size<=0.125x",)
 DEFAULT_SEARCHER = "ilp_tpe"
-DEFAULT_EVALUATIONS = 60
+# The default searcher at 20 distinct evaluations did as well as at 60 (ResNet-20) and 150 (ResNet-8) after the
+# fine-tune, in a third to a half of the time (docs/search_quality_default_evaluations_rows.jsonl, README).
+DEFAULT_EVALUATIONS = 20
 SENSITIVITY_METHODS = ("measured", "fisher", "hessian", "heuristic")
 FINETUNE_OPTIMIZERS = ("sgd", "adam")
 

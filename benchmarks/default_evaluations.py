@@ -1,0 +1,70 @@
+"""How many evaluations the default search needs: the default searcher at a smaller count against its saved rows.
+
+Runs ``benchmarks/search_quality.py``'s own jobs for the default searcher at ``--evaluations``
+distinct evaluations (sensitivity stage included, the same fine-tune, seeds 0-2) on the
+ResNet-20 headline budgets (1/8, 1/16, 1/32) and the ResNet-8 ranking budgets 1/16 and 1/32,
+and compares them with the protocol's rows of the same searcher (ResNet-20 at 60, ResNet-8 at
+150 evaluations, ``--reference``). Ends with the mean fine-tuned test accuracy of each side per
+network (points) and the ratio of their mean wall seconds.
+
+    python benchmarks/default_evaluations.py --evaluations 20 --jobs 2 --out rows.jsonl
+    python benchmarks/default_evaluations.py --summarise docs/search_quality_default_evaluations_rows.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import search_quality as sq
+
+
+def compare(rows: list[sq.Row], reference: list[sq.Row], searcher: str) -> str:
+    def pick(rs: list[sq.Row], arch: str, budgets: tuple[str, ...]) -> list[sq.Row]:
+        return [r for r in rs if r.arch == arch and r.searcher == searcher and r.budget in budgets]
+
+    parts, ratios = [], []
+    for arch, budgets in (("resnet20", sq.HEADLINE_BUDGETS), ("resnet8", sq.RANK_BUDGETS[:2])):
+        mine, ref = pick(rows, arch, budgets), pick(reference, arch, budgets)
+        n_mine = mine[0].distinct if mine else 0
+        n_ref = ref[0].distinct if ref else 0
+        parts.append(f"{arch}_test_e{n_mine}={100 * statistics.mean(r.test for r in mine):.2f} "
+                     f"{arch}_test_ref={100 * statistics.mean(r.test for r in ref):.2f}" if mine and ref else "")
+        if mine and ref:
+            ratios.append(statistics.mean(r.seconds for r in mine) / statistics.mean(r.seconds for r in ref))
+            print(f"{arch}: {len(mine)} rows at {n_mine} evaluations, {len(ref)} reference rows at {n_ref}")
+    return "RESULT " + " ".join(p for p in parts if p) + f" seconds_over_ref={statistics.mean(ratios):.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--evaluations", type=int, default=sq.DEFAULTS.evaluations)
+    ap.add_argument("--searcher", default=sq.DEFAULTS.searcher)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="", help="append the rows here (JSON lines)")
+    ap.add_argument("--summarise", default="", help="only compare rows saved by --out")
+    ap.add_argument("--reference", default="docs/search_quality_full_rows.jsonl",
+                    help="the protocol's saved rows (the same searcher at its own counts)")
+    args = ap.parse_args()
+    reference = sq.load_rows(args.reference)
+    if args.summarise:
+        rows = sq.load_rows(args.summarise)
+    else:
+        cache = str(sq.default_cache_dir())
+        for arch in ("resnet20", "resnet8"):
+            sq.setup(arch, False, args.threads, cache)  # the stage's tables, cached before the workers start
+        jobs = [sq.Job(arch, b, args.searcher, seed, args.evaluations, False, args.threads, cache,
+                       sq.DEFAULTS.finetune_steps, out=args.out)
+                for seed in range(3)
+                for arch, budgets in (("resnet20", sq.HEADLINE_BUDGETS), ("resnet8", sq.RANK_BUDGETS[:2]))
+                for b in budgets]
+        rows = sq.run_jobs(jobs, args.jobs)
+    print(sq.HEADER.format(f=sq.DEFAULTS.fidelity))
+    print("\n".join(sq.table(rows)))
+    print(compare(rows, reference, args.searcher))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
