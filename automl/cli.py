@@ -60,8 +60,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finalists", dest="finetune_finalists", type=int,
                    help="short-fine-tune this many of the best policies and fine-tune the one that validates best")
     p.add_argument("--finetune-overlap", dest="finetune_overlap", action=argparse.BooleanOptionalAction, default=None,
-                   help="fine-tune each new incumbent on a spare core during the search (default on; "
-                        "--no-finetune-overlap runs the fine-tune after it)")
+                   help="fine-tune each new incumbent on a spare core during the search (default off: it pays only "
+                        "when the winner comes early; --no-finetune-overlap runs the fine-tune after it)")
     p.add_argument("--sensitivity", dest="sensitivity_method",
                    help="per-layer sensitivities before the search: hessian | fisher | measured | heuristic")
     p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant", "adaquant-final"),
@@ -91,8 +91,8 @@ def _pareto_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--searcher", help="ilp_tpe | tpe | nsga2 | random | ilp | ppo | ... (as `automl search`)")
     p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
     p.add_argument("--finetune-overlap", dest="finetune_overlap", action=argparse.BooleanOptionalAction, default=None,
-                   help="fine-tune each new incumbent on a spare core during the search (default on; "
-                        "--no-finetune-overlap runs the fine-tune after it)")
+                   help="fine-tune each new incumbent on a spare core during the search (default off: it pays only "
+                        "when the winner comes early; --no-finetune-overlap runs the fine-tune after it)")
     p.add_argument("--sensitivity", dest="sensitivity_method", help="hessian | fisher | measured | heuristic")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads")

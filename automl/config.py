@@ -105,9 +105,10 @@ class SearchConfig:
         finetune_overlap: fine-tune each new incumbent on a spare core while the search
             runs, so the winner's fine-tune is done, or partly done, when the search ends;
             the same result as fine-tuning it afterwards (:mod:`automl.overlap`, which
-            also says when there is no spare core and it stays off). On by default: each
-            search in its own process, the default search took 0.94 times as long with it
-            (benchmarks/search_speed.py, README); it gains only when the winner comes early.
+            also says when there is no spare core and it stays off). Off by default: with the
+            default searcher, whose sweep changes incumbent at almost every trial, the default
+            search took 1.11-1.12 times as long with it (benchmarks/search_speed.py, README;
+            it was 0.82-0.94 with TPE): it gains only when the winner comes early.
         searcher_stage_fidelity: Optuna searchers only: 0 scores every proposal once at
             ``fidelity``; 1 or 2 (below ``fidelity``) scores it at that cheap fidelity first
             and promotes the better half (successive halving) to ``fidelity``; both stages
@@ -183,7 +184,7 @@ class SearchConfig:
     finetune_stop_at_float: bool = False
     finetune_finalists: int = 1
     finetune_finalist_steps: int = 50
-    finetune_overlap: bool = True
+    finetune_overlap: bool = False
     searcher_options: Mapping[str, Any] = field(default_factory=dict)
     searcher_stage_fidelity: int = 0
     widen_activations: bool = False
