@@ -119,7 +119,7 @@ def test_overlap_needs_a_spare_core_one_worker_one_finalist_and_plain_rounding()
     assert overlap_reason(SearchConfig(threads=1, **on), cores=2) == ""
     assert "spare core" in overlap_reason(SearchConfig(threads=1, **on), cores=1)
     assert "spare core" in overlap_reason(SearchConfig(threads=2, **on), cores=3)
-    assert overlap_reason(SearchConfig(), cores=2) == ""  # the default
+    assert overlap_reason(SearchConfig(), cores=8) == "finetune_overlap is off"  # the default (search_speed, README)
     assert "off" in overlap_reason(SearchConfig(finetune_overlap=False), cores=8)
     assert "workers" in overlap_reason(SearchConfig(workers=2, **on), cores=8)
     assert "finalists" in overlap_reason(SearchConfig(finetune_finalists=2, **on), cores=8)
