@@ -40,6 +40,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--evaluations", type=int, default=sq.DEFAULTS.evaluations)
     ap.add_argument("--searcher", default=sq.DEFAULTS.searcher)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--finetune-steps", type=int, default=sq.DEFAULTS.finetune_steps,
+                    help="the final fine-tune's steps (lower only to smoke-test the script)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="", help="append the rows here (JSON lines)")
@@ -55,8 +58,8 @@ def main() -> int:
         for arch in ("resnet20", "resnet8"):
             sq.setup(arch, False, args.threads, cache)  # the stage's tables, cached before the workers start
         jobs = [sq.Job(arch, b, args.searcher, seed, args.evaluations, False, args.threads, cache,
-                       sq.DEFAULTS.finetune_steps, out=args.out)
-                for seed in range(3)
+                       args.finetune_steps, out=args.out)
+                for seed in range(args.seeds)
                 for arch, budgets in (("resnet20", sq.HEADLINE_BUDGETS), ("resnet8", sq.RANK_BUDGETS[:2]))
                 for b in budgets]
         rows = sq.run_jobs(jobs, args.jobs)
