@@ -209,6 +209,23 @@ def test_bad_rl_exploration_options_exit_2_and_close_the_run(capsys, tmp_path, o
     assert "RUNNING" not in parent_statuses(tmp_path / "out")
 
 
+@pytest.mark.parametrize(
+    "options,patterns",
+    [
+        ("{sweep: 0}", [r"sweep must be >= 1, got 0"]),
+        ("{min_factor: 1.5}", [r"min_factor must lie in \(0, 1\]"]),
+        ("{warm_start: true}", [r"takes no warm_start", r"searcher tpe"]),
+    ],
+)
+def test_bad_ilp_tpe_options_exit_2_and_close_the_run(capsys, tmp_path, options, patterns):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"searcher: ilp_tpe\nsearcher_options: {options}\n")
+    argv = [a for a in TINY if a not in ("--searcher", "random")]
+    code, err = run(capsys, "search", "--config", str(cfg), *argv, "--evaluations", "2", "--output", str(tmp_path / "out"))
+    one_paragraph(code, err, *patterns)
+    assert "RUNNING" not in parent_statuses(tmp_path / "out")
+
+
 @pytest.mark.parametrize("value,pattern", [('{"2:4": 5.0}', r"nm_speedup"), ('{2:4: 2.0}', r"nm_speedup")])
 def test_a_profile_with_a_bad_nm_speedup_exits_2(capsys, tmp_path, value, pattern):
     shipped = Path(__file__).resolve().parents[1] / "automl" / "cost" / "profiles" / "sparse_accel.yaml"
