@@ -194,32 +194,18 @@ def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(ca
 
 
 @pytest.mark.parametrize(
-    "options,patterns",
+    "searcher,options,patterns",
     [
-        ("{channels: bogus}", [r"channels must be one of \['groups', 'uniform'\]|channels must be one of"]),
-        ("{explore_moves: 0}", [r"explore_moves must be > 0"]),
+        ("maskable_ppo", "{channels: bogus}", [r"channels must be one of \['groups', 'uniform'\]|channels must be one of"]),
+        ("maskable_ppo", "{explore_moves: 0}", [r"explore_moves must be > 0"]),
+        ("ilp_tpe", "{sweep: 0}", [r"sweep must be >= 1, got 0"]),
+        ("ilp_tpe", "{min_factor: 1.5}", [r"min_factor must lie in \(0, 1\]"]),
+        ("ilp_tpe", "{warm_start: true}", [r"takes no warm_start", r"searcher tpe"]),
     ],
 )
-def test_bad_rl_exploration_options_exit_2_and_close_the_run(capsys, tmp_path, options, patterns):
+def test_bad_searcher_option_values_exit_2_and_close_the_run(capsys, tmp_path, searcher, options, patterns):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"searcher: maskable_ppo\nsearcher_options: {options}\n")
-    argv = [a for a in TINY if a not in ("--searcher", "random")]
-    code, err = run(capsys, "search", "--config", str(cfg), *argv, "--evaluations", "2", "--output", str(tmp_path / "out"))
-    one_paragraph(code, err, *patterns)
-    assert "RUNNING" not in parent_statuses(tmp_path / "out")
-
-
-@pytest.mark.parametrize(
-    "options,patterns",
-    [
-        ("{sweep: 0}", [r"sweep must be >= 1, got 0"]),
-        ("{min_factor: 1.5}", [r"min_factor must lie in \(0, 1\]"]),
-        ("{warm_start: true}", [r"takes no warm_start", r"searcher tpe"]),
-    ],
-)
-def test_bad_ilp_tpe_options_exit_2_and_close_the_run(capsys, tmp_path, options, patterns):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"searcher: ilp_tpe\nsearcher_options: {options}\n")
+    cfg.write_text(f"searcher: {searcher}\nsearcher_options: {options}\n")
     argv = [a for a in TINY if a not in ("--searcher", "random")]
     code, err = run(capsys, "search", "--config", str(cfg), *argv, "--evaluations", "2", "--output", str(tmp_path / "out"))
     one_paragraph(code, err, *patterns)
