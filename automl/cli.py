@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--tracking-uri", dest="tracking_uri", default="")
 
     tr = sub.add_parser("train-reference", help="train and cache a reference network", parents=[_debug_flag()])
-    tr.add_argument("--arch", default="resnet20", choices=("resnet8", "resnet20"))
+    tr.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist", "cifar10"))
+    tr.add_argument("--arch", default="resnet20", choices=("resnet8", "resnet20", "mobilenetv2"))
+    tr.add_argument("--data-dir", dest="data_dir", help="where the dataset is (see automl/data/)")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--seed", type=int, default=0)
@@ -292,7 +294,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_train_reference(args: argparse.Namespace) -> int:
     from automl.reference import train_reference
 
-    path = train_reference(args.arch, epochs=args.epochs, seed=args.seed, threads=args.threads, force=args.force)
+    path = train_reference(args.arch, epochs=args.epochs, seed=args.seed, threads=args.threads, force=args.force,
+                           dataset=args.dataset, data_dir=args.data_dir)
     if args.ship:
         from automl.weights import ship
 

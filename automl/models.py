@@ -1,4 +1,5 @@
-"""Small reference networks for 1x28x28 input (MNIST-sized)."""
+"""Small reference networks: ResNets and MobileNetV2-style networks for 28x28 (MNIST, Fashion-MNIST)
+and 32x32 (CIFAR-10) images."""
 
 from __future__ import annotations
 
@@ -149,4 +150,49 @@ class MobileNetV2Small(nn.Module):
         return self.fc(self.flatten(self.pool(self.head(self.blocks(self.stem(x))))))
 
 
+class MobileNetV2Cifar(nn.Module):
+    """MobileNetV2 (Sandler et al., 2018) for 3x32x32 input at width 0.5.
+
+    The stem keeps the resolution and the first downsampling moves to the second stage (the
+    usual CIFAR adaptation), the later stages keep MobileNetV2's widths, depths and expansion 6,
+    and the last stride-2 stage runs at stride 1, so the network ends on 4x4 maps; 0.59 M parameters.
+    """
+
+    def __init__(self, num_classes: int = 10, width: float = 0.5, in_channels: int = 3) -> None:
+        super().__init__()
+
+        def c(channels: int) -> int:
+            return max(8, int(channels * width + 4) // 8 * 8)
+
+        stem = c(32)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())
+        cfg = [(16, 1, 1, 1), (24, 6, 2, 2), (32, 6, 3, 2), (64, 6, 4, 2), (96, 6, 3, 1), (160, 6, 3, 1), (320, 6, 1, 1)]
+        blocks: list[nn.Module] = []
+        cin = stem
+        for cout, expand, n, stride in cfg:
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, c(cout), stride if i == 0 else 1, expand))
+                cin = c(cout)
+        self.blocks = nn.Sequential(*blocks)
+        head = 640
+        self.head = nn.Sequential(nn.Conv2d(cin, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(head, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.head(self.blocks(self.stem(x))))))
+
+
 REFERENCE_MODELS = {"resnet8": resnet8, "resnet20": resnet20, "plaincnn": PlainCNN}
+
+
+def build_reference_model(arch: str, in_channels: int, num_classes: int = 10) -> nn.Module:
+    """A reference architecture for images of ``in_channels`` channels (1: MNIST-like, 3: CIFAR-10)."""
+    if arch in ("resnet8", "resnet20", "resnet56"):
+        return ResNet(int(arch.removeprefix("resnet")), num_classes, in_channels=in_channels)
+    if arch == "mobilenetv2":
+        return MobileNetV2Cifar(num_classes, in_channels=in_channels)
+    if arch == "plaincnn" and in_channels == 1:
+        return PlainCNN(num_classes)
+    raise ValueError(f"no reference architecture {arch!r} for {in_channels}-channel images")

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from automl.data import MNIST_MEAN, MNIST_STD, mnist_loaders, mnist_splits
 from automl.errors import ConfigError
 from automl.models import REFERENCE_MODELS
+from automl.recipes import DATASETS, RECIPES
 from automl.task import Task
 
 # Measured with torch 2.13 on a shared 2-core CPU, one thread, seed 0 (val / test accuracy, training time):
@@ -58,18 +59,22 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "automl-mpq"
 
 
-def checkpoint_path(arch: str = "resnet20", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache file of one reference network: ``<cache_dir>/<arch>-seed<seed>.pt``.
+def checkpoint_path(
+    arch: str = "resnet20", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, dataset: str = "mnist"
+) -> Path:
+    """The cache file of one reference network: ``<cache_dir>/<arch>-seed<seed>.pt`` on MNIST,
+    ``<cache_dir>/<dataset>-<arch>-seed<seed>.pt`` on the other datasets.
 
     Raises:
-        ConfigError: if ``arch`` is not a known reference architecture or ``seed`` is
-            not a non-negative integer.
+        ConfigError: if ``arch`` is not a known reference architecture of ``dataset`` or
+            ``seed`` is not a non-negative integer.
     """
-    _check_arch(arch)
+    _check_arch(arch, dataset)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return directory / f"{arch}-seed{seed}.pt"
+    prefix = "" if dataset == "mnist" else f"{dataset}-"
+    return directory / f"{prefix}{arch}-seed{seed}.pt"
 
 
 def train_reference(
@@ -81,8 +86,13 @@ def train_reference(
     force: bool = False,
     log: Log | None = print,
     max_train_batches: int | None = None,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Train a reference network on the MNIST train split and cache it.
+    """Train a reference network on the train split of ``dataset`` and cache it.
+
+    Fashion-MNIST and CIFAR-10 follow :data:`automl.recipes.RECIPES` and resume from the last
+    finished epoch when interrupted (:func:`automl.recipes.train_on_arrays`); MNIST as follows.
 
     Training uses SGD (momentum 0.9, Nesterov, weight decay 5e-4) with a per-step cosine
     schedule from 0.1 to 0, batches of 64 and random shifts of up to 2 pixels. Weights,
@@ -112,8 +122,9 @@ def train_reference(
         ConfigError: if ``arch`` is unknown or ``epochs``, ``threads`` or
             ``max_train_batches`` is not a positive integer.
     """
-    path = checkpoint_path(arch, seed, cache_dir)
-    epochs = DEFAULT_EPOCHS[arch] if epochs is None else epochs
+    path = checkpoint_path(arch, seed, cache_dir, dataset)
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS[arch] if dataset == "mnist" else RECIPES[(dataset, arch)].epochs
     _check_positive("epochs", epochs)
     _check_positive("threads", threads, optional=True)
     _check_positive("max_train_batches", max_train_batches, optional=True)
@@ -129,13 +140,23 @@ def train_reference(
         else:
             say(f"{arch}: cached checkpoint {path} does not match {wanted}; retraining")
     with _num_threads(DEFAULT_THREADS if threads is None else threads) as used_threads:
-        checkpoint = _train(arch, epochs, seed, max_train_batches, say)
+        if dataset == "mnist":
+            checkpoint = _train(arch, epochs, seed, max_train_batches, say)
+        else:
+            from automl.recipes import splits_of, train_on_arrays
+
+            partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+            checkpoint = train_on_arrays(
+                dataset, arch, seed, splits_of(dataset, data_dir), partial, epochs, max_train_batches, say
+            )
         checkpoint["threads"] = used_threads
     _save_atomic(checkpoint, path)
     say(
         f"{arch}: val accuracy {checkpoint['val_accuracy']:.4f}, test accuracy {checkpoint['test_accuracy']:.4f}, "
         f"{checkpoint['train_seconds']:.0f} s on {used_threads} thread(s); saved {path}"
     )
+    if dataset != "mnist":
+        path.with_name(f"{path.stem}.partial{path.suffix}").unlink(missing_ok=True)
     return path
 
 
@@ -351,10 +372,13 @@ def _num_threads(threads: int) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in REFERENCE_MODELS:
+def _check_arch(arch: str, dataset: str = "mnist") -> None:
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown reference dataset {dataset!r}; expected one of {list(DATASETS)}.")
+    known = sorted(REFERENCE_MODELS) if dataset == "mnist" else sorted(a for d, a in RECIPES if d == dataset)
+    if arch not in known:
         raise ConfigError(
-            f"unknown reference architecture {arch!r}; expected one of {sorted(REFERENCE_MODELS)}. "
+            f"unknown reference architecture {arch!r} for {dataset}; expected one of {known}. "
             "Pick one of those or build a Task around your own model."
         )
 

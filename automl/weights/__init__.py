@@ -33,7 +33,7 @@ def file_sha256(path: Path) -> str:
 
 def data_sha256(split_seed: int = 0) -> str:
     """sha256 of the normalised MNIST images, labels and split indices a reference is scored on."""
-    from automl.data import _mnist_arrays, split_indices
+    from automl.data.mnist import _mnist_arrays, split_indices
 
     images, labels = _mnist_arrays()
     digest = hashlib.sha256(images.tobytes())
