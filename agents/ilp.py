@@ -14,14 +14,14 @@ from agents.base import Callback, Searcher
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from automl.errors import AutoMLError, ConfigError, InfeasibleBudget
-from automl.ilp import choice_table, solve_ilp
+from automl.problem.ilp import choice_table, solve_ilp
 from search_spaces.policy import Policy
 
 
 class ILPSearcher(Searcher):
     """Evaluates the optimum of the separable proxy, then optima under tightened budgets.
 
-    The first proposal is :func:`automl.ilp.solve_ilp` under the search's budget with the
+    The first proposal is :func:`automl.problem.ilp.solve_ilp` under the search's budget with the
     objective's sensitivities. The proxy is only a proxy, so further evaluations go to the
     program's optima with every limit scaled by ``sweep`` factors evenly spaced from 1 down
     to ``min_factor`` (a walk along the proxy's own front), skipping policies already

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from automl.config import SearchConfig, read_config_file
-from automl.config_schema import flatten_sections
 from automl.errors import AutoMLError, ConfigError
-from automl.lifecycle import Terminated, handle_termination
+from automl.runs.config import SearchConfig, read_config_file
+from automl.runs.config_schema import flatten_sections
+from automl.runs.lifecycle import Terminated, handle_termination
 
 EXIT_USAGE = 2
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("onnx", "ampq"), default="onnx")
     ex.add_argument("--output", help="file to write (default: best_model.<format> next to the source)")
 
-    from automl.workers import add_worker_parser
+    from automl.runs.worker_command import add_worker_parser
 
     add_worker_parser(sub, [_debug_flag()])
     an = sub.add_parser("analyse", help="print a model's quantizable layers and channel coupling", parents=[_debug_flag()])
@@ -176,14 +176,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     config = config.merged(overrides)
     explicit = set(flatten_sections(SearchConfig, data)[0]) | {k for k, v in overrides.items() if v is not None}
     _check_cheaply(config)
-    from automl.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
+    from automl.runs.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
 
     run_search(config, explicit=explicit)
     return 0
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
-    from automl.pareto_config import DEFAULT_PARETO_EVALUATIONS, ParetoConfig
+    from automl.pareto.config import DEFAULT_PARETO_EVALUATIONS, ParetoConfig
 
     config, data, overrides = _config_and_flags(args)
     if overrides.get("evaluations") is None and "evaluations" not in flatten_sections(SearchConfig, data)[0]:
@@ -192,7 +192,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     budgets = tuple(part for item in args.budgets or () for part in item.split(","))
     pareto = ParetoConfig(config, budgets, args.metric, args.levels)
     _check_cheaply(config)
-    from automl.pareto import run_pareto  # torch, Optuna, MLflow: only once the input is known to be sound
+    from automl.pareto.sweep import run_pareto  # torch, Optuna, MLflow: only once the input is known to be sound
 
     run_pareto(pareto)
     return 0
@@ -201,24 +201,24 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 def _check_cheaply(config: SearchConfig) -> None:
     """The checks that need no torch (searcher name, budget grammar), so a typo fails in well under 2 s."""
     from agents import SEARCHERS
-    from automl.budget import Budget
+    from automl.problem.budget import Budget
     if config.searcher not in SEARCHERS:
         raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(SEARCHERS)}")
     Budget.parse(list(config.budget))
-    from automl.workers import check_workers
+    from automl.runs.workers import check_workers
 
     check_workers(config)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     return args.tracking_uri or default_tracking_uri(args.output)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from automl.tracking import artifact_root
-    from automl.uris import check_tracking_uri
+    from automl.runs.uris import check_tracking_uri
+    from automl.tracking.tracker import artifact_root
 
     uri = _tracking_uri(args)
     check_tracking_uri(uri)
@@ -267,15 +267,15 @@ def _serve(proc: subprocess.Popen, port: int, uri: str, experiment: str) -> int:
                 print(f"the MLflow server exited with code {proc.returncode}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
-    from automl.mlflow_ui import ui_banner
+    from automl.tracking.ui import ui_banner
 
     print(ui_banner(url, uri, experiment), flush=True)
     return proc.wait()  # Ctrl-C and SIGTERM: the caller stops the server's process group
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from automl.lifecycle import close_stale_in_store
-    from automl.report import best_table
+    from automl.runs.lifecycle import close_stale_in_store
+    from automl.tracking.report import best_table
 
     uri = _tracking_uri(args)
     for run_id in close_stale_in_store(uri):
@@ -285,19 +285,19 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from automl.report import show_run
+    from automl.tracking.report import show_run
 
     print(show_run(_tracking_uri(args), args.run_id))
     return 0
 
 
 def _cmd_train_reference(args: argparse.Namespace) -> int:
-    from automl.reference import train_reference
+    from automl.reference.checkpoints import train_reference
 
     path = train_reference(args.arch, epochs=args.epochs, seed=args.seed, threads=args.threads, force=args.force,
                            dataset=args.dataset, data_dir=args.data_dir)
     if args.ship:
-        from automl.weights import ship
+        from automl.reference.weights import ship
 
         ship(path)
     return 0
@@ -305,13 +305,13 @@ def _cmd_train_reference(args: argparse.Namespace) -> int:
 
 def _cmd_profile_hardware(args: argparse.Namespace) -> int:
     from automl.analysis import analyse
-    from automl.cost.measure import profile_hardware
-    from automl.loading import load_task
+    from automl.export.torch_profile import profile_hardware
+    from automl.runs.loading import load_task
 
     task = load_task(args.task, threads=args.threads)
     analysis = analyse(task.model, task.sample_input)
     if args.runtime == "onnxruntime":
-        from automl.cost.ort_measure import ort_profile
+        from automl.export.ort_profile import ort_profile
 
         for batch in dict.fromkeys((1, args.batch)):
             profile, path = ort_profile(task.model, task.sample_input, analysis, batch=batch, threads=args.threads,
@@ -326,7 +326,7 @@ def _cmd_profile_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from automl.onnx_export import export_file
+    from automl.export.onnx import export_file
 
     print(f"wrote {export_file(Path(args.run), args.format, args.output)}")
     return 0
@@ -334,7 +334,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_analyse(args: argparse.Namespace) -> int:
     from automl.analysis import analyse
-    from automl.loading import load_task
+    from automl.runs.loading import load_task
 
     task = load_task(args.task)
     print(analyse(task.model, task.sample_input).report())
@@ -342,7 +342,7 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from automl.workers import cmd_worker
+    from automl.runs.worker_command import cmd_worker
 
     return cmd_worker(args)
 
@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"automl {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (KeyboardInterrupt, Terminated) as exc:
-        from automl.console import command_prefix
+        from automl.runs.console import command_prefix
 
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         if args.command == "pareto":

@@ -18,8 +18,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from automl.errors import AutoMLError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.reference import reference_task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.reference.checkpoints import reference_task
 from automl.timing import pin_threads
 from search_spaces.space import SpaceConfig
 

@@ -27,10 +27,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 from automl.analysis import analyse
-from automl.budget import Budget
 from automl.cost import CostModel
-from automl.metrics import Metrics
-from automl.models import resnet20
+from automl.problem.budget import Budget
+from automl.problem.metrics import Metrics
+from automl.reference.models import resnet20
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv
 from search_spaces import Policy, SearchSpace
 

@@ -25,11 +25,11 @@ import torch
 from env_speed import ConstantEvaluator  # benchmarks/ is on the path of a script run from it
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl.budget import Budget
 from automl.cost import CostModel
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.models import MobileNetV2Small, resnet8, resnet20, resnet56
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.problem.budget import Budget
+from automl.reference.models import MobileNetV2Small, resnet8, resnet20, resnet56
 from automl.timing import median_time, pin_threads
 from envs import EnvConfig, LayerQuantEnv
 

@@ -19,7 +19,7 @@ import torch
 
 from automl.analysis import analyse
 from automl.cost import CostModel, load_profiles
-from automl.models import REFERENCE_MODELS
+from automl.reference.models import REFERENCE_MODELS
 from automl.timing import pin_threads
 from search_spaces import SearchSpace
 

@@ -10,7 +10,7 @@ single state, the floor of an env step that prices its committed cost; ``steps/C
 counts this process's CPU time only, so it stays comparable on a busy machine.
 
 Part 2 runs random episodes of both envs with the real fidelity-1 evaluator on the trained
-reference network (``automl.reference.reference_task("resnet20")``, trained and cached on
+reference network (``automl.reference.checkpoints.reference_task("resnet20")``, trained and cached on
 first use; ``--random-init`` takes an untrained ResNet-20 with the MNIST loaders instead)
 and reports episodes per minute and the env's share of the episode time.
 
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from automl.analysis import analyse
-from automl.budget import Budget
 from automl.cost import CostModel
 from automl.errors import InfeasibleBudget
-from automl.metrics import Metrics
-from automl.models import resnet20
+from automl.problem.budget import Budget
+from automl.problem.metrics import Metrics
+from automl.reference.models import resnet20
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv, LayerQuantEnv, RewardConfig
 from envs.base import CompressionEnv
 from search_spaces import Policy, SearchSpace
@@ -88,11 +88,11 @@ def price_micros(cost_model: CostModel, space: SearchSpace, repeats: int = 2000)
 def real_task(random_init: bool):
     """The trained reference task, or an untrained ResNet-20 on the MNIST loaders."""
     from automl.data import mnist_loaders
-    from automl.reference import reference_task
-    from automl.task import Task
+    from automl.evaluation.task import Task
+    from automl.reference.checkpoints import reference_task
 
     if not random_init:
-        return reference_task("resnet20", log=None), "trained reference resnet20 (automl.reference.reference_task)"
+        return reference_task("resnet20", log=None), "trained reference resnet20 (automl.reference.checkpoints.reference_task)"
     torch.manual_seed(0)
     loaders = mnist_loaders()
     task = Task(
@@ -127,7 +127,7 @@ def episodes_per_minute(make: Callable[[], CompressionEnv], episodes: int) -> tu
 
 def real_evaluator_part(args: argparse.Namespace, budget: Budget) -> list[float]:
     """Episodes per minute of both envs with the real fidelity-1 evaluator."""
-    from automl.evaluate import EvalConfig, Evaluator, Problem
+    from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
 
     task, label = real_task(args.random_init)
     problem = Problem.from_task(task)

@@ -26,8 +26,8 @@ import time
 import numpy as np
 import torch
 
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.reference import reference_task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.reference.checkpoints import reference_task
 from automl.timing import median_time, pin_threads
 from search_spaces.policy import LayerPolicy, Policy
 

@@ -1,7 +1,7 @@
 """Does the exported model keep the product promise: smaller, runnable, really faster?
 
 On the reference ResNet-20 (cached), two searches run end to end with
-:func:`automl.runner.run_search`, whose final step fine-tunes the winner and writes
+:func:`automl.runs.runner.run_search`, whose final step fine-tunes the winner and writes
 ``best_model.ampq`` and ``best_model.onnx``: the default budget (``size<=0.125x``) and a
 latency budget on the ONNX Runtime profile (``latency<=0.5x@ort-cpu``, measured and cached on
 first use). Both searches use the search's defaults (60 distinct evaluations, the default
@@ -13,7 +13,7 @@ fine-tune recovers: TPE's winner (score 0.22) fine-tuned to 0.953-0.957 test acc
 integer program's (0.15, also the winner of TPE at fidelity 3) to 0.973 (README, Deployment).
 
 For each winner, in one run with threads pinned and round-robin timing
-(:func:`automl.ort.best_ms`, best of ``--repeats`` rounds):
+(:func:`automl.export.ort.best_ms`, best of ``--repeats`` rounds):
 
 - ``ort_speedup_b1`` / ``ort_speedup_b64``: float ONNX latency over the exported ONNX
   latency in ONNX Runtime at batch 1 and 64;
@@ -38,14 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl import ort
 from automl.analysis.prune import prune_model
-from automl.config import SearchConfig
-from automl.export import export_policy
-from automl.onnx_export import ampq_to_onnx, float_onnx, to_onnx_bytes
-from automl.reference import reference_task
-from automl.resume import plan_run
-from automl.runner import build_session, run_search
+from automl.export import ort
+from automl.export.ampq import export_policy
+from automl.export.onnx import ampq_to_onnx, float_onnx, to_onnx_bytes
+from automl.reference.checkpoints import reference_task
+from automl.runs.config import SearchConfig
+from automl.runs.resume import plan_run
+from automl.runs.runner import build_session, run_search
 from automl.timing import pin_threads
 from search_spaces import LayerPolicy, Policy
 

@@ -1,7 +1,7 @@
 """The old final fine-tune against the new one, on the same policies of ResNet-20.
 
 Old: 200 steps of Adam (lr 5e-4, constant) on distillation alone, no validation (what
-``Evaluator.final`` did before). New: the default :class:`automl.finetune.FinetuneConfig`
+``Evaluator.final`` did before). New: the default :class:`automl.evaluation.finetune.FinetuneConfig`
 (labels + distillation, SGD with momentum, cosine schedule, keep-best on validation).
 Policies: the winner of a search (``--run DIR``: its ``best_policies.json``, or its best
 trial so far) and, with ``--ilp BUDGET``, the integer program's policy (Hessian sensitivities).
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl.budget import Budget
 from automl.cost import CostModel
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.ilp import solve_ilp
-from automl.reference import default_cache_dir, reference_task
-from automl.sensitivity_stage import sensitivities_for
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.problem.budget import Budget
+from automl.problem.ilp import solve_ilp
+from automl.reference.checkpoints import default_cache_dir, reference_task
+from automl.runs.sensitivity_stage import sensitivities_for
 from search_spaces.policy import Policy
 
 
@@ -59,7 +59,7 @@ def main() -> None:
             policies["winner"] = Policy.from_dict(entry["policy"])
         else:  # the search is still fine-tuning: its best feasible trial so far
             from agents.records import best_record
-            from automl.runner import read_journal
+            from automl.runs.runner import read_journal
 
             policies["winner"] = best_record(read_journal(run_dir / "trials.jsonl")).policy
     if args.ilp:

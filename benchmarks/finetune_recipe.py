@@ -8,9 +8,9 @@ import json
 import sys
 import time
 
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.reference import reference_task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.reference.checkpoints import reference_task
 from automl.timing import pin_threads
 from search_spaces.policy import Policy
 

@@ -1,15 +1,15 @@
 """How well the ONNX Runtime latency profile predicts the latency of exported ONNX files.
 
 ResNet-20 with random weights (timing does not depend on them) and synthetic calibration
-data: its ONNX Runtime profile (:func:`automl.cost.ort_measure.ort_profile`, cached; pass
+data: its ONNX Runtime profile (:func:`automl.export.ort_profile.ort_profile`, cached; pass
 ``--force`` to re-measure) prices random feasible policies, pruned and quantized, drawn
 from the default search space (half of them from ``space.sample``, half uniform policies
 at a random weight width in {2..8, 32}, 8-bit activations and a random sparsity level, so
 that the set spans light to heavy pruning). Each policy is applied by the
 :class:`~automl.quant.engine.QuantEngine`, exported to ``.ampq`` and then to ONNX
-(:func:`automl.onnx_export.ampq_to_onnx`) exactly as a search's final step does, and every
+(:func:`automl.export.onnx.ampq_to_onnx`) exactly as a search's final step does, and every
 exported file is timed end to end in ONNX Runtime at ``--batch`` samples, threads pinned,
-round-robin over all files (:func:`automl.ort.best_ms`, the protocol the profile uses).
+round-robin over all files (:func:`automl.export.ort.best_ms`, the protocol the profile uses).
 Reports the rank correlation and the median relative error of predicted vs measured.
 """
 
@@ -24,16 +24,16 @@ import torch
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl import ort
 from automl.analysis.prune import keep_masks
 from automl.cost import CostModel, latency_metric
-from automl.cost.ort_measure import ort_profile
 from automl.errors import PolicyError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy
-from automl.models import REFERENCE_MODELS
-from automl.onnx_export import ampq_to_onnx
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export import ort
+from automl.export.ampq import export_policy
+from automl.export.onnx import ampq_to_onnx
+from automl.export.ort_profile import ort_profile
+from automl.reference.models import REFERENCE_MODELS
 from automl.timing import pin_threads
 from search_spaces import Policy, SearchSpace
 

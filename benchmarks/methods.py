@@ -14,7 +14,7 @@ For ResNet-8 and ResNet-20 (cached reference nets, one torch thread):
    power-of-two scales, and the bitserial latency of W8A8 / W4A4 with a multiplier
    requantizer (0.125 ns per output) against the shift-only ``bitserial_shift`` profile.
 
-3. N:M sparsity (:mod:`automl.nm`, masks only, not a search dimension yet): every layer but
+3. N:M sparsity (:mod:`automl.quant.nm`, masks only, not a search dimension yet): every layer but
    the pinned first and last at 2:4, transposable 2:4 and 1:4, 4:8, against unstructured
    magnitude pruning at the same density per layer; validation accuracy of the masked float
    network (no fine-tune, no BatchNorm re-estimation) and of W8A8 at fidelity 2, and the
@@ -32,11 +32,11 @@ from dataclasses import replace
 
 from automl.cost.model import CostModel
 from automl.cost.profiles import load_profile, profile_from_dict
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.nm import log10_mask_diversity, sparsify
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
 from automl.quant.adaquant import AdaQuantConfig, adaquant
-from automl.reference import reference_task
+from automl.quant.nm import log10_mask_diversity, sparsify
+from automl.reference.checkpoints import reference_task
 from automl.timing import pin_threads
 
 PTQ_POLICIES = ((4, 4), (3, 3), (2, 4))

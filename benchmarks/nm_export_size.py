@@ -5,7 +5,7 @@ not depend on the weight values, only its compressed header varies by a few byte
 free layer at ``--bits`` weight bits and 8-bit activations, exported four ways: dense, every
 layer that allows it at 2:4, at 4:8 and at 2:4-T (the first and last layers are pinned at 8
 bits and stay dense). For each file it prints its bytes, the cost model's size price
-(:func:`automl.export.container_bytes` included) and their ratio; the RESULT line gives the
+(:func:`automl.export.ampq.container_bytes` included) and their ratio; the RESULT line gives the
 N:M files over the dense one and the largest real/priced deviation. No timing: the numbers
 do not depend on the machine's load.
 """
@@ -20,9 +20,9 @@ import torch
 
 from automl.analysis import analyse
 from automl.cost import CostModel
-from automl.export import container_bytes, export_policy
-from automl.models import REFERENCE_MODELS
+from automl.export.ampq import container_bytes, export_policy
 from automl.quant.engine import QuantEngine
+from automl.reference.models import REFERENCE_MODELS
 from search_spaces import LayerPolicy, Policy, SearchSpace, SpaceConfig
 
 PATTERNS = ("2:4", "4:8", "2:4-T")

@@ -1,7 +1,7 @@
 """What a fine-tune beside the search costs, on a thread or in a forked process.
 
 The winner's fine-tune runs on a background thread while the search evaluates
-(:mod:`automl.overlap`). Two things can slow both sides: the GIL (torch releases it inside
+(:mod:`automl.runs.overlap`). Two things can slow both sides: the GIL (torch releases it inside
 kernels, but every op dispatch and the Python around it needs it) and the hardware (two
 cores sharing caches and memory bandwidth). This benchmark separates them on the reference
 ResNet-20, 1 torch thread per side: a fine-tune alone, an evaluation loop alone, then the
@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig, finetune
-from automl.reference import reference_task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig, finetune
+from automl.reference.checkpoints import reference_task
 from automl.timing import pin_threads
 
 

@@ -34,17 +34,17 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from automl.baselines import feasible_uniform
-from automl.budget import BoundBudget, Budget
-from automl.config import SearchConfig
+from agents.baselines import feasible_uniform
 from automl.cost import CostModel
 from automl.errors import AutoMLError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.ilp import solve_ilp
-from automl.reference import reference_task
-from automl.repair import repair
-from automl.sensitivity import Sensitivities
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.problem.budget import BoundBudget, Budget
+from automl.problem.ilp import solve_ilp
+from automl.problem.repair import repair
+from automl.problem.sensitivity import Sensitivities
+from automl.reference.checkpoints import reference_task
+from automl.runs.config import SearchConfig
 from search_spaces.policy import Policy
 
 BUDGETS = ("size<=0.125x", "size<=0.0625x", "size<=0.03125x")

@@ -4,16 +4,16 @@ Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents
 
 - **Search fidelity, stage, fine-tune as ``automl search``**: the evaluator scores at
   ``SearchConfig().fidelity`` on the validation split; the sensitivity stage runs first with
-  ``SearchConfig().sensitivity_method`` (:func:`automl.sensitivity_stage.sensitivity_stage`);
+  ``SearchConfig().sensitivity_method`` (:func:`automl.runs.sensitivity_stage.sensitivity_stage`);
   every row's best policy gets the search's final fine-tune
   (``FinetuneConfig.from_search(SearchConfig())``) and is scored on the test split.
 - **Same distinct evaluations**: each searcher counts through a
-  :class:`automl.baselines.DistinctEvaluator` (repeats and cache hits are free) that is
+  :class:`agents.baselines.DistinctEvaluator` (repeats and cache hits are free) that is
   charged the sensitivity stage's cost first; the search stops when the count reaches
   ``--evaluations`` (a searcher that runs out of new proposals, like the integer program's
   sweep, stops earlier and shows fewer). The wall seconds include the stage's.
 - **Fair uniform baseline**: every uniform (weight bits, activation bits, sparsity)
-  combination that fits (W2A8-style included, :func:`automl.baselines.feasible_uniform`),
+  combination that fits (W2A8-style included, :func:`agents.baselines.feasible_uniform`),
   all evaluated at the search fidelity, the best fine-tuned like the winners.
 - **Ranking** on ResNet-8 at ``size<=0.0625x``, ``size<=0.03125x``, a size + BitOps budget
   and a latency budget on the shipped ``bitserial`` profile; 3 seeds for tpe/nsga2/random,
@@ -56,17 +56,17 @@ from multiprocessing import get_context
 from typing import Any
 
 from agents import Objective, make_searcher
-from automl.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform, uniform_set
-from automl.budget import Budget
-from automl.cache import CachedEvaluator
-from automl.config import SearchConfig
+from agents.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform, uniform_set
 from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finalists import screen
-from automl.finetune import FinetuneConfig
-from automl.reference import default_cache_dir, reference_task
-from automl.sensitivity_stage import SensitivityReport, sensitivity_stage
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finalists import screen
+from automl.evaluation.finetune import FinetuneConfig
+from automl.problem.budget import Budget
+from automl.problem.cache import CachedEvaluator
+from automl.reference.checkpoints import default_cache_dir, reference_task
+from automl.runs.config import SearchConfig
+from automl.runs.sensitivity_stage import SensitivityReport, sensitivity_stage
 from automl.timing import pin_threads
 from search_spaces.space import SpaceConfig
 

@@ -3,7 +3,7 @@
 Runs ``automl search`` with its defaults (``ilp_tpe``, ``size<=0.125x``, fidelity 2, 1 thread) and
 the integer-program searcher alone (and, for the model the RESULT line is about, TPE, the
 previous default, and the default search once more with the winner's fine-tune beside the search instead of after it:
-``finetune_overlap=True``, :mod:`automl.overlap`; ``total_over_no_overlap`` is that run's
+``finetune_overlap=True``, :mod:`automl.runs.overlap`; ``total_over_no_overlap`` is that run's
 time over the run without it), on the reference ResNet-20 and on a LeNet-5-style
 4-layer CNN without BatchNorm (trained here for two epochs, so not the project's own
 model), each in a fresh output directory and a fresh Python process, as ``automl search``
@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from automl.config import SearchConfig
 from automl.data import mnist_loaders
-from automl.models import LeNet4
-from automl.runner import run_search
-from automl.task import Task
+from automl.evaluation.task import Task
+from automl.reference.models import LeNet4
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
 from automl.timing import pin_threads
 
 

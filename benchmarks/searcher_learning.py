@@ -43,12 +43,12 @@ import torch
 
 from agents import Objective, make_searcher
 from agents.optuna_search import warm_start_policies
-from automl.budget import Budget
-from automl.cache import CachedEvaluator
 from automl.cost import CostModel
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.reference import default_cache_dir, reference_task
-from automl.sensitivity import measure_sensitivities
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.problem.budget import Budget
+from automl.problem.cache import CachedEvaluator
+from automl.problem.sensitivity import measure_sensitivities
+from automl.reference.checkpoints import default_cache_dir, reference_task
 
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("random", {}),
@@ -72,7 +72,7 @@ RL = ("ppo", "ppo_two_level", "maskable_ppo", "ddpg", "sac")
 def synthetic_problem() -> tuple[Any, float]:
     """The tests' objective factory and the known optimum's accuracy."""
     from agents.ilp import ILPSearcher
-    from automl.sensitivity import as_sensitivities
+    from automl.problem.sensitivity import as_sensitivities
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers live beside automl/
     from tests.agents_support import make_objective

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from automl.budget import Budget
 from automl.cost import CostModel
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.ilp import solve_ilp
-from automl.reference import reference_task
-from automl.sensitivity import Sensitivities
-from automl.sensitivity_stage import sensitivity_stage
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.problem.budget import Budget
+from automl.problem.ilp import solve_ilp
+from automl.problem.sensitivity import Sensitivities
+from automl.reference.checkpoints import reference_task
+from automl.runs.sensitivity_stage import sensitivity_stage
 from search_spaces.policy import Policy
 from search_spaces.space import SearchSpace
 

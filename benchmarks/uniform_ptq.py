@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.reference import reference_task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.reference.checkpoints import reference_task
 from automl.timing import pin_threads
 
 BITS = (8, 6, 4, 3, 2)

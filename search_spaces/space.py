@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from automl.analysis.records import ModelAnalysis
 from automl.errors import PolicyError, SearchSpaceError
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, LayerPolicy, Policy, parse_nm
 
 SPACE_SCHEMA_VERSION = 1
@@ -165,7 +165,7 @@ class SearchSpace:
             analysis: the analysed model.
             config: the user's settings (defaults when ``None``).
             channel_rank: per layer, output channels from most to least important (from
-                :func:`automl.importance.channel_ranking`); identity order when ``None``.
+                :func:`automl.quant.importance.channel_ranking`); identity order when ``None``.
         """
         config = config or SpaceConfig()
         if not analysis.layers:

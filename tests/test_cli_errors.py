@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from automl.cli import main
-from automl.resume import JOURNAL
+from automl.runs.resume import JOURNAL
 
 TINY = ["--task", "tests.tasks:tiny", "--searcher", "random", "--finetune-steps", "0"]
 
@@ -22,7 +22,7 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 def parent_statuses(output: Path) -> list[str]:
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     if not (output / "mlflow.db").exists():
         return []
@@ -159,7 +159,7 @@ def test_a_damaged_journal_is_named_and_the_finished_parent_stays_finished(capsy
 
 
 def test_a_torn_last_line_is_skipped(tmp_path, finished_run):
-    from automl.resume import read_journal
+    from automl.runs.resume import read_journal
 
     _out, run_dir = _copy(finished_run, tmp_path)
     journal = run_dir / JOURNAL
@@ -174,9 +174,9 @@ def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(ca
 
     from mlflow import MlflowClient
 
-    from automl.lifecycle import OWNER
-    from automl.resume import STATE
-    from automl.tracking import default_tracking_uri
+    from automl.runs.lifecycle import OWNER
+    from automl.runs.resume import STATE
+    from automl.tracking.tracker import default_tracking_uri
 
     out, run_dir = _copy(finished_run, tmp_path)
     state = json.loads((run_dir / STATE).read_text())

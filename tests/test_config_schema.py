@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from automl.config import SearchConfig, load_config
 from automl.errors import ConfigError
+from automl.runs.config import SearchConfig, load_config
 
 
 @pytest.mark.parametrize(
@@ -81,8 +81,8 @@ def test_every_field_is_type_checked_even_new_ones():
 
 def test_searcher_options_are_checked_against_the_constructor():
     from agents import searcher_class
-    from automl.config_schema import check_searcher_options
-    from automl.runner import RESERVED_OPTIONS
+    from automl.runs.config_schema import check_searcher_options
+    from automl.runs.runner import RESERVED_OPTIONS
 
     tpe = searcher_class("tpe")
     check_searcher_options("tpe", tpe, {"n_startup_trials": 3, "warm_start": False}, RESERVED_OPTIONS)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from automl.analysis import analyse
-from automl.budget import Budget
 from automl.cost import CostModel, MeasuredProfile, load_profile
-from automl.cost.measure import interleaved_ms, profile_hardware, quantized_engine
 from automl.errors import ConfigError
+from automl.export.torch_profile import interleaved_ms, profile_hardware, quantized_engine
+from automl.problem.budget import Budget
 from search_spaces import SearchSpace, SpaceConfig
 
 

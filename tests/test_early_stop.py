@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl.early_stop import EarlyStopRule
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.evaluation.early_stop import EarlyStopRule
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
 
 from .test_incremental import _task
 
@@ -68,9 +68,9 @@ def test_the_evaluator_stops_below_the_incumbent_and_says_so(tiny_resnet) -> Non
 
 def test_the_objective_tells_the_evaluator_its_incumbent(tiny_resnet) -> None:
     from agents.objective import Objective
-    from automl.budget import Budget
-    from automl.cache import CachedEvaluator
     from automl.cost import CostModel
+    from automl.problem.budget import Budget
+    from automl.problem.cache import CachedEvaluator
 
     problem = Problem.from_task(_task(tiny_resnet))
     cm = CostModel(problem.analysis, problem.space)

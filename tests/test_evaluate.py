@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import DataError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.evaluation.task import Task
 from search_spaces import LayerPolicy, Policy, SpaceConfig
 
 from .conftest import make_loaders

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from automl.config import load_config
+from automl.runs.config import load_config
 
 
 def test_the_latency_example_config_loads_as_the_readme_describes():

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from automl.config import SearchConfig
 from automl.errors import ConfigError
-from automl.finalists import screen, top_distinct
-from automl.finetune import FinetuneConfig
+from automl.evaluation.finalists import screen, top_distinct
+from automl.evaluation.finetune import FinetuneConfig
+from automl.runs.config import SearchConfig
 
 
 def _record(number: int, policy: str, accuracy: float, feasible: bool = True, stopped: bool = False) -> SimpleNamespace:
@@ -89,7 +89,7 @@ def test_finalist_options_are_checked():
 
 
 def test_a_search_with_finalists_reports_them_and_fine_tunes_their_winner(tmp_path):
-    from automl.runner import search
+    from automl.runs.runner import search
     from tests.tasks import tiny
 
     result = search(tiny(), budget="size<=0.3x", searcher="random", evaluations=6, output=str(tmp_path), quiet=True,

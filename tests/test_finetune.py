@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from automl.config import SearchConfig
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
 from automl.quant.engine import QuantLayer
+from automl.runs.config import SearchConfig
 from search_spaces.space import SpaceConfig
 from tests.tasks import bn_free_cnn, small_resnet
 
@@ -140,7 +140,7 @@ def test_bn_free_network_fidelity_two_equals_fidelity_one():
 
 @pytest.mark.slow
 def test_whole_pipeline_on_a_bn_free_cnn(tmp_path):
-    from automl.runner import search
+    from automl.runs.runner import search
 
     result = search(bn_free_cnn(), budget="size<=0.15x", searcher="random", evaluations=3, output=str(tmp_path),
                     quiet=True, finetune_steps=15, finetune_eval_every=5, weight_bits=[0, 2, 3, 4, 8], act_bits=[4, 8])
@@ -176,7 +176,7 @@ def test_cli_rejects_a_bad_optimizer_with_exit_code_2(tmp_path):
 def test_the_teachers_outputs_are_computed_once_and_change_no_fine_tune(evaluator, monkeypatch):
     """A second fine-tune on the same batches takes the float model's outputs from the cache,
     and ends bit for bit where a fine-tune without the cache ends."""
-    import automl.evaluate as evaluate
+    import automl.evaluation.evaluator as evaluate
 
     policy = _policies(evaluator, 1)[0]
     recipe = FinetuneConfig(steps=12, eval_every=4, batch_size=32)

@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from automl.budget import Budget
 from automl.cli import main
 from automl.errors import AutoMLError
+from automl.problem.budget import Budget
 from search_spaces.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ SKIP = {"tracking_uri", "storage", "output", "extra"}
 
 
 def _config_keys() -> list[str]:
-    from automl.config import SearchConfig
+    from automl.runs.config import SearchConfig
 
     return sorted(k for k in SearchConfig.__dataclass_fields__ if k not in SKIP)
 

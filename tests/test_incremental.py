@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.incremental import ActivationCache
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.incremental import ActivationCache
+from automl.evaluation.task import Task
 from search_spaces import Policy
 
 from .conftest import make_loaders, randomise_batchnorm
@@ -108,7 +108,7 @@ def test_the_activation_cache_stays_under_its_limit():
 
 
 def test_an_untraceable_model_falls_back_to_full_passes(tiny_task, rng, monkeypatch):
-    import automl.incremental as incremental
+    import automl.evaluation.incremental as incremental
 
     def refuse(_engine):
         raise torch.fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")

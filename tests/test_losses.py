@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import TaskError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.losses import cross_entropy, softmax_kl, task_losses
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.losses import cross_entropy, softmax_kl, task_losses
+from automl.evaluation.task import Task
 
 
 def _regression_loaders(n: int = 64, batch: int = 32) -> dict[str, DataLoader]:
@@ -82,7 +82,7 @@ def test_evaluator_scores_a_regression_task_with_its_own_losses():
 
 def test_taylor_importance_of_a_regression_task_uses_its_loss():
     from automl.analysis import analyse
-    from automl.importance import channel_importance
+    from automl.quant.importance import channel_importance
 
     task = _regression_task()
     analysis = analyse(task.model, task.sample_input)

@@ -10,19 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl.cli import build_parser
-from automl.config import SearchConfig
 from automl.cost.model import CostModel
 from automl.cost.profiles import load_profile, profile_from_dict
-from automl.datafree import DataFreeConfig, bn_mismatch, synthesize
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy, fake_quantize, load_exported, read_export
-from automl.models import ResNet
+from automl.evaluation.datafree import DataFreeConfig, bn_mismatch, synthesize
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.methods import check_profile_scales
+from automl.evaluation.task import Task
+from automl.export.ampq import export_policy, fake_quantize, load_exported, read_export
 from automl.quant.adaquant import AdaQuantConfig, AdaQuantReport, adaquant
 from automl.quant.engine import QuantLayer
-from automl.quant.methods import check_profile_scales, eval_config
 from automl.quant.psg import PSGOptimizer, grid_distance
-from automl.task import Task
+from automl.reference.models import ResNet
+from automl.runs.config import SearchConfig
 from tests.conftest import make_loaders
 
 
@@ -155,7 +155,7 @@ def test_finetune_with_psg_ends_nearer_the_grid(tiny_task):
 
 def test_final_without_a_recipe_fine_tunes_with_the_evaluators_psg(tiny_task, monkeypatch):
     """``EvalConfig.psg`` is documented for every fine-tune; ``final`` without a recipe used to drop it."""
-    import automl.evaluate as evaluate_mod
+    import automl.evaluation.evaluator as evaluate_mod
 
     class Report:
         steps = 0  # scored like an untrained model: the spy trains nothing
@@ -203,7 +203,7 @@ def test_power_of_two_is_reachable_from_cli_and_yaml_and_shift_only_profiles_req
     assert (args.eval_power_of_two, args.eval_ptq, args.eval_calibration, args.finetune_psg) == (True, "adaquant", "data-free", 0.5)
     assert build_parser().parse_args(["search"]).eval_power_of_two is None
     cfg = SearchConfig.from_dict({"eval_power_of_two": True, "eval_ptq": "adaquant", "finetune_psg": 0.25})
-    ec = eval_config(cfg)
+    ec = cfg.eval_config()
     assert (ec.power_of_two, ec.ptq, ec.psg) == (True, "adaquant", 0.25)
     with pytest.raises(ConfigError, match="calibration must be one of"):
         SearchConfig(eval_calibration="zeroq")

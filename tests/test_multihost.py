@@ -34,7 +34,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from automl.workers import WORKER_ATTR
+from automl.runs.workers import WORKER_ATTR
 from tests.mlflow_server_support import MlflowServer, start_mlflow_server
 from tests.netns_support import Hosts, create_hosts
 from tests.postgres_support import PostgresServer, postgres_bin, start_postgres

@@ -13,15 +13,15 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from automl import ort
 from automl.analysis.prune import keep_masks
 from automl.cli import main as cli_main
 from automl.cost.model import CostModel
 from automl.errors import ExportError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy
-from automl.onnx_export import ampq_to_onnx, export_file, export_onnx, layer_precisions
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export import ort
+from automl.export.ampq import export_policy
+from automl.export.onnx import ampq_to_onnx, export_file, export_onnx, layer_precisions
 from tests.conftest import make_loaders, randomise_batchnorm
 
 

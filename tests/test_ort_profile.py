@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from automl import ort
 from automl.analysis.prune import keep_masks
-from automl.budget import Budget
 from automl.cost.model import CostModel
-from automl.cost.ort_measure import cache_path, cpu_model, fused_consumers, ort_profile, resolve_profiles
 from automl.cost.profiles import MeasuredLayer, MeasuredProfile, load_profile, save_profile
 from automl.errors import PolicyError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy
-from automl.onnx_export import ampq_to_onnx
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export import ort
+from automl.export.ampq import export_policy
+from automl.export.onnx import ampq_to_onnx
+from automl.export.ort_profile import cache_path, cpu_model, fused_consumers, ort_profile, resolve_profiles
+from automl.problem.budget import Budget
 from tests.conftest import make_loaders
 
 QUICK = {"widths": (0.5, 1.0), "repeats": 1}
@@ -99,7 +99,7 @@ def test_resolve_profiles_names_the_ort_profile_by_batch_and_reads_the_cache(tin
         save_profile(_synthetic(analysis, batch), path)  # a cache hit: nothing is measured
         return ort_profile(model, sample, analysis, batch=batch, threads=threads, name=name, cache_dir=tmp_path)
 
-    monkeypatch.setattr("automl.cost.ort_measure.ort_profile", fake)
+    monkeypatch.setattr("automl.export.ort_profile.ort_profile", fake)
     profiles = resolve_profiles(["ort-cpu-b4", "bitserial"], task.model, task.sample_input, problem.analysis, threads=1)
     assert [p.name for p in profiles] == ["ort-cpu-b4", "bitserial"] and seen == [(4, 1, "ort-cpu-b4")]
     assert profiles[0].batch == 4 and profiles[0].stated_error == 0.1

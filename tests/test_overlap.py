@@ -1,4 +1,4 @@
-"""The winner's fine-tune beside the search (automl.overlap): the same result, cancelled on a new incumbent."""
+"""The winner's fine-tune beside the search (automl.runs.overlap): the same result, cancelled on a new incumbent."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from agents.objective import Objective
-from automl.budget import Budget
-from automl.config import SearchConfig
 from automl.cost import CostModel
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.overlap import SpeculativeFinetune, overlap_reason
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.problem.budget import Budget
+from automl.runs.config import SearchConfig
+from automl.runs.overlap import SpeculativeFinetune, overlap_reason
 from search_spaces.space import SpaceConfig
 from tests.tasks import small_resnet
 
@@ -39,7 +39,7 @@ def _state(model):
 
 
 def test_the_speculative_fine_tune_is_bit_for_bit_the_foreground_one_and_leaves_the_search_alone(setup, monkeypatch):
-    from automl import overlap
+    from automl.runs import overlap
 
     ev, objective, policies = setup
     before = [ev.evaluate(p).to_dict() for p in policies[:6]]
@@ -128,8 +128,8 @@ def test_overlap_needs_a_spare_core_one_worker_one_finalist_and_plain_rounding()
 
 
 def test_a_search_with_and_without_overlap_delivers_the_same_model(tmp_path, monkeypatch):
-    from automl import overlap
-    from automl.runner import search
+    from automl.runs import overlap
+    from automl.runs.runner import search
     from tests.tasks import tiny
 
     monkeypatch.setattr(overlap, "usable_cores", lambda: 2)  # a spare core even on a one-core runner

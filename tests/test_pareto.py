@@ -9,8 +9,8 @@ import math
 import pytest
 
 from automl.cli import main
-from automl.config import SearchConfig
-from automl.pareto_config import ParetoConfig
+from automl.pareto.config import ParetoConfig
+from automl.runs.config import SearchConfig
 
 SMALL_SPACE = {"weight_bits": (0, 2, 4, 8), "act_bits": (4, 8), "max_sparsity": 0.5, "space_sparsity_step": 0.25,
                "sensitivity_method": "fisher"}
@@ -25,8 +25,8 @@ def small_config(tmp_path, **changes) -> SearchConfig:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """One sweep over three budgets of a trained miniature ResNet-8, sensitivity computations counted."""
-    import automl.sensitivity_stage as stage_module
-    from automl.pareto import run_pareto
+    import automl.runs.sensitivity_stage as stage_module
+    from automl.pareto.sweep import run_pareto
     from tests.tasks import small_resnet
 
     tmp_path = tmp_path_factory.mktemp("pareto")
@@ -103,7 +103,7 @@ def test_sensitivities_are_measured_once_for_the_whole_sweep(sweep):
 def test_mlflow_holds_one_parent_with_a_nested_run_per_budget(sweep):
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     result, _, tmp_path = sweep
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path / "out"))
@@ -121,8 +121,8 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_budget(sweep):
 
 def test_weight_shares_of_a_uniform_policy_put_only_the_pinned_layers_at_8_bits():
     from automl.cost import CostModel
-    from automl.evaluate import Problem
-    from automl.pareto import weight_shares
+    from automl.evaluation.evaluator import Problem
+    from automl.pareto.points import weight_shares
     from tests.tasks import small_resnet
 
     task = small_resnet()
@@ -175,7 +175,7 @@ def test_bad_input_exits_2_with_one_paragraph_and_leaves_nothing_running(capsys,
     if (out / "mlflow.db").exists():
         from mlflow import MlflowClient
 
-        from automl.tracking import default_tracking_uri
+        from automl.tracking.tracker import default_tracking_uri
 
         client = MlflowClient(tracking_uri=default_tracking_uri(out))
         ids = [e.experiment_id for e in client.search_experiments()]
@@ -183,7 +183,7 @@ def test_bad_input_exits_2_with_one_paragraph_and_leaves_nothing_running(capsys,
 
 
 def test_a_bitops_sweep_prices_and_plots_bitops(tmp_path):
-    from automl.pareto import run_pareto
+    from automl.pareto.sweep import run_pareto
     from tests.tasks import small_resnet
 
     config = ParetoConfig(small_config(tmp_path, evaluations=2, finetune_steps=0), ("0.05x", "0.01x"), "bitops")

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from automl.config import SearchConfig
-from automl.runner import run_search
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
 from tests.postgres_support import ENV_URL, postgres_bin, start_postgres
 
 

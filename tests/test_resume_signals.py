@@ -16,10 +16,10 @@ import pytest
 
 from agents.base import Callback
 from automl.cli import main
-from automl.config import SearchConfig
-from automl.lifecycle import OWNER
-from automl.resume import JOURNAL, STATE, read_journal
-from automl.runner import run_search
+from automl.runs.config import SearchConfig
+from automl.runs.lifecycle import OWNER
+from automl.runs.resume import JOURNAL, STATE, read_journal
+from automl.runs.runner import run_search
 from tests.test_cli_errors import TINY, parent_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_ctrl_c_kills_the_parent_and_resume_from_elsewhere_uses_the_runs_own_cou
 def test_overrides_are_reported_meaning_changes_refused_and_finished_runs_not_reopened(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     run_dir = _interrupted_run(tmp_path, evaluations=3)
@@ -162,7 +162,7 @@ def test_automl_ui_stops_its_server_on_sigterm(tmp_path):
 def test_a_sigterm_whose_raise_python_drops_still_stops_the_search():
     """A handler that runs inside a ``__del__`` raises where Python only prints the exception;
     the signal is kept, and the next trial's check raises it."""
-    from automl.lifecycle import Terminated, handle_termination, raise_if_terminated
+    from automl.runs.lifecycle import Terminated, handle_termination, raise_if_terminated
 
     class KilledWhileCollected:
         def __del__(self):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from automl.config import SearchConfig
-from automl.runner import JOURNAL, read_journal, run_search
-from automl.tracking import TRIAL_TAG, default_tracking_uri
+from automl.runs.config import SearchConfig
+from automl.runs.runner import JOURNAL, read_journal, run_search
+from automl.tracking.tracker import TRIAL_TAG, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,8 @@ def test_search_writes_the_expected_mlflow_structure(tmp_path):
             "search_space.json", "budget.json", "config.json"} <= parent_files
     assert "float_val_accuracy" in parents[0].data.metrics
     # What the UI shows: the ML view, the parent linking its best child, the child's per-layer table.
-    from automl.mlflow_ui import EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, run_path
-    from automl.report import best_table
+    from automl.tracking.report import best_table
+    from automl.tracking.ui import EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, run_path
 
     exp = client.get_experiment_by_name("automl-mpq")
     assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development" and VIEW_TAG in exp.tags
@@ -119,7 +119,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path, s
 
 def test_bring_your_own_model_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    from automl.runner import search
+    from automl.runs.runner import search
     from examples.byom_task import make_task
 
     task = make_task(epochs=1)
@@ -134,9 +134,9 @@ def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch
     error is the build's and the tracker that opened anyway stops its writer thread."""
     import threading
 
-    from automl import runner
     from automl.errors import ConfigError
-    from automl.resume import RunPlan
+    from automl.runs import runner
+    from automl.runs.resume import RunPlan
 
     def broken(*args, **kwargs):
         raise ConfigError("task build failed")

@@ -16,7 +16,7 @@ import pytest
 from agents import make_searcher
 from agents.ilp import ILPSearcher
 from agents.objective import Objective
-from automl.sensitivity import as_sensitivities
+from automl.problem.sensitivity import as_sensitivities
 from search_spaces.policy import FLOAT_BITS
 from tests.agents_support import make_objective
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import automl.sensitivity_stage as stage
-from automl.budget import Budget
-from automl.config import SearchConfig
+import automl.runs.sensitivity_stage as stage
 from automl.cost import CostModel
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.ilp import solve_ilp
-from automl.runner import run_search
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.problem.budget import Budget
+from automl.problem.ilp import solve_ilp
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
 from search_spaces.space import SpaceConfig
 from tests.tasks import bn_free_cnn
 
@@ -100,7 +100,7 @@ def test_a_resumed_search_reuses_its_sensitivities_and_counts_them_once(tmp_path
     assert json.loads((run_dir / "result.json").read_text())["sensitivity_evaluations"] == first.sensitivity_evaluations
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
     parent = client.get_run(json.loads((run_dir / "state.json").read_text())["parent_run_id"])

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from automl.config import SearchConfig
-from automl.mlflow_ui import experiment_path, run_path
-from automl.runner import run_search
-from automl.tracking import default_tracking_uri
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
+from automl.tracking.tracker import default_tracking_uri
+from automl.tracking.ui import experiment_path, run_path
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-import automl.reference as reference
-import automl.weights as weights
-from automl.models import REFERENCE_MODELS
+import automl.reference.checkpoints as reference
+import automl.reference.weights as weights
+from automl.reference.models import REFERENCE_MODELS
 
 
 @pytest.mark.parametrize("arch", ["resnet8", "resnet20"])

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from automl.analysis.records import ModelAnalysis
 from automl.errors import PolicyError
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import Policy
 
 

@@ -2,7 +2,7 @@
 
 Conventions (the float model and every policy are priced by the same formulas):
 
-- **Size.** The bytes of the packed export file (:mod:`automl.export`), to within the
+- **Size.** The bytes of the packed export file (:mod:`automl.export.ampq`), to within the
   padding of its compressed header. Per layer: the codes of its quantized (< 32-bit)
   kept channels at their bit-widths in one stream padded to a whole byte; float rows of
   32-bit channels at 32 bits; one 32-bit scale per kept quantized channel; one bit-width
@@ -11,7 +11,7 @@ Conventions (the float model and every policy are priced by the same formulas):
   BatchNorm's own four parameters are not counted separately). Modules left at full
   precision (``ModelAnalysis.unquantized``) at 32 bits, shrinking with their channel
   group when they follow one. Plus ``container_bytes`` once: the file's prefix and
-  compressed header, measured by :func:`automl.export.container_bytes` (0 when not
+  compressed header, measured by :func:`automl.export.ampq.container_bytes` (0 when not
   given, e.g. in unit tests). The **float size** is the same formulas at 32 bits for
   every channel, none pruned: the ``.ampq`` file of the unpruned float model (no
   scales, no codes), which is what ``x``-relative size budgets are fractions of; a
@@ -43,11 +43,11 @@ from functools import cached_property
 
 import numpy as np
 
-from automl.analysis.records import ModelAnalysis
 from automl.cost.batch import NM_CHOICES, LayerBatch
 from automl.cost.costs import Costs, latency_metric
 from automl.cost.profiles import HardwareProfile
 from automl.errors import PolicyError, ProfileError, SearchSpaceError
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, Policy, parse_nm
 from search_spaces.space import SearchSpace
 
@@ -71,7 +71,7 @@ class CostModel:
         space: the search space built from ``analysis`` (defines the layer order).
         profiles: hardware profiles whose latency every price includes.
         container_bytes: bytes every export file needs besides the layers' tensors (prefix,
-            compressed graph header, constant tensors): :func:`automl.export.container_bytes`.
+            compressed graph header, constant tensors): :func:`automl.export.ampq.container_bytes`.
     """
 
     def __init__(

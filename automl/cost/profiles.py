@@ -6,7 +6,7 @@ named by their file stem; a user profile is any path. Every file is validated on
 bad value raises :class:`~automl.errors.ProfileError` naming the key.
 
 Every profile is monotone: fewer channels, fewer bits or fewer activation bits never cost
-more latency, which the feasibility check (:meth:`automl.budget.Budget.bind`) relies on.
+more latency, which the feasibility check (:meth:`automl.problem.budget.Budget.bind`) relies on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fake quantization and the policy-applying engine.
 
-The names below load their modules on first use, so that :mod:`automl.quant.methods` (option
+The names below load their modules on first use, so that :mod:`automl.evaluation.methods` (option
 checks that a configuration runs before torch is imported) can be imported on its own.
 """
 

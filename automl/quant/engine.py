@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl.analysis.records import ModelAnalysis
 from automl.errors import PolicyError
-from automl.nm import nm_mask, transposable_mask
 from automl.quant.fake import (
     FLOAT_BITS,
     act_qparams,
@@ -30,6 +28,8 @@ from automl.quant.fake import (
     weight_qmax,
     weight_scales,
 )
+from automl.quant.nm import nm_mask, transposable_mask
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import Policy, parse_nm
 from search_spaces.space import SearchSpace
 

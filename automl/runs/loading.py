@@ -1,0 +1,56 @@
+"""Turning a task string from the command line or a config file into a :class:`Task`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from automl.errors import AutoMLError, TaskError
+from automl.evaluation.task import Task
+from automl.reference.models import REFERENCE_MODELS
+
+GRAMMAR = "'reference:resnet20', 'reference:resnet8' or 'package.module:function' (a function returning automl.Task)"
+
+
+def load_task(spec: str, threads: int | None = None) -> Task:
+    """Build the task named by ``spec``.
+
+    ``reference:<arch>`` is the built-in MNIST task (trained and cached on first use);
+    ``package.module:function`` imports ``function`` (the current directory is importable)
+    and calls it with no arguments; it must return an :class:`automl.Task`.
+    """
+    if ":" not in spec:
+        raise TaskError(f"task {spec!r} is not of the form {GRAMMAR}")
+    module_name, attr = spec.split(":", 1)
+    if module_name == "reference":
+        if attr not in REFERENCE_MODELS or attr == "plaincnn":
+            known = [f"reference:{k}" for k in REFERENCE_MODELS if k != "plaincnn"]
+            raise TaskError(f"unknown reference task {spec!r}; known ones are {known}")
+        from automl.reference.checkpoints import reference_task
+
+        return reference_task(attr, threads=threads)
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+        raise TaskError(
+            f"could not import {module_name!r} for task {spec!r} ({type(exc).__name__}: {exc}). "
+            f"Check the module path; it must be importable from the current directory or the environment."
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TaskError(f"{module_name!r} has no callable {attr!r}; task {spec!r} must name a function returning automl.Task")
+    try:
+        task = factory()
+    except AutoMLError:
+        raise  # already says what is wrong (an empty loader, a bad model, ...)
+    except Exception as exc:  # noqa: BLE001
+        raise TaskError(f"task factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"task factory {spec!r} returned {type(task).__name__}; it must return automl.Task(model, sample_input, "
+            "train_loader, calib_loader, val_loader, test_loader, metric)"
+        )
+    return task
