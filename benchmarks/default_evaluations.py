@@ -38,10 +38,10 @@ def compare(rows: list[sq.Row], reference: list[sq.Row], searcher: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--evaluations", type=int, default=sq.DEFAULTS.evaluations)
-    ap.add_argument("--searcher", default=sq.DEFAULTS.searcher)
+    ap.add_argument("--evaluations", type=int, default=sq.DEFAULTS.run.evaluations)
+    ap.add_argument("--searcher", default=sq.DEFAULTS.searcher.name)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--finetune-steps", type=int, default=sq.DEFAULTS.finetune_steps,
+    ap.add_argument("--finetune-steps", type=int, default=sq.DEFAULTS.finetune.steps,
                     help="the final fine-tune's steps (lower only to smoke-test the script)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
@@ -63,7 +63,7 @@ def main() -> int:
                 for arch, budgets in (("resnet20", sq.HEADLINE_BUDGETS), ("resnet8", sq.RANK_BUDGETS[:2]))
                 for b in budgets]
         rows = sq.run_jobs(jobs, args.jobs)
-    print(sq.HEADER.format(f=sq.DEFAULTS.fidelity))
+    print(sq.HEADER.format(f=sq.DEFAULTS.evaluation.fidelity))
     print("\n".join(sq.table(rows)))
     print(compare(rows, reference, args.searcher))
     return 0

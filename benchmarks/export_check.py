@@ -68,10 +68,11 @@ def onnx_accuracy(model: bytes, x: np.ndarray, y: np.ndarray, threads: int) -> f
     return float((ort.predict(model, x, threads).argmax(1) == y).mean())
 
 
-def run(label: str, budget: str, args: argparse.Namespace, out: Path, **options) -> dict:
-    options = {"finetune_steps": args.finetune_steps, **options}
-    cfg = SearchConfig(budget=(budget,), evaluations=args.evaluations, seed=args.seed, threads=args.threads,
-                       output=str(out / label), **options)
+def run(label: str, budget: str, args: argparse.Namespace, out: Path, **changes) -> dict:
+    """One search; ``changes`` are dotted configuration keys (``finetune.steps``) over the defaults."""
+    cfg = SearchConfig(budget=(budget,)).merged({
+        "finetune.steps": args.finetune_steps, "run.evaluations": args.evaluations, "run.seed": args.seed,
+        "run.threads": args.threads, "run.output": str(out / label), **changes})
     start = time.perf_counter()
     if not (args.reuse and (out / label / "runs").is_dir()):
         # a task of its own, as `automl search` builds: the train loader reshuffles every epoch,
@@ -87,9 +88,9 @@ def run(label: str, budget: str, args: argparse.Namespace, out: Path, **options)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--evaluations", type=int, default=SearchConfig().evaluations,
+    parser.add_argument("--evaluations", type=int, default=SearchConfig().run.evaluations,
                         help="distinct policies per search (default: the search's own)")
-    parser.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune_steps,
+    parser.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune.steps,
                         help="at most this many fine-tune steps (default: the search's own)")
     parser.add_argument("--latency-searcher", default="ilp",
                         help="searcher of the latency-budgeted search (default: ilp; see the docstring)")
@@ -112,13 +113,14 @@ def main() -> None:
     # layers included (with them at 8 bits a winner ran 1.89x faster than float where its
     # pruning alone ran 2.11x); weights keep their searched bits (the ONNX file stores them as float values on their grid):
     # with act_bits (2..8) even the cheapest policy misses 0.5x of float.
-    latency_space = {"act_bits": (32,), "space_pinned_bits": 32}
-    recipe = {k: v for k, v in (("finetune_steps", args.latency_finetune_steps),
-                                ("finetune_patience", args.latency_finetune_patience)) if v is not None}
-    label = "latency" + "".join(f"-{k.split('_')[1]}{v}" for k, v in recipe.items())  # --reuse keeps recipes apart
+    latency_space = {"space.act_bits": (32,), "space.pinned_bits": 32}
+    recipe = {k: v for k, v in (("finetune.steps", args.latency_finetune_steps),
+                                ("finetune.patience", args.latency_finetune_patience)) if v is not None}
+    label = "latency" + "".join(f"-{k.split('.')[1]}{v}" for k, v in recipe.items())  # --reuse keeps recipes apart
     runs = [run("default", "size<=0.125x", args, out),
-            run(label, "latency<=0.5x@ort-cpu", args, out, searcher=args.latency_searcher, **latency_space, **recipe)]
-    probe = SearchConfig(output=str(out / "probe"), budget=("size<=0.125x",), threads=args.threads, **latency_space)
+            run(label, "latency<=0.5x@ort-cpu", args, out, **{"searcher.name": args.latency_searcher, **latency_space, **recipe})]
+    probe = SearchConfig(budget=("size<=0.125x",)).merged(
+        {**latency_space, "run.output": str(out / "probe"), "run.threads": args.threads})
     session = build_session(plan_run(probe), task=task, track=False)  # the latency search's space
     ev, analysis = session.evaluator.evaluator, session.problem.analysis
     float_bytes = float_onnx(ev.float_model, sample)

@@ -65,7 +65,7 @@ def adaquant_rows(arch: str, ev: Evaluator, steps: int) -> dict[str, float]:
         f2 = ev.evaluate(pol, 2)
         start = time.perf_counter()
         ev.engine.apply(pol)
-        report = adaquant(ev.engine, ev._bn_batch, AdaQuantConfig(steps=steps, seed=ev.config.seed))
+        report = adaquant(ev.engine, ev._bn_batch, AdaQuantConfig(steps=steps, seed=ev.seed))
         a1 = ev._score(ev.engine.qmodel, "val", 1, start)
         ev.engine.reestimate_batchnorm(ev._bn_batch)
         a2 = ev._score(ev.engine.qmodel, "val", 2, start)
@@ -80,7 +80,7 @@ def adaquant_rows(arch: str, ev: Evaluator, steps: int) -> dict[str, float]:
 
 def datafree_rows(arch: str, problem: Problem, ev: Evaluator) -> dict[str, float]:
     start = time.perf_counter()
-    synth = Evaluator(problem, replace(ev.config, calibration="data-free"))
+    synth = Evaluator(problem, ev.config.replace(calibration="data-free"), seed=ev.seed)
     seconds = time.perf_counter() - start
     out: dict[str, float] = {"seconds": seconds}
     for wb, ab in DATAFREE_POLICIES:
@@ -100,9 +100,9 @@ def psg_rows(arch: str, ev: Evaluator, steps: int, strength: float, seeds: list[
         for seed in seeds:
             # Equal steps on both sides: no keep-best and no early stop, which would return the same
             # pre-fine-tune checkpoint for both whenever validation does not improve and hide PSG.
-            recipe = FinetuneConfig(steps=steps, seed=seed, keep_best=False, patience=0)
-            plain = ev.final(pol, steps, "test", finetune=replace(recipe, psg=0.0))[0]
-            psg = ev.final(pol, steps, "test", finetune=replace(recipe, psg=strength))[0]
+            recipe = FinetuneConfig(steps=steps, keep_best=False, patience=0)
+            plain = ev.final(pol, steps, "test", finetune=recipe.replace(psg=0.0), seed=seed)[0]
+            psg = ev.final(pol, steps, "test", finetune=recipe.replace(psg=strength), seed=seed)[0]
             gains.append(psg.accuracy - plain.accuracy)
             print(f"| {arch} | W{wb}A{ab} | {seed} | {_pts(plain.accuracy)} | {_pts(psg.accuracy)} | {_pts(gains[-1])} "
                   f"| {plain.seconds:.0f} / {psg.seconds:.0f} |", flush=True)
@@ -111,7 +111,7 @@ def psg_rows(arch: str, ev: Evaluator, steps: int, strength: float, seeds: list[
 
 
 def pow2_rows(arch: str, problem: Problem, ev: Evaluator) -> dict[str, float]:
-    p2 = Evaluator(problem, replace(ev.config, power_of_two=True))
+    p2 = Evaluator(problem, ev.config.replace(power_of_two=True), seed=ev.seed)
     base = load_profile("bitserial").to_dict()
     mult = profile_from_dict({**base, "name": "bitserial_multiplier", "requant_ns": MULTIPLIER_REQUANT_NS})
     cm = CostModel(problem.analysis, problem.space, [mult, load_profile("bitserial_shift")])

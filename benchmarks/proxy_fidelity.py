@@ -7,7 +7,7 @@ per layer by random factors, so the optima differ) and random feasible policies 
 sampling; a draw that never fits is repaired, and the row says so). Each policy is scored on
 the validation split at fidelity 1 (PTQ), 2 (+ BatchNorm re-estimation) and 3 (+ a few QAT
 steps), and then fine-tuned with the fine-tune a search gives its winner
-(``Evaluator.final`` with ``FinetuneConfig.from_search(SearchConfig(...))``: labels plus
+(``Evaluator.final`` with ``SearchConfig().finetune``: labels plus
 distillation, cosine schedule, keep-best on validation) and scored on the test split.
 
     python benchmarks/proxy_fidelity.py --arch resnet20 --policies 42 --threads 1
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="resnet20", choices=("resnet8", "resnet20"))
     ap.add_argument("--policies", type=int, default=42, help="policies in total, spread over the three budgets")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune_steps,
+    ap.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune.steps,
                     help="steps of the search's final fine-tune (the other finetune_* settings are SearchConfig's defaults)")
     ap.add_argument("--qat-steps", type=int, default=40, help="QAT steps of fidelity 3")
     ap.add_argument("--seed", type=int, default=0)
@@ -225,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     task = reference_task(args.arch, log=None)
     problem = Problem.from_task(task)
     cost_model = CostModel(problem.analysis, problem.space)
-    evaluator = Evaluator(problem, EvalConfig(fidelity=2, qat_steps=args.qat_steps, seed=args.seed))
+    evaluator = Evaluator(problem, EvalConfig(fidelity=2, qat_steps=args.qat_steps), seed=args.seed)
     float_test = evaluator.baseline("test").accuracy
     drawn = draw_policies(problem, cost_model, math.ceil(args.policies / len(BUDGETS)), args.seed)
-    recipe = FinetuneConfig.from_search(SearchConfig(finetune_steps=args.finetune_steps, seed=args.seed))
+    recipe = SearchConfig().finetune.replace(steps=args.finetune_steps)
     print(f"{args.arch}: float test {100 * float_test:.2f} %, {len(drawn)} policies, fine-tune {recipe} "
           f"steps, fidelity 3 = {args.qat_steps} QAT steps, {args.threads} thread(s)\n", flush=True)
     print(HEADER, flush=True)

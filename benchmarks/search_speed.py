@@ -58,11 +58,10 @@ def lenet_task(seed: int = 0) -> Task:
 
 
 def one_search(task: Task | None, searcher: str, evaluations: int | None, out: Path, threads: int,
-               overlap: bool = SearchConfig().finetune_overlap) -> dict:
-    options = {"output": str(out), "searcher": searcher, "threads": threads, "finetune_overlap": overlap}
-    if evaluations is not None:
-        options["evaluations"] = evaluations
-    config = SearchConfig.from_dict({**SearchConfig().to_dict(), **options, **({"task": task.name} if task else {})})
+               overlap: bool = SearchConfig().finetune.overlap) -> dict:
+    changes = {"run.output": str(out), "searcher.name": searcher, "run.threads": threads, "finetune.overlap": overlap,
+               "run.evaluations": evaluations, "task": task.name if task else None}
+    config = SearchConfig().merged(changes)  # None values keep the defaults
     start, load0 = time.perf_counter(), os.getloadavg()[0]
     run_search(config, task=task, quiet=True)
     wall = time.perf_counter() - start
@@ -109,7 +108,7 @@ def main() -> None:
         for name in ("resnet20", "lenet4"):
             if args.only and name != args.only:
                 continue
-            default, dflt = SearchConfig().finetune_overlap, SearchConfig().searcher
+            default, dflt = SearchConfig().finetune.overlap, SearchConfig().searcher.name
             runs = [(dflt, default), ("ilp", default)]
             if name == (args.only or "resnet20"):  # the previous default, and the other fine-tune placement
                 runs += [("tpe", default)] if dflt != "tpe" else []
@@ -124,7 +123,7 @@ def main() -> None:
                 results[(name, searcher, overlap)] = r
                 report(name, tag, r)
     key = "resnet20" if not args.only else args.only
-    default, dflt = SearchConfig().finetune_overlap, SearchConfig().searcher
+    default, dflt = SearchConfig().finetune.overlap, SearchConfig().searcher.name
     d, ilp = results[(key, dflt, default)], results[(key, "ilp", default)]
     tpe = results[(key, "tpe", default)]
     overlapped, serial = results[(key, dflt, True)], results[(key, dflt, False)]

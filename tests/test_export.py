@@ -63,7 +63,7 @@ def _setup(model: nn.Module, container: bool = False) -> tuple[Problem, Evaluato
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task)
     extra = container_bytes(model, problem.analysis, problem.space, task.sample_input) if container else 0.0
-    return problem, Evaluator(problem, EvalConfig()), CostModel(problem.analysis, problem.space, container_bytes=extra)
+    return problem, Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False)), CostModel(problem.analysis, problem.space, container_bytes=extra)
 
 
 def _export(problem, ev, cost, model, policy, path, x=None):

@@ -61,8 +61,8 @@ def _mutations(space, rng, n: int) -> list[Policy]:
 def test_incremental_metrics_are_bit_for_bit_those_of_a_full_evaluation(which, fidelity, tiny_resnet, plain_cnn):
     model = {"resnet": tiny_resnet, "plaincnn": plain_cnn, "inplace": randomise_batchnorm(InplaceResidual())}[which]
     problem = Problem.from_task(_task(model))
-    full = Evaluator(problem, EvalConfig(fidelity=fidelity, incremental=False))
-    inc = Evaluator(problem, EvalConfig(fidelity=fidelity, incremental=True))
+    full = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=fidelity, incremental=False))
+    inc = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=fidelity, incremental=True))
     assert inc.incremental is not None, inc.incremental_error
     if which == "inplace":
         assert inc.incremental.staged.inplace
@@ -76,7 +76,7 @@ def test_incremental_metrics_are_bit_for_bit_those_of_a_full_evaluation(which, f
 
 def test_a_change_in_the_last_layer_runs_only_that_layer(tiny_task, rng):
     problem = Problem.from_task(tiny_task)
-    ev = Evaluator(problem, EvalConfig(fidelity=1))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=1))
     staged = ev.incremental.staged
     base = problem.space.sample(rng)
     last = staged.layer_order[-1]
@@ -115,8 +115,8 @@ def test_an_untraceable_model_falls_back_to_full_passes(tiny_task, rng, monkeypa
 
     monkeypatch.setattr(incremental, "StagedModel", refuse)
     problem = Problem.from_task(tiny_task)
-    ev = Evaluator(problem)
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     assert ev.incremental is None and "TraceError" in ev.incremental_error
     policy = problem.space.sample(rng)
-    a, b = ev.evaluate(policy), Evaluator(problem, EvalConfig(incremental=False)).evaluate(policy)
+    a, b = ev.evaluate(policy), Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False, incremental=False)).evaluate(policy)
     assert (a.accuracy, a.loss, a.kl) == (b.accuracy, b.loss, b.kl)

@@ -43,7 +43,7 @@ def setup():
     loaders = make_loaders()
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task, SpaceConfig(nm_patterns=PATTERNS))
-    ev = Evaluator(problem, EvalConfig())
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     extra = container_bytes(model, problem.analysis, problem.space, task.sample_input)
     return problem, ev, CostModel(problem.analysis, problem.space, container_bytes=extra)
 

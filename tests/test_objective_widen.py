@@ -65,7 +65,7 @@ def test_reachable_from_the_cli_and_yaml() -> None:
     from automl.cli import build_parser
     from automl.runs.config import SearchConfig
 
-    assert build_parser().parse_args(["search", "--widen-activations"]).widen_activations is True
-    assert build_parser().parse_args(["search"]).widen_activations is None  # the config decides
-    assert SearchConfig.from_dict({"widen_activations": True}).widen_activations is True
-    assert SearchConfig().widen_activations is False
+    assert vars(build_parser().parse_args(["search", "--widen-activations"]))["searcher.widen_activations"] is True
+    assert vars(build_parser().parse_args(["search"]))["searcher.widen_activations"] is None  # the config decides
+    assert SearchConfig.from_dict({"searcher": {"widen_activations": True}}).searcher.widen_activations is True
+    assert SearchConfig().searcher.widen_activations is False

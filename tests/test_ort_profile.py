@@ -110,7 +110,7 @@ def test_a_latency_budget_on_the_ort_profile_is_met_by_the_exported_model(tiny_r
     """Random policies the cost model prices within a latency limit on the ONNX Runtime
     profile are exported and timed there: each meets the limit within the profile's stated error."""
     task, problem = _problem(tiny_resnet)
-    ev = Evaluator(problem, EvalConfig())
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     profile, _ = ort_profile(task.model, task.sample_input, problem.analysis, cache_dir=tmp_path)
     cm = CostModel(problem.analysis, problem.space, [profile])
     cheapest = cm.price(cm.cheapest_policy()).value("latency@ort-cpu")

@@ -11,15 +11,16 @@ import pytest
 from automl.cli import main
 from automl.pareto.config import ParetoConfig
 from automl.runs.config import SearchConfig
+from search_spaces.space import SpaceConfig
 
-SMALL_SPACE = {"weight_bits": (0, 2, 4, 8), "act_bits": (4, 8), "max_sparsity": 0.5, "space_sparsity_step": 0.25,
-               "sensitivity_method": "fisher"}
+SMALL_SPACE = {"weight_bits": (0, 2, 4, 8), "act_bits": (4, 8), "max_sparsity": 0.5, "sparsity_step": 0.25}
 
 
-def small_config(tmp_path, **changes) -> SearchConfig:
-    values = {"task": "tests.tasks:small_resnet", "searcher": "random", "evaluations": 3, "finetune_steps": 2,
-              "finetune_eval_every": 1, "output": str(tmp_path / "out"), **SMALL_SPACE, **changes}
-    return SearchConfig.from_dict(values)
+def small_config(tmp_path, evaluations: int = 3, finetune_steps: int = 2) -> SearchConfig:
+    return SearchConfig(task="tests.tasks:small_resnet", space=SMALL_SPACE,
+                        searcher={"name": "random", "sensitivity": "fisher"},
+                        run={"evaluations": evaluations, "output": str(tmp_path / "out")},
+                        finetune={"steps": finetune_steps, "eval_every": 1})
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_weight_shares_of_a_uniform_policy_put_only_the_pinned_layers_at_8_bits(
     from tests.tasks import small_resnet
 
     task = small_resnet()
-    problem = Problem.from_task(task, SearchConfig(**SMALL_SPACE).space_config())
+    problem = Problem.from_task(task, SpaceConfig(**SMALL_SPACE))
     cm = CostModel(problem.analysis, problem.space)
     shares = weight_shares(cm, problem.space.uniform(4, act_bits=8))
     pinned = [s.name for s in problem.space.layers if s.pinned]
@@ -158,7 +159,7 @@ def test_default_levels_are_geometric_from_a_quarter_to_a_sixty_fourth():
         (["--levels", "1"], r"levels must be between 2 and 32, got 1"),
         (["--budgets", "lots"], r"cannot read the budget 'size<=lots'"),
         (["--budgets", "0.1x,0.1x"], r"repeat a level"),
-        (["--evaluations", "0"], r"evaluations must be >= 1"),
+        (["--evaluations", "0"], r"run.evaluations: must be greater than or equal to 1"),
         (["--searcher", "nope"], r"unknown searcher 'nope'"),
         (["--budgets", "0.0001x"], r"InfeasibleBudget: .*cannot be met"),
     ],

@@ -41,7 +41,7 @@ def _interrupted_run(where: Path, evaluations: int = 5) -> Path:
     from tests.tasks import tiny
 
     os.chdir(where)
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=evaluations, output="rel-out", finetune_steps=0)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": evaluations, "output": "rel-out"}, finetune={"steps": 0})
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, task=tiny(), quiet=True, callbacks=[StopAfter(2)])
     return next((where / "rel-out" / "runs").iterdir())
@@ -57,7 +57,7 @@ def test_ctrl_c_kills_the_parent_and_resume_from_elsewhere_uses_the_runs_own_cou
     assert json.loads((run_dir / STATE).read_text())["status"] == "KILLED" and not (run_dir / OWNER).exists()
     assert len(read_journal(run_dir / JOURNAL)) == 2
     saved = json.loads((run_dir / "config.json").read_text())
-    assert Path(saved["output"]).is_absolute()
+    assert Path(saved["run"]["output"]).is_absolute()
 
     monkeypatch.chdir(tmp_path / "b")  # another working directory, no --evaluations
     assert main(["search", "--resume", str(run_dir)]) == 0
@@ -83,7 +83,7 @@ def test_overrides_are_reported_meaning_changes_refused_and_finished_runs_not_re
 
     assert main(["search", "--resume", str(run_dir), "--evaluations", "4", "--threads", "1"]) == 0
     err = capsys.readouterr().err
-    assert "override evaluations: 3 -> 4" in err and "threads" not in err.split("override", 1)[1].split("\n")[0]
+    assert "override run.evaluations: 3 -> 4" in err and "threads" not in err.split("override", 1)[1].split("\n")[0]
     assert len(read_journal(run_dir / JOURNAL)) == 4 and parent_statuses(out) == ["FINISHED"]
 
     client = MlflowClient(tracking_uri=default_tracking_uri(out))

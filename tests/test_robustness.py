@@ -101,8 +101,7 @@ def test_a_search_reports_failed_writes_in_its_summary_tags_and_run_dir(tmp_path
         return real(self, experiment_id, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "create_run", create_run)
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=3, output=str(tmp_path), finetune_steps=0,
-                       sensitivity_method="heuristic")
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random", "sensitivity": "heuristic"}, run={"evaluations": 3, "output": str(tmp_path)}, finetune={"steps": 0})
     result = run_search(cfg, task=tiny())
     out = capsys.readouterr().out
     assert result.n_evaluations == 3

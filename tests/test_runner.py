@@ -33,7 +33,7 @@ def _children(output: Path, experiment: str = "automl-mpq"):
 def test_search_writes_the_expected_mlflow_structure(tmp_path):
     from tests.tasks import tiny
 
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=6, output=str(tmp_path), finetune_steps=2)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 6, "output": str(tmp_path)}, finetune={"steps": 2})
     result = run_search(cfg, task=tiny(), quiet=True)
     assert result.n_evaluations == 6
     client, parents, children = _children(tmp_path)
@@ -123,8 +123,7 @@ def test_bring_your_own_model_example_runs(tmp_path, monkeypatch):
     from examples.byom_task import make_task
 
     task = make_task(epochs=1)
-    result = search(task, budget="size<=0.25x", searcher="random", evaluations=4, output=str(tmp_path), quiet=True,
-                    finetune_steps=2)
+    result = search(task, budget="size<=0.25x", searcher="random", quiet=True, run={"evaluations": 4, "output": str(tmp_path)}, finetune={"steps": 2})
     assert result.n_evaluations == 4 and result.best is not None
     assert result.best.costs.size_bytes <= dict(result.limits)["size"]
 
@@ -142,7 +141,7 @@ def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch
         raise ConfigError("task build failed")
 
     monkeypatch.setattr(runner, "_build_problem", broken)
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=2, output=str(tmp_path))
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 2, "output": str(tmp_path)})
     with pytest.raises(ConfigError, match="task build failed"):
         runner.build_session(RunPlan(cfg, tmp_path / "run"))
     deadline = time.time() + 60

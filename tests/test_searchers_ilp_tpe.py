@@ -28,7 +28,7 @@ def sweep_order(sweep: int) -> list:
 
 
 def test_default_searcher_is_ilp_tpe() -> None:
-    assert SearchConfig().searcher == "ilp_tpe"
+    assert SearchConfig().searcher.name == "ilp_tpe"
 
 
 def test_proposes_the_sweep_then_the_uniform_warm_start_then_tpe() -> None:

@@ -288,9 +288,9 @@ def test_the_stage_fidelity_option_is_checked_and_reaches_the_searcher(tmp_path)
     from automl.runs.config import SearchConfig
     from automl.runs.runner import make_searcher as runner_searcher
 
-    with pytest.raises(ConfigError, match="searcher_stage_fidelity"):
-        SearchConfig(fidelity=2, searcher_stage_fidelity=2)
+    with pytest.raises(ConfigError, match="searcher.stage_fidelity must be 0"):
+        SearchConfig(evaluation={"fidelity": 2}, searcher={"stage_fidelity": 2})
     objective = make_objective()
     objective.evaluator = StagedEvaluator(objective.evaluator)
-    searcher = runner_searcher("tpe", objective, SearchConfig(fidelity=2, searcher_stage_fidelity=1), tmp_path)
+    searcher = runner_searcher("tpe", objective, SearchConfig(evaluation={"fidelity": 2}, searcher={"stage_fidelity": 1}), tmp_path)
     assert searcher.stage_fidelity == 1

@@ -101,7 +101,7 @@ def test_best_child_run_shows_its_per_layer_table_in_the_ml_view(tmp_path):
 
     from tests.tasks import tiny
 
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=5, output=str(tmp_path), finetune_steps=2)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 5, "output": str(tmp_path)}, finetune={"steps": 2})
     result = run_search(cfg, task=tiny(), quiet=True)
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
     exp = client.get_experiment_by_name("automl-mpq")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -59,7 +59,10 @@ class Problem:
     space: SearchSpace
 
     @classmethod
-    def from_task(cls, task: Task, space_config: SpaceConfig | None = None, importance: str = "l1") -> Problem:
+    def from_task(cls, task: Task, space_config: SpaceConfig | None = None) -> Problem:
+        """Analyse ``task.model`` and build its search space (channels ranked by ``space_config.importance``)."""
+        space_config = space_config or SpaceConfig()
+        importance = space_config.importance
         model = task.model.eval()
         analysis = analyse(model, task.sample_input)
         pairs = _batches(task.calib_loader, "calib_loader", 2) if importance == "taylor" else []
@@ -75,13 +78,14 @@ TEACHER_CACHE_BYTES = 256 * 2**20  # the float teacher's kept outputs on the tra
 class Evaluator:
     """Evaluates policies on the validation split (or the test split for final reports)."""
 
-    def __init__(self, problem: Problem, config: EvalConfig | None = None) -> None:
+    def __init__(self, problem: Problem, config: EvalConfig | None = None, seed: int = 0) -> None:
         self.problem = problem
         self.config = config or EvalConfig()
+        self.seed = int(seed)
         task = problem.task
         self.float_model = task.model.eval()
-        synth = DataFreeConfig(samples=self.config.datafree_samples, steps=self.config.datafree_steps, seed=self.config.seed)
-        calib = calibration_inputs(task, self.config.calibration, self.config.calib_batches, self.config.seed, synth)
+        synth = DataFreeConfig(samples=self.config.datafree_samples, steps=self.config.datafree_steps, seed=self.seed)
+        calib = calibration_inputs(task, self.config.calibration, self.config.calib_batches, self.seed, synth)
         self.engine = QuantEngine(
             self.float_model, problem.analysis, problem.space, calib,
             weight_method=self.config.weight_method, act_method=self.config.act_method,
@@ -209,7 +213,7 @@ class Evaluator:
         self._final_ready = None
         model = self.engine.apply(policy)
         if self.config.ptq == "adaquant" or (final and self.config.ptq == "adaquant-final"):
-            adaquant(self.engine, self._bn_batch, AdaQuantConfig(steps=self.config.adaquant_steps, seed=self.config.seed))
+            adaquant(self.engine, self._bn_batch, AdaQuantConfig(steps=self.config.adaquant_steps, seed=self.seed))
         return model
 
     def finetune(
@@ -221,9 +225,7 @@ class Evaluator:
         distillation from the float model at ``lr`` (``qat_lr`` by default), no validation.
         The report of the last fine-tune is kept in :attr:`last_finetune`.
         """
-        cfg = config or FinetuneConfig.legacy(steps, lr or self.config.qat_lr, self.config.psg)
-        if config is None:
-            cfg = replace(cfg, seed=self.config.seed)
+        cfg = config or FinetuneConfig.legacy(steps, lr or self.config.qat_lr, self.config.qat_psg)
         model, self.last_finetune = run_finetune(self, qmodel, cfg)
         return model
 
@@ -233,7 +235,7 @@ class Evaluator:
 
     def train_batches(self, batch_size: int = 64, seed: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The training split shuffled once by ``seed`` and cut into batches (kept in memory)."""
-        seed = self.config.seed if seed is None else seed
+        seed = self.seed if seed is None else seed
         if self._train_data is None:
             batches = _batches(self.problem.task.train_loader, "train_loader")
             self._train_data = (torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
@@ -270,25 +272,25 @@ class Evaluator:
         return [self.evaluate(p, fidelity) for p in policies]
 
     def final(
-        self, policy: Policy, finetune_steps: int, split: str = "test", *, finetune: FinetuneConfig | None = None
+        self, policy: Policy, finetune_steps: int, split: str = "test", *, finetune: FinetuneConfig | None = None,
+        seed: int | None = None,
     ) -> tuple[Metrics, nn.Module]:
         """The deliverable of a search: ``policy`` with BatchNorm re-estimated (a no-op
         without BatchNorm) and fine-tuned, scored on ``split``.
 
-        ``finetune`` is the recipe (:class:`~automl.evaluation.finetune.FinetuneConfig`: labels plus
+        ``finetune`` is the recipe (:class:`~automl.evaluation.config.FinetuneConfig`: labels plus
         distillation, cosine schedule, keep-best on validation); without it the default
         recipe runs for ``finetune_steps`` steps (none when 0). The fine-tune's report
         (validation before and after) is kept in :attr:`last_finetune`. Returns the metrics
         and the trained quantized model (a copy; the engine's model is left as is)."""
         start = time.perf_counter()
         model = self.prepare_final(policy)
-        model, report = run_finetune(self, model, self.final_recipe(finetune_steps, finetune))
+        model, report = run_finetune(self, model, self.final_recipe(finetune_steps, finetune), seed=seed)
         return self.score_final(model, report, split, start), model
 
     def final_recipe(self, finetune_steps: int, finetune: FinetuneConfig | None = None) -> FinetuneConfig:
         """The recipe :meth:`final` runs: ``finetune``, or the default one for ``finetune_steps``."""
-        return finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, seed=self.config.seed,
-                                                                    psg=self.config.psg)
+        return finetune if finetune is not None else FinetuneConfig(steps=finetune_steps, psg=self.config.qat_psg)
 
     def prepare_final(self, policy: Policy) -> nn.Module:
         """The first half of :meth:`final`: ``policy`` applied (with ``adaquant-final``'s

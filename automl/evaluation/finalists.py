@@ -5,8 +5,8 @@ are before the final fine-tune. At tight budgets most candidates score near chan
 and the order of the top few says little about what the fine-tune makes of them
 (``benchmarks/proxy_fidelity.py``; ``benchmarks/search_quality.py`` saw TPE's best-scored
 ResNet-8 policy at 1/32 size end 2 points below the integer program's after the same
-fine-tune). With ``finetune_finalists = k > 1`` the ``k`` best distinct feasible policies
-each get a short fine-tune (``finetune_finalist_steps`` steps of the final recipe, its
+fine-tune). With ``finetune.finalists = k > 1`` the ``k`` best distinct feasible policies
+each get a short fine-tune (``finetune.finalist_steps`` steps of the final recipe, its
 cosine schedule compressed to them) and the one with the best validation accuracy after
 it goes on to the full fine-tune. Ties keep the better search score. One of the ``k`` is
 the best-scored uniform policy the search evaluated (the warm start evaluates some): the
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Container, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from automl.evaluation.finetune import FinetuneConfig
@@ -76,7 +76,7 @@ def screen(evaluator: Any, records: Iterable[Any], k: int, steps: int,
         return None, []
     if k <= 1 or steps <= 0 or len(top) == 1:
         return top[0], []
-    short = replace(recipe, steps=steps, epochs=0.0, eval_every=max(1, steps // 2), patience=0, stop_at_float=False)
+    short = recipe.replace(steps=steps, epochs=0.0, eval_every=max(1, steps // 2), patience=0, stop_at_float=False)
     report = []
     for r in top:
         start = time.perf_counter()

@@ -29,116 +29,21 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl.errors import ConfigError
-from automl.evaluation.config import FINETUNE_OPTIMIZERS as OPTIMIZERS
+from automl.evaluation.config import FinetuneConfig
 from automl.problem.metrics import Metrics
 from automl.quant.engine import QuantLayer
 from automl.quant.psg import with_psg
 
 if TYPE_CHECKING:
     from automl.evaluation.evaluator import Evaluator
-
-
-SCHEDULES = ("cosine", "constant")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """How the winner of a search is fine-tuned.
-
-    Attributes:
-        steps: optimiser steps (0 = no fine-tune); ignored when ``epochs`` is set.
-        epochs: passes over the training split instead of ``steps`` (0 = use ``steps``).
-        lr: peak learning rate.
-        optimizer: ``sgd`` (momentum ``momentum``, Nesterov) or ``adam``.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty on the trained weights (not on LSQ scales).
-        batch_size: training images per step.
-        distill_weight: share of the distillation loss, 0 (labels only) to 1 (float model only).
-        temperature: softmax temperature of the default distillation loss.
-        schedule: ``cosine`` (to 0 over the run) or ``constant``.
-        eval_every: validate every this many steps (0 = only before and after) and keep
-            the best checkpoint.
-        keep_best: return the best validated checkpoint (the untrained model included);
-            when false, the last one.
-        lsq: learn the quantizers' step sizes (weights per channel, activations per layer).
-        psg: position-based scaled gradient strength in [0, 1] (0 = off).
-        patience: stop after this many validation checks in a row without a better
-            checkpoint (0 = run every step).
-        stop_at_float: stop as soon as validation accuracy reaches the float model's
-            (checked before the first step too).
-        seed: data order and initialisation.
-    """
-
-    steps: int = 500
-    epochs: float = 0.0
-    lr: float = 5e-4
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    distill_weight: float = 0.5
-    temperature: float = 1.0
-    schedule: str = "cosine"
-    eval_every: int = 25
-    keep_best: bool = True
-    lsq: bool = False
-    psg: float = 0.0
-    patience: int = 3
-    stop_at_float: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.epochs < 0:
-            raise ConfigError(f"finetune steps and epochs must be >= 0, got {self.steps} and {self.epochs}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"finetune lr must be a positive number, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"finetune optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"finetune schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise ConfigError(f"finetune distill_weight must lie in [0, 1], got {self.distill_weight}")
-        if self.batch_size < 1 or self.eval_every < 0 or self.temperature <= 0:
-            raise ConfigError("finetune batch_size must be >= 1, eval_every >= 0 and temperature > 0")
-        if not 0.0 <= self.psg <= 1.0:
-            raise ConfigError(f"finetune psg strength must lie in [0, 1], got {self.psg}")
-        if self.patience < 0:
-            raise ConfigError(f"finetune patience must be >= 0 (0 = no early stop), got {self.patience}")
-        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
-            raise ConfigError("finetune momentum must lie in [0, 1) and weight_decay be >= 0")
-
-    @classmethod
-    def legacy(cls, steps: int, lr: float, psg: float = 0.0) -> FinetuneConfig:
-        """The fine-tune of fidelity 3: Adam on distillation alone, constant rate, no validation."""
-        return cls(steps=steps, lr=lr, optimizer="adam", distill_weight=1.0, schedule="constant", eval_every=0,
-                   keep_best=False, psg=psg, patience=0, stop_at_float=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown finetune keys {unknown}; known are {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_search(cls, config: Any) -> FinetuneConfig:
-        """The ``finetune_*`` fields of a :class:`~automl.runs.config.SearchConfig`."""
-        values = {f.name: getattr(config, f"finetune_{f.name}") for f in fields(cls) if hasattr(config, f"finetune_{f.name}")}
-        values.setdefault("seed", getattr(config, "seed", 0))
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -228,7 +133,7 @@ class Cancelled(Exception):
 
 def finetune(
     evaluator: Evaluator, qmodel: nn.Module, config: FinetuneConfig, *,
-    should_stop: Callable[[], bool] | None = None, seed_global: bool = True,
+    should_stop: Callable[[], bool] | None = None, seed_global: bool = True, seed: int | None = None,
 ) -> tuple[nn.Module, FinetuneReport]:
     """A fine-tuned copy of ``qmodel`` (the engine's model is left as is) and its report.
 
@@ -237,20 +142,23 @@ def finetune(
         qmodel: the quantized model of a policy (``QuantEngine.apply`` after any BN re-estimation).
         config: see :class:`FinetuneConfig`.
         should_stop: checked before every step; ``True`` raises :class:`Cancelled`.
-        seed_global: seed torch's global generator with ``config.seed`` (for a task loss
+        seed: the data order's seed (and the global generator's, see ``seed_global``);
+            ``evaluator.seed`` when ``None``.
+        seed_global: seed torch's global generator with ``seed`` (for a task loss
             that draws from it; nothing in this module does: the data order has its own
             generator). A fine-tune on a background thread passes ``False``, since the
             global generator is shared with the search on the main thread (an RL agent
             samples its actions from it).
     """
     start = time.perf_counter()
+    seed = evaluator.seed if seed is None else seed
     if seed_global:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(seed)
     student = copy.deepcopy(qmodel).eval()
     # Eval mode throughout: BatchNorms that could not be folded keep their statistics.
     validate = config.keep_best or config.eval_every > 0
     before = evaluator.score(student, "val") if validate else Metrics(float("nan"), float("nan"), float("nan"), 0)
-    batches = evaluator.train_batches(config.batch_size, config.seed)
+    batches = evaluator.train_batches(config.batch_size, seed)
     steps = int(math.ceil(config.epochs * len(batches))) if config.epochs else config.steps
     target = evaluator.float_accuracy("val") if validate and config.stop_at_float else math.inf
     weights, scales = _prepare(student, config.lsq)
@@ -269,7 +177,7 @@ def finetune(
             raise Cancelled(f"stopped before step {step} of {steps}")
         i = (step - 1) % len(batches)
         x, y = batches[i]
-        teacher = functools.partial(evaluator.teacher_output, config.batch_size, config.seed, i, x)
+        teacher = functools.partial(evaluator.teacher_output, config.batch_size, seed, i, x)
         loss = _loss(student, teacher, x, y, alpha, task_loss, distill)
         opt.zero_grad()
         loss.backward()

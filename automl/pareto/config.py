@@ -51,10 +51,10 @@ class ParetoConfig:
             )
         if self.levels is not None and not 2 <= self.levels <= MAX_LEVELS:
             raise ConfigError(f"levels must be between 2 and {MAX_LEVELS}, got {self.levels}")
-        if self.search.resume:
+        if self.search.run.resume:
             raise ConfigError("automl pareto starts a new sweep; it cannot resume a search (drop 'resume')")
-        if self.search.workers != 1:
-            raise ConfigError(f"automl pareto runs its searches in one process; got workers={self.search.workers}, use 1")
+        if self.search.run.workers != 1:
+            raise ConfigError(f"automl pareto runs its searches in one process; got workers={self.search.run.workers}, use 1")
         texts = self.constraint_texts()
         if len(set(texts)) != len(texts):
             raise ConfigError(f"the budgets repeat a level: {list(texts)}; give each level once")

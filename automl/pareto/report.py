@@ -116,10 +116,10 @@ def write_plot(result: ParetoResult, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel(f"{label}, log scale; blue lines: the budgets")
     ax.set_ylabel("validation accuracy at the search fidelity")
-    ax.set_title(f"accuracy vs {metric}: {len(result.levels)} budgets, {result.config.search.searcher}, "
-                 f"{result.config.search.evaluations} evaluations each")
+    ax.set_title(f"accuracy vs {metric}: {len(result.levels)} budgets, {result.config.search.searcher.name}, "
+                 f"{result.config.search.run.evaluations} evaluations each")
     ax.legend(fontsize=6.5, loc="upper left")
-    steps = result.config.search.finetune_steps
+    steps = result.config.search.finetune.steps
     for method in METHODS:
         won = [p for p in result.front(method) if p.policy is not None]
         bx.plot([p.limit / scale for p in won], [p.test_accuracy for p in won], marker="o", color=COLORS[method],
@@ -170,7 +170,7 @@ def dominance_lines(result: ParetoResult) -> list[str]:
 
 def markdown(result: ParetoResult) -> str:
     metric = result.config.metric
-    steps = result.config.search.finetune_steps
+    steps = result.config.search.finetune.steps
     test = f"test acc ({steps}-step fine-tune)" if steps else "test acc (no fine-tune)"
     rows = [f"| budget | method | policy | {metric} | val acc | {test} | mean W bits | kept weights per bit-width | pruned |",
             "|---|---|---|---|---|---|---|---|---|"]

@@ -12,7 +12,7 @@ cache), the sensitivity stage runs once, and then:
    found within it (the best-so-far envelope, so the front never rises as the budget
    tightens), the best uniform policy without pruning and the best uniform policy with
    pruning. Each winner is scored on the test split after the same final fine-tune
-   (``finetune_steps``; 0 scores the search-fidelity model as it is).
+   (``finetune.steps``; 0 scores the search-fidelity model as it is).
 
 MLflow: one parent run (``automl.kind = pareto``) with the CSV, the plot and the table;
 one nested run per budget level, under it one run per evaluated policy. The files are in
@@ -34,7 +34,6 @@ from agents.objective import Objective
 from agents.records import TrialRecord
 from automl.cost import CostModel
 from automl.cost.units import limit_metrics
-from automl.evaluation.finetune import FinetuneConfig
 from automl.evaluation.task import Task
 from automl.pareto.config import UNIFORM_WEIGHT_BITS, ParetoConfig
 from automl.pareto.points import FrontPoint, Level, ParetoResult, weight_shares
@@ -127,22 +126,22 @@ def _run_level(session: Session, index: int, text: str, bound: BoundBudget, sens
     level_dir.mkdir(parents=True, exist_ok=True)
     objective = Objective(session.evaluator, session.cost_model, bound, sensitivities=sens.sensitivities)
     session.evaluator.set_incumbent(None)  # early stopping compares within this level only
-    searcher = make_searcher(cfg.searcher, objective, cfg, level_dir)
+    searcher = make_searcher(cfg.searcher.name, objective, cfg, level_dir)
     callbacks: list[Any] = [Journal(level_dir / JOURNAL, set())]
     run_id = None
     parent = tracker.parent_id if tracker is not None else None
     if tracker is not None:
         run = tracker.client.create_run(tracker.experiment_id, run_name=f"level-{index:02d} {text}", tags={
             PARENT_TAG: parent, "automl.kind": "pareto_level", SWEEP_TAG: sweep_id, "budget": text,
-            "searcher": cfg.searcher, RUN_DIR_TAG: str(level_dir)})
+            "searcher": cfg.searcher.name, RUN_DIR_TAG: str(level_dir)})
         run_id = run.info.run_id
         tracker.parent_id = run_id  # the trials nest under the level
-        callbacks.append(MlflowLogging(tracker, set(), cfg.fidelity))
+        callbacks.append(MlflowLogging(tracker, set(), cfg.evaluation.fidelity))
     if not quiet:
-        callbacks.append(Progress(cfg.evaluations, 0, None))
+        callbacks.append(Progress(cfg.run.evaluations, 0, None))
     status = "FAILED"
     try:
-        result = searcher.run(cfg.evaluations, callbacks)
+        result = searcher.run(cfg.run.evaluations, callbacks)
         status = "FINISHED"
     finally:
         if tracker is not None and run_id is not None:
@@ -185,8 +184,8 @@ def _winners(result: ParetoResult, metric: str) -> list[FrontPoint]:
 def _score_winners(session: Session, points: list[FrontPoint], quiet: bool) -> list[FrontPoint]:
     """Each distinct winner scored on the test split after the search's final fine-tune."""
     ev: Any = session.evaluator.evaluator  # the Evaluator itself: final() and the test split
-    steps = session.config.finetune_steps
-    recipe = FinetuneConfig.from_search(session.config)
+    steps = session.config.finetune.steps
+    recipe = session.config.finetune
     tested: dict[str, float] = {}
     distinct = {p.policy.key(): p.policy for p in points if p.policy is not None}
     what = f"{steps}-step final fine-tune, then the test split" if steps else "the test split (no fine-tune)"
@@ -211,7 +210,7 @@ def _start_parent(session: Session, config: ParetoConfig, texts: list[str], swee
     if tracker is None:
         return
     tracker.start_parent(f"pareto-{session.run_dir.name}", config.to_dict(),
-                         {RUN_DIR_TAG: str(session.run_dir), SWEEP_TAG: sweep_id, "searcher": session.config.searcher,
+                         {RUN_DIR_TAG: str(session.run_dir), SWEEP_TAG: sweep_id, "searcher": session.config.searcher.name,
                           "budget": "; ".join(texts), "metric": config.metric})
     assert tracker.parent_id is not None
     tracker.client.set_tag(tracker.parent_id, "automl.kind", "pareto")
@@ -226,12 +225,12 @@ def run_pareto(config: ParetoConfig, task: Task | None = None, quiet: bool = Fal
     from automl.pareto.report import write_report
 
     cfg = config.search
-    output = Path(cfg.output).expanduser().resolve()
+    output = Path(cfg.run.output).expanduser().resolve()
     sweep_dir = output / "pareto" / time.strftime("%Y%m%d-%H%M%S")
     while sweep_dir.exists():
         sweep_dir = sweep_dir.with_name(sweep_dir.name + "x")
     texts = config.constraint_texts()
-    search_cfg = replace(cfg, output=str(output), budget=(texts[0],))
+    search_cfg = cfg.merged({"run.output": str(output), "budget": (texts[0],)})
     session = build_session(RunPlan(search_cfg, sweep_dir, state={"cwd": str(Path.cwd())}), task)
     try:
         bound, skipped = _bind_levels(config, session.cost_model, quiet)
@@ -265,13 +264,13 @@ def _sweep(session: Session, config: ParetoConfig, bound: list[tuple[str, BoundB
     cfg = session.config
     ev: Any = session.evaluator.evaluator
     float_val = ev.baseline("val").accuracy
-    with stage(f"sensitivities ({cfg.sensitivity_method}), once for the sweep", quiet):
-        sens = sensitivity_stage(session.evaluator, session.problem.space, cfg.fidelity, cfg.sensitivity_method,
-                                 cache_dir=cfg.output, quiet=quiet)
+    with stage(f"sensitivities ({cfg.searcher.sensitivity}), once for the sweep", quiet):
+        sens = sensitivity_stage(session.evaluator, session.problem.space, cfg.evaluation.fidelity, cfg.searcher.sensitivity,
+                                 cache_dir=cfg.run.output, quiet=quiet)
     uniform = _evaluate_uniform(session, bound[0][1], quiet)
     levels = []
     for i, (text, b) in enumerate(bound, 1):
-        _say(quiet, f"level {i}/{len(bound)}: {text} ({cfg.searcher}, {cfg.evaluations} evaluations)")
+        _say(quiet, f"level {i}/{len(bound)}: {text} ({cfg.searcher.name}, {cfg.run.evaluations} evaluations)")
         levels.append(_run_level(session, i, text, b, sens, sweep_id, quiet))
     result = ParetoResult(config, session.run_dir, levels, uniform, [], sens, float_val, session.cost_model.float_costs().value(config.metric), skipped,
                           parent_run_id=session.tracker.parent_id if session.tracker is not None else None)

@@ -64,7 +64,7 @@ def stage(label: str, quiet: bool = False) -> Iterator[None]:
 def closing_lines(session: Session) -> str:
     """The last lines of a search: the absolute budget, what to open, commands that work as printed."""
     cmd = command_prefix()
-    out = shlex.quote(session.config.output)
+    out = shlex.quote(session.config.run.output)
     run_dir = session.run_dir
     return "\n".join([
         f"budget: {budget_line(session.bound)}",

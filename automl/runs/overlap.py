@@ -14,8 +14,8 @@ A thread rather than a process: torch releases the GIL inside its kernels, so a 
 Python thread at the same torch thread count runs on another core, and it shares the
 evaluator's data and float teacher in memory instead of rebuilding them.
 
-When it runs (:func:`overlap_reason` says why not otherwise; ``SearchConfig.finetune_overlap``
-turns it off): one worker, a fine-tune to run, one finalist, ``eval_ptq="none"``
+When it runs (:func:`overlap_reason` says why not otherwise; ``finetune.overlap``
+turns it off): one worker, a fine-tune to run, one finalist, ``evaluation.ptq="none"``
 (AdaQuant's final optimisation works on the engine the search is using), and a core to
 spare: the process may use at least twice its torch threads. Its cost is recorded in
 :class:`OverlapReport`: the search-side seconds preparing each speculation (timed as
@@ -52,18 +52,18 @@ def usable_cores() -> int:
 def overlap_reason(config: Any, cores: int | None = None) -> str:
     """Why the fine-tune cannot overlap the search under ``config`` (a ``SearchConfig``); ``""`` if it can."""
     cores = usable_cores() if cores is None else cores
-    if not config.finetune_overlap:
-        return "finetune_overlap is off"
-    if config.finetune_steps <= 0:
-        return "no fine-tune (finetune_steps is 0)"
-    if config.workers > 1:
+    if not config.finetune.overlap:
+        return "finetune.overlap is off"
+    if config.finetune.steps <= 0:
+        return "no fine-tune (finetune.steps is 0)"
+    if config.run.workers > 1:
         return "the workers use the cores"
-    if config.finetune_finalists > 1:
+    if config.finetune.finalists > 1:
         return "finalists are screened after the search"
-    if config.eval_ptq != "none":
-        return f"eval_ptq={config.eval_ptq!r} changes the engine the search uses"
-    if cores < 2 * config.threads:
-        return f"no spare core ({cores} usable, {config.threads} torch thread(s) per fine-tune and search)"
+    if config.evaluation.ptq != "none":
+        return f"evaluation.ptq={config.evaluation.ptq!r} changes the engine the search uses"
+    if cores < 2 * config.run.threads:
+        return f"no spare core ({cores} usable, {config.run.threads} torch thread(s) per fine-tune and search)"
     return ""
 
 
@@ -165,7 +165,7 @@ class SpeculativeFinetune(Callback):
         self._cancel()
         # prepared on this thread (the engine is the search's), then copied: the engine moves on
         model = copy.deepcopy(self.evaluator.prepare_final(best.policy))
-        self.evaluator.train_batches(self.recipe.batch_size, self.recipe.seed)  # the shared data, built once, here
+        self.evaluator.train_batches(self.recipe.batch_size, self.evaluator.seed)  # the shared data, built once, here
         self._job = _Job(self.evaluator, best.policy, model, self.recipe)
         self._jobs.append(self._job)
         self.report.started += 1

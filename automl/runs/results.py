@@ -205,9 +205,9 @@ def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord]
 
 def pick_finalist(session: Session, result: SearchResult, best: dict[str, TrialRecord], recipe: FinetuneConfig,
                   quiet: bool) -> list[Finalist]:
-    """With ``finetune_finalists > 1``, replace the budget's winner in ``best`` by the best of
+    """With ``finetune.finalists > 1``, replace the budget's winner in ``best`` by the best of
     the finalists after their short fine-tunes (:mod:`automl.evaluation.finalists`); returns their report."""
-    k, steps = session.config.finetune_finalists, session.config.finetune_finalist_steps
+    k, steps = session.config.finetune.finalists, session.config.finetune.finalist_steps
     if not best or k <= 1:
         return []
     label = next(iter(best))
@@ -268,8 +268,8 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
     best = best_per_budget(session, result)
     test: dict[str, float] = {}
     ev = session.evaluator.evaluator
-    steps = session.config.finetune_steps
-    recipe = FinetuneConfig.from_search(session.config)
+    steps = session.config.finetune.steps
+    recipe = session.config.finetune
     tuned = {}
     export = None
     onnx_report: dict = {}
@@ -289,12 +289,12 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                 export = export_policy(
                     model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
                     sample_input=next(iter(session.problem.task.val_loader))[0][:EXPORT_TIMING_BATCH],
-                    float_model=ev.float_model, cost_model=session.cost_model, threads=session.config.threads,
+                    float_model=ev.float_model, cost_model=session.cost_model, threads=session.config.run.threads,
                     repeats=EXPORT_TIMING_REPEATS,
                 )
             with stage(f"ONNX export of trial {r.number}: QDQ graph timed in ONNX Runtime", quiet), timer.stage("export_onnx"):
                 onnx_report = export_run_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx", ev.float_model,
-                                              next(iter(session.problem.task.val_loader))[0][:64], session.config.threads)
+                                              next(iter(session.problem.task.val_loader))[0][:64], session.config.run.threads)
     (run_dir / "result.json").write_text(result.to_json())
     (run_dir / "best_policies.json").write_text(
         json.dumps({label: {"trial": r.number, "val_accuracy": r.accuracy, "test_accuracy": test[label],
@@ -329,13 +329,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
         print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
         print(table)
         print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
-              f"({session.config.sensitivity_method}); results in {run_dir}")
+              f"({session.config.searcher.sensitivity}); results in {run_dir}")
         print(f"time per stage: {timer.summary()}")
         if tracker is not None and tracker.failures:
             print(tracker.failure_summary())
         for label, rep in tuned.items():
             why = {"float": "validation reached the float model's", "patience": "no better checkpoint in "
-                   f"{session.config.finetune_patience} checks"}.get(rep.stop_reason, "all steps")
+                   f"{session.config.finetune.patience} checks"}.get(rep.stop_reason, "all steps")
             print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
                   f"(best step {rep.best_step} of {rep.steps} taken; stopped: {why}; {rep.seconds:.0f} s)")
         if speculation is not None:

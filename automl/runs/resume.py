@@ -16,17 +16,18 @@ import os
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agents.records import TrialRecord
 from automl.errors import ConfigError, RunDirError
-from automl.runs.config import SearchConfig
+from automl.runs.config import SearchConfig, dotted_keys
 
 JOURNAL, STATE, CONFIG = "trials.jsonl", "state.json", "config.json"
-RESUMABLE = ("evaluations", "threads", "workers", "resume", "output")
-RESUMABLE_PREFIXES = ("finetune_", "export_")
+# What a resume may change: how much more to search, with what resources, and the final stage.
+RESUMABLE = ("run.evaluations", "run.threads", "run.workers", "run.resume", "run.output")
+RESUMABLE_PREFIXES = ("finetune.",)
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,19 @@ def _is_resumable(key: str) -> bool:
 def _explicit(config: SearchConfig, explicit: Collection[str] | None) -> set[str]:
     if explicit is not None:
         return {k.replace("-", "_") for k in explicit}
-    default = SearchConfig()
-    return {f.name for f in fields(SearchConfig) if getattr(config, f.name) != getattr(default, f.name)}
+    default = SearchConfig().to_dict()
+    given = config.to_dict()
+    return {key for key in dotted_keys(given) if _at(given, key) != _at(default, key)}
+
+
+def _at(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def plan_run(config: SearchConfig, explicit: Collection[str] | None = None) -> RunPlan:
-    """The run ``config`` asks for: a new directory, or the run ``config.resume`` names.
+    """The run ``config`` asks for: a new directory, or the run ``config.run.resume`` names.
 
     Args:
         config: the user's configuration.
@@ -200,13 +208,13 @@ def plan_run(config: SearchConfig, explicit: Collection[str] | None = None) -> R
         ConfigError: the run to resume is not found, its files are unreadable, or an
             explicit key would change what its records mean.
     """
-    if not config.resume:
-        output = Path(config.output).expanduser().resolve()
+    if not config.run.resume:
+        output = Path(config.run.output).expanduser().resolve()
         run_dir = output / "runs" / time.strftime("%Y%m%d-%H%M%S")
         while run_dir.exists():
             run_dir = run_dir.with_name(run_dir.name + "x")
-        return RunPlan(replace(config, output=str(output)), run_dir, state={"cwd": str(Path.cwd())})
-    run_dir = find_run_dir(config.resume, config.output)
+        return RunPlan(config.merged({"run.output": str(output)}), run_dir, state={"cwd": str(Path.cwd())})
+    run_dir = find_run_dir(config.run.resume, config.run.output)
     saved_dict = _load_json(run_dir / CONFIG, "run configuration")
     try:
         saved = SearchConfig.from_dict(saved_dict)
@@ -217,8 +225,8 @@ def plan_run(config: SearchConfig, explicit: Collection[str] | None = None) -> R
     changes: dict[str, Any] = {}
     notes = []
     for key in sorted(_explicit(config, explicit)):
-        new, old = getattr(config, key), getattr(saved, key)
-        if key in ("resume", "output") or new == old:
+        new, old = config.get(key), saved.get(key)
+        if key in ("run.resume", "run.output") or new == old:
             continue
         if not _is_resumable(key):
             raise ConfigError(
@@ -229,6 +237,6 @@ def plan_run(config: SearchConfig, explicit: Collection[str] | None = None) -> R
         changes[key] = new
         notes.append(f"{key}: {old!r} -> {new!r} (given on the command line or in the config file)")
     # Where the run lives is where it was found: absolute, whatever the working directory.
-    output = run_dir.parent.parent if run_dir.parent.name == "runs" else Path(saved.output).expanduser().resolve()
-    resumed = replace(saved, **changes, output=str(output), resume=str(run_dir))
+    output = run_dir.parent.parent if run_dir.parent.name == "runs" else Path(saved.run.output).expanduser().resolve()
+    resumed = saved.merged({**changes, "run.output": str(output), "run.resume": str(run_dir)})
     return RunPlan(resumed, run_dir, True, tuple(journal), state, tuple(notes))

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,16 @@ from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from automl import faults
 from automl.cost import CostModel
+from automl.cost.profiles import check_profile_scales
 from automl.cost.units import cost_metrics, limit_metrics, shown
 from automl.errors import ConfigError, TrackingError
 from automl.evaluation.evaluator import Evaluator, Problem
-from automl.evaluation.finetune import FinetuneConfig
-from automl.evaluation.methods import check_profile_scales
 from automl.evaluation.task import Task
 from automl.export.ampq import container_bytes
 from automl.export.ort_profile import resolve_profiles
 from automl.problem.budget import BoundBudget, Budget
 from automl.problem.cache import CachedEvaluator
-from automl.runs.config import SearchConfig
-from automl.runs.config_schema import check_searcher_options
+from automl.runs.config import DEFAULT_BUDGET, SearchConfig, dotted_keys
 from automl.runs.console import budget_line, command_prefix, stage
 from automl.runs.lifecycle import (
     RUN_DIR_TAG,
@@ -60,6 +58,7 @@ from automl.runs.resume import (
     read_journal,
     repair_torn_tail,
 )
+from automl.runs.searcher_options import check_searcher_options
 from automl.runs.uris import check_storage, check_tracking_uri
 from automl.runs.workers import check_workers, run_searcher, start_workers, stop_workers
 from automl.timing import StageTimer, pin_threads
@@ -82,26 +81,27 @@ def make_searcher(name: str, objective: Objective, config: SearchConfig, run_dir
     from agents.rl import RLSearcher
 
     cls = searcher_class(name)
-    kwargs: dict[str, Any] = dict(config.searcher_options)
+    kwargs: dict[str, Any] = dict(config.searcher.options)
     if issubclass(cls, OptunaSearcher):
-        kwargs["storage"] = config.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+        kwargs["storage"] = config.searcher.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
         kwargs["study_name"] = f"automl-{run_dir.name}"
-        kwargs["stage_fidelity"] = config.searcher_stage_fidelity or None
+        kwargs["stage_fidelity"] = config.searcher.stage_fidelity or None
     elif issubclass(cls, RLSearcher):
         kwargs["checkpoint_dir"] = run_dir / "agent"
-    return cls(objective, seed=config.seed, **kwargs)
+    return cls(objective, seed=config.run.seed, **kwargs)
 
 
-RESERVED_OPTIONS = {"seed": "seed", "storage": "storage", "study_name": "output", "checkpoint_dir": "output", "stage_fidelity": "searcher_stage_fidelity"}
+RESERVED_OPTIONS = {"seed": "run.seed", "storage": "searcher.storage", "study_name": "run.output", "checkpoint_dir": "run.output",
+                    "stage_fidelity": "searcher.stage_fidelity"}
 
 
 def check_searcher(config: SearchConfig) -> None:
-    """The searcher's name and its ``searcher_options``, checked before any work."""
-    if config.searcher not in searcher_names():
-        raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(searcher_names())}")
+    """The searcher's name and its ``searcher.options``, checked before any work."""
+    if config.searcher.name not in searcher_names():
+        raise ConfigError(f"unknown searcher {config.searcher.name!r}; choose one of {sorted(searcher_names())}")
     from agents import searcher_class
 
-    check_searcher_options(config.searcher, searcher_class(config.searcher), config.searcher_options, RESERVED_OPTIONS)
+    check_searcher_options(config.searcher.name, searcher_class(config.searcher.name), config.searcher.options, RESERVED_OPTIONS)
 
 
 # callbacks -------------------------------------------------------------------------------
@@ -230,19 +230,19 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     """Check everything a user can get wrong, cheapest first, then build the problem."""
     timer = timer or StageTimer()
     config, run_dir = plan.config, plan.run_dir
-    uri = config.tracking_uri or default_tracking_uri(config.output)
+    uri = config.tracking.uri or default_tracking_uri(config.run.output)
     check_writable(run_dir)
     if track:
         check_tracking_uri(uri)  # before any evaluation work
     own_study = run_dir / "optuna.db"  # a resumed run's own study: checked like a given one
-    check_storage(config.storage or (f"sqlite:///{own_study}" if own_study.is_file() else ""))
+    check_storage(config.searcher.storage or (f"sqlite:///{own_study}" if own_study.is_file() else ""))
     budget = Budget.parse(list(config.budget))
     check_searcher(config)
     check_workers(config)
     cwd = plan.state.get("cwd")
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
-    pin_threads(config.threads)
+    pin_threads(config.run.threads)
     # MLflow's import and store set-up (~3 s on a new SQLite store) overlap the task, analysis and evaluator.
     opening = _open_tracker(uri, config, run_dir) if track else None
     try:
@@ -251,7 +251,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
         if opening is not None:
             opening.add_done_callback(_close_unused)
         raise
-    objective = Objective(evaluator, cost_model, bound, widen_activations=config.widen_activations)
+    objective = Objective(evaluator, cost_model, bound, widen_activations=config.searcher.widen_activations)
     with timer.stage("mlflow"):  # what is left of opening the store once the problem is built
         tracker = opening.result() if opening is not None else None
     return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
@@ -260,20 +260,20 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
 def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_dir: Path,
                    timer: StageTimer) -> tuple[Problem, CostModel, BoundBudget, CachedEvaluator]:
     with timer.stage("task"):  # for a reference task: load the shipped checkpoint (or train) and check it
-        task = task or load_task(config.task, threads=config.threads)
+        task = task or load_task(config.task, threads=config.run.threads)
     with timer.stage("analysis"):
-        problem = Problem.from_task(task, config.space_config(), importance=config.space_importance)
+        problem = Problem.from_task(task, config.space)
     with timer.stage("cost_model"):
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
-        profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
-        check_profile_scales(profiles, config.eval_power_of_two)
+        profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.run.threads)
+        check_profile_scales(profiles, config.evaluation.power_of_two)
         container = container_bytes(task.model, problem.analysis, problem.space, task.sample_input,
-                                    power_of_two=config.eval_power_of_two)  # the .ampq header, priced in size
+                                    power_of_two=config.evaluation.power_of_two)  # the .ampq header, priced in size
         cost_model = CostModel(problem.analysis, problem.space, profiles, container)
         bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
-        evaluator = CachedEvaluator(Evaluator(problem, config.eval_config()), path=run_dir / "cache.sqlite")
+        evaluator = CachedEvaluator(Evaluator(problem, config.evaluation, seed=config.run.seed), path=run_dir / "cache.sqlite")
     return problem, cost_model, bound, evaluator
 
 
@@ -291,9 +291,9 @@ def _open_tracker(uri: str, config: SearchConfig, run_dir: Path) -> concurrent.f
     """
     # A tracking server stores a new experiment's artifacts where it was told (--artifacts-destination
     # or --default-artifact-root); only a store this process opens itself gets the local mlartifacts.
-    location = None if uri.startswith(("http://", "https://")) else artifact_root(config.output)
+    location = None if uri.startswith(("http://", "https://")) else artifact_root(config.run.output)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open")
-    future = pool.submit(MlflowTracker, uri, config.experiment, location, failure_log=run_dir / FAILURES_FILE)
+    future = pool.submit(MlflowTracker, uri, config.tracking.experiment, location, failure_log=run_dir / FAILURES_FILE)
     pool.shutdown(wait=False)
     return future
 
@@ -308,8 +308,8 @@ def _start_tracking(session: Session, resuming: bool, state: dict[str, Any]) -> 
         tracker.mark_unfinished_children()
         return
     tracker.start_parent(
-        f"{cfg.searcher}-{session.run_dir.name}", cfg.to_dict(),
-        {RUN_DIR_TAG: str(session.run_dir.resolve()), "searcher": cfg.searcher, "budget": ", ".join(cfg.budget)},
+        f"{cfg.searcher.name}-{session.run_dir.name}", cfg.to_dict(),
+        {RUN_DIR_TAG: str(session.run_dir.resolve()), "searcher": cfg.searcher.name, "budget": ", ".join(cfg.budget)},
     )
     state["parent_run_id"] = tracker.parent_id
     state_path.write_text(json.dumps(state))
@@ -363,7 +363,7 @@ def restore_records(searcher: Searcher, journal: list[TrialRecord]) -> None:
 def _finished_result(plan: RunPlan) -> SearchResult | None:
     """The saved result of a FINISHED run that a resume would add nothing to."""
     path = plan.run_dir / "result.json"
-    if plan.state.get("status") != "FINISHED" or len(plan.journal) < plan.config.evaluations or not path.is_file():
+    if plan.state.get("status") != "FINISHED" or len(plan.journal) < plan.config.run.evaluations or not path.is_file():
         return None
     return SearchResult.from_json(path.read_text())
 
@@ -404,8 +404,8 @@ def run_search(
     other key); ``None`` takes those that differ from the defaults. The parent run ends
     FINISHED, FAILED, or KILLED (Ctrl-C, SIGTERM).
     """
-    if config.resume:  # a parent a kill -9 left RUNNING is closed first, even if this resume fails
-        close_if_stale(find_run_dir(config.resume, config.output))
+    if config.run.resume:  # a parent a kill -9 left RUNNING is closed first, even if this resume fails
+        close_if_stale(find_run_dir(config.run.resume, config.run.output))
     plan = plan_run(config, explicit)
     cfg, run_dir = plan.config, plan.run_dir
 
@@ -416,7 +416,7 @@ def run_search(
     if plan.resuming:
         if owner_alive(run_dir):
             raise ConfigError(f"run {str(run_dir)!r} is still being searched by another process; stop it before resuming")
-        say(f"resuming {run_dir} with its own configuration: {len(plan.journal)} of {cfg.evaluations} evaluations done")
+        say(f"resuming {run_dir} with its own configuration: {len(plan.journal)} of {cfg.run.evaluations} evaluations done")
         for note in plan.notes:
             say(f"  override {note}")
         finished = _finished_result(plan)
@@ -454,7 +454,7 @@ def _search(
 ) -> SearchResult:
     cfg, run_dir = session.config, session.run_dir
     # Local workers start first: their start-up overlaps the set-up below (automl.runs.workers).
-    started = start_workers(run_dir, cfg.workers) if cfg.workers > 1 else {}
+    started = start_workers(run_dir, cfg.run.workers) if cfg.run.workers > 1 else {}
     try:
         return _search_with(session, plan, state, callbacks, quiet, say, started)
     except BaseException:
@@ -476,16 +476,16 @@ def _search_with(
 
     with timer.stage("sensitivity"):
         sensitivity = run_stage(session, plan.resuming, quiet)  # before the searcher: it reads the tables
-    with stage(f"{cfg.searcher} searcher (warm start)", quiet), timer.stage("warm_start"):
-        searcher = make_searcher(cfg.searcher, session.objective, cfg, run_dir)
+    with stage(f"{cfg.searcher.name} searcher (warm start)", quiet), timer.stage("warm_start"):
+        searcher = make_searcher(cfg.searcher.name, session.objective, cfg, run_dir)
     if plan.resuming:
-        resume_searcher(searcher, list(plan.journal), single_worker=cfg.workers == 1)
-    if cfg.workers <= 1:  # a resumed search continues as the uninterrupted one would (Objective.restore)
+        resume_searcher(searcher, list(plan.journal), single_worker=cfg.run.workers == 1)
+    if cfg.run.workers <= 1:  # a resumed search continues as the uninterrupted one would (Objective.restore)
         session.objective.restore(searcher.records)
     done = {r.number for r in searcher.records}
     logged = set(tracker.logged_trials())
     journal = Journal(run_dir / JOURNAL, {r.number for r in plan.journal})
-    cbs: list[Callback] = [journal, MlflowLogging(tracker, logged, cfg.fidelity)]
+    cbs: list[Callback] = [journal, MlflowLogging(tracker, logged, cfg.evaluation.fidelity)]
     for record in searcher.records:  # trials evaluated before a crash but not yet journaled/logged
         for cb in cbs:
             cb.on_trial(record)
@@ -493,11 +493,11 @@ def _search_with(
     if not quiet:
         say(f"run directory: {run_dir}  (resume with: {command_prefix()} search --resume {run_dir})")
         say("budget: " + budget_line(session.bound))
-        cbs.append(Progress(cfg.evaluations, len(done), best))
+        cbs.append(Progress(cfg.run.evaluations, len(done), best))
     cbs.extend(callbacks)
     speculation = None  # the winner's fine-tune beside the search, on the spare core (automl.runs.overlap)
     if not overlap_reason(cfg):
-        speculation = SpeculativeFinetune(session.evaluator.evaluator, FinetuneConfig.from_search(cfg), searcher.records)
+        speculation = SpeculativeFinetune(session.evaluator.evaluator, cfg.finetune, searcher.records)
         cbs.append(speculation)
     try:
         with timer.stage("search"):
@@ -517,19 +517,26 @@ def _search_with(
     return result
 
 
-def search(task: Task, budget: str | Sequence[str] = ("size<=0.125x",), searcher: str | None = None, **options: Any) -> SearchResult:
-    """Python API of ``automl search``: the same options, a :class:`SearchResult` back.
+def search(
+    task: Task, budget: str | Sequence[str] = DEFAULT_BUDGET, searcher: str | Mapping[str, Any] | None = None, *,
+    quiet: bool = False, **sections: Any,
+) -> SearchResult:
+    """Python API of ``automl search``: the same configuration, a :class:`SearchResult` back.
+
+    ``sections`` are the sections of :class:`~automl.runs.config.SearchConfig` as mappings (or
+    their settings objects): ``space``, ``evaluation``, ``finetune``, ``searcher``, ``tracking``,
+    ``run``, and ``profiles``; ``searcher`` may also be just the searcher's name.
 
     Example::
 
         import automl
-        result = automl.search(my_task, budget=["size<=0.125x"], searcher="tpe", evaluations=50)
+        result = automl.search(my_task, budget=["size<=0.125x"], searcher="tpe", run={"evaluations": 50})
         print(result.best.policy, result.best.accuracy)
     """
-    budgets = (budget,) if isinstance(budget, str) else tuple(budget)
-    values: dict[str, Any] = {"budget": budgets, **options}
+    data: dict[str, Any] = {"task": task.name, "budget": (budget,) if isinstance(budget, str) else tuple(budget)}
     if searcher is not None:
-        values["searcher"] = searcher
-    quiet = bool(values.pop("quiet", False))
-    config = SearchConfig.from_dict({**SearchConfig(task=task.name).to_dict(), **values})
-    return run_search(config, task=task, quiet=quiet, explicit=set(values))
+        sections["searcher"] = {"name": searcher} if isinstance(searcher, str) else searcher
+    for key, value in sections.items():
+        data[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    config = SearchConfig.from_dict(data)
+    return run_search(config, task=task, quiet=quiet, explicit=dotted_keys(data))

@@ -2,7 +2,7 @@
 
 Before a searcher starts, :func:`run_stage` gives the search's :class:`~agents.objective.Objective`
 the per-layer sensitivities that the integer program, the repair, the TPE warm start and
-the RL observation use. Methods (``SearchConfig.sensitivity_method``, ``--sensitivity``):
+the RL observation use. Methods (``searcher.sensitivity``, ``--sensitivity``):
 
 - ``measured``: one-factor-at-a-time evaluations of the real evaluator at the search
   fidelity, starting from the uniform 8-bit policy (:func:`automl.problem.sensitivity.measure_sensitivities`);
@@ -78,7 +78,7 @@ class SensitivityReport:
 def check_method(method: str) -> str:
     if method not in SENSITIVITY_METHODS:
         raise ConfigError(
-            f"sensitivity_method must be one of {list(SENSITIVITY_METHODS)}, got {method!r}; "
+            f"searcher.sensitivity must be one of {list(SENSITIVITY_METHODS)}, got {method!r}; "
             "use e.g. --sensitivity fisher (cheap) or --sensitivity measured (one evaluation per layer choice)"
         )
     return method
@@ -106,7 +106,7 @@ def _fingerprint(ev: Any, space: SearchSpace, fidelity: int, method: str, extra:
         h.update(x.contiguous().numpy().tobytes())
     h.update(ys.numpy().tobytes())
     config = getattr(ev, "config", None)
-    cfg = asdict(config) if config is not None else {}
+    cfg = config.to_dict() if config is not None else {}
     cfg.pop("fidelity", None)
     cfg.pop("seed", None)
     h.update(json.dumps([space.to_dict(), fidelity, method, cfg, extra], sort_keys=True, default=str).encode())
@@ -249,8 +249,8 @@ def run_stage(session: Session, resuming: bool, quiet: bool, log: Callable[[str]
     search of the same model and space reuse the tables.
     """
     cfg = session.config
-    report = sensitivity_stage(session.evaluator, session.problem.space, cfg.fidelity, cfg.sensitivity_method,
-                               cache_dir=cfg.output, quiet=quiet)
+    report = sensitivity_stage(session.evaluator, session.problem.space, cfg.evaluation.fidelity, cfg.searcher.sensitivity,
+                               cache_dir=cfg.run.output, quiet=quiet)
     session.objective.sensitivities = report.sensitivities
     table = write_table(report.sensitivities, session.run_dir / TABLE_FILE)
     (session.run_dir / "sensitivity_report.json").write_text(

@@ -12,7 +12,7 @@ from typing import Any
 
 from automl.errors import ConfigError
 from automl.runs.config import SearchConfig
-from automl.runs.workers import CONFIG_ATTR, wait_ready, worker_tag
+from automl.runs.workers import CONFIG_ATTR, check_workers, wait_ready, worker_tag
 
 
 def add_worker_parser(sub: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -40,8 +40,8 @@ def worker_config(args: argparse.Namespace) -> tuple[SearchConfig, Path, str]:
             raise ConfigError(f"--join {args.join!r}: cannot read {str(path)!r} ({exc}); pass the run directory "
                               "that `automl search` printed") from None
         cfg = SearchConfig.from_dict(data)
-        if not cfg.storage:
-            cfg = cfg.merged({"storage": f"sqlite:///{(run_dir / 'optuna.db').resolve()}"})
+        if not cfg.searcher.storage:
+            cfg = cfg.merged({"searcher.storage": f"sqlite:///{(run_dir / 'optuna.db').resolve()}"})
         study = f"automl-{run_dir.name}"
     else:
         if not (args.storage and args.study):
@@ -58,12 +58,12 @@ def worker_config(args: argparse.Namespace) -> tuple[SearchConfig, Path, str]:
         if not isinstance(data, dict):
             raise ConfigError(f"study {args.study!r} holds no automl-mpq search configuration; start it with "
                               "`automl search --workers N` first")
-        cfg = SearchConfig.from_dict({**data, "storage": args.storage, "output": args.output})
+        cfg = SearchConfig.from_dict(data).merged({"searcher.storage": args.storage, "run.output": args.output})
         study = args.study
         run_dir = Path(args.output).expanduser().resolve() / "workers" / study
     if args.threads:
-        cfg = cfg.merged({"threads": args.threads})
-    check_workers(cfg.merged({"workers": 2}))
+        cfg = cfg.merged({"run.threads": args.threads})
+    check_workers(cfg.merged({"run.workers": 2}))
     return cfg, run_dir, study
 
 
@@ -79,16 +79,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     session = build_session(RunPlan(cfg, run_dir, resuming=True), track=False)
     if args.join:  # started early by the parent: its study, warm start and sensitivity tables come first
         wait_ready(run_dir)
-    report = sensitivity_stage(session.evaluator, session.problem.space, cfg.fidelity, cfg.sensitivity_method,
-                               cache_dir=cfg.output, quiet=True)
+    report = sensitivity_stage(session.evaluator, session.problem.space, cfg.evaluation.fidelity, cfg.searcher.sensitivity,
+                               cache_dir=cfg.run.output, quiet=True)
     session.objective.sensitivities = report.sensitivities
-    kwargs: dict[str, Any] = dict(cfg.searcher_options)
-    kwargs.update(storage=cfg.storage, study_name=study_name, stage_fidelity=cfg.searcher_stage_fidelity or None)
+    kwargs: dict[str, Any] = dict(cfg.searcher.options)
+    kwargs.update(storage=cfg.searcher.storage, study_name=study_name, stage_fidelity=cfg.searcher.stage_fidelity or None)
     index = args.index if args.index is not None else os.getpid()
-    searcher = searcher_class(cfg.searcher)(session.objective, seed=cfg.seed + 1000 * (index + 1), **kwargs)
+    searcher = searcher_class(cfg.searcher.name)(session.objective, seed=cfg.run.seed + 1000 * (index + 1), **kwargs)
     searcher.worker = worker_tag()
     with handle_termination():
-        result = searcher.run(cfg.evaluations)
+        result = searcher.run(cfg.run.evaluations)
     print(f"worker {os.getpid()}: {sum(1 for r in result.records if not r.cache_hit)} distinct evaluations "
           f"in the study", flush=True)
     return 0

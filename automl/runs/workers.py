@@ -67,20 +67,20 @@ OPTUNA_MODULE = "agents.optuna_search"
 # checks ---------------------------------------------------------------------------------
 def check_workers(config: SearchConfig) -> None:
     """``workers > 1`` needs an Optuna searcher and a storage several processes can open."""
-    if config.workers <= 1:
+    if config.run.workers <= 1:
         return
     from agents import SEARCHERS
 
-    entry = SEARCHERS.get(config.searcher.lower().replace("-", "_"))
+    entry = SEARCHERS.get(config.searcher.name.lower().replace("-", "_"))
     if entry is not None and entry[0] != OPTUNA_MODULE:
         optuna_names = sorted(k for k, (mod, _) in SEARCHERS.items() if mod == OPTUNA_MODULE)
         raise ConfigError(
-            f"--workers {config.workers} needs a searcher that keeps its state in an Optuna study "
-            f"({', '.join(optuna_names)}); got searcher {config.searcher!r}. Use one of those, or --workers 1."
+            f"--workers {config.run.workers} needs a searcher that keeps its state in an Optuna study "
+            f"({', '.join(optuna_names)}); got searcher {config.searcher.name!r}. Use one of those, or --workers 1."
         )
-    if config.storage.strip() in (":memory:", "memory"):
+    if config.searcher.storage.strip() in (":memory:", "memory"):
         raise ConfigError(
-            f"--workers {config.workers} needs a storage every worker process can open; got {config.storage!r}. "
+            f"--workers {config.run.workers} needs a storage every worker process can open; got {config.searcher.storage!r}. "
             "Leave --storage empty (a SQLite file in the run directory) or pass a database URL."
         )
 
@@ -171,8 +171,8 @@ def run_searcher(
     """``searcher.run`` for one worker; the coordinator of :func:`coordinate` for several
     (``started``: the workers :func:`start_workers` already started)."""
     cfg = session.config
-    if cfg.workers <= 1:
-        return searcher.run(cfg.evaluations, callbacks)
+    if cfg.run.workers <= 1:
+        return searcher.run(cfg.run.evaluations, callbacks)
     return coordinate(searcher, session.run_dir, cfg, callbacks, poll=poll, started=started)
 
 
@@ -230,7 +230,7 @@ def coordinate(
     searcher: Any, run_dir: Path, cfg: SearchConfig, callbacks: Sequence[Callback], poll: float = 0.5,
     started: dict[int, subprocess.Popen] | None = None,
 ) -> SearchResult:
-    """Start ``cfg.workers`` worker processes on the searcher's study and feed every trial they
+    """Start ``cfg.run.workers`` worker processes on the searcher's study and feed every trial they
     finish to ``callbacks`` (journal, MLflow, progress) until they are done.
 
     Raises:
@@ -243,12 +243,12 @@ def coordinate(
     for cb in callbacks:
         cb.on_start(searcher, searcher.objective)
     seen = {r.number for r in searcher.records}
-    print(f"{cfg.workers} workers on this host (logs in {run_dir / 'workers'}); more join with: automl worker --join "
+    print(f"{cfg.run.workers} workers on this host (logs in {run_dir / 'workers'}); more join with: automl worker --join "
           f"{run_dir}  or, from another host on a shared database: automl worker --storage <its URL> --study "
           f"{searcher.study_name}", file=sys.stderr, flush=True)
-    procs = dict(started) if started else start_workers(run_dir, cfg.workers)
+    procs = dict(started) if started else start_workers(run_dir, cfg.run.workers)
     if hasattr(searcher, "prime"):  # ilp_tpe: its sweep is queued before any worker asks
-        searcher.prime(cfg.evaluations)
+        searcher.prime(cfg.run.evaluations)
     (run_dir / "workers" / READY).write_text(searcher.study_name + "\n")
     restarts, next_index = 0, max(procs, default=-1) + 1
     stop_reason = ""
@@ -262,7 +262,7 @@ def coordinate(
                 fail_dead_trials(study, searcher.storage)
                 if rc == 2 and not searcher.n_distinct:
                     raise ConfigError(f"worker {i} stopped on a bad input: {_tail(run_dir, i)}")
-                if rc != 0 and not _done(searcher, cfg.evaluations) and restarts < 2 * cfg.workers:
+                if rc != 0 and not _done(searcher, cfg.run.evaluations) and restarts < 2 * cfg.run.workers:
                     restarts += 1
                     procs[next_index] = _spawn(run_dir, next_index)
                     next_index += 1
