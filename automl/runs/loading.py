@@ -10,26 +10,36 @@ from automl.errors import AutoMLError, TaskError
 from automl.evaluation.task import Task
 from automl.reference.models import REFERENCE_MODELS
 
-GRAMMAR = "'reference:resnet20', 'reference:resnet8' or 'package.module:function' (a function returning automl.Task)"
+GRAMMAR = ("'reference:<arch>' (MNIST: resnet8, resnet20), 'reference:<dataset>/<arch>' (fashion_mnist/resnet8, "
+           "cifar10/resnet20, ...) or 'package.module:function' (a function returning automl.Task)")
+
+
+def reference_names() -> list[str]:
+    """Every ``reference:...`` task name."""
+    from automl.reference.recipes import RECIPES
+
+    return [f"reference:{k}" for k in REFERENCE_MODELS if k != "plaincnn"] + [f"reference:{d}/{a}" for d, a in RECIPES]
 
 
 def load_task(spec: str, threads: int | None = None) -> Task:
     """Build the task named by ``spec``.
 
-    ``reference:<arch>`` is the built-in MNIST task (trained and cached on first use);
-    ``package.module:function`` imports ``function`` (the current directory is importable)
-    and calls it with no arguments; it must return an :class:`automl.Task`.
+    ``reference:<arch>`` is the built-in MNIST task, ``reference:<dataset>/<arch>`` a reference
+    network on Fashion-MNIST or CIFAR-10 (shipped, or trained and cached on first use; the data is
+    read from disk, see :mod:`automl.data`); ``package.module:function`` imports ``function`` (the
+    current directory is importable) and calls it with no arguments; it must return an
+    :class:`automl.Task`.
     """
     if ":" not in spec:
         raise TaskError(f"task {spec!r} is not of the form {GRAMMAR}")
     module_name, attr = spec.split(":", 1)
     if module_name == "reference":
-        if attr not in REFERENCE_MODELS or attr == "plaincnn":
-            known = [f"reference:{k}" for k in REFERENCE_MODELS if k != "plaincnn"]
-            raise TaskError(f"unknown reference task {spec!r}; known ones are {known}")
+        if spec not in reference_names():
+            raise TaskError(f"unknown reference task {spec!r}; known ones are {reference_names()}")
         from automl.reference.checkpoints import reference_task
 
-        return reference_task(attr, threads=threads)
+        dataset, _, arch = attr.rpartition("/")
+        return reference_task(arch, threads=threads, dataset=dataset or "mnist")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
