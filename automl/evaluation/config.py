@@ -55,6 +55,13 @@ class EvalConfig:
         datafree_samples / datafree_steps: how many inputs are synthesised, and Adam steps per batch.
         psg: position-based scaled gradient strength in [0, 1] for every fine-tune
             (:mod:`automl.quant.psg`); 0 is plain Adam.
+        eval_batch_size: scores run the validation (and test) split in batches of this many
+            samples, whatever the loader's batch size (0 = the loader's batches). Large batches
+            keep a GPU busy; per-sample outputs do not depend on the batch beyond float rounding.
+        channels_last: run 4-D inputs and convolution weights in channels-last memory order
+            (faster convolutions on recent GPUs; off by default).
+        tf32: let CUDA matmuls and convolutions use TF32 (faster on Ampere and later GPUs, about
+            three fewer decimal digits of precision); no effect on the CPU; off by default.
     """
 
     fidelity: int = 1
@@ -77,6 +84,9 @@ class EvalConfig:
     datafree_samples: int = 128
     datafree_steps: int = 100
     psg: float = 0.0
+    eval_batch_size: int = 0
+    channels_last: bool = False
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.fidelity not in FIDELITIES:
@@ -85,6 +95,8 @@ class EvalConfig:
             raise ConfigError("calib_batches must be >= 1 and qat_steps >= 0")
         if self.bn_samples < 0:
             raise ConfigError(f"bn_samples must be >= 0 (0 = every calibration input), got {self.bn_samples}")
+        if isinstance(self.eval_batch_size, bool) or not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 0:
+            raise ConfigError(f"eval_batch_size must be an integer >= 0 (0 = the loader's batches), got {self.eval_batch_size!r}")
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0 (0 turns the activation cache off), got {self.cache_mb}")
         EarlyStopRule(self.early_stop_delta)

@@ -197,7 +197,7 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
                 out_shape = [batch, cout, *layer.out_shape[1:]]
                 y = np.random.default_rng(2).uniform(0, 1, out_shape).astype(np.float32)
                 calls.append(ort.runner(ort.session(_requant_graph(out_shape), threads), y))
-    x = sample[:1].expand(batch, *sample.shape[1:]).contiguous()
+    x = sample[:1].detach().cpu().expand(batch, *sample.shape[1:]).contiguous()
     for w in widths:
         net = model if w == 1.0 else prune_model(model, analysis, _uniform_policy(analysis, w))
         calls.append(ort.runner(ort.session(to_onnx_bytes(net.eval(), x[:1]), threads), x.numpy()))
