@@ -93,8 +93,9 @@ def test_resolve_profiles_names_the_ort_profile_by_batch_and_reads_the_cache(tin
     task, problem = _problem(tiny_resnet)
     seen = []
 
-    def fake(model, sample, analysis, *, batch, threads, name):
+    def fake(model, sample, analysis, *, batch, threads, name, provider):
         seen.append((batch, threads, name))
+        assert provider == "cpu"
         path = cache_path(analysis, threads, batch, tmp_path)
         save_profile(_synthetic(analysis, batch), path)  # a cache hit: nothing is measured
         return ort_profile(model, sample, analysis, batch=batch, threads=threads, name=name, cache_dir=tmp_path)
@@ -135,3 +136,44 @@ def test_a_latency_budget_on_the_ort_profile_is_met_by_the_exported_model(tiny_r
         sessions.append(ort.session(ampq_to_onnx(path).SerializeToString()))
     measured = ort.best_ms([ort.runner(s, x.numpy()) for s in sessions], repeats=30)
     assert max(measured) <= limit * (1 + profile.stated_error), (measured, limit, profile.stated_error)
+
+
+def test_a_gpu_provider_is_a_parameter_of_the_profile_its_name_and_its_cache_key(tiny_resnet, tmp_path, monkeypatch):
+    """``ort-cuda-b64`` names the CUDA provider's profile at batch 64; it is cached apart from the
+    CPU one and says what it prices. (Measured here with the CPU provider standing in for CUDA.)"""
+    import onnxruntime
+
+    from automl.export import ort_profile as op
+
+    task, problem = _problem(tiny_resnet)
+    assert op.ORT_NAME.match("ort-cuda-b64").groups() == ("cuda", "64")
+    assert op.ORT_NAME.match("ort-tensorrt").groups() == ("tensorrt", None)
+    assert op.profile_name("cuda", 1) == "ort-cuda" and op.profile_name("cpu", 8) == "ort-cpu-b8"
+    assert cache_path(problem.analysis, 1, 1, tmp_path) != cache_path(problem.analysis, 1, 1, tmp_path, "cuda")
+    assert cache_path(problem.analysis, 1, 1, tmp_path, "cpu") == cache_path(problem.analysis, 1, 1, tmp_path)
+    monkeypatch.setitem(op.PROVIDERS, "cuda", ("CPUExecutionProvider",))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    profile, path = ort_profile(task.model, task.sample_input, problem.analysis, cache_dir=tmp_path, provider="cuda",
+                                batch=2, **QUICK)
+    assert profile.name == "ort-cuda-b2" and "cuda" in path.name and path.is_file()
+    assert profile.engine == "CPUExecutionProvider" and "ONNX Runtime CPUExecutionProvider on" in profile.description
+
+
+def test_a_provider_onnxruntime_lacks_is_refused_naming_the_ones_it_has(tiny_resnet, tmp_path):
+    import onnxruntime
+
+    from automl.errors import ConfigError, ProfileError
+    from automl.export.ort_profile import check_provider
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    task, problem = _problem(tiny_resnet)
+    with pytest.raises(ProfileError, match=r"provider 'cuda' \(CUDAExecutionProvider\) is not available.*it has .*"
+                                           r"CPUExecutionProvider.*--provider cpu.*onnxruntime-gpu"):
+        ort_profile(task.model, task.sample_input, problem.analysis, cache_dir=tmp_path, provider="cuda", **QUICK)
+    with pytest.raises(ProfileError, match="TensorrtExecutionProvider"):
+        resolve_profiles(["ort-tensorrt-b4"], task.model, task.sample_input, problem.analysis)
+    with pytest.raises(ConfigError, match=r"provider must be one of \['cpu', 'cuda', 'tensorrt'\], got 'gpu'"):
+        check_provider("gpu")
+    assert check_provider("cpu") == ("CPUExecutionProvider",)
+    assert not list(tmp_path.iterdir())  # refused before anything was measured or cached
