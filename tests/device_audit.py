@@ -44,8 +44,8 @@ EXEMPT = tuple(str(ROOT / "automl" / p) for p in ("export", "data", "reference")
 FACTORIES = {
     torch.tensor, torch.as_tensor, torch.scalar_tensor, torch.zeros, torch.ones, torch.empty, torch.full,
     torch.empty_strided, torch.arange, torch.linspace, torch.logspace, torch.eye, torch.rand, torch.randn,
-    torch.randint, torch.randperm, torch.tril_indices, torch.triu_indices, torch.from_numpy,
-}
+    torch.randint, torch.randperm, torch.tril_indices, torch.triu_indices,
+}  # torch.from_numpy takes no device and is invisible to function modes: its arrays are the host's
 TO_HOST = {torch.Tensor.cpu, torch.Tensor.to}
 _SKIP = (str(Path(torch.__file__).parent / "overrides.py"), str(Path(torch.__file__).parent / "utils" / "_device.py"),
          __file__)
@@ -96,7 +96,7 @@ class DeviceAudit(TorchFunctionMode):
         name = getattr(func, "__name__", str(func))
         if func in FACTORIES:
             device = kwargs.get("device")
-            if func is torch.from_numpy or device is None:
+            if device is None:
                 self._find(site, f"torch.{name}(...) without device= makes its tensor on the CPU, not on the model's "
                                  f"{self.device}")
             elif not _same(torch.device(device), self.device):

@@ -212,3 +212,15 @@ def test_every_method_of_the_model_layer_makes_its_tensors_on_the_models_device(
         export_onnx(tmp_path / "m.ampq", tmp_path / "m.onnx")
     assert audit.calls > 1_000
     assert not audit.findings, "tensors or generators made off the model's device:\n" + audit.report()
+
+
+def test_device_names_are_checked_without_importing_torch():
+    """A configuration checks --device before torch is imported (automl.quant.device_names)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from automl.quant.device_names import check_device_spec, split_devices; "
+            "assert split_devices('cuda:0, cuda:1') == ('cuda:0', 'cuda:1'); assert check_device_spec('AUTO') == 'auto'; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,24 +27,11 @@ import torch
 from torch import nn
 
 from automl.errors import ConfigError
+from automl.quant.device_names import check_device_spec, split_devices
 
-DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(?::\d+)?)$")
+__all__ = ["accelerator_name", "check_device_spec", "device_generator", "model_device", "on_cpu", "place_model",
+           "resolve_device", "same_device", "split_devices", "to_device", "worker_devices"]
 log = logging.getLogger("automl.device")
-
-
-def check_device_spec(spec: object) -> str:
-    """``spec`` as a valid device name, without looking at the hardware.
-
-    Raises:
-        ConfigError: ``spec`` is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    """
-    text = str(spec).strip().lower() if isinstance(spec, (str, torch.device)) else None
-    if text is None or not DEVICE_SPEC.match(text):
-        raise ConfigError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N = a GPU index), got {spec!r}; "
-            "e.g. --device cuda:0, or --device auto to use a GPU when there is one"
-        )
-    return text
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -178,10 +164,7 @@ def worker_devices(workers: int, devices: str | Sequence[str] | None = "auto") -
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-    names = [d.strip() for d in devices.split(",")] if isinstance(devices, str) else list(devices or ["auto"])
-    names = [d for d in names if d]
-    if not names:
-        raise ConfigError(f"devices must name at least one device (e.g. 'cuda:0,cuda:1' or 'auto'), got {devices!r}")
+    names = list(split_devices(devices if isinstance(devices, str) else ",".join(devices or ["auto"])))
     if names in (["auto"], ["cuda"]):
         if names == ["cuda"]:
             resolve_device("cuda")  # refuses a machine without CUDA
