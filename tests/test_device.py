@@ -224,3 +224,102 @@ def test_device_names_are_checked_without_importing_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# speed on a GPU without changing decisions ---------------------------------------------------
+def _small_problem(**config):
+    from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+    from tests.tasks import small_resnet
+
+    problem = Problem.from_task(small_resnet(), device="cpu")
+    return problem, Evaluator(problem, EvalConfig(**config))
+
+
+def _policies(problem, n=4):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [problem.space.uniform(8)] + [problem.space.sample(rng) for _ in range(n - 1)]
+
+
+class _HostReads(__import__("torch").overrides.TorchFunctionMode):
+    """Counts the calls that wait for a GPU: reading a value or a shape that depends on values."""
+
+    READS = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.nonzero, torch.nonzero}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.n += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fidelity", [1, 2])
+def test_an_evaluation_reads_the_device_a_fixed_number_of_times_whatever_the_batches(fidelity):
+    """No host sync per batch or per layer in the evaluation path: only the three metrics at the end."""
+    counts = []
+    for batch in (100, 25):
+        problem, ev = _small_problem(fidelity=fidelity, eval_batch_size=batch)
+        policies = _policies(problem)
+        ev.evaluate(policies[0])
+        with _HostReads() as reads:
+            for p in policies[1:]:
+                ev.evaluate(p)
+        counts.append(reads.n / (len(policies) - 1))
+    assert counts[0] == counts[1] <= 3, counts
+
+
+def test_large_evaluation_batches_score_bit_for_bit_as_the_loaders_batches():
+    problem, ev = _small_problem(fidelity=2)
+    _, big = _small_problem(fidelity=2, eval_batch_size=200)
+    assert len(ev._split("val")[0]) == 2 and len(big._split("val")[0]) == 1
+    for p in _policies(problem):
+        assert ev.evaluate(p).accuracy == big.evaluate(p).accuracy
+        assert ev.evaluate(p).kl == big.evaluate(p).kl
+
+
+def test_eval_batch_size_is_checked():
+    from automl.evaluation.config import EvalConfig
+
+    with pytest.raises(ConfigError, match=r"eval_batch_size must be an integer >= 0"):
+        EvalConfig(eval_batch_size=-1)
+
+
+def test_channels_last_runs_inputs_and_weights_channels_last_and_scores_alike():
+    problem, ev = _small_problem(fidelity=2)
+    _, cl = _small_problem(fidelity=2, channels_last=True)
+    xs = cl._split("val")[0]
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in xs)
+    for p in _policies(problem):
+        a, b = ev.evaluate(p), cl.evaluate(p)
+        assert abs(a.accuracy - b.accuracy) <= 0.02 and b.kl == pytest.approx(a.kl, rel=0.05, abs=1e-3)
+    conv = next(ql for ql in cl.engine.layers.values() if ql.w_float.dim() == 4)
+    w, _ = conv._fast_weights(1.0)
+    assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+def test_tf32_leaves_the_process_switches_alone_on_the_cpu():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    _small_problem(tf32=True)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_a_moved_quantized_layer_takes_its_policy_state_along():
+    """``.to()`` moves the plain tensors of the current policy (scales, kept channels, corrections)
+    with the buffers, so an engine's model can change device (or dtype) as a whole."""
+    import copy
+
+    problem, ev = _small_problem(fidelity=2)
+    policy = _policies(problem)[1]
+    ev.evaluate(policy)
+    model = copy.deepcopy(ev.engine.qmodel).to("meta")
+    for ql in (m for m in model.modules() if type(m).__name__ == "QuantLayer"):
+        tensors = [ql._scale, ql.keep_out, ql.keep_in, *(ql.correction or ()), *(t for v in ql._nm_banks.values() for t in v)]
+        assert all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor)), ql
+        assert ql._fast is None
+    double = copy.deepcopy(ev.engine.qmodel).double()
+    assert all(m._scale.dtype == torch.float64 for m in double.modules() if type(m).__name__ == "QuantLayer")
