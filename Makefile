@@ -57,7 +57,7 @@ test-torch-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar on torch==$(TORCH_LATEST)
 	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar on -e '.[dev,postgres]'
-	$(LATEST_VENV)/bin/python -c "import sys, torch; v = torch.__version__; \
-	  sys.exit(0 if v.split('+')[0] == '$(TORCH_LATEST)' else 'installing automl-mpq replaced torch $(TORCH_LATEST) with ' + v); \
-	  print('torch', v, 'kept')"
+	$(LATEST_VENV)/bin/python -c "import sys, torch; v = torch.__version__; ok = v.split('+')[0] == '$(TORCH_LATEST)'; \
+	  print('torch', v, 'kept by the install' if ok else 'replaced by the install'); \
+	  sys.exit(0 if ok else 'installing automl-mpq replaced torch $(TORCH_LATEST) with ' + v)"
 	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
