@@ -41,3 +41,23 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# The highest supported torch (pyproject.toml states the range): a second environment with torch
+# $(TORCH_LATEST) (the CUDA build from local disk, ~5.5 GB; it runs on the CPU), where installing
+# the project must keep that torch, then the default suite (PYTEST_ARGS narrows it, e.g.
+# PYTEST_ARGS=tests/test_device.py).
+LATEST_VENV  ?= .venv-torch-latest
+TORCH_LATEST ?= 2.14.1
+PYTEST_ARGS  ?=
+
+.PHONY: test-torch-latest
+
+test-torch-latest:
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar on torch==$(TORCH_LATEST)
+	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar on -e '.[dev,postgres]'
+	$(LATEST_VENV)/bin/python -c "import sys, torch; v = torch.__version__; ok = v.split('+')[0] == '$(TORCH_LATEST)'; \
+	  print('torch', v, 'kept by the install' if ok else 'replaced by the install'); \
+	  sys.exit(0 if ok else 'installing automl-mpq replaced torch $(TORCH_LATEST) with ' + v)"
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -51,6 +51,9 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", dest="run.seed", type=int)
     p.add_argument("--threads", dest="run.threads", type=int, help="torch threads (1 is often fastest on a shared machine)")
     p.add_argument("--workers", dest="run.workers", type=int, help="parallel workers sharing one Optuna study")
+    p.add_argument("--device", dest="run.device", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--devices", dest="run.devices",
+                   help="devices of the local workers, comma-separated (cuda:0,cuda:1): one per worker, round-robin")
     p.add_argument("--tracking-uri", dest="tracking.uri", help="MLflow URI; default: SQLite store under --output")
     p.add_argument("--storage", dest="searcher.storage", help="Optuna storage URL; default: SQLite file under --output")
     p.add_argument("--experiment", dest="tracking.experiment", help="MLflow experiment name")
@@ -151,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "torch: torch kernels, int8 = torch.ao quantized kernels no exporter produces")
     ph.add_argument("--batch", type=int, default=16, help="onnxruntime: the batch timed besides batch 1")
     ph.add_argument("--force", action="store_true", help="onnxruntime: measure again even if cached")
+    ph.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                    help="onnxruntime: the execution provider timed (cached as ort-<provider>[-b<batch>])")
+    ph.add_argument("--device", default="cpu", help="torch: where the layers are timed (cpu | cuda | cuda:N)")
 
     ex = sub.add_parser("export", help="write a finished run's best policy as ONNX (QDQ int8, pruned) or .ampq")
     ex.add_argument("run", help="a run directory (holding best_model.ampq) or an .ampq file")
@@ -320,12 +326,12 @@ def _cmd_profile_hardware(args: argparse.Namespace) -> int:
 
         for batch in dict.fromkeys((1, args.batch)):
             profile, path = ort_profile(task.model, task.sample_input, analysis, batch=batch, threads=args.threads,
-                                        force=args.force)
+                                        force=args.force, provider=args.provider)
             print(f"{profile.name}: {path} (stated error {profile.stated_error:.1%}); in a budget: "
                   f"--budget 'latency<=0.5x@{profile.name}' (this model, {args.threads} thread(s))")
         return 0
     path = profile_hardware(task.model, task.sample_input, analysis, Path(args.output), threads=args.threads,
-                            repeats=args.repeats or 5)
+                            repeats=args.repeats or 5, device=args.device)
     print(f"wrote {path}; use it as --profile {path} and --budget 'latency<=...ms@{path}'")
     return 0
 

@@ -137,7 +137,7 @@ def nm_rows(arch: str, problem: Problem, ev: Evaluator) -> dict[str, float]:
     def measure(pattern: str) -> tuple[float, float, float]:
         if pattern not in cache:
             model, density = sparsify(task.model, problem.analysis, pattern, skip)
-            sub = Problem(replace(task, model=model), problem.analysis, problem.space)
+            sub = Problem(replace(task, model=model), problem.analysis, problem.space, problem.device)
             sev = Evaluator(sub, ev.config)
             elems = sum(model.get_submodule(n).weight.numel() for n in density)
             cache[pattern] = (sev.baseline().accuracy, sev.evaluate(pol, 2).accuracy, log10_mask_diversity(pattern, elems))

@@ -52,6 +52,7 @@ from torch import fx, nn
 
 from automl.errors import ExportError
 from automl.export.ampq import fake_quantize, load_exported, read_export
+from automl.quant.device import on_cpu
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INPUT, OUTPUT = "input", "output"
@@ -228,6 +229,7 @@ def _integer_clips(model: Any) -> int:
 def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """``module`` as ONNX bytes (batch dimension dynamic); :class:`ExportError` if an op has no ONNX form."""
     buffer = io.BytesIO()
+    module, example = on_cpu(module), example.detach().cpu()  # exported from a copy on the CPU
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -315,7 +317,7 @@ def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, samp
 
     exported = Path(onnx_path).read_bytes()
     baseline = float_onnx(float_model, sample)
-    x = sample.detach().numpy()
+    x = sample.detach().cpu().numpy()
     sessions = [ort.session(exported, threads), ort.session(baseline, threads)]
     ms = ort.best_ms([ort.runner(s, x[:1]) for s in sessions], repeats)
     runs = 3 * repeats if batch_runs is None else batch_runs

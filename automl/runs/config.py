@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from automl.errors import ConfigError
 from automl.evaluation.config import EvalConfig, FinetuneConfig
+from automl.quant.device_names import check_device_spec, split_devices
 from automl.settings import Settings
 from search_spaces.space import SpaceConfig
 
@@ -97,6 +98,11 @@ class RunConfig(Settings):
         workers: worker processes sharing one Optuna study.
         output: directory of the run's files (journal, stores, exports).
         resume: a previous search's run directory, run name or MLflow run id to continue.
+        device: where every model-layer stage runs: ``auto`` (a GPU when CUDA is available, else
+            the CPU), ``cpu``, ``cuda`` or ``cuda:N``; exports are written from a CPU copy.
+        devices: the devices of local worker processes, comma-separated (``cuda:0,cuda:1``):
+            worker ``i`` takes entry ``i`` mod its length; empty = every worker on ``device``,
+            except ``auto``, which deals the workers round-robin over this machine's GPUs.
     """
 
     evaluations: int = Field(DEFAULT_EVALUATIONS, ge=1, le=10**7)
@@ -105,6 +111,15 @@ class RunConfig(Settings):
     workers: int = Field(1, ge=1)
     output: str = "automl-runs"
     resume: str = ""
+    device: str = "auto"
+    devices: str = ""
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> RunConfig:
+        check_device_spec(self.device)
+        if self.devices:
+            split_devices(self.devices)
+        return self
 
 
 class SearchConfig(Settings):
