@@ -173,3 +173,36 @@ def test_the_committed_results_pages_are_what_their_rows_give() -> None:
     assert results.generated_pages(), "docs/results holds generated pages"
     assert results.regenerate(check=True) == []
 
+
+
+def test_readme_stays_short() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 400, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    parts = text.split(f"```{lang}\n")[1:]
+    return [p.split("```")[0] for p in parts]
+
+
+def test_readme_examples_are_what_the_code_gives() -> None:
+    """The README's policy parses as a policy, and its budget lines are what the search prints."""
+    import torch
+
+    from automl.analysis import analyse
+    from automl.cost import CostModel
+    from automl.problem.budget import Budget
+    from automl.reference.models import resnet20
+    from automl.runs.console import budget_line
+    from search_spaces import Policy, SearchSpace
+
+    text = (ROOT / "README.md").read_text()
+    policy = json.loads(_blocks(text, "json")[0])
+    assert Policy.from_dict(policy).to_dict() == policy
+    assert policy["layers"]["2"]["weight_bits"][-1] == 0  # the pruned channel the text points at
+    analysis = analyse(resnet20().eval(), torch.zeros(1, 1, 28, 28))
+    space = SearchSpace.build(analysis)
+    cost_model = CostModel(analysis, space)
+    printed = [budget_line(Budget.parse([c.strip() for c in line.split("->")[0].split(", ")]).bind(cost_model))
+               for line in _blocks(text, "text")[0].splitlines()]
+    assert printed == _blocks(text, "text")[0].splitlines()
