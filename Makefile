@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup run test test-slow lint bench docs results-pages clean
 
 setup: $(STAMP)
 
@@ -34,13 +35,26 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check automl envs agents search_spaces tests benchmarks
 
+# The documentation, built strictly into site/ (a broken link or a docstring naming a parameter the
+# function lacks fails). Results pages are generated from docs/results/*.jsonl: see results-pages.
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,docs]'
+	touch $(DOCS_STAMP)
+
+docs: setup $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Every results page written again from its saved rows (benchmarks/results.py --regenerate).
+results-pages: setup
+	$(BIN)/python benchmarks/results.py --regenerate
+
 bench: setup
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/cost_speed.py
 	$(BIN)/python benchmarks/env_speed.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache site
 
 # The highest supported torch (pyproject.toml states the range): a second environment with torch
 # $(TORCH_LATEST) (the CUDA build from local disk, ~5.5 GB; it runs on the CPU), where installing

@@ -210,7 +210,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _check_cheaply(config: SearchConfig) -> None:
-    """The checks that need no torch (searcher name, budget grammar), so a typo fails in well under 2 s."""
+    """The checks that need no torch (searcher name, budget grammar), so a typo fails before torch is imported."""
     from agents import SEARCHERS
     from automl.problem.budget import Budget
     if config.searcher.name not in SEARCHERS:

@@ -37,7 +37,8 @@ class EvalConfig(Settings):
         calib_batches: calibration batches for activation ranges and BatchNorm re-estimation.
         bn_samples: how many of those calibration inputs re-estimate BatchNorm statistics at
             fidelity 2 and in the final model (0 = all of them); the re-estimation pass is the
-            larger part of a fidelity-2 evaluation (``benchmarks/bn_samples.py``).
+            larger part of a fidelity-2 evaluation (``benchmarks/bn_samples.py`` measures the trade-off;
+            its page is in ``docs/results/``).
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         qat_psg: position-based scaled gradient strength in [0, 1] of that fine-tuning
             (:mod:`automl.quant.psg`); 0 is plain Adam.

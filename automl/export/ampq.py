@@ -448,8 +448,7 @@ def container_bytes(
     activation grids) and the constant tensors the graph reads. Every policy's file has the
     same tensors and graph nodes (only channel counts, shapes and activation scales differ),
     so this is measured on a few random policies of ``space`` (fixed seed) and their median
-    taken: how well zlib compresses those numbers varies by ~1 % of the header from policy
-    to policy. Weights are quantized with max clipping and activation ranges come from
+    taken: how well zlib compresses those numbers varies a little from policy to policy. Weights are quantized with max clipping and activation ranges come from
     ``sample_input`` alone (neither changes the header's length beyond that noise).
     """
     engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
@@ -641,12 +640,14 @@ def export_policy(
         qmodel: the quantized network that was evaluated: ``engine.apply(policy)`` (after
             ``engine.reestimate_batchnorm`` if used) or what ``Evaluator.finetune`` returns;
             a :class:`QuantEngine` stands for its current ``qmodel``. Never modified.
-        analysis / policy: the float model's analysis and the policy applied to ``qmodel``.
+        analysis: the float model's analysis.
+        policy: the policy applied to ``qmodel``.
         path: the file to write (replaced atomically).
         sample_input: the batch on which outputs are compared and latency is measured.
         float_model: the original float network, baseline of latency and file size.
         cost_model: prices the predicted size when given.
-        threads / repeats: intra-op threads (restored afterwards) and timed runs per model.
+        threads: intra-op threads (restored afterwards).
+        repeats: timed runs per model.
 
     Raises:
         PolicyError: ``policy`` is not what ``qmodel`` runs.

@@ -109,7 +109,7 @@ def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, 
             continue
         bits = tensors[f"{name}.bits"].astype(int)
         # A float input means a float kernel either way: int8 weights would only add a
-        # DequantizeLinear per run (measured 28 % slower than float on ResNet-20), so the
+        # DequantizeLinear per run (slower than float: benchmarks/export_check.py), so the
         # layer keeps float weights holding the same grid values (codes x scale).
         if len(bits) and bits.max() <= INT8_MAX_BITS and name in quantized_input:
             gm.set_submodule(name, QDQLayer(gm.get_submodule(name), tensors[f"{name}.scale"]))
@@ -310,7 +310,7 @@ def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, samp
     """ONNX Runtime latency of the exported file and of the float network, at batch 1 and
     ``len(sample)``, each pair timed round-robin in one run (:func:`automl.export.ort.best_ms`):
     the best of ``3 * repeats`` runs at batch 1 and of ``batch_runs`` (default the same) at
-    the full batch, whose runs take ~60x longer and whose minimum is steadier."""
+    the full batch, whose runs take far longer and whose minimum is steadier."""
     import onnx
 
     from automl.export import ort
@@ -357,8 +357,8 @@ def export_run_onnx(ampq_path: Path, onnx_path: Path, float_model: nn.Module, sa
     """The search's final step: the ONNX file next to the ``.ampq`` one, timed against float
     (:func:`measure_onnx`); ``{"error": message}`` instead when the network has no ONNX form,
     so that a long search still ends with its ``.ampq`` file and results. The full batch is
-    timed on the best of 6 runs, not 30: the same figures within ~2 % (a ResNet-20 winner: 44.9
-    vs 44.8 ms, 34.5 vs 34.5 ms float) for 2 s less of every search's final stage."""
+    timed on the best of 6 runs, not 30: the minimum of a long run is steady, so the figures stay
+    the same within noise and every search's final stage is shorter."""
     try:
         return measure_onnx(export_onnx(ampq_path, onnx_path), float_model, sample, threads=threads, repeats=10,
                             batch_runs=6)

@@ -305,7 +305,7 @@ class QuantLayer(nn.Module):
                 return self._finish(self._sliced_run(x, 1.0, None))
             # Inference: the layer is linear in its input, so the activation scale moves onto the
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
-            # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
+            # passes over the activation instead of four; the fused fake-quantize op is slower on CPU.
             scale, qmin, qmax = self.act
             return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
         if self.act is not None:

@@ -246,7 +246,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
     pin_threads(config.run.threads)
-    # MLflow's import and store set-up (~3 s on a new SQLite store) overlap the task, analysis and evaluator.
+    # MLflow's import and store set-up (seconds on a new SQLite store) overlap the task, analysis and evaluator.
     opening = _open_tracker(uri, config, run_dir) if track else None
     try:
         problem, cost_model, bound, evaluator = _build_problem(config, budget, task, run_dir, timer)

@@ -12,7 +12,7 @@ Design (the simplest one that is correct with the stores the project already has
 - The parent process (``automl search --workers N``) evaluates nothing itself. It starts N
   subprocesses of ``python -m automl worker --join RUN_DIR`` as soon as the run directory
   holds its configuration, so that each worker's start-up (imports, task, model analysis,
-  evaluator: ~7 s on ResNet-20) overlaps the parent's own set-up (MLflow parent run, float
+  evaluator: seconds on ResNet-20) overlaps the parent's own set-up (MLflow parent run, float
   baseline, sensitivity tables, warm start); a worker that has built its evaluator waits for
   the parent's ``workers/ready`` marker (written once the study holds the warm start and
   the configuration) before it reads the sensitivity tables and asks for trials. The parent
