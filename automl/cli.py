@@ -22,7 +22,7 @@ from automl.runs.config import SearchConfig, dotted_keys, read_config_file
 from automl.runs.lifecycle import Terminated, handle_termination
 
 EXIT_USAGE = 2
-_CONFIG_KEYS = ("task", "budget", "profiles")  # the top-level keys a flag sets; the others are dotted
+_CONFIG_KEYS = ("task", "data_dir", "budget", "profiles")  # the top-level keys a flag sets; the others are dotted
 
 
 def _nm_list(text: str) -> tuple[str, ...]:
@@ -41,6 +41,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a joint prune/quantize policy under a budget", parents=[_debug_flag()])
     p.add_argument("--config", help="YAML file with the sections of a search configuration (options override it)")
     p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | reference:<dataset>/<arch> | package.module:function")
+    p.add_argument("--data-dir", dest="data_dir", help="where a reference task's dataset is (Fashion-MNIST, CIFAR-10)")
     p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@ort-cpu")
     p.add_argument("--searcher", dest="searcher.name",
                    help="ilp_tpe (default: the integer program's sweep, then TPE) | tpe | nsga2 | random | ilp | ppo | "

@@ -126,8 +126,11 @@ class SearchConfig(Settings):
     """Every option of ``automl search`` (and of ``automl.search()``).
 
     Attributes:
-        task: ``reference:<arch>`` (see :mod:`automl.runs.loading`) or ``package.module:function``
-            returning an :class:`automl.Task`.
+        task: ``reference:<arch>``, ``reference:<dataset>/<arch>`` (see :mod:`automl.runs.loading`) or
+            ``package.module:function`` returning an :class:`automl.Task`.
+        data_dir: where a reference task's dataset is (Fashion-MNIST's IDX files, CIFAR-10 in the
+            ``cifar-10-batches-py`` or ``ImageFolder`` layout; :mod:`automl.data`); empty = the
+            dataset's own search order (its environment variable, then its default places).
         budget: constraints that must all hold, e.g. ``("size<=0.125x", "bitops<=0.5G")``.
         profiles: hardware profile names or YAML paths priced besides size, MACs and BitOps.
         space: the search space (:class:`~search_spaces.space.SpaceConfig`).
@@ -143,6 +146,7 @@ class SearchConfig(Settings):
     )
 
     task: str = DEFAULT_TASK
+    data_dir: str = ""
     budget: tuple[str, ...] = Field(DEFAULT_BUDGET, min_length=1)
     profiles: tuple[str, ...] = ()
     space: SpaceConfig = Field(default_factory=SpaceConfig)

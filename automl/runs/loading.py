@@ -21,14 +21,31 @@ def reference_names() -> list[str]:
     return [f"reference:{k}" for k in REFERENCE_MODELS if k != "plaincnn"] + [f"reference:{d}/{a}" for d, a in RECIPES]
 
 
-def load_task(spec: str, threads: int | None = None) -> Task:
+def check_task_data(spec: str, data_dir: str | None = None) -> None:
+    """A reference task's dataset is where it is looked for (cheap: no decoding, no torch work).
+
+    Raises:
+        DataError: the named directory does not exist, or the dataset is found nowhere.
+    """
+    module_name, _, attr = spec.partition(":")
+    dataset = attr.rpartition("/")[0] if module_name == "reference" else ""
+    if dataset == "cifar10":
+        from automl.data.cifar10 import find_source
+    elif dataset == "fashion_mnist":
+        from automl.data.fashion_mnist import find_source
+    else:
+        return
+    find_source(data_dir or None)
+
+
+def load_task(spec: str, threads: int | None = None, data_dir: str | None = None) -> Task:
     """Build the task named by ``spec``.
 
     ``reference:<arch>`` is the built-in MNIST task, ``reference:<dataset>/<arch>`` a reference
     network on Fashion-MNIST or CIFAR-10 (shipped, or trained and cached on first use; the data is
     read from disk, see :mod:`automl.data`); ``package.module:function`` imports ``function`` (the
     current directory is importable) and calls it with no arguments; it must return an
-    :class:`automl.Task`.
+    :class:`automl.Task`. ``data_dir`` is where a reference task's dataset is (``--data-dir``).
     """
     if ":" not in spec:
         raise TaskError(f"task {spec!r} is not of the form {GRAMMAR}")
@@ -39,7 +56,7 @@ def load_task(spec: str, threads: int | None = None) -> Task:
         from automl.reference.checkpoints import reference_task
 
         dataset, _, arch = attr.rpartition("/")
-        return reference_task(arch, threads=threads, dataset=dataset or "mnist")
+        return reference_task(arch, threads=threads, dataset=dataset or "mnist", data_dir=data_dir or None)
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:

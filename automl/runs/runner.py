@@ -44,7 +44,7 @@ from automl.runs.lifecycle import (
     remove_owner,
     write_owner,
 )
-from automl.runs.loading import load_task
+from automl.runs.loading import check_task_data, load_task
 from automl.runs.overlap import SpeculativeFinetune, overlap_reason
 from automl.runs.resume import (
     CONFIG,
@@ -242,6 +242,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     from automl.quant.device import resolve_device
 
     resolve_device(config.run.device)  # a GPU asked for on a machine without one: refused before any store opens
+    check_task_data(config.task, config.data_dir)  # a missing dataset likewise
     cwd = plan.state.get("cwd")
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
@@ -263,7 +264,7 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
 def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_dir: Path,
                    timer: StageTimer) -> tuple[Problem, CostModel, BoundBudget, CachedEvaluator]:
     with timer.stage("task"):  # for a reference task: load the shipped checkpoint (or train) and check it
-        task = task or load_task(config.task, threads=config.run.threads)
+        task = task or load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
     with timer.stage("analysis"):
         problem = Problem.from_task(task, config.space, device=config.run.device)
     with timer.stage("cost_model"):
