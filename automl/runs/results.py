@@ -376,33 +376,46 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                                                       "n_evaluations": result.n_evaluations,
                                                       "eval_seconds": result.eval_seconds, **overlap}, indent=1))
     if not quiet:
-        print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
-        print(table)
-        print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
-              f"({session.config.searcher.sensitivity}); results in {run_dir}")
-        print(f"time per stage: {timer.summary()}")
-        if tracker is not None and tracker.failures:
-            print(tracker.failure_summary())
-        for label, rep in tuned.items():
-            why = {"float": "validation reached the float model's", "patience": "no better checkpoint in "
-                   f"{session.config.finetune.patience} checks"}.get(rep.stop_reason, "all steps")
-            print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
-                  f"(best step {rep.best_step} of {rep.steps} taken; stopped: {why}; {rep.seconds:.0f} s)")
-        if speculation is not None:
-            print(overlap_line(speculation.report))
-        if export is not None:
-            print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
-                  f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "
-                  f"vs float {export.latency_float_ms:.2f} ms per batch of {EXPORT_TIMING_BATCH} in torch on "
-                  f"{export.threads} thread(s)")
-            if "error" in onnx_report:
-                print(f"no ONNX file: {onnx_report['error']}")
-            else:
-                first_label = next(iter(best))
-                print(deployment_table(onnx_report, export, ev.baseline("test").accuracy, test[first_label]))
-                why = slower_reason(onnx_report, dict(session.bound.limits))
-                if why:
-                    print(why)
-        print(closing_lines(session))
-        sys.stdout.flush()
+        _print_summary(session, result, best, table, tuned, test, export, onnx_report, speculation)
     return best
+
+
+def _print_summary(session: Session, result: SearchResult, best: dict[str, TrialRecord], table: str,
+                   tuned: dict[str, Any], test: dict[str, float], export: ExportReport | None, onnx_report: dict,
+                   speculation: SpeculativeFinetune | None) -> None:
+    """The closing lines on the console: the table, what the search spent, the fine-tunes, the files."""
+    tracker, run_dir, timer = session.tracker, session.run_dir, session.timer
+    ev = session.evaluator.evaluator
+    print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
+    print(table)
+    print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
+          f"({session.config.searcher.sensitivity}); results in {run_dir}")
+    print(f"time per stage: {timer.summary()}")
+    if tracker is not None and tracker.failures:
+        print(tracker.failure_summary())
+    shown: set[int] = set()
+    for label, rep in tuned.items():
+        if id(rep) in shown:  # one fine-tune shared by several labels
+            continue
+        shown.add(id(rep))
+        why = {"float": "validation reached the float model's", "patience": "no better checkpoint in "
+               f"{session.config.finetune.patience} checks"}.get(rep.stop_reason, "all steps")
+        print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
+              f"(best step {rep.best_step} of {rep.steps} taken; stopped: {why}; {rep.seconds:.0f} s)")
+    if speculation is not None:
+        print(overlap_line(speculation.report))
+    if export is not None:
+        print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
+              f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "
+              f"vs float {export.latency_float_ms:.2f} ms per batch of {EXPORT_TIMING_BATCH} in torch on "
+              f"{export.threads} thread(s)")
+        if "error" in onnx_report:
+            print(f"no ONNX file: {onnx_report['error']}")
+        else:
+            first_label = next(iter(best))
+            print(deployment_table(onnx_report, export, ev.baseline("test").accuracy, test[first_label]))
+            why = slower_reason(onnx_report, dict(session.bound.limits))
+            if why:
+                print(why)
+    print(closing_lines(session))
+    sys.stdout.flush()
