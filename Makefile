@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: setup run test test-slow lint bench docs results-pages clean
+.PHONY: setup run test test-all test-slow lint bench docs results-pages clean
 
 setup: $(STAMP)
 
@@ -24,13 +24,17 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/automl search
 
+# Progress per test file, then the 15 slowest tests and the total time.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# Everything CI runs: the default suite, then the slow tests.
+test-all: test test-slow
 
 # The slow tests include a headless-browser check of the MLflow UI: it needs Chromium
 # (Debian: apt-get install chromium) and is skipped without it unless CI is set.
 test-slow: setup
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=15
 
 lint: setup
 	$(BIN)/ruff check automl envs agents search_spaces tests benchmarks
