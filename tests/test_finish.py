@@ -52,3 +52,23 @@ def test_the_summary_says_why_a_file_is_slower():
     assert "batch 64" not in why
     assert "re-measure the profile" in results.slower_reason(report, {"latency@ort-cpu": 1.0})
     assert results.slower_reason({"batch": 64, "speedup_b1": 1.1, "speedup_batch": 1.0}, {"size": 1.0}) == ""
+
+
+def test_a_repeated_proposal_gets_no_mlflow_run_of_its_own(tmp_path):
+    """The integer program with a two-point sweep proposes its best policy again once the sweep is
+    over: those repeats are counted on the first run of that policy, not logged as new runs."""
+    from mlflow import MlflowClient
+
+    from automl.tracking.tracker import TRIAL_TAG, default_tracking_uri
+    from tests.tasks import tiny
+
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "ilp", "options": {"sweep": 2}},
+                       run={"evaluations": 6, "output": str(tmp_path)}, finetune={"steps": 1})
+    result = run_search(cfg, task=tiny(), quiet=True)
+    assert result.n_cache_hits >= 1  # the premise: the searcher repeated itself
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    exp = client.get_experiment_by_name("automl-mpq")
+    children = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if TRIAL_TAG in r.data.tags]
+    assert len(children) == result.n_evaluations == len({r.policy.key() for r in result.records})
+    again = {int(c.data.tags[TRIAL_TAG]): c.data.metrics.get("times_proposed_again", 0.0) for c in children}
+    assert sum(again.values()) == result.n_cache_hits
