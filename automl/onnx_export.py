@@ -208,7 +208,11 @@ def _integer_clips(model: Any) -> int:
         scale, zp = values.get(q.input[1]), values.get(q.input[2])
         if scale is None or zp is None or scale.ndim != 0:
             continue
-        lo, hi = (np.array(np.round(values[i] / scale), dtype=zp.dtype) for i in clip.input[1:])
+        # the bound's code, saturated to the quantized type as QuantizeLinear saturates: ReLU6's bound 6 at
+        # an activation step of 0.0229 is code 262, which a plain cast to uint8 would wrap to 6
+        info = np.iinfo(zp.dtype)
+        lo, hi = (np.array(np.clip(np.round(values[i] / scale) + zp, info.min, info.max), dtype=zp.dtype)
+                  for i in clip.input[1:])
         name = q.output[0]
         graph.initializer.extend([numpy_helper.from_array(lo, f"{name}_lo"), numpy_helper.from_array(hi, f"{name}_hi")])
         new_q = helper.make_node("QuantizeLinear", [clip.input[0], *q.input[1:]], [f"{name}_unclipped"], name=q.name)

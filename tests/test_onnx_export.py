@@ -241,3 +241,50 @@ def test_cli_exports_a_run_directory_to_onnx_and_ampq(tiny_resnet, tmp_path, cap
     assert cli_main(["export", str(run), "--format", "ampq", "--output", str(tmp_path / "copy.ampq")]) == 0
     assert (tmp_path / "copy.ampq").read_bytes() == (run / "best_model.ampq").read_bytes()
     capsys.readouterr()
+
+
+class _ReLU6Net(nn.Module):
+    """MobileNetV2's activation: ReLU6, whose bound 6 lies far above the 8-bit grid of small activations."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
+        )
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def test_relu6_clips_moved_onto_the_codes_saturate_to_the_code_type(tmp_path):
+    """ReLU6's bound, divided by a small activation step, is a code above 255: it must saturate to
+    255 (the type's limit, where QuantizeLinear saturates anyway), not wrap around as a plain cast
+    to uint8 does (6 / 0.0229 = 262 was stored as 6 and clipped every activation above 6 steps)."""
+    import onnxruntime as rt
+
+    torch.manual_seed(0)
+    problem, ev, _ = _setup(randomise_batchnorm(_ReLU6Net()))
+    policy = problem.space.uniform(8, 8)
+    qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    model = ampq_to_onnx(tmp_path / "m.ampq")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    saturated = 0
+    for clip in (n for n in model.graph.node if n.op_type == "Clip" and n.input[0] in producer):
+        if producer[clip.input[0]].op_type == "QuantizeLinear":  # a clip moved onto the codes
+            hi = inits[clip.input[2]]
+            saturated += int(hi.dtype == np.uint8 and hi == 255)  # an unsigned grid behind ReLU6
+    assert saturated >= 2  # the 8-bit steps of these activations put 6 beyond code 255
+    x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    opts = rt.SessionOptions()
+    opts.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = rt.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    diff = np.abs(got - expected).max(axis=1)
+    assert np.mean(diff <= 1e-4 * np.abs(expected).max()) >= 0.95
+    assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.99
