@@ -9,6 +9,7 @@ gathers weights and runs one pass over the validation split.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from automl.analysis import ModelAnalysis, analyse
+from automl.analysis import ModelAnalysis, analyse, canonical_model
 from automl.datafree import DataFreeConfig, calibration_inputs
 from automl.early_stop import EarlyStopRule
 from automl.errors import ConfigError, DataError
@@ -60,7 +61,16 @@ class Problem:
 
     @classmethod
     def from_task(cls, task: Task, space_config: SpaceConfig | None = None, importance: str = "l1") -> Problem:
-        model = task.model.eval()
+        """Analyse ``task`` and build its search space.
+
+        The problem's task holds :func:`~automl.analysis.canonical.canonical_model` of the user's
+        model (the model itself when nothing needs rewriting): every later part (quantizer,
+        evaluator, export) runs that network, whose layer names the analysis lists.
+        """
+        model = canonical_model(task.model.eval(), task.sample_input)
+        if model is not task.model:
+            task = copy.copy(task)  # the same loaders and metric, checked already: no second validation
+            task.model = model
         analysis = analyse(model, task.sample_input)
         pairs = _batches(task.calib_loader, "calib_loader", 2) if importance == "taylor" else []
         scores = channel_importance(model, analysis, importance, [x for x, _ in pairs] or None,

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from automl.analysis.graph import trace
 from automl.analysis.prune import in_keep_mask, keep_masks, prune_model
 from automl.analysis.records import ModelAnalysis
 from automl.errors import ExportError, PolicyError
@@ -78,7 +79,7 @@ AGREE_TOL = 1e-4
 _PREFIX = struct.Struct("<8sII")
 _MAX_CODE_BITS = 24  # codes pass through a float32 weight while pruning: exact up to 2^24
 _NAMESPACES = {"_operator": operator, "torch": torch._C._VariableFunctions, "torch.functional": torch.functional,
-               "torch.nn.functional": F}
+               "torch.nn.functional": F, "torch._C._nn": torch._C._nn}  # the last: F.linear, F.gelu, attention, ...
 _DENIED = {"call", "attrgetter", "itemgetter", "methodcaller"}  # operator functions that call or build callables
 _HOW = "Export the model again with automl.export.export_policy."
 
@@ -191,7 +192,7 @@ def _resolve_function(name: str) -> Any:
     fn = getattr(_NAMESPACES[module], attr, None) if module in _NAMESPACES else None
     if fn is None or attr.startswith("_") or attr in _DENIED or getattr(fn, "__module__", None) != module:
         raise ExportError(f"the graph calls {name!r}, which an export file cannot name: expected a function of operator, "
-                          "torch or torch.nn.functional. Wrap other code in a torch.nn module the model owns.")
+                          "torch or torch.nn.functional (torch._C._nn). Wrap other code in a torch.nn module the model owns.")
     return fn
 
 
@@ -369,7 +370,7 @@ def _pruned_graph(
         replace(g, followers=tuple(f for f in g.followers if isinstance(skeleton.get_submodule(f), bn)))
         for g in analysis.groups
     )
-    gm = fx.symbolic_trace(prune_model(skeleton, replace(analysis, groups=groups), policy))
+    gm = trace(prune_model(skeleton, replace(analysis, groups=groups), policy))
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from automl.analysis.canonical import attention_softmax
 from automl.errors import ExportError
 from automl.export import fake_quantize, load_exported, read_export
 
@@ -74,6 +75,23 @@ def onnx_act_quant(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch
     if (qmin, qmax) != (lo, hi):
         x = torch.clamp(x, qmin * scale, qmax * scale)
     return torch.fake_quantize_per_tensor_affine(x, scale, 0, lo, hi)
+
+
+def onnx_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                   enable_gqa: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` (inference) in ops of opset 13: the exporter has none for it there."""
+    if enable_gqa:
+        raise ExportError("scaled_dot_product_attention with enable_gqa=True has no ONNX form here: expected as many "
+                          "key/value heads as query heads. Export with --format ampq.")
+    mask = attn_mask
+    if mask is not None and not mask.is_floating_point():
+        mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf"))
+    if is_causal:
+        n, m = q.shape[-2], k.shape[-2]
+        causal = torch.triu(torch.full((n, m), float("-inf")), diagonal=1)
+        mask = causal if mask is None else mask + causal
+    return attention_softmax(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale)[0]
 
 
 class QDQLayer(nn.Module):
@@ -115,6 +133,8 @@ def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, 
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is fake_quantize:
             node.target = onnx_act_quant
+        elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+            node.target = onnx_attention
     gm.recompile()
     return gm, header, tensors
 

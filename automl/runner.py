@@ -265,6 +265,7 @@ def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_
         problem = Problem.from_task(task, config.space_config(), importance=config.space_importance)
     with timer.stage("cost_model"):
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
+        task = problem.task  # the model the analysis describes (attention and the like rewritten)
         profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.threads)
         check_profile_scales(profiles, config.eval_power_of_two)
         container = container_bytes(task.model, problem.analysis, problem.space, task.sample_input,

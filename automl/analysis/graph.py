@@ -9,6 +9,7 @@ residual, depthwise, concatenating and flattening networks.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -90,6 +91,49 @@ class _State:
                 self.blocked.setdefault(seg.group, reason)
 
 
+def _drop_checks(graph: fx.Graph) -> None:
+    """Erase shape checks (``torch._assert``) and the size arithmetic only they used: the traced
+    input satisfied them, and an export file cannot name them."""
+    dead = [n for n in graph.nodes if n.op == "call_function" and n.target is torch._assert and not n.users]
+    while dead:
+        node = dead.pop()
+        inputs = node.all_input_nodes
+        graph.erase_node(node)
+        for i in inputs:
+            pure = (i.op == "call_function" and getattr(i.target, "__module__", None) in ("_operator", "builtins")) or (
+                i.op == "call_method" and i.target in ("size", "dim"))
+            if pure and not i.users:
+                dead.append(i)
+
+
+def trace(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` of ``model`` (by ``tracer``, default ``fx.Tracer()``) with one input.
+
+    The arguments of ``forward`` after the first that have defaults (an attention mask left at
+    ``None``, a flag) are traced at their defaults, and the placeholders and checks fx keeps for
+    them are dropped.
+    """
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    tracer = tracer or fx.Tracer()
+    graph = tracer.trace(model, concrete_args=concrete or None)
+    _drop_checks(graph)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if not concrete:
+        return gm
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    special = set(placeholders[1:])
+    for node in gm.graph.nodes:
+        inputs = node.all_input_nodes
+        if node.op != "placeholder" and inputs and all(i in special for i in inputs):
+            special.add(node)
+    for node in reversed(list(gm.graph.nodes)):
+        if node in special and all(u in special for u in node.users):
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -114,7 +158,7 @@ class _Analyser:
     def __init__(self, model: nn.Module, sample_input: torch.Tensor) -> None:
         self.model = model
         try:
-            self.gm = fx.symbolic_trace(model)
+            self.gm = trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means the same thing
             raise AnalysisError(
                 f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
