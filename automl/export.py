@@ -358,7 +358,8 @@ def _pruned_graph(
 ) -> tuple[fx.GraphModule, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """The traced, pruned float skeleton (raw codes as weights) and per layer (bits, scales,
     raw weight before pruning)."""
-    skeleton = copy.deepcopy(qmodel).eval()
+    # every QuantLayer is replaced below: not copying it (with its weight banks) saves most of the copy
+    skeleton = copy.deepcopy(qmodel, {id(ql): nn.Identity() for ql in layers.values()}).eval()
     per_channel = {}
     for layer in analysis.layers:
         op, bits, scale = _raw_op(layers[layer.name], layer.bias_params > 0 or layer.folded_bn is not None)
@@ -439,7 +440,7 @@ def _write(path: Path, header: dict[str, Any], tensors: dict[str, np.ndarray]) -
 
 def container_bytes(
     model: nn.Module, analysis: ModelAnalysis, space: SearchSpace, sample_input: torch.Tensor, *,
-    power_of_two: bool = False, samples: int = 3,
+    power_of_two: bool = False, samples: int = 3, engine: QuantEngine | None = None,
 ) -> float:
     """Bytes of an export of ``model`` that no layer's tensors account for, for the cost model.
 
@@ -449,10 +450,13 @@ def container_bytes(
     so this is measured on a few random policies of ``space`` (fixed seed) and their median
     taken: how well zlib compresses those numbers varies by ~1 % of the header from policy
     to policy. Weights are quantized with max clipping and activation ranges come from
-    ``sample_input`` alone (neither changes the header's length beyond that noise).
+    ``sample_input`` alone (neither changes the header's length beyond that noise), unless
+    ``engine`` is given: the evaluator's engine of the same model and space, whose weight banks
+    then serve (it is left applying the last of those policies).
     """
-    engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
-                         power_of_two=power_of_two)
+    if engine is None:
+        engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
+                             power_of_two=power_of_two)
     rng = np.random.default_rng(0)
     sizes = []
     for _ in range(samples):

@@ -22,6 +22,7 @@ from automl.errors import PolicyError
 from automl.nm import nm_mask, transposable_mask
 from automl.quant.fake import (
     FLOAT_BITS,
+    Magnitudes,
     act_qparams,
     lsq_quantize,
     quantize_act_ste,
@@ -306,6 +307,7 @@ class QuantLayer(nn.Module):
 def _banks(w: torch.Tensor, bank_bits: Sequence[int], method: str, power_of_two: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Fake-quantized copies of ``w`` and their per-channel scales, one per bit-width."""
     banks, scales = [], []
+    mags = Magnitudes(w) if method == "mse" and any(0 < b < FLOAT_BITS for b in bank_bits) else None
     for bits in bank_bits:
         bt = torch.full((w.shape[0],), bits)
         if bits == 0:
@@ -315,8 +317,9 @@ def _banks(w: torch.Tensor, bank_bits: Sequence[int], method: str, power_of_two:
             banks.append(w)
             scales.append(torch.ones(w.shape[0]))
         else:
-            banks.append(quantize_weight(w, bt, method, power_of_two))
-            scales.append(weight_scales(w, bt, method, power_of_two))
+            scale = weight_scales(w, bt, method, power_of_two, mags)
+            banks.append(quantize_weight(w, bt, scale=scale))
+            scales.append(scale)
     return torch.stack(banks), torch.stack(scales)
 
 
