@@ -26,6 +26,9 @@ DEFAULT_SEARCHER = "ilp_tpe"
 # The default searcher at 20 distinct evaluations did as well as at 60 (ResNet-20) and 150 (ResNet-8) after the
 # fine-tune, in a third to a half of the time (docs/search_quality_default_evaluations_rows.jsonl, README).
 DEFAULT_EVALUATIONS = 20
+# Every evaluated policy stays in the journal and in the searcher's memory (a policy holds one bit-width per
+# channel): a count beyond this cannot be held, and at a millisecond per evaluation would run for weeks.
+MAX_EVALUATIONS = 1_000_000
 SENSITIVITY_METHODS = ("measured", "fisher", "hessian", "heuristic")
 FINETUNE_OPTIMIZERS = ("sgd", "adam")
 
@@ -202,6 +205,12 @@ class SearchConfig:
             object.__setattr__(self, name, value)
         if self.evaluations < 1:
             raise ConfigError(f"evaluations must be >= 1, got {self.evaluations}")
+        if self.evaluations > MAX_EVALUATIONS:
+            raise ConfigError(
+                f"evaluations must be at most {MAX_EVALUATIONS:,}: every evaluated policy is kept in the run's journal "
+                f"and in memory, got {self.evaluations:,}. Search in steps instead: a finished run continues with "
+                "--resume RUN --evaluations N."
+            )
         if self.fidelity not in (1, 2, 3):
             raise ConfigError(f"fidelity must be 1, 2 or 3, got {self.fidelity}")
         if self.threads < 1 or self.workers < 1:
