@@ -26,14 +26,19 @@ Per layer:
   float kernel anyway (the ONNX Runtime profile prices such a layer as float);
 - any kept channel at more than 8 bits: float weights (codes x scale for the quantized
   channels, identical values, float storage);
-- input activations at 1..8 bits: ``Clip`` to the b-bit range (only where it is narrower
-  than the 8-bit type) then ``QuantizeLinear``/``DequantizeLinear``; wider grids run as
-  ``Mul``/``Round``/``Clip``/``Mul``; 32-bit inputs stay float.
+- input activations at 1..8 bits: ``QuantizeLinear``, a ``Clip`` of the codes to the b-bit
+  range (only where it is narrower than the 8-bit type), then ``Cast`` to float and ``Mul`` by
+  the scale (the dequantization, in float ops); wider grids run as ``Mul``/``Round``/``Clip``/``Mul``;
+  32-bit inputs stay float.
 
-ONNX Runtime's CPU provider fuses a QDQ convolution into an int8 kernel only when its
-output is quantized too. Here a layer's output stays float (the network adds residuals and
-biases in float, as the searched model does), so the runtime dequantizes and runs the
-float kernel: the profile of :mod:`automl.cost.ort_measure` prices exactly that.
+So every layer runs the float kernel on the grid values, as the searched model does, in any
+ONNX Runtime session: a ``DequantizeLinear`` on the activations would let the runtime's
+default optimisations round float biases and weights onto grids of their own and fuse layers
+into int8 kernels that requantize with their own rounding (:func:`_float_dequantize`). The
+outputs equal the searched model's up to float rounding: where an activation lies within
+float rounding of a rounding midpoint (the two runtimes sum in different orders; ONNX
+Runtime divides by a scale where torch multiplies by its inverse), its code may differ by one
+step. The profile of :mod:`automl.cost.ort_measure` prices exactly this graph.
 """
 
 from __future__ import annotations
@@ -204,8 +209,8 @@ def _integer_clips(model: Any) -> int:
     """Move each activation ``Clip`` that feeds a ``QuantizeLinear`` behind it, onto the codes.
 
     ``clamp(round(clamp(x, lo*s, hi*s) / s))`` and ``clamp(round(x / s), lo, hi)`` are the
-    same codes, but only the second leaves ``Relu -> QuantizeLinear`` right after the
-    producing convolution, the pattern ONNX Runtime fuses into an int8 ``QLinearConv``.
+    same codes (bounds beyond the code type saturate to it, as ``QuantizeLinear`` does); the
+    second keeps the quantizer right after the producing layer's activation function.
     Returns how many clips moved.
     """
     from onnx import helper, numpy_helper
@@ -249,6 +254,61 @@ def _integer_clips(model: Any) -> int:
     return moved
 
 
+def _float_dequantize(model: Any) -> int:
+    """Write each ``DequantizeLinear`` as ``Cast`` to float and ``Mul`` by its scale; returns how many.
+
+    The same values (``DequantizeLinear`` is ``(code - 0) * scale`` in float), but no QDQ pattern
+    left for ONNX Runtime's default optimisations to rewrite into something the search did not
+    evaluate: at the basic level ``WeightBiasQuantization`` rounds each float bias (and float
+    weight) of a layer between activation quantizers onto an integer grid of its own; at the
+    extended level such a layer becomes an int8 ``QLinearConv`` that requantizes its output with
+    its own rounding (on x86 CPUs without VNNI its uint8 x int8 kernel can also saturate 16-bit
+    pair sums of 8-bit codes), and a ``DequantizeLinear`` weight of a ``MatMul`` becomes a
+    ``MatMulNBits`` that computes otherwise. So every layer runs the float kernel on the grid
+    values, as the searched model does. A weight's ``Cast`` and ``Mul`` read constants only:
+    the runtime folds them into float weights once, when the session is made, while the file
+    keeps the int8 codes.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"})
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}  # deduplicated constants
+    for name in list(alias):
+        source = name
+        while source in alias and source not in values:
+            source = alias[source]
+        if source in values:
+            values[name] = values[source]
+    replaced, nodes = 0, []
+    for node in graph.node:
+        zp = values.get(node.input[2]) if len(node.input) > 2 else None
+        scale = values.get(node.input[1]) if node.op_type == "DequantizeLinear" else None
+        if scale is None or (zp is not None and zp.any()):
+            nodes.append(node)
+            continue
+        scale_name = node.input[1]
+        codes = values.get(node.input[0])
+        if scale.ndim == 1 and codes is not None:  # per-axis: broadcast the scale along the weight's axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
+            shape = [1] * codes.ndim
+            shape[axis] = scale.size
+            scale_name = f"{node.input[1]}_{axis}of{codes.ndim}"
+            if scale_name not in values:
+                graph.initializer.append(numpy_helper.from_array(scale.reshape(shape), scale_name))
+                values[scale_name] = scale.reshape(shape)
+        cast = f"{node.output[0]}_codes"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [cast], name=f"{node.name}_cast", to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [cast, scale_name], [node.output[0]], name=f"{node.name}_scale"))
+        replaced += 1
+    if replaced:
+        kept = [onnx_copy(n) for n in nodes]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return replaced
+
+
 def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """``module`` as ONNX bytes (batch dimension dynamic); :class:`ExportError` if an op has no ONNX form."""
     buffer = io.BytesIO()
@@ -268,8 +328,13 @@ def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def ampq_to_onnx(ampq_path: str | os.PathLike[str]) -> Any:
-    """The ``onnx.ModelProto`` of an ``.ampq`` export (see the module docstring); checked."""
+def ampq_to_onnx(ampq_path: str | os.PathLike[str], *, int8_kernels: bool = False) -> Any:
+    """The ``onnx.ModelProto`` of an ``.ampq`` export (see the module docstring); checked.
+
+    ``int8_kernels`` keeps the ``DequantizeLinear`` nodes, the QDQ pattern ONNX Runtime rewrites
+    into int8 kernels with roundings of its own (:func:`_float_dequantize`): the file then no
+    longer computes what was searched; only for measuring what that rewrite is worth.
+    """
     import onnx
 
     gm, header, tensors = _qdq_network(Path(ampq_path))
@@ -277,6 +342,8 @@ def ampq_to_onnx(ampq_path: str | os.PathLike[str]) -> Any:
     model = onnx.load_from_string(to_onnx_bytes(gm, example))
     _fold_weight_quantizers(model)
     _integer_clips(model)
+    if not int8_kernels:
+        _float_dequantize(model)
     bits = {n: tensors[f"{n}.bits"].astype(int).tolist() for n, s in header["modules"].items() if s.get("quantized")}
     meta = {"automl-mpq.policy_key": header["policy_key"], "automl-mpq.kept_channel_bits": str(bits),
             "automl-mpq.source": "automl.onnx_export.ampq_to_onnx"}
@@ -313,14 +380,17 @@ def float_onnx(float_model: nn.Module, example: torch.Tensor) -> bytes:
 
 
 def layer_precisions(model: Any) -> dict[str, int]:
-    """Count of ``Conv``/``Gemm``/``MatMul`` nodes with int8 (QDQ) and float weights in an ONNX model."""
+    """Count of ``Conv``/``Gemm``/``MatMul`` nodes with int8 and float weights in an ONNX model
+    (int8: codes dequantized by ``DequantizeLinear`` or by ``Cast`` and ``Mul``)."""
     inits = {t.name: t.data_type for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     counts = {"int8": 0, "float": 0}
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             src = producer.get(node.input[1])
-            qdq = src is not None and src.op_type == "DequantizeLinear" and inits.get(src.input[0]) == 3  # INT8
+            if src is not None and src.op_type == "Mul" and src.input[0] in producer:
+                src = producer[src.input[0]]  # the Cast of the codes
+            qdq = src is not None and src.op_type in ("DequantizeLinear", "Cast") and inits.get(src.input[0]) == 3  # INT8
             counts["int8" if qdq else "float"] += 1
     return counts
 

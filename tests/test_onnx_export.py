@@ -128,7 +128,8 @@ def test_quantized_layers_are_qdq_with_int8_codes_on_their_grid(tiny_resnet, tmp
     _ampq(problem, ev, policy, tmp_path / "m.ampq")
     model = ampq_to_onnx(tmp_path / "m.ampq")
     ops = [n.op_type for n in model.graph.node]
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # activations quantized by QuantizeLinear; codes dequantized by Cast and Mul, never by DequantizeLinear
+    assert "QuantizeLinear" in ops and "Cast" in ops and "DequantizeLinear" not in ops
     masks = keep_masks(problem.analysis, policy)
     weights = _weights(model)
     assert set(weights) == set(problem.analysis.names)
@@ -288,3 +289,23 @@ def test_relu6_clips_moved_onto_the_codes_saturate_to_the_code_type(tmp_path):
     diff = np.abs(got - expected).max(axis=1)
     assert np.mean(diff <= 1e-4 * np.abs(expected).max()) >= 0.95
     assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.99
+
+
+@pytest.mark.parametrize("fixture", ["tiny_resnet", "plain_cnn"])
+def test_a_default_onnx_runtime_session_computes_the_searched_model(fixture, request, tmp_path):
+    """ONNX Runtime's default optimisations rewrote QDQ graphs: float biases and weights of layers
+    between activation quantizers rounded onto grids of their own (WeightBiasQuantization), layers
+    fused into int8 kernels that requantize with their own rounding. With the codes dequantized by
+    Cast and Mul nothing is rewritten: every activation code is the searched model's except by one
+    step at a rounding tie of its own input, and the predicted classes agree."""
+    from tests.zoo_support import onnx_agreement
+
+    problem, ev, _ = _setup(request.getfixturevalue(fixture))
+    x = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    for policy in (problem.space.uniform(4, 8, sparsity=0.25), _mixed_policy(problem)):
+        qmodel = ev.prepare_final(policy)
+        export_policy(qmodel, problem.analysis, policy, tmp_path / "m.ampq", sample_input=x[:8],
+                      float_model=ev.float_model, repeats=1)
+        report = onnx_agreement(qmodel, problem.analysis, policy, ampq_to_onnx(tmp_path / "m.ampq").SerializeToString(), x)
+        assert report["untied"] == 0.0, report
+        assert report["argmax"] >= 0.99 and report["exact"] >= 0.9, report

@@ -1,0 +1,83 @@
+"""What keeping ONNX Runtime from rewriting the exported graph costs, and what the rewrite changed.
+
+The exported ONNX file dequantizes codes with ``Cast`` and ``Mul`` (:func:`automl.onnx_export._float_dequantize`),
+so a default ONNX Runtime session runs what was searched. Written with ``DequantizeLinear`` instead
+(``ampq_to_onnx(..., int8_kernels=True)``, the file before), the runtime's default optimisations
+round biases onto integer grids of their own and fuse layers into int8 kernels. On the reference
+ResNet-20 (shipped weights, MNIST test images) for a few policies (uniform 8/8, 4/8 with and
+without pruning, random mixed ones), both files in a default session (1 thread) against the
+in-memory searched model on 256 test images, and their latency at batch 1 and 64 (best of
+round-robin rounds, :func:`automl.ort.best_ms`).
+
+Prints one row per policy and ``RESULT exact_argmax_min=... int8_kernels_argmax_min=...
+exact_over_int8_b1=... exact_over_int8_b64=...`` (latency ratios: geometric means over the policies;
+below 1 the exact file is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from automl import ort  # noqa: E402
+from automl.evaluate import EvalConfig, Evaluator, Problem  # noqa: E402
+from automl.export import export_policy  # noqa: E402
+from automl.onnx_export import ampq_to_onnx  # noqa: E402
+from automl.reference import reference_task  # noqa: E402
+from automl.timing import pin_threads  # noqa: E402
+from tests.zoo_support import onnx_agreement  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--random", type=int, default=3, help="random mixed policies besides the uniform ones")
+    args = parser.parse_args()
+    pin_threads(1)
+    task = reference_task("resnet20")
+    problem = Problem.from_task(task)
+    ev = Evaluator(problem, EvalConfig())
+    x = torch.cat([xb for xb, _ in task.test_loader])[:256]
+    space = problem.space
+    rng = np.random.default_rng(0)
+    policies = {"uniform w8a8": space.uniform(8, 8), "uniform w4a8": space.uniform(4, 8),
+                "w4a8 25% pruned": space.uniform(4, 8, sparsity=0.25)}
+    policies.update({f"random {i}": space.sample(rng) for i in range(args.random)})
+    rows, ratios_b1, ratios_b64 = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, policy in policies.items():
+            policy = space.resolve(policy)
+            model = ev.prepare_final(policy)
+            path = Path(tmp) / "m.ampq"
+            export_policy(model, problem.analysis, policy, path, sample_input=x[:8], float_model=ev.float_model, repeats=1)
+            blobs = [ampq_to_onnx(path).SerializeToString(), ampq_to_onnx(path, int8_kernels=True).SerializeToString()]
+            agree = [onnx_agreement(model, problem.analysis, policy, b, x) for b in blobs]
+            sessions = [ort.session(b, 1) for b in blobs]
+            b1 = ort.best_ms([ort.runner(s, x[:1].numpy()) for s in sessions], args.repeats)
+            b64 = ort.best_ms([ort.runner(s, x[:64].numpy()) for s in sessions], max(2, args.repeats // 5), inner=2)
+            ratios_b1.append(b1[0] / b1[1])
+            ratios_b64.append(b64[0] / b64[1])
+            rows.append((label, agree, b1, b64))
+            print(f"{label:18s} exact: argmax {agree[0]['argmax']:.4f} max diff {agree[0]['max_diff']:.3g} "
+                  f"(tied {agree[0]['tied']:.3f}, untied {agree[0]['untied']:.3f}) | int8 kernels: argmax "
+                  f"{agree[1]['argmax']:.4f} max diff {agree[1]['max_diff']:.3g} (untied {agree[1]['untied']:.3f}) | "
+                  f"b1 {b1[0]:.3f} vs {b1[1]:.3f} ms, b64 {b64[0]:.2f} vs {b64[1]:.2f} ms", flush=True)
+
+    def gmean(v: list[float]) -> float:
+        return math.exp(sum(math.log(r) for r in v) / len(v))
+
+    print(f"RESULT exact_argmax_min={min(r[1][0]['argmax'] for r in rows):.4f} "
+          f"int8_kernels_argmax_min={min(r[1][1]['argmax'] for r in rows):.4f} "
+          f"exact_over_int8_b1={gmean(ratios_b1):.3f} exact_over_int8_b64={gmean(ratios_b64):.3f}")
+
+
+if __name__ == "__main__":
+    main()
