@@ -444,8 +444,9 @@ def container_bytes(
 ) -> float:
     """Bytes of an export of ``model`` that no layer's tensors account for, for the cost model.
 
-    The 16-byte prefix, the compressed header (graph, module arguments, tensor table,
-    activation grids) and the constant tensors the graph reads. Every policy's file has the
+    The 16-byte prefix and the compressed header (graph, module arguments, tensor table,
+    activation grids); the constant tensors the graph reads (a class token, a layer scale) are
+    priced by the analysis (``ModelAnalysis.unquantized``). Every policy's file has the
     same tensors and graph nodes (only channel counts, shapes and activation scales differ),
     so this is measured on a few random policies of ``space`` (fixed seed) and their median
     taken: how well zlib compresses those numbers varies by ~1 % of the header from policy
@@ -463,8 +464,7 @@ def container_bytes(
         policy = space.resolve(space.sample(rng))
         header, tensors = _encode_network(engine.apply(policy), analysis, policy)
         data = b"".join(np.ascontiguousarray(a).tobytes() for a in tensors.values())
-        constants = sum(a.nbytes for k, a in tensors.items() if k.startswith("attr:"))
-        sizes.append(_PREFIX.size + len(_header_blob(header, tensors, data)) + constants)
+        sizes.append(_PREFIX.size + len(_header_blob(header, tensors, data)))
     return float(statistics.median(sizes))
 
 

@@ -374,20 +374,36 @@ class _Analyser:
                 f"{type(self.model).__name__} has no Conv1d, Conv2d or Linear layer, so there is nothing to quantize "
                 "or prune. automl-mpq searches over nn.Conv1d/nn.Conv2d/nn.Linear modules."
             )
-        folded = set(self.folded.values())
-        layer_names = {d.name for d in layers}
-        unquantized = []
-        for name, mod in self.model.named_modules():
-            if name in layer_names or name in folded or list(mod.children()):
-                continue
-            n = sum(p.numel() for p in mod.parameters(recurse=False))
-            if n:
-                unquantized.append((name, type(mod).__name__, n))
+        unquantized = _kept_float(self.model, {d.name for d in layers} | set(self.folded.values()))
         sample_shape = _shape(next(n for n in self.gm.graph.nodes if n.op == "placeholder")) or ()
         return ModelAnalysis(
-            layers=tuple(layers), groups=groups, unquantized=tuple(unquantized), input_shape=tuple(sample_shape[1:]),
+            layers=tuple(layers), groups=groups, unquantized=unquantized, input_shape=tuple(sample_shape[1:]),
             notes=tuple(self.notes),
         )
+
+
+def _kept_float(model: nn.Module, priced: set[str]) -> tuple[tuple[str, str, int], ...]:
+    """Every parameter and persistent buffer outside the quantized layers and folded BatchNorms, with its bytes.
+
+    A module without children is one entry (its name, its type, the bytes of all its tensors:
+    a LayerNorm, an unfolded BatchNorm with its running statistics); a module with children
+    lists each tensor it holds itself (a ViT's class token and position embedding, a ConvNeXt
+    block's layer scale) under the tensor's qualified name.
+    """
+    out = []
+    for name, mod in model.named_modules():
+        if name in priced:
+            continue
+        own = [(n, t) for n, t in mod.named_parameters(recurse=False)]
+        own += [(n, b) for n, b in mod.named_buffers(recurse=False) if n not in mod._non_persistent_buffers_set]
+        own = [(n, t) for n, t in own if t is not None]
+        if not own:
+            continue
+        if list(mod.children()):
+            out += [(f"{name}.{n}" if name else n, type(mod).__name__, t.numel() * t.element_size()) for n, t in own]
+        else:
+            out.append((name, type(mod).__name__, sum(t.numel() * t.element_size() for _, t in own)))
+    return tuple(out)
 
 
 def analyse(model: nn.Module, sample_input: torch.Tensor) -> ModelAnalysis:

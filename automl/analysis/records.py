@@ -95,7 +95,9 @@ class ModelAnalysis:
 
     layers: tuple[LayerInfo, ...]
     groups: tuple[ChannelGroup, ...]
-    unquantized: tuple[tuple[str, str, int], ...] = ()  # (name, type, params) left at float
+    # (name, type, bytes): every parameter and buffer the deployed model keeps at full precision besides the
+    # quantized layers (LayerNorms, unfolded BatchNorms with their statistics, class tokens, layer scales, ...)
+    unquantized: tuple[tuple[str, str, int], ...] = ()
     input_shape: tuple[int, ...] = ()
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
@@ -117,7 +119,14 @@ class ModelAnalysis:
 
     @property
     def total_params(self) -> int:
-        return sum(layer.params for layer in self.layers) + sum(p for *_, p in self.unquantized)
+        """Parameters of the quantized layers plus the 32-bit values kept at full precision."""
+        return sum(layer.params for layer in self.layers) + sum(b for *_, b in self.unquantized) // 4
+
+    @property
+    def float_bytes(self) -> int:
+        """Bytes of every tensor the deployed float model holds: layers (BatchNorm folded) and kept-float ones."""
+        biases = sum(layer.out_channels for layer in self.layers if layer.bias_params or layer.folded_bn)
+        return 4 * (sum(layer.weight_params for layer in self.layers) + biases) + sum(b for *_, b in self.unquantized)
 
     @property
     def total_macs(self) -> int:
@@ -133,8 +142,8 @@ class ModelAnalysis:
             )
         if self.unquantized:
             lines.append("kept at full precision (not Conv/Linear):")
-            for name, kind, params in self.unquantized:
-                lines.append(f"  {name} ({kind}, {params} params)")
+            for name, kind, nbytes in self.unquantized:
+                lines.append(f"  {name} ({kind}, {nbytes} bytes)")
         for g in self.groups:
             if not g.prunable:
                 lines.append(f"g{g.gid} not prunable: {g.reason}")

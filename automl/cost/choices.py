@@ -16,7 +16,6 @@ import numpy as np
 
 from automl.cost.batch import LayerBatch
 from automl.cost.model import CostModel
-from search_spaces.policy import FLOAT_BITS
 from search_spaces.space import LayerSpace, SearchSpace
 
 Objective = Callable[[int, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -122,7 +121,7 @@ def build_choices(
             kept[gid, lv] = int(np.logical_and.reduce([masks[m, lv] for m in members]).sum())
     gidx = {g: i for i, g in enumerate(cost_model.group_ids)}
     follower = {
-        (gid, lv): FLOAT_BITS * n * cost_model.follower_params[gidx[gid]] / 8.0 for (gid, lv), n in kept.items()
+        (gid, lv): n * cost_model.follower_bytes[gidx[gid]] for (gid, lv), n in kept.items()
     }
     table = ChoiceTable([], levels, kept, cost_model.out_elem_per_channel, follower)
     for li in range(len(space.layers)):
