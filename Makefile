@@ -5,7 +5,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-slow lint bench clean
+ZOO_VENV ?= .venv-zoo
+ZOO_BIN  := $(ZOO_VENV)/bin
+ZOO_STAMP := $(ZOO_VENV)/.installed
+
+.PHONY: setup setup-zoo run test test-slow test-zoo lint bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +35,21 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
+# The model zoo (tests/test_model_zoo.py) needs torchvision and timm. PyPI's torchvision for torch 2.13 does not
+# import beside the CPU torch 2.13.0 wheel, so the zoo gets an environment of its own: torch 2.14.1 and
+# torchvision 0.29.1 (a CUDA build that runs on the CPU, installed from the local wheels) and the project.
+setup-zoo: $(ZOO_STAMP)
+
+$(ZOO_STAMP): pyproject.toml
+	test -x $(ZOO_BIN)/python || $(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_BIN)/python -m pip install -q --upgrade pip
+	$(ZOO_BIN)/python -m pip install -q --progress-bar on torch==2.14.1 torchvision==0.29.1
+	$(ZOO_BIN)/python -m pip install -q --progress-bar on -e '.[dev,zoo]'
+	touch $(ZOO_STAMP)
+
+test-zoo: setup-zoo
+	$(ZOO_BIN)/python -m pytest -m zoo tests/test_model_zoo.py
+
 lint: setup
 	$(BIN)/ruff check automl envs agents search_spaces tests benchmarks
 
@@ -40,4 +59,4 @@ bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ZOO_VENV) *.egg-info .pytest_cache

@@ -126,6 +126,9 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
     builder, shape, _ = FAMILIES[name]
     torch.manual_seed(seed)
     model = builder()
+    for m in model.modules():  # torchvision's ViT starts its head at zero: every input would get the same output
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not m.weight.any():
+            m.reset_parameters()
     set_batchnorm_statistics(model, torch.randn(48, *shape, generator=torch.Generator().manual_seed(seed)))
     return model.eval()
 
@@ -135,7 +138,7 @@ def make_task(name: str, seed: int = 0, n_train: int = 64, n_eval: int = 64, bat
     model = build_model(name, seed)
     shape = FAMILIES[name][1]
     gen = torch.Generator().manual_seed(seed + 1)
-    sizes = {"train": n_train, "calib": batch, "val": n_eval, "test": n_eval}
+    sizes = {"train": n_train, "calib": 2 * batch, "val": n_eval, "test": n_eval}  # calibration: the default 2 batches
     loaders = {}
     with torch.no_grad():
         for split, n in sizes.items():
@@ -186,6 +189,28 @@ def _onnx_quantizers(model) -> list[tuple[str, str, float]]:
         while scale in alias and scale not in values:
             scale = alias[scale]
         out.append((n.input[0], codes, float(values[scale])))
+    return out
+
+
+def _match_quantizers(captured: list, quantizers: list) -> list[str] | None:
+    """The ONNX codes tensor of each captured layer input, or ``None`` when they do not correspond.
+
+    Both lists are in execution order; a quantizer is matched by its scale and shape, searching
+    forward (several layers' inputs can share a scale and a shape), and layers that read the same
+    tensor (attention's three projections) share the quantizer the exporter wrote once.
+    """
+    out: list[str] = []
+    j, previous = 0, None
+    for v, act in captured:
+        key = (np.float32(act[0]), tuple(v.shape))
+        if previous is not None and previous[1] == key and torch.equal(previous[0], v):
+            out.append(out[-1])
+            continue
+        k = next((k for k in range(j, len(quantizers)) if quantizers[k][1] == key), None)
+        if k is None:
+            return None
+        out.append(quantizers[k][0])
+        j, previous = k + 1, (v, key)
     return out
 
 
@@ -247,11 +272,9 @@ def onnx_agreement(qmodel: nn.Module, analysis, policy, onnx_bytes: bytes, x: to
     first_bad = np.full(len(x), -1)
     untied = np.zeros(len(x), dtype=bool)
     tied = np.zeros(len(x), dtype=bool)
-    # the ONNX quantizer of each layer's input, found by its scale (layers reading one tensor share it)
-    by_scale = {np.float32(s): codes for _, codes, s in quantizers}
-    if all(np.float32(act[0]) in by_scale for _, act in captured):
-        for v, (s, qmin, qmax) in captured:
-            codes_name = by_scale[np.float32(s)]
+    matched = _match_quantizers(captured, [(codes, (np.float32(s), outs[codes].shape)) for _, codes, s in quantizers])
+    if matched is not None:
+        for (v, (s, qmin, qmax)), codes_name in zip(captured, matched, strict=True):
             t = v.mul(1.0 / s)
             mine = t.round().clamp(qmin, qmax).numpy().astype(np.int64)
             theirs = outs[codes_name].astype(np.int64)
