@@ -76,7 +76,7 @@ def _self_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
 def _search(task: automl.Task, out: Path, evaluations: int) -> tuple[dict[str, float], Policy]:
     automl.search(task, budget=["size<=0.25x"], evaluations=evaluations, sensitivity_method="heuristic",
                   finetune_steps=2, finetune_eval_every=1, output=str(out), quiet=True)
-    run = next(out.rglob("best_policies.json")).parent
+    run = next(out.rglob("timings.json")).parent  # the run directory (MLflow's artifact copies lack it)
     if not ((run / "best_model.ampq").is_file() and (run / "best_model.onnx").is_file()):
         raise RuntimeError(f"the search wrote no best_model.ampq/.onnx in {run}")
     timings = json.loads((run / "timings.json").read_text())

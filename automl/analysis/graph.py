@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,12 @@ ZERO_PRESERVING_FUNCTIONS = {
     torch.flatten, operator.getitem,
 }
 ZERO_PRESERVING_METHODS = {"relu", "flatten", "view", "reshape", "contiguous", "mean", "sum", "amax", "clone"}
+# Per-element functions that do not keep zero at zero (sigmoid(0) = 0.5): a pruned channel becomes a
+# constant, harmless only where it multiplies a channel that is zero (SE gating) and is not read otherwise.
+NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+NONZERO_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp}
+NONZERO_METHODS = {"sigmoid", "sigmoid_", "exp"}
+DIV_OPS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 ADD_OPS = {operator.add, operator.iadd, torch.add}
 MUL_OPS = {operator.mul, operator.imul, torch.mul}
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -66,6 +72,9 @@ class _Layout:
 
     segments: list[Segment]
     dim: int  # 1 for (N, C, ...) maps, -1 for (..., F) vectors
+    # why a pruned (zero) channel of this tensor is no longer zero ("" when it is): a gate such as a
+    # sigmoid; harmless where it multiplies a zero channel, blocking where a layer reads it
+    nonzero: str = ""
 
 
 @dataclass
@@ -197,6 +206,8 @@ class _Analyser:
             cin, cout, groups = mod.in_channels, mod.out_channels, mod.groups
             kernel, stride = tuple(mod.kernel_size), tuple(mod.stride)
             macs = math.prod(out_shape[1:]) * (cin // groups) * math.prod(kernel)
+        if ok and src is not None and src.nonzero:
+            self.st.block(src, f"{src.nonzero}, and {name} reads it")
         if not ok:
             self.st.block(src, f"layout of the input of {name} is not understood")
             src = _Layout([Segment(self.st.new_group(cin, blocked=f"input of {name} not traced"), cin)], 1)
@@ -243,6 +254,8 @@ class _Analyser:
             return self._flatten(node, src)
         if isinstance(mod, ZERO_PRESERVING_MODULES):
             return src
+        if isinstance(mod, NONZERO_MODULES) and src is not None:
+            return replace(src, nonzero=src.nonzero or f"{type(mod).__name__} {node.target} turns a pruned channel into a constant")
         self.st.block(src, f"module {node.target} ({type(mod).__name__}) is not known to keep zero channels at zero")
         return self._fresh(node, f"output of {node.target}")
 
@@ -260,10 +273,24 @@ class _Analyser:
         self.st.block(src, f"reshape at {node.name}")
         return self._fresh(node, f"reshape at {node.name}")
 
+    def _constant_operands(self, node: fx.Node, base: _Layout) -> None:
+        """Block ``base`` where a constant tensor (a parameter the graph reads) varies along its channels:
+        the physically pruned network would keep the constant's full width."""
+        for t in _tensor_args(node):
+            if t.op != "get_attr":
+                continue
+            shape = _shape(t) or ()
+            dim = len(shape) - 1 if base.dim == -1 else len(shape) - (len(_shape(node) or ()) - 1)
+            if 0 <= dim < len(shape) and shape[dim] > 1:
+                self.st.block(base, f"per-channel constant {t.target} at {node.name} (kept whole by the export)")
+
     def _elementwise(self, node: fx.Node, tensors: list[fx.Node]) -> _Layout | None:
         layouts = [self.layouts.get(t) for t in tensors]
         is_mul = node.target in MUL_OPS or node.target == "mul"
         if len(tensors) == 1 and not is_mul:
+            if layouts[0] is not None and not any(t.op == "get_attr" for t in _tensor_args(node)):
+                lay = layouts[0]  # a scalar added: every channel, a pruned one too, becomes non-zero
+                return replace(lay, nonzero=lay.nonzero or f"a constant added at {node.name}")
             self.st.block(layouts[0], f"adding a constant at {node.name}")
             return self._fresh(node, f"constant added at {node.name}")
         known = [lay for lay in layouts if lay is not None]
@@ -272,6 +299,10 @@ class _Analyser:
         base = full[0] if full else (known[0] if known else None)
         if base is None:
             return None
+        if is_mul:  # a zero channel times anything is zero: gates (SE) follow the gated channel's group
+            zeros = [lay for lay in known if not lay.nonzero]
+            base = next((lay for lay in full if not lay.nonzero), zeros[0] if zeros else base)
+        self._constant_operands(node, base)
         for lay in known:
             if lay is base:
                 continue
@@ -281,6 +312,11 @@ class _Analyser:
             else:
                 self.st.block(lay, f"broadcast at {node.name}")
                 self.st.block(base, f"broadcast at {node.name}")
+        if not is_mul:
+            taint = next((lay.nonzero for lay in known if lay.nonzero), "")
+            if len(known) < len(tensors):  # a tensor the analysis does not follow (a constant) is added
+                taint = taint or f"a tensor added at {node.name}"
+            return replace(base, nonzero=taint) if taint and not base.nonzero else base
         return base
 
     def _call(self, node: fx.Node) -> _Layout | None:
@@ -289,11 +325,17 @@ class _Analyser:
         target = node.target
         if target in ADD_OPS or target in MUL_OPS or target in ("add", "mul", "add_", "mul_"):
             return self._elementwise(node, tensors)
+        if target in DIV_OPS and len(tensors) == 1 and tensors[0] is node.args[0] and src is not None:
+            return src  # divided by a number: zero stays zero
+        if (target in NONZERO_FUNCTIONS or target in NONZERO_METHODS) and src is not None:
+            name = getattr(target, "__name__", target)
+            return replace(src, nonzero=src.nonzero or f"{name} at {node.name} turns a pruned channel into a constant")
         if target is torch.cat:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             parts = [self.layouts.get(t) for t in node.args[0]]  # type: ignore[union-attr]
             if dim == 1 and all(p is not None and p.dim == 1 for p in parts):
-                return _Layout([s for p in parts for s in p.segments], 1)  # type: ignore[union-attr]
+                taint = next((p.nonzero for p in parts if p.nonzero), "")  # type: ignore[union-attr]
+                return _Layout([s for p in parts for s in p.segments], 1, taint)  # type: ignore[union-attr]
             for p in parts:
                 self.st.block(p, f"concatenation on dim {dim} at {node.name}")
             return self._fresh(node, f"concatenation at {node.name}")

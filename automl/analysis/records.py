@@ -145,8 +145,8 @@ class ModelAnalysis:
             for name, kind, nbytes in self.unquantized:
                 lines.append(f"  {name} ({kind}, {nbytes} bytes)")
         for g in self.groups:
-            if not g.prunable:
-                lines.append(f"g{g.gid} not prunable: {g.reason}")
+            if not g.prunable and g.producers:  # name the layers whose output channels it blocks
+                lines.append(f"g{g.gid} ({', '.join(g.producers)}: {g.channels} channels) not prunable: {g.reason}")
         lines.extend(self.notes)
         return "\n".join(lines)
 
