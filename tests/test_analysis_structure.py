@@ -89,6 +89,17 @@ def test_se_gated_channels_prune_with_the_excite_layers_channel(gate, tmp_path):
                   repeats=1)
     with torch.no_grad():
         assert (load_exported(tmp_path / "m.ampq")(x) - qmodel(x)).abs().max() <= 1e-4
+    # priced: the split BatchNorms' bytes shrink with their segments, and at full width are all there
+    from automl.cost.model import CostModel
+    from automl.quant.engine import fold_batchnorm
+
+    cm = CostModel(problem.analysis, problem.space)
+    folded, _ = fold_batchnorm(model, problem.analysis)
+    real = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
+    assert cm.float_costs().size_bytes == pytest.approx(real + sum(lay.out_channels for lay in problem.analysis.layers))
+    report = export_policy(qmodel, problem.analysis, pruned, tmp_path / "p.ampq", sample_input=x,
+                           float_model=ev.float_model, cost_model=cm, repeats=1)
+    assert abs(report.payload_bytes - report.predicted_bytes) <= 8 * len(problem.analysis.split_followers)
 
 
 class Gated(nn.Module):
@@ -131,3 +142,62 @@ def test_what_still_blocks_pruning_is_named_with_the_layers_it_blocks(model, rea
 
     assert re.search(reason, group.reason), group.reason
     assert re.search(rf"g{group.gid} \(a: 6 channels\) not prunable: .*{reason}", a.report()), a.report()
+
+
+class DenseBlock(nn.Module):
+    """DenseNet's pattern: each layer normalises the concatenation of every earlier output (BatchNorm, ReLU, conv)."""
+
+    def __init__(self, growth: int = 4, layers: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(6 + i * growth) for i in range(layers))
+        self.convs = nn.ModuleList(nn.Conv2d(6 + i * growth, growth, 3, padding=1) for i in range(layers))
+        self.final = nn.BatchNorm2d(6 + layers * growth)
+        self.head = nn.Linear(6 + layers * growth, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stem(x)]
+        for norm, conv in zip(self.norms, self.convs, strict=True):
+            features.append(conv(F.relu(norm(torch.cat(features, 1)))))
+        h = F.relu(self.final(torch.cat(features, 1)))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+def test_batchnorm_on_a_concatenation_is_split_into_its_segments(tmp_path):
+    """Each segment of the normalised concatenation shrinks with the group it comes from, so every
+    growth layer's output channels are prunable (DenseNet's bottleneck convolutions were the only ones)."""
+    torch.manual_seed(0)
+    model = randomise_batchnorm(DenseBlock())
+    x = torch.randn(8, 1, 12, 12)
+    a = analyse(model, x[:1])
+    for name in ("stem", "convs.0", "convs.1", "convs.2"):
+        assert a.groups[a.layer(name).out_group].prunable, a.groups[a.layer(name).out_group].reason
+    assert dict(a.split_followers)["final"] == tuple(a.layer("convs.2").in_segments) + (
+        a.layer("head").in_segments[-1],)
+    space = SearchSpace.build(a, SpaceConfig(max_sparsity=0.5, pin_first_last=False))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        policy = space.resolve(space.sample(rng))
+        small, masked = prune_model(model, a, policy), mask_model(model, a, policy)
+        with torch.no_grad():
+            assert (small(x) - masked(x)).abs().max() <= 1e-5
+    pruned = space.resolve(space.uniform(8, 8, sparsity=0.5))
+    assert prune_model(model, a, pruned).final.num_features < 18
+    problem = Problem.from_task(_task(model), SpaceConfig(max_sparsity=0.5, pin_first_last=False))
+    ev = Evaluator(problem, EvalConfig())
+    qmodel = ev.engine.apply(pruned)
+    export_policy(qmodel, problem.analysis, pruned, tmp_path / "m.ampq", sample_input=x, float_model=ev.float_model,
+                  repeats=1)
+    with torch.no_grad():
+        assert (load_exported(tmp_path / "m.ampq")(x) - qmodel(x)).abs().max() <= 1e-4
+    # priced: the split BatchNorms' bytes shrink with their segments, and at full width are all there
+    from automl.cost.model import CostModel
+    from automl.quant.engine import fold_batchnorm
+
+    cm = CostModel(problem.analysis, problem.space)
+    folded, _ = fold_batchnorm(model, problem.analysis)
+    real = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
+    assert cm.float_costs().size_bytes == pytest.approx(real + sum(lay.out_channels for lay in problem.analysis.layers))
+    report = export_policy(qmodel, problem.analysis, pruned, tmp_path / "p.ampq", sample_input=x,
+                           float_model=ev.float_model, cost_model=cm, repeats=1)
+    assert abs(report.payload_bytes - report.predicted_bytes) <= 8 * len(problem.analysis.split_followers)

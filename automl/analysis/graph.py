@@ -182,6 +182,7 @@ class _Analyser:
         self.layers: list[dict] = []
         self.notes: list[str] = []
         self.folded: dict[str, str] = {}
+        self.split_followers: list[tuple[str, tuple[Segment, ...]]] = []
 
     # rules -------------------------------------------------------------------------
     def _fresh(self, node: fx.Node, reason: str) -> _Layout | None:
@@ -237,8 +238,13 @@ class _Analyser:
         if isinstance(mod, QUANTIZABLE):
             return self._layer(node, mod)
         if isinstance(mod, BATCHNORMS):
-            if src is None or len(src.segments) != 1:
-                self.st.block(src, f"BatchNorm {node.target} on a concatenation")
+            if src is None:
+                return src
+            if len(src.segments) != 1:  # on a concatenation: each segment's channels follow its own group
+                if src.dim != 1 or any(seg.features_per_channel != 1 for seg in src.segments):
+                    self.st.block(src, f"BatchNorm {node.target} on features that are not channels")
+                    return src
+                self.split_followers.append((str(node.target), tuple(src.segments)))
                 return src
             self.st.followers.setdefault(src.segments[0].group, []).append(str(node.target))
             parent = node.args[0]
@@ -420,7 +426,9 @@ class _Analyser:
         sample_shape = _shape(next(n for n in self.gm.graph.nodes if n.op == "placeholder")) or ()
         return ModelAnalysis(
             layers=tuple(layers), groups=groups, unquantized=unquantized, input_shape=tuple(sample_shape[1:]),
-            notes=tuple(self.notes),
+            notes=tuple(self.notes), split_followers=tuple(
+                (name, tuple(Segment(renumber[st.uf.find(seg.group)], seg.channels) for seg in segs))
+                for name, segs in self.split_followers),
         )
 
 

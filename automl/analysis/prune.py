@@ -104,6 +104,9 @@ def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn
         keep = torch.from_numpy(masks[group.gid])
         for follower in group.followers:
             pruned.set_submodule(follower, _slice_follower(pruned.get_submodule(follower), keep))
+    for name, segments in analysis.split_followers:
+        keep = torch.from_numpy(np.concatenate([masks[seg.group] for seg in segments]))
+        pruned.set_submodule(name, _slice_follower(pruned.get_submodule(name), keep))
     return pruned
 
 
@@ -122,11 +125,12 @@ def mask_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn.
             mod.weight[drop] = 0
             if mod.bias is not None:
                 mod.bias[drop] = 0
-        for group in analysis.groups:
-            drop = torch.from_numpy(~masks[group.gid])
-            for follower in group.followers:
-                bn = masked.get_submodule(follower)
-                if bn.affine:
-                    bn.weight[drop] = 0
-                    bn.bias[drop] = 0
+        followers = [(f, ~masks[g.gid]) for g in analysis.groups for f in g.followers]
+        followers += [(name, ~np.concatenate([masks[seg.group] for seg in segments]))
+                      for name, segments in analysis.split_followers]
+        for follower, drop in followers:
+            bn = masked.get_submodule(follower)
+            if bn.affine:
+                bn.weight[torch.from_numpy(drop)] = 0
+                bn.bias[torch.from_numpy(drop)] = 0
     return masked

@@ -101,6 +101,9 @@ class ModelAnalysis:
     input_shape: tuple[int, ...] = ()
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
+    # BatchNorms on a concatenation: (name, the channel segments they normalise, in order); each
+    # segment's channels shrink with its group, as a follower's do
+    split_followers: tuple[tuple[str, tuple[Segment, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         names = [layer.name for layer in self.layers]
@@ -186,4 +189,6 @@ class ModelAnalysis:
             input_shape=tuple(data["input_shape"]),
             schema_version=data["schema_version"],
             notes=tuple(data.get("notes", ())),
+            split_followers=tuple((name, tuple(Segment(**seg) for seg in segs))
+                                  for name, segs in data.get("split_followers", ())),
         )

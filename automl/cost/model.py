@@ -169,10 +169,19 @@ class CostModel:
         followers = {f: g.gid for g in self.analysis.groups for f in g.followers if g.gid in gindex}
         self.follower_bytes = np.zeros(len(self.group_ids))  # per kept channel of each group
         self.fixed_bytes = 0.0
+        split = dict(self.analysis.split_followers)  # a BatchNorm on a concatenation: its bytes by segment
         for name, _kind, nbytes in self.analysis.unquantized:
             if name in followers:
                 g = gindex[followers[name]]
                 self.follower_bytes[g] += nbytes / self.group_channels[g]
+            elif name in split:
+                total = sum(seg.channels for seg in split[name])
+                for seg in split[name]:
+                    share = nbytes * seg.channels / total
+                    if seg.group in gindex:
+                        self.follower_bytes[gindex[seg.group]] += share / self.group_channels[gindex[seg.group]]
+                    else:
+                        self.fixed_bytes += share
             else:
                 self.fixed_bytes += nbytes
         self._any_depthwise = bool(self.depthwise.any())

@@ -372,8 +372,11 @@ class QuantEngine:
         for group in analysis.groups:
             for name in group.followers:
                 if name not in folded:
-                    self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(group.gid))
+                    self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook((group.gid,), (group.channels,)))
                     self._group_of_follower[name] = group.gid
+        for name, segments in analysis.split_followers:  # a BatchNorm on a concatenation: each segment its group's mask
+            gids, sizes = tuple(seg.group for seg in segments), tuple(seg.channels for seg in segments)
+            self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(gids, sizes))
         # Which input channels of each layer a policy can zero: segments of prunable groups whose
         # producers are all quantized layers (a pruned channel of such a group is zero at its consumers).
         producers = {g.gid: g.producers for g in analysis.groups
@@ -384,11 +387,13 @@ class QuantEngine:
                 self._in_segments[layer.name] = tuple(
                     (producers.get(seg.group), seg.channels, seg.features_per_channel) for seg in layer.in_segments)
 
-    def _mask_hook(self, gid: int):
+    def _mask_hook(self, gids: tuple[int, ...], sizes: tuple[int, ...]):
+        """Zero the output channels of pruned channels: one group's mask, or each segment's for a concatenation."""
         def fn(_mod: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            mask = self._masks.get(gid)
-            if mask is None:
+            masks = [self._masks.get(g) for g in gids]
+            if all(m is None for m in masks):
                 return out
+            mask = torch.cat([m if m is not None else out.new_ones(n) for m, n in zip(masks, sizes, strict=True)])
             return out * mask.view((1, -1) + (1,) * (out.dim() - 2))
 
         return fn
