@@ -499,6 +499,19 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
 
 
 def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray], nm: dict[str, Any] | None = None) -> None:
+    rows, scale, quant = stored_rows(name, mod, tensors, nm)
+    rows = torch.where(quant[:, None], rows * scale[:, None], rows)
+    with torch.no_grad():
+        mod.weight.copy_(rows.view_as(mod.weight))
+        if mod.bias is not None:
+            mod.bias.copy_(torch.from_numpy(tensors[f"{name}.bias"].copy()))
+
+
+def stored_rows(name: str, mod: nn.Module, tensors: dict[str, np.ndarray],
+                nm: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A stored layer's weight rows as the file holds them: integer codes of its quantized channels and
+    float weights of its 32-bit ones (``[C, K]``, N:M values scattered back), the per-channel scale
+    (1 for 32-bit channels) and which channels are quantized."""
     bits = torch.from_numpy(tensors[f"{name}.bits"].astype(np.int64))
     width = mod.weight[0].numel()
     if nm is not None:
@@ -515,15 +528,11 @@ def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray], nm: d
         codes = _decode_planes(planes[start:], b, count)
         start += count * b
         rows[sel] = torch.from_numpy(codes.astype(np.float32)).view(-1, rows.shape[1])
-    rows = rows * scale[:, None]
     if not bool(quant.all()):
         rows[~quant] = torch.from_numpy(tensors[f"{name}.float"].copy())
     if nm is not None:
         rows = _nm_scatter(rows, tensors[f"{name}.index"], nm, mod.weight.shape)
-    with torch.no_grad():
-        mod.weight.copy_(rows.view_as(mod.weight))
-        if mod.bias is not None:
-            mod.bias.copy_(torch.from_numpy(tensors[f"{name}.bias"].copy()))
+    return rows, scale, quant
 
 
 def _nm_scatter(values: torch.Tensor, index: np.ndarray, nm: dict[str, Any], shape: torch.Size) -> torch.Tensor:

@@ -18,27 +18,29 @@ file keeps int8 weights and a per-output-channel ``DequantizeLinear``.
 
 Per layer:
 
-- all kept channels at 1..8 bits and a quantized input: int8 weight codes (a b-bit
-  channel's codes lie in ``[-(2^(b-1)-1), 2^(b-1)-1]``, its 2^b grid), per-channel float
-  scale, zero point 0;
+- all kept channels at 1..8 bits behind an 8-bit (or narrower) quantized input: an
+  :class:`IntegerLayer`, what the engine's integer inference computes
+  (:attr:`automl.quant.engine.QuantLayer.integer`): the input divided by its scale, rounded and
+  clipped to its codes (``Div``, ``Round``, ``Clip``), the convolution (``MatMul`` for a linear
+  layer) of those codes with the weight codes (stored int8, cast to float once per session),
+  then ``Div`` by ``1 / (s_x * s_w)`` and ``Add`` of the bias per output channel (BatchNorm
+  correction folded into both). The sums are of integers, exact in float32 whatever order a
+  kernel adds them in, and the rest is the same float32 operations as the engine's: a default
+  ONNX Runtime session computes the searched model's codes bit for bit;
 - quantized weights behind a float (32-bit) input: float weights holding the same grid
   values, since the runtime would dequantize int8 weights on every run and then run the
   float kernel anyway (the ONNX Runtime profile prices such a layer as float);
 - any kept channel at more than 8 bits: float weights (codes x scale for the quantized
-  channels, identical values, float storage);
-- input activations at 1..8 bits: ``QuantizeLinear``, a ``Clip`` of the codes to the b-bit
-  range (only where it is narrower than the 8-bit type), then ``Cast`` to float and ``Mul`` by
-  the scale (the dequantization, in float ops); wider grids run as ``Mul``/``Round``/``Clip``/``Mul``;
-  32-bit inputs stay float.
+  channels, identical values, float storage) behind the input's ``QuantizeLinear``, a ``Clip``
+  of the codes to the b-bit range (only where it is narrower than the 8-bit type), ``Cast`` and
+  ``Mul`` by the scale; wider grids run as ``Mul``/``Round``/``Clip``/``Mul``; 32-bit inputs stay float.
 
-So every layer runs the float kernel on the grid values, as the searched model does, in any
-ONNX Runtime session: a ``DequantizeLinear`` on the activations would let the runtime's
-default optimisations round float biases and weights onto grids of their own and fuse layers
-into int8 kernels that requantize with their own rounding (:func:`_float_dequantize`). The
-outputs equal the searched model's up to float rounding: where an activation lies within
-float rounding of a rounding midpoint (the two runtimes sum in different orders; ONNX
-Runtime divides by a scale where torch multiplies by its inverse), its code may differ by one
-step. The profile of :mod:`automl.cost.ort_measure` prices exactly this graph.
+The file holds no ``DequantizeLinear``: ONNX Runtime's default optimisations rewrite that QDQ
+pattern into int8 kernels and integer biases with roundings of their own (:func:`_float_dequantize`).
+Where the file computes in float (layers with a 32-bit channel or input, and whatever lies between
+layers: pooling, normalisation, attention), the two runtimes may round an activation lying within
+float rounding of a rounding midpoint either way; its code then differs by one step. The profile
+of :mod:`automl.cost.ort_measure` prices exactly this graph.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ from torch import fx, nn
 
 from automl.analysis.canonical import attention_softmax
 from automl.errors import ExportError
-from automl.export import fake_quantize, load_exported, read_export
+from automl.export import fake_quantize, load_exported, read_export, stored_rows
+from automl.quant.engine import INTEGER_MAX_CODE
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INPUT, OUTPUT = "input", "output"
@@ -99,6 +102,25 @@ def onnx_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
     return attention_softmax(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale)[0]
 
 
+def _windows(size: int, out: int) -> list[tuple[int, int]]:
+    """The input window ``[lo, hi)`` adaptive pooling averages for each of ``out`` outputs."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def onnx_adaptive_avg_pool2d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d``, also where the output size does not divide the input size (VGG's 7x7
+    pooling of a 1x1 map), which the exporter refuses: each output the mean of its window, in
+    slices (batch-free: no reshape fixes the batch)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # constants of the exported graph, not traced sizes
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    oh, ow = oh or h, ow or w
+    if h % oh == 0 and w % ow == 0:
+        return F.adaptive_avg_pool2d(x, (oh, ow))
+    rows = [torch.cat([x[..., a:b, c:d].mean(dim=(-2, -1), keepdim=True) for c, d in _windows(w, ow)], dim=-1)
+            for a, b in _windows(h, oh)]
+    return torch.cat(rows, dim=-2)
+
+
 class QDQLayer(nn.Module):
     """A convolution or linear layer whose weight is ``codes x scale`` with int8 codes."""
 
@@ -117,12 +139,48 @@ class QDQLayer(nn.Module):
         return conv(x, w, op.bias, op.stride, op.padding, op.dilation, op.groups)
 
 
-def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, np.ndarray]]:
-    """The ``.ampq`` network with quantized layers as :class:`QDQLayer` and QDQ activations."""
+class IntegerLayer(nn.Module):
+    """A quantized layer behind a quantized input, computed as the engine's integer inference does.
+
+    ``q = clamp(round(x / s), qmin, qmax)``, then ``conv(q, codes) / r + bias`` with integer weight
+    codes, ``r = 1 / (s * scale)`` and the stored (BatchNorm-folded) scale and bias: the same float32
+    operations in the same order as :attr:`automl.quant.engine.QuantLayer.integer`, around a sum of
+    integers that is exact in any order.
+    """
+
+    def __init__(self, op: nn.Module, codes: torch.Tensor, scale: torch.Tensor, act: tuple[float, int, int]) -> None:
+        super().__init__()
+        self.op = op
+        self.qmin, self.qmax = int(act[1]), int(act[2])
+        s = torch.tensor(float(act[0]), dtype=torch.float32)
+        bias = op.bias.detach().clone() if op.bias is not None else torch.zeros(codes.shape[0])
+        with torch.no_grad():
+            op.weight = nn.Parameter(codes.view_as(op.weight).clone(), requires_grad=False)
+        op.bias = None
+        self.register_buffer("s", s)
+        self.register_buffer("r", 1.0 / (s * scale))
+        self.register_buffer("b", bias)
+        if isinstance(op, nn.Linear):  # stored transposed under the layer's name (F.linear would lose it)
+            self.register_buffer("weight_t", op.weight.detach().t().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = self.op
+        q = torch.clamp(torch.round(x / self.s), self.qmin, self.qmax)
+        if isinstance(op, nn.Linear):
+            return torch.matmul(q, self.weight_t) / self.r + self.b
+        conv = F.conv2d if isinstance(op, nn.Conv2d) else F.conv1d
+        out = conv(q, op.weight, None, op.stride, op.padding, op.dilation, op.groups)
+        view = (1, -1) + (1,) * (out.dim() - 2)
+        return out / self.r.view(view) + self.b.view(view)
+
+
+def _qdq_network(path: Path, int8_kernels: bool = False) -> tuple[fx.GraphModule, dict[str, Any], dict[str, np.ndarray]]:
+    """The ``.ampq`` network with quantized layers as :class:`IntegerLayer` (``int8_kernels``:
+    :class:`QDQLayer`) and QDQ activations elsewhere."""
     header, tensors = read_export(path)
     gm = load_exported(path)
-    quantized_input = {
-        n.target for n in gm.graph.nodes
+    quantizer = {
+        n.target: n.args[0] for n in gm.graph.nodes
         if n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node)
         and n.args[0].op == "call_function" and n.args[0].target is fake_quantize
     }
@@ -130,16 +188,33 @@ def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, 
         if not spec.get("quantized"):
             continue
         bits = tensors[f"{name}.bits"].astype(int)
-        # A float input means a float kernel either way: int8 weights would only add a
-        # DequantizeLinear per run (measured 28 % slower than float on ResNet-20), so the
-        # layer keeps float weights holding the same grid values (codes x scale).
-        if len(bits) and bits.max() <= INT8_MAX_BITS and name in quantized_input:
+        if not (len(bits) and bits.max() <= INT8_MAX_BITS and name in quantizer):
+            # A float input means a float kernel either way: int8 weights would only add a
+            # DequantizeLinear per run (measured 28 % slower than float on ResNet-20), so the
+            # layer keeps float weights holding the same grid values (codes x scale).
+            continue
+        if int8_kernels:
             gm.set_submodule(name, QDQLayer(gm.get_submodule(name), tensors[f"{name}.scale"]))
+            continue
+        node = quantizer[name]
+        act = (float(node.args[1]), int(node.args[2]), int(node.args[3]))
+        if max(-act[1], act[2]) > INTEGER_MAX_CODE:
+            continue
+        rows, scale, _ = stored_rows(name, gm.get_submodule(name), tensors, spec.get("nm"))
+        gm.set_submodule(name, IntegerLayer(gm.get_submodule(name), rows, scale, act))
+        for user in list(node.users):  # the layer quantizes its input itself
+            user.replace_input_with(node, node.args[0])
+        gm.graph.erase_node(node)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is fake_quantize:
             node.target = onnx_act_quant
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
             node.target = onnx_attention
+        elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            node.target = onnx_adaptive_avg_pool2d
+        elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.AdaptiveAvgPool2d):
+            size = gm.get_submodule(node.target).output_size
+            node.op, node.target, node.args = "call_function", onnx_adaptive_avg_pool2d, (node.args[0], size)
     gm.recompile()
     return gm, header, tensors
 
@@ -309,6 +384,30 @@ def _float_dequantize(model: Any) -> int:
     return replaced
 
 
+def _int8_codes(model: Any) -> int:
+    """Store each float weight of a ``Conv``/``Gemm``/``MatMul`` that holds integer codes within int8 as int8
+    plus a ``Cast`` (folded into the float weight once, when a session is made); returns how many."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    converted, nodes = 0, []
+    for name in sorted(weights & set(inits)):
+        w = numpy_helper.to_array(inits[name])
+        if w.dtype != np.float32 or not w.size or np.abs(w).max() > 127 or not np.array_equal(w, np.round(w)):
+            continue
+        graph.initializer.remove(inits[name])
+        graph.initializer.append(numpy_helper.from_array(w.astype(np.int8), f"{name}_int8"))
+        nodes.append(helper.make_node("Cast", [f"{name}_int8"], [name], name=f"{name}_cast", to=TensorProto.FLOAT))
+        converted += 1
+    if nodes:
+        kept = nodes + [onnx_copy(n) for n in graph.node]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return converted
+
+
 def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """``module`` as ONNX bytes (batch dimension dynamic); :class:`ExportError` if an op has no ONNX form."""
     buffer = io.BytesIO()
@@ -337,13 +436,14 @@ def ampq_to_onnx(ampq_path: str | os.PathLike[str], *, int8_kernels: bool = Fals
     """
     import onnx
 
-    gm, header, tensors = _qdq_network(Path(ampq_path))
+    gm, header, tensors = _qdq_network(Path(ampq_path), int8_kernels)
     example = torch.zeros(1, *header["input_shape"])  # the stored shape is per sample
     model = onnx.load_from_string(to_onnx_bytes(gm, example))
     _fold_weight_quantizers(model)
     _integer_clips(model)
     if not int8_kernels:
         _float_dequantize(model)
+        _int8_codes(model)
     bits = {n: tensors[f"{n}.bits"].astype(int).tolist() for n, s in header["modules"].items() if s.get("quantized")}
     meta = {"automl-mpq.policy_key": header["policy_key"], "automl-mpq.kept_channel_bits": str(bits),
             "automl-mpq.source": "automl.onnx_export.ampq_to_onnx"}

@@ -164,31 +164,43 @@ for _name in FAMILIES:
 
 # ONNX Runtime against the searched model -------------------------------------------------------------------
 TIE = 1e-3  # steps: an activation this close to a rounding midpoint may round either way in another runtime
+FLOAT_REL = 1e-5  # of the largest value of a quantizer's input: how far float rounding may move one of its inputs
 FLOAT_TOL = 1e-5  # relative to the output's largest magnitude: float rounding of the same arithmetic
 
 
 def _onnx_quantizers(model) -> list[tuple[str, str, float]]:
-    """(pre-quantization input, codes after the integer clip, scale) of every activation ``QuantizeLinear``."""
+    """(pre-quantization input, codes after the integer clip, scale) of every activation quantizer, in
+    graph order: ``QuantizeLinear`` (then a ``Clip`` of the codes), or ``Div`` by the scale, ``Round``, ``Clip``."""
     from onnx import numpy_helper
 
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"})
     alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
-    consts = set(values)
+
+    def value(name: str):
+        while name in alias and name not in values:
+            name = alias[name]
+        return values.get(name)
+
+    producer = {o: n for n in model.graph.node for o in n.output}
     users: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
     out = []
     for n in model.graph.node:
-        if n.op_type != "QuantizeLinear" or n.input[0] in consts:
+        if n.op_type == "QuantizeLinear" and value(n.input[0]) is None:
+            pre, scale, codes = n.input[0], value(n.input[1]), n.output[0]
+        elif n.op_type == "Round" and n.input[0] in producer and producer[n.input[0]].op_type == "Div":
+            div = producer[n.input[0]]
+            pre, scale, codes = div.input[0], value(div.input[1]), n.output[0]
+            if scale is None or scale.size != 1:
+                continue
+        else:
             continue
-        after = users.get(n.output[0], [])
-        codes = after[0].output[0] if len(after) == 1 and after[0].op_type == "Clip" else n.output[0]
-        scale = n.input[1]
-        while scale in alias and scale not in values:
-            scale = alias[scale]
-        out.append((n.input[0], codes, float(values[scale])))
+        after = users.get(codes, [])
+        codes = after[0].output[0] if len(after) == 1 and after[0].op_type == "Clip" else codes
+        out.append((pre, codes, float(scale)))
     return out
 
 
@@ -222,9 +234,10 @@ def onnx_agreement(qmodel: nn.Module, analysis, policy, onnx_bytes: bytes, x: to
     Returns ``argmax`` (fraction of samples whose top class agrees), ``max_diff`` (largest output
     difference), ``out_scale`` (largest output magnitude), ``exact`` (fraction of samples whose
     outputs agree to ``FLOAT_TOL``), ``tied`` (fraction of samples where some activation code
-    differs) and ``untied`` (samples whose first differing quantizer differs somewhere other than
-    by one step at a rounding tie of the searched model's own input: a computation that is not the
-    searched one; 0 when the file computes the searched model).
+    differs) and ``untied`` (samples whose inputs at the first differing quantizer differ by more
+    than float rounding, ``FLOAT_REL`` of their largest value, or whose codes there differ by more
+    than one step beyond that:
+    a computation that is not the searched one; 0 when the file computes the searched model).
     """
     import onnx
     import onnxruntime as ort
@@ -273,21 +286,24 @@ def onnx_agreement(qmodel: nn.Module, analysis, policy, onnx_bytes: bytes, x: to
     untied = np.zeros(len(x), dtype=bool)
     tied = np.zeros(len(x), dtype=bool)
     matched = _match_quantizers(captured, [(codes, (np.float32(s), outs[codes].shape)) for _, codes, s in quantizers])
+    pre_of = {codes: pre for pre, codes, _ in quantizers}
     if matched is not None:
         for (v, (s, qmin, qmax)), codes_name in zip(captured, matched, strict=True):
-            t = v.mul(1.0 / s)
-            mine = t.round().clamp(qmin, qmax).numpy().astype(np.int64)
-            theirs = outs[codes_name].astype(np.int64)
+            t = (v / torch.tensor(s, dtype=torch.float32)).numpy().reshape(len(x), -1)
+            mine = np.clip(np.round(t), qmin, qmax).astype(np.int64)
+            theirs = outs[codes_name].astype(np.int64).reshape(len(x), -1)
             if mine.shape != theirs.shape:
                 untied[:] = True
                 break
-            differs = (mine != theirs).reshape(len(x), -1)
-            near_tie = ((t - t.floor() - 0.5).abs() < TIE).numpy().reshape(len(x), -1)
-            one_step = (np.abs(mine - theirs) <= 1).reshape(len(x), -1)
+            differs = mine != theirs
             new = differs.any(axis=1) & (first_bad < 0)
-            bad = (differs & ~(near_tie & one_step)).any(axis=1)
-            untied |= new & bad
-            first_bad[new] = 1
+            if new.any():  # where a sample's codes first differ, its inputs must agree up to float rounding
+                t_onnx = (outs[pre_of[codes_name]] / np.float32(s)).reshape(len(x), -1)
+                gap = np.abs(np.clip(t, qmin - 1, qmax + 1) - np.clip(t_onnx, qmin - 1, qmax + 1)).max(axis=1)
+                noise = FLOAT_REL * np.abs(t).max(axis=1) + TIE
+                bad = (np.abs(mine - theirs).max(axis=1) > 1 + noise) | (gap > noise)
+                untied |= new & bad
+                first_bad[new] = 1
             tied |= differs.any(axis=1)
     else:
         untied[:] = True  # the quantizers do not correspond: not the searched computation

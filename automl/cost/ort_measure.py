@@ -7,11 +7,13 @@ fractions x kept output fractions, in three precisions:
 
 - ``float_ms``: ``Conv``/``Gemm`` with float weights;
 - ``qin_ms``: the same quantized input with float weights (a layer with a wide channel);
-- ``int8_ms``: ``QuantizeLinear`` -> ``Clip`` -> ``Cast`` -> ``Mul`` (the activation's
-  dequantization in float ops) on the input, int8 weights -> per-channel ``DequantizeLinear``,
-  then the ``Conv``/``Gemm``: the runtime runs it as float on the grid values (no int8 kernel
-  rewrites it, see :mod:`automl.onnx_export`), so it is usually slower than float. The tables are
-  kept as measured, not capped by float: the runtime runs what the file says.
+- ``int8_ms``: the input quantized onto integer codes (``Div``, ``Round``, ``Clip``), the
+  ``Conv``/``MatMul`` on int8 weight codes cast to float (once, when the session is made), then
+  ``Div`` and ``Add`` per output channel (:class:`automl.onnx_export.IntegerLayer`): the runtime
+  runs the float kernel on integers (no int8 kernel rewrites it), so it is usually slower than
+  float. The tables are kept as measured, not capped by float: the runtime runs what the file says;
+- ``qin_ms`` above is the pattern of a layer with a wide channel: ``QuantizeLinear`` -> ``Clip``
+  -> ``Cast`` -> ``Mul`` on the input, float weights.
 
 Profiles measured before the export stopped the runtime's int8 fusion (cache version 4) also
 held ``fused_ms`` tables (:func:`fused_consumers`); :class:`~automl.cost.tabulated.MeasuredProfile`
@@ -52,7 +54,7 @@ from automl.errors import ConfigError, ProfileError
 
 ORT_NAME = re.compile(r"^ort-cpu(?:-b(\d+))?$")
 RUNTIME = "onnxruntime"
-CACHE_VERSION = 5  # bump when what a profile measures changes (5: activations dequantized by Cast and Mul, no fusion)
+CACHE_VERSION = 6  # bump when what a profile measures changes (6: integer layers, no QDQ fusion)
 
 
 def cpu_model() -> str:
@@ -107,26 +109,47 @@ def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: i
     in_shape = [batch, *layer.in_shape[:-1], cin] if linear else [batch, cin, *layer.in_shape[1:]]
     inits = [numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")]
     nodes, x, w = [], "x", "w"
-    if int8:
+    integer = int8 and not float_weights
+    if int8 and float_weights:  # a layer with a wide channel: the quantizer, dequantized in float ops
         inits += [numpy_helper.from_array(np.array(0, np.uint8), "lo"),
                   numpy_helper.from_array(np.array(15, np.uint8), "hi"),
                   numpy_helper.from_array(np.array(0.05, np.float32), "s"),
                   numpy_helper.from_array(np.array(0, np.uint8), "z"),
-                  numpy_helper.from_array(rng.integers(-7, 8, w_shape).astype(np.int8), "wq"),
-                  numpy_helper.from_array(rng.uniform(0.001, 0.01, cout).astype(np.float32), "ws"),
-                  numpy_helper.from_array(np.zeros(cout, np.int8), "wz")]
+                  numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "wd")]
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),  # integer-domain clip, as exported
                   helper.make_node("Clip", ["xq", "lo", "hi"], ["xc"]),
-                  helper.make_node("Cast", ["xc"], ["xf"], to=TensorProto.FLOAT),  # dequantized in float ops
+                  helper.make_node("Cast", ["xc"], ["xf"], to=TensorProto.FLOAT),
                   helper.make_node("Mul", ["xf", "s"], ["xd"])]
         x, w = "xd", "wd"
-        if float_weights:
-            inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "wd"))
-        else:
-            nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0))
+    elif integer:  # automl.onnx_export.IntegerLayer: codes in, integer weights, then / r + b per channel
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                  numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(15.0, np.float32), "hi"),
+                  numpy_helper.from_array(rng.integers(-7, 8, w_shape).astype(np.int8), "wq"),
+                  numpy_helper.from_array(rng.uniform(50, 500, cout).astype(np.float32), "r")]
+        nodes += [helper.make_node("Div", ["x", "s"], ["xs"]), helper.make_node("Round", ["xs"], ["xr"]),
+                  helper.make_node("Clip", ["xr", "lo", "hi"], ["xd"]),
+                  helper.make_node("Cast", ["wq"], ["wd"], to=TensorProto.FLOAT)]
+        x, w = "xd", "wd"
     else:
         inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w"))
-    if linear:
+    if integer:
+        if linear:
+            inits.append(numpy_helper.from_array(np.zeros((cin, cout), np.int8), "wq_t"))
+            nodes[-1] = helper.make_node("Cast", ["wq_t"], ["wd"], to=TensorProto.FLOAT)
+            nodes.append(helper.make_node("MatMul", [x, w], ["acc"]))
+        else:
+            k = len(mod.kernel_size)
+            pads = list(mod.padding) * 2 if isinstance(mod.padding, tuple) else None
+            if pads is None:
+                raise ProfileError(f"layer {layer.name!r} uses padding={mod.padding!r}; the ONNX profile needs explicit padding")
+            nodes.append(helper.make_node("Conv", [x, w], ["acc"], group=groups, kernel_shape=list(mod.kernel_size),
+                                          strides=list(mod.stride), pads=pads, dilations=list(mod.dilation)[:k]))
+            shape = [1, cout] + [1] * k
+            inits[-1] = numpy_helper.from_array(rng.uniform(50, 500, shape).astype(np.float32), "r")
+            inits[0] = numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "b")
+        nodes += [helper.make_node("Div", ["acc", "r"], ["scaled"]), helper.make_node("Add", ["scaled", "b"], ["y"])]
+    elif linear:
         nodes.append(helper.make_node("Gemm", [x, w, "b"], ["y"], transB=1))
     else:
         k = len(mod.kernel_size)

@@ -35,6 +35,10 @@ from search_spaces.policy import Policy, parse_nm
 from search_spaces.space import SearchSpace
 
 _SAMPLE_PER_BATCH = 16384
+# Integer inference (QuantLayer.integer): codes of at most 8-bit weights times codes of at most 8-bit activations,
+# whose sums stay far below 2^24, where float32 stops holding every integer.
+INTEGER_MAX_BITS = 8
+INTEGER_MAX_CODE = 255
 
 
 def fold_batchnorm(model: nn.Module, analysis: ModelAnalysis) -> tuple[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
@@ -171,7 +175,7 @@ class QuantLayer(nn.Module):
         changed since the last call, so a gathered policy pays for slicing once.
         """
         c = self._fast
-        if c is None or c[0] is not self.weight or c[1] is not self.bias or c[2] != scale \
+        if c is None or len(c) != 7 or c[0] is not self.weight or c[1] is not self.bias or c[2] != scale \
                 or c[3] is not self.keep_in or c[4] is not self.keep_out:
             w, b = self.weight, self.bias
             if self.keep_out is not None:
@@ -181,6 +185,53 @@ class QuantLayer(nn.Module):
             w = w * scale if scale != 1.0 else w.contiguous()
             self._fast = c = (self.weight, self.bias, scale, self.keep_in, self.keep_out, w, b)
         return c[5], c[6]  # type: ignore[return-value]
+
+    @property
+    def integer(self) -> bool:
+        """Whether inference runs on integer codes: a quantized input and every kept channel quantized.
+
+        Then the layer computes ``conv(codes_x, codes_w) / r + bias`` with ``codes_x = clamp(round(x / s))``,
+        ``r = 1 / (s * (s_w * a))`` per channel and ``bias = b * a + c`` (``a``, ``c``: the BatchNorm
+        correction, folded). The convolution sums integers, exact in float32 below 2^24 whatever the
+        order of the sum, and the rest is the same float32 operations in the same order as the exported
+        ONNX file (:mod:`automl.onnx_export`): so ONNX Runtime computes exactly these codes.
+        """
+        return (self.act is not None and max(-self.act[1], self.act[2]) <= INTEGER_MAX_CODE
+                and not bool((self.bits > INTEGER_MAX_BITS).any()))
+
+    def integer_weights(self, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes, r, bias)`` of :attr:`integer` inference over the kept channels (cached like :meth:`_fast_weights`)."""
+        c = self._fast
+        key = (self.weight, self.bias, scale, self.keep_in, self.keep_out, self.correction)
+        if c is None or len(c) != 9 or any(a is not b for a, b in zip(c[:6], key, strict=True)) or c[2] != scale:
+            shape = (-1,) + (1,) * (self.weight.dim() - 1)
+            codes = torch.round(self.weight / self._scale.view(shape))
+            a, cc = self.correction if self.correction is not None else (None, None)
+            folded = self._scale if a is None else self._scale * a
+            r = 1.0 / (torch.tensor(scale, dtype=torch.float32) * folded)
+            bias = self.bias if a is None else self.bias * a + cc
+            if self.keep_out is not None:
+                codes, r, bias = (t.index_select(0, self.keep_out) for t in (codes, r, bias))
+            if self.keep_in is not None:
+                codes = codes.index_select(1, self.keep_in)
+            self._fast = c = (*key, codes.contiguous(), r, bias)  # type: ignore[assignment]
+        return c[6], c[7], c[8]  # type: ignore[return-value]
+
+    def _integer_run(self, x: torch.Tensor, scale: float, act: tuple[int, int]) -> torch.Tensor:
+        codes, r, bias = self.integer_weights(scale)
+        dim = x.dim() - 1 if isinstance(self.op, nn.Linear) else 1
+        if self.keep_in is not None:
+            x = x.index_select(dim, self.keep_in)
+        q = x.div(torch.tensor(scale, dtype=torch.float32)).round_().clamp_(act[0], act[1])
+        out = self._run(q, codes, torch.zeros_like(bias))
+        view = [1] * out.dim()
+        view[dim] = -1
+        out = out.div_(r.view(view)).add_(bias.view(view))
+        if self.keep_out is not None:
+            shape = list(out.shape)
+            shape[dim] = self.w_float.shape[0]
+            out = out.new_zeros(shape).index_copy_(dim, self.keep_out, out)
+        return out
 
     def _sliced_run(self, x: torch.Tensor, scale: float, act: tuple[int, int] | None) -> torch.Tensor:
         """Inference of the current policy over the live channels only, scattered back to full width."""
@@ -279,6 +330,8 @@ class QuantLayer(nn.Module):
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
             # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
             scale, qmin, qmax = self.act
+            if self.integer:  # the BatchNorm correction is folded into r and the bias
+                return self._integer_run(x, scale, (qmin, qmax))
             return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
         if self.act is not None:
             scale, qmin, qmax = self.act
