@@ -208,7 +208,14 @@ def _qdq_network(path: Path, int8_kernels: bool = False) -> tuple[fx.GraphModule
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is fake_quantize:
             node.target = onnx_act_quant
-        elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+    return _exportable(gm), header, tensors
+
+
+def _exportable(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with the operations the TorchScript exporter refuses at opset 13 written in ones it knows
+    (attention, adaptive pooling to a size that does not divide the input)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
             node.target = onnx_attention
         elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
             node.target = onnx_adaptive_avg_pool2d
@@ -216,7 +223,7 @@ def _qdq_network(path: Path, int8_kernels: bool = False) -> tuple[fx.GraphModule
             size = gm.get_submodule(node.target).output_size
             node.op, node.target, node.args = "call_function", onnx_adaptive_avg_pool2d, (node.args[0], size)
     gm.recompile()
-    return gm, header, tensors
+    return gm
 
 
 def _fold_weight_quantizers(model: Any) -> int:
@@ -476,7 +483,13 @@ def export_onnx(ampq_path: str | os.PathLike[str], out_path: str | os.PathLike[s
 
 def float_onnx(float_model: nn.Module, example: torch.Tensor) -> bytes:
     """The float network as ONNX bytes: the baseline every exported latency is compared with."""
-    return to_onnx_bytes(float_model, example[:1])
+    from automl.analysis.graph import trace
+
+    try:
+        model: nn.Module = _exportable(trace(float_model))
+    except Exception:  # noqa: BLE001 - not traceable: exported as it is
+        model = float_model
+    return to_onnx_bytes(model, example[:1])
 
 
 def layer_precisions(model: Any) -> dict[str, int]:

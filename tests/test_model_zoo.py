@@ -29,8 +29,7 @@ from tests.zoo_support import FAMILIES, make_task, onnx_agreement  # noqa: E402
 
 pytestmark = pytest.mark.zoo
 
-SEARCH = ["--budget", "size<=0.25x", "--evaluations", "3", "--sensitivity", "heuristic", "--finetune-steps", "2",
-          "--finetune-eval-every", "1"]
+SEARCH = ["--budget", "size<=0.25x", "--evaluations", "3", "--sensitivity", "heuristic", "--finetune-steps", "2"]
 
 
 @pytest.fixture(autouse=True)
