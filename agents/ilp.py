@@ -12,14 +12,14 @@ from agents.base import Callback, Searcher
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from automl.errors import AutoMLError, ConfigError, InfeasibleBudget
-from automl.ilp import choice_table, solve_ilp
+from automl.problem.ilp import choice_table, solve_ilp
 from search_spaces.policy import Policy
 
 
 class ILPSearcher(Searcher):
     """Evaluates the optimum of the separable proxy, then optima under tightened budgets.
 
-    The first proposal is :func:`automl.ilp.solve_ilp` under the search's budget with the
+    The first proposal is :func:`automl.problem.ilp.solve_ilp` under the search's budget with the
     objective's sensitivities. The proxy is only a proxy, so further evaluations go to the
     program's optima with every limit scaled by ``sweep`` factors evenly spaced from 1 down
     to ``min_factor`` (a walk along the proxy's own front), skipping policies already
@@ -157,7 +157,7 @@ class SweepFeed:
     """Optima of the program along a list of budget factors, solved ahead on a daemon thread.
 
     HiGHS releases the GIL while it solves, so the next optimum is found while the current
-    policy is evaluated (on ResNet-20 a solve takes ~0.25 s, an evaluation ~0.9 s). The order
+    policy is evaluated (on ResNet-20 a solve is shorter than an evaluation). The order
     is the schedule's whatever the timing: :meth:`get` hands the optima out in factor order.
     A factor whose program cannot be made exact is skipped; an infeasible one ends the sweep
     (tighter factors are infeasible too). Any other error reaches the caller of :meth:`get`.

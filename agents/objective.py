@@ -17,12 +17,12 @@ from dataclasses import replace
 import numpy as np
 
 from agents.records import TrialRecord
-from automl.budget import BoundBudget
 from automl.cost import CostModel, Costs
-from automl.metrics import Metrics, PolicyEvaluator
-from automl.repair import RepairRecord
-from automl.repair import repair as repair_policy
-from automl.sensitivity import Sensitivities, SensitivityFn, as_sensitivities
+from automl.problem.budget import BoundBudget
+from automl.problem.metrics import Metrics, PolicyEvaluator
+from automl.problem.repair import RepairRecord
+from automl.problem.repair import repair as repair_policy
+from automl.problem.sensitivity import Sensitivities, SensitivityFn, as_sensitivities
 from search_spaces.policy import LayerPolicy, Policy
 from search_spaces.space import SearchSpace
 
@@ -33,14 +33,14 @@ class Objective:
     """Scores policies for searchers; never changes a policy without recording it.
 
     Args:
-        evaluator: ``evaluate(policy) -> Metrics`` (an :class:`automl.evaluate.Evaluator`,
-            a :class:`automl.cache.CachedEvaluator`, or a fake in tests).
+        evaluator: ``evaluate(policy) -> Metrics`` (an :class:`automl.evaluation.evaluator.Evaluator`,
+            a :class:`automl.problem.cache.CachedEvaluator`, or a fake in tests).
         cost_model: prices policies; its ``space`` is the search space.
         bound: the budget resolved against ``cost_model`` (:meth:`Budget.bind`).
         sensitivities: per-layer damage tables or a callable (see
-            :mod:`automl.sensitivity`); the heuristic prior when ``None``. Used by repair
+            :mod:`automl.problem.sensitivity`); the heuristic prior when ``None``. Used by repair
             and by searchers that need a proxy (the integer program).
-        repair: when true, a policy over budget is repaired (:func:`automl.repair.repair`)
+        repair: when true, a policy over budget is repaired (:func:`automl.problem.repair.repair`)
             before it is evaluated and the repair is recorded; when false it is evaluated
             as proposed and recorded as infeasible, so it can never be a search's best.
         widen_activations: when true and no constraint of ``bound`` depends on activation bits

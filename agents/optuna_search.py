@@ -46,16 +46,16 @@ from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
 from agents.base import Callback, Searcher, check_evaluations, notify_trial
+from agents.baselines import UniformChoice, feasible_uniform
 from agents.codec import PolicyCodec
 from agents.ilp import ILPSearcher, SweepFeed
 from agents.objective import Objective
 from agents.records import SearchResult, TrialRecord
 from agents.storage import batched_params, fail_stale, heartbeat, open_storage, quiet_optuna
 from automl import faults
-from automl.baselines import UniformChoice, feasible_uniform
-from automl.cache import evaluator_fidelity
 from automl.errors import AutoMLError, ConfigError
-from automl.ilp import solve_ilp
+from automl.problem.cache import evaluator_fidelity
+from automl.problem.ilp import solve_ilp
 from search_spaces.policy import Policy
 
 RECORD_ATTR = "record"
@@ -63,7 +63,7 @@ SURPLUS_ATTR = "surplus"
 WARM_ATTR = "warm_start"
 STAGES_ATTR = "stages"
 CACHE_HIT_ATTR = "cache_hit"
-WORKER_ATTR = "worker"  # host, pid, start time of the process running the trial (automl.workers)
+WORKER_ATTR = "worker"  # host, pid, start time of the process running the trial (automl.runs.workers)
 _ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -74,7 +74,7 @@ def warm_start_policies(objective: Objective, ilp_time_limit: float = 60.0) -> l
 
     Activations are free under a size budget, so tying them to the weight bits (W2A2) would
     seed the search with a needlessly broken policy; the fair uniform baseline
-    (:func:`automl.baselines.uniform_combinations`) takes them independently, and so does this.
+    (:func:`agents.baselines.uniform_combinations`) takes them independently, and so does this.
     """
     out: list[Policy] = []
     try:
@@ -128,7 +128,7 @@ class OptunaSearcher(Searcher):
     name = "optuna"
     multi_objective = False
     supports_constraints = True
-    worker: dict | None = None  # set by automl.workers: recorded on every trial this process runs
+    worker: dict | None = None  # set by automl.runs.workers: recorded on every trial this process runs
 
     def __init__(
         self,
@@ -386,15 +386,15 @@ class ILPTPESearcher(TPESearcher):
     evaluation count) TPE spends the rest, modelling the study the sweep filled.
 
     Why this order (``benchmarks/search_quality.py``, fine-tuned test accuracy over seeds 0-2):
-    the sweep's policies were above TPE's on average over the protocol's budgets (ResNet-8
-    97.69 vs 97.26 %, ResNet-20 98.24 vs 98.02 %), while the separable proxy alone cannot reach
+    the sweep's policies were above TPE's on average over the protocol's budgets
+    (``docs/results/search_quality_full_rows.md``), while the separable proxy alone cannot reach
     the exhaustive optimum of a small space (its sweep stops after a handful of distinct
     optima) and TPE can.
 
     The sweep's programs are solved ahead on a thread (:class:`agents.ilp.SweepFeed`); each
     optimum is queued in the study when the next trial is asked, and a trial waits for it only
     when the study holds no queued trial, so the order is the same however fast the solver
-    is. Only a process that is not a worker of :mod:`automl.workers` runs the sweep; the study's ``ilp_sweep_done`` attribute marks its
+    is. Only a process that is not a worker of :mod:`automl.runs.workers` runs the sweep; the study's ``ilp_sweep_done`` attribute marks its
     end, so a resumed search continues a cut-short sweep and skips what the study holds.
 
     Args:
@@ -459,7 +459,7 @@ class ILPTPESearcher(TPESearcher):
                 block = False
 
     def prime(self, n_evaluations: int) -> None:
-        """Queue the whole sweep now: the coordinator of several workers (:mod:`automl.workers`)
+        """Queue the whole sweep now: the coordinator of several workers (:mod:`automl.runs.workers`)
         evaluates nothing itself, so it publishes the sweep before the workers start asking."""
         self._fill(n_evaluations, whole=True)
         self.close()

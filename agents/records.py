@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from automl.budget import TOLERANCE
 from automl.cost.costs import Costs
 from automl.errors import ConfigError
-from automl.metrics import Metrics
-from automl.repair import RepairRecord
+from automl.problem.budget import TOLERANCE
+from automl.problem.metrics import Metrics
+from automl.problem.repair import RepairRecord
 from search_spaces.policy import LayerPolicy, Policy
 
 RECORD_SCHEMA_VERSION = 1

@@ -84,7 +84,7 @@ from agents.rl_parts import (
     replay_episode,
 )
 from automl.errors import ConfigError
-from automl.repair import RepairRecord
+from automl.problem.repair import RepairRecord
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv, LayerQuantEnv
 from envs.base import CompressionEnv
 from search_spaces.policy import Policy

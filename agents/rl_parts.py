@@ -13,7 +13,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
-from automl.metrics import Metrics
+from automl.problem.metrics import Metrics
 from search_spaces.policy import Policy
 
 if TYPE_CHECKING:

@@ -17,11 +17,11 @@ __all__ = ["Task", "search"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import automl` stays cheap and torch-free parts import fast.
     if name == "Task":
-        from automl.task import Task
+        from automl.evaluation.task import Task
 
         return Task
     if name == "search":
-        from automl.runner import search
+        from automl.runs.runner import search
 
         return search
     raise AttributeError(f"module 'automl' has no attribute {name!r}")

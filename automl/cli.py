@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from automl.config import SearchConfig, read_config_file
-from automl.config_schema import flatten_sections
 from automl.errors import AutoMLError, ConfigError
-from automl.lifecycle import Terminated, handle_termination
+from automl.runs.config import SearchConfig, dotted_keys, read_config_file
+from automl.runs.lifecycle import Terminated, handle_termination
 
 EXIT_USAGE = 2
+_CONFIG_KEYS = ("task", "data_dir", "budget", "profiles")  # the top-level keys a flag sets; the others are dotted
 
 
 def _nm_list(text: str) -> tuple[str, ...]:
@@ -39,67 +39,76 @@ def _debug_flag() -> argparse.ArgumentParser:
 
 def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a joint prune/quantize policy under a budget", parents=[_debug_flag()])
-    p.add_argument("--config", help="YAML file with the same keys as these options (options override it)")
-    p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | package.module:function")
-    p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@bitserial")
-    p.add_argument("--searcher", help="ilp_tpe (default: the integer program's sweep, then TPE) | tpe | nsga2 | random | ilp | ppo | maskable_ppo | sac | td3 | ddpg | cmaes | gp")
-    p.add_argument("--evaluations", type=int, help="policies to evaluate")
-    p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch threads (1 is often fastest on a shared machine)")
-    p.add_argument("--workers", type=int, help="parallel workers sharing one Optuna study")
-    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI; default: SQLite store under --output")
-    p.add_argument("--storage", help="Optuna storage URL; default: SQLite file under --output")
-    p.add_argument("--experiment", help="MLflow experiment name")
-    p.add_argument("--output", help="run directory (journal, best policies as JSON, stores)")
-    p.add_argument("--resume", help="continue a previous search: its MLflow run id or run directory")
+    p.add_argument("--config", help="YAML file with the sections of a search configuration (options override it)")
+    p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | reference:<dataset>/<arch> | package.module:function")
+    p.add_argument("--data-dir", dest="data_dir", help="where a reference task's dataset is (Fashion-MNIST, CIFAR-10)")
+    p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@ort-cpu")
+    p.add_argument("--searcher", dest="searcher.name",
+                   help="ilp_tpe (default: the integer program's sweep, then TPE) | tpe | nsga2 | random | ilp | ppo | "
+                        "maskable_ppo | sac | td3 | ddpg | cmaes | gp")
+    p.add_argument("--evaluations", dest="run.evaluations", type=int, help="distinct policies to evaluate")
+    p.add_argument("--fidelity", dest="evaluation.fidelity", type=int, choices=(1, 2, 3),
+                   help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
+    p.add_argument("--seed", dest="run.seed", type=int)
+    p.add_argument("--threads", dest="run.threads", type=int, help="torch threads (1 is often fastest on a shared machine)")
+    p.add_argument("--workers", dest="run.workers", type=int, help="parallel workers sharing one Optuna study")
+    p.add_argument("--device", dest="run.device", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--devices", dest="run.devices",
+                   help="devices of the local workers, comma-separated (cuda:0,cuda:1): one per worker, round-robin")
+    p.add_argument("--tracking-uri", dest="tracking.uri", help="MLflow URI; default: SQLite store under --output")
+    p.add_argument("--storage", dest="searcher.storage", help="Optuna storage URL; default: SQLite file under --output")
+    p.add_argument("--experiment", dest="tracking.experiment", help="MLflow experiment name")
+    p.add_argument("--output", dest="run.output", help="run directory (journal, best policies as JSON, stores)")
+    p.add_argument("--resume", dest="run.resume", help="continue a previous search: its run directory or MLflow run id")
     p.add_argument("--profile", dest="profiles", action="append", help="hardware profile name or YAML path, repeatable")
-    p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help="QAT steps for the final best policy")
-    p.add_argument("--finetune-lr", dest="finetune_lr", type=float, help="peak learning rate of the final fine-tune")
-    p.add_argument("--finetune-optimizer", dest="finetune_optimizer", help="sgd | adam (final fine-tune)")
-    p.add_argument("--finalists", dest="finetune_finalists", type=int,
+    p.add_argument("--finetune-steps", dest="finetune.steps", type=int, help="steps of the final fine-tune (0 = off)")
+    p.add_argument("--finetune-lr", dest="finetune.lr", type=float, help="peak learning rate of the final fine-tune")
+    p.add_argument("--finetune-optimizer", dest="finetune.optimizer", help="sgd | adam (final fine-tune)")
+    p.add_argument("--finalists", dest="finetune.finalists", type=int,
                    help="short-fine-tune this many of the best policies and fine-tune the one that validates best")
-    p.add_argument("--finetune-overlap", dest="finetune_overlap", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--finetune-overlap", dest="finetune.overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune each new incumbent on a spare core during the search (default off: it pays only "
                         "when the winner comes early; --no-finetune-overlap runs the fine-tune after it)")
-    p.add_argument("--sensitivity", dest="sensitivity_method",
+    p.add_argument("--sensitivity", dest="searcher.sensitivity",
                    help="per-layer sensitivities before the search: hessian | fisher | measured | heuristic")
-    p.add_argument("--ptq", dest="eval_ptq", choices=("none", "adaquant", "adaquant-final"),
+    p.add_argument("--ptq", dest="evaluation.ptq", choices=("none", "adaquant", "adaquant-final"),
                    help="layer-wise PTQ optimisation after rounding: every evaluation, or only the final policy")
-    p.add_argument("--calibration", dest="eval_calibration", choices=("data", "data-free"),
+    p.add_argument("--calibration", dest="evaluation.calibration", choices=("data", "data-free"),
                    help="calibrate on the task's data or on inputs synthesised from BatchNorm statistics")
-    p.add_argument("--widen-activations", dest="widen_activations", action="store_true", default=None,
+    p.add_argument("--widen-activations", dest="searcher.widen_activations", action="store_true", default=None,
                    help="evaluate every policy with its widest activation bits when no constraint prices them "
                         "(a size-only budget); recorded like a repair")
-    p.add_argument("--power-of-two", dest="eval_power_of_two", action="store_true", default=None,
+    p.add_argument("--power-of-two", dest="evaluation.power_of_two", action="store_true", default=None,
                    help="power-of-two (shift) scales, for shift-only hardware such as --profile bitserial_shift")
-    p.add_argument("--nm", dest="space_nm", type=_nm_list,
+    p.add_argument("--nm", dest="space.nm_patterns", type=_nm_list,
                    help="N:M weight sparsity patterns a layer may take besides dense, e.g. 2:4,4:8 or 2:4-T (transposable)")
-    p.add_argument("--psg", dest="finetune_psg", type=float, help="PSG strength in [0, 1] for the fine-tunes (0 = off)")
+    p.add_argument("--psg", dest="finetune.psg", type=float,
+                   help="PSG strength in [0, 1] of the final fine-tune (0 = off; fidelity 3's QAT: evaluation.qat_psg)")
 
 
 def _pareto_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pareto", help="sweep budgets: our accuracy-vs-cost front against uniform 8/6/4/3/2-bit curves",
                        parents=[_debug_flag()])
-    p.add_argument("--config", help="YAML file with the keys of `automl search` (options override it)")
-    p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | package.module:function")
+    p.add_argument("--config", help="YAML file with the sections of a search configuration (options override it)")
+    p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | reference:<dataset>/<arch> | package.module:function")
     p.add_argument("--budgets", action="append",
                    help="limits of --metric, comma-separated or repeated: 0.25x,0.1x,40kB (default: --levels levels)")
     p.add_argument("--metric", default="size", help="size | bitops: what the budgets constrain (default size)")
     p.add_argument("--levels", type=int, help="default levels from 1/4x to 1/64x (size) or 1/16x to 1/256x (bitops); 8")
-    p.add_argument("--evaluations", type=int, help="distinct policies searched per budget (default 20)")
-    p.add_argument("--searcher", help="ilp_tpe | tpe | nsga2 | random | ilp | ppo | ... (as `automl search`)")
-    p.add_argument("--fidelity", type=int, choices=(1, 2, 3), help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
-    p.add_argument("--finetune-overlap", dest="finetune_overlap", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--evaluations", dest="run.evaluations", type=int, help="distinct policies searched per budget (default 20)")
+    p.add_argument("--searcher", dest="searcher.name", help="ilp_tpe | tpe | nsga2 | random | ilp | ppo | ... (as `automl search`)")
+    p.add_argument("--fidelity", dest="evaluation.fidelity", type=int, choices=(1, 2, 3),
+                   help="1 PTQ, 2 + BN re-estimation, 3 + short QAT")
+    p.add_argument("--finetune-overlap", dest="finetune.overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune each new incumbent on a spare core during the search (default off: it pays only "
                         "when the winner comes early; --no-finetune-overlap runs the fine-tune after it)")
-    p.add_argument("--sensitivity", dest="sensitivity_method", help="hessian | fisher | measured | heuristic")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--output", help="directory; the sweep goes to <output>/pareto/<timestamp>")
-    p.add_argument("--experiment", help="MLflow experiment name")
-    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI; default: SQLite store under --output")
-    p.add_argument("--finetune-steps", dest="finetune_steps", type=int,
+    p.add_argument("--sensitivity", dest="searcher.sensitivity", help="hessian | fisher | measured | heuristic")
+    p.add_argument("--seed", dest="run.seed", type=int)
+    p.add_argument("--threads", dest="run.threads", type=int, help="torch threads")
+    p.add_argument("--output", dest="run.output", help="directory; the sweep goes to <output>/pareto/<timestamp>")
+    p.add_argument("--experiment", dest="tracking.experiment", help="MLflow experiment name")
+    p.add_argument("--tracking-uri", dest="tracking.uri", help="MLflow URI; default: SQLite store under --output")
+    p.add_argument("--finetune-steps", dest="finetune.steps", type=int,
                    help="final fine-tune steps of every front winner before its test score (0 = score as searched)")
 
 
@@ -146,13 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "torch: torch kernels, int8 = torch.ao quantized kernels no exporter produces")
     ph.add_argument("--batch", type=int, default=16, help="onnxruntime: the batch timed besides batch 1")
     ph.add_argument("--force", action="store_true", help="onnxruntime: measure again even if cached")
+    ph.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                    help="onnxruntime: the execution provider timed (cached as ort-<provider>[-b<batch>])")
+    ph.add_argument("--device", default="cpu", help="torch: where the layers are timed (cpu | cuda | cuda:N)")
 
     ex = sub.add_parser("export", help="write a finished run's best policy as ONNX (QDQ int8, pruned) or .ampq")
     ex.add_argument("run", help="a run directory (holding best_model.ampq) or an .ampq file")
     ex.add_argument("--format", choices=("onnx", "ampq"), default="onnx")
     ex.add_argument("--output", help="file to write (default: best_model.<format> next to the source)")
 
-    from automl.workers import add_worker_parser
+    from automl.runs.worker_command import add_worker_parser
 
     add_worker_parser(sub, [_debug_flag()])
     an = sub.add_parser("analyse", help="print a model's quantizable layers and channel coupling", parents=[_debug_flag()])
@@ -167,58 +179,58 @@ def _config_and_flags(args: argparse.Namespace) -> tuple[SearchConfig, dict[str,
         config = SearchConfig.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"config file {args.config!r}: {exc}") from exc
-    overrides = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k != "extra" and hasattr(args, k)}
+    overrides = {k: v for k, v in vars(args).items() if k in _CONFIG_KEYS or "." in k}
     return config, data, overrides
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     config, data, overrides = _config_and_flags(args)
     config = config.merged(overrides)
-    explicit = set(flatten_sections(SearchConfig, data)[0]) | {k for k, v in overrides.items() if v is not None}
+    explicit = dotted_keys(data) | {k for k, v in overrides.items() if v is not None}
     _check_cheaply(config)
-    from automl.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
+    from automl.runs.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
 
     run_search(config, explicit=explicit)
     return 0
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
-    from automl.pareto_config import DEFAULT_PARETO_EVALUATIONS, ParetoConfig
+    from automl.pareto.config import DEFAULT_PARETO_EVALUATIONS, ParetoConfig
 
     config, data, overrides = _config_and_flags(args)
-    if overrides.get("evaluations") is None and "evaluations" not in flatten_sections(SearchConfig, data)[0]:
-        overrides["evaluations"] = DEFAULT_PARETO_EVALUATIONS
+    if overrides.get("run.evaluations") is None and "run.evaluations" not in dotted_keys(data):
+        overrides["run.evaluations"] = DEFAULT_PARETO_EVALUATIONS
     config = config.merged(overrides)
     budgets = tuple(part for item in args.budgets or () for part in item.split(","))
     pareto = ParetoConfig(config, budgets, args.metric, args.levels)
     _check_cheaply(config)
-    from automl.pareto import run_pareto  # torch, Optuna, MLflow: only once the input is known to be sound
+    from automl.pareto.sweep import run_pareto  # torch, Optuna, MLflow: only once the input is known to be sound
 
     run_pareto(pareto)
     return 0
 
 
 def _check_cheaply(config: SearchConfig) -> None:
-    """The checks that need no torch (searcher name, budget grammar), so a typo fails in well under 2 s."""
+    """The checks that need no torch (searcher name, budget grammar), so a typo fails before torch is imported."""
     from agents import SEARCHERS
-    from automl.budget import Budget
-    if config.searcher not in SEARCHERS:
-        raise ConfigError(f"unknown searcher {config.searcher!r}; choose one of {sorted(SEARCHERS)}")
+    from automl.problem.budget import Budget
+    if config.searcher.name not in SEARCHERS:
+        raise ConfigError(f"unknown searcher {config.searcher.name!r}; choose one of {sorted(SEARCHERS)}")
     Budget.parse(list(config.budget))
-    from automl.workers import check_workers
+    from automl.runs.workers import check_workers
 
     check_workers(config)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     return args.tracking_uri or default_tracking_uri(args.output)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from automl.tracking import artifact_root
-    from automl.uris import check_tracking_uri
+    from automl.runs.uris import check_tracking_uri
+    from automl.tracking.tracker import artifact_root
 
     uri = _tracking_uri(args)
     check_tracking_uri(uri)
@@ -267,15 +279,15 @@ def _serve(proc: subprocess.Popen, port: int, uri: str, experiment: str) -> int:
                 print(f"the MLflow server exited with code {proc.returncode}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
-    from automl.mlflow_ui import ui_banner
+    from automl.tracking.ui import ui_banner
 
     print(ui_banner(url, uri, experiment), flush=True)
     return proc.wait()  # Ctrl-C and SIGTERM: the caller stops the server's process group
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from automl.lifecycle import close_stale_in_store
-    from automl.report import best_table
+    from automl.runs.lifecycle import close_stale_in_store
+    from automl.tracking.report import best_table
 
     uri = _tracking_uri(args)
     for run_id in close_stale_in_store(uri):
@@ -285,19 +297,19 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from automl.report import show_run
+    from automl.tracking.report import show_run
 
     print(show_run(_tracking_uri(args), args.run_id))
     return 0
 
 
 def _cmd_train_reference(args: argparse.Namespace) -> int:
-    from automl.reference import train_reference
+    from automl.reference.checkpoints import train_reference
 
     path = train_reference(args.arch, epochs=args.epochs, seed=args.seed, threads=args.threads, force=args.force,
                            dataset=args.dataset, data_dir=args.data_dir)
     if args.ship:
-        from automl.weights import ship
+        from automl.reference.weights import ship
 
         ship(path)
     return 0
@@ -305,29 +317,29 @@ def _cmd_train_reference(args: argparse.Namespace) -> int:
 
 def _cmd_profile_hardware(args: argparse.Namespace) -> int:
     from automl.analysis import analyse, canonical_model
-    from automl.cost.measure import profile_hardware
-    from automl.loading import load_task
+    from automl.export.torch_profile import profile_hardware
+    from automl.runs.loading import load_task
 
     task = load_task(args.task, threads=args.threads)
     model = canonical_model(task.model.eval(), task.sample_input)  # the network the search prices
     analysis = analyse(model, task.sample_input)
     if args.runtime == "onnxruntime":
-        from automl.cost.ort_measure import ort_profile
+        from automl.export.ort_profile import ort_profile
 
         for batch in dict.fromkeys((1, args.batch)):
             profile, path = ort_profile(model, task.sample_input, analysis, batch=batch, threads=args.threads,
-                                        force=args.force)
+                                        force=args.force, provider=args.provider)
             print(f"{profile.name}: {path} (stated error {profile.stated_error:.1%}); in a budget: "
                   f"--budget 'latency<=0.5x@{profile.name}' (this model, {args.threads} thread(s))")
         return 0
     path = profile_hardware(model, task.sample_input, analysis, Path(args.output), threads=args.threads,
-                            repeats=args.repeats or 5)
+                            repeats=args.repeats or 5, device=args.device)
     print(f"wrote {path}; use it as --profile {path} and --budget 'latency<=...ms@{path}'")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from automl.onnx_export import export_file
+    from automl.export.onnx import export_file
 
     print(f"wrote {export_file(Path(args.run), args.format, args.output)}")
     return 0
@@ -335,7 +347,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_analyse(args: argparse.Namespace) -> int:
     from automl.analysis import analyse, canonical_model
-    from automl.loading import load_task
+    from automl.runs.loading import load_task
 
     task = load_task(args.task)
     print(analyse(canonical_model(task.model.eval(), task.sample_input), task.sample_input).report())
@@ -343,7 +355,7 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from automl.workers import cmd_worker
+    from automl.runs.worker_command import cmd_worker
 
     return cmd_worker(args)
 
@@ -367,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"automl {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (KeyboardInterrupt, Terminated) as exc:
-        from automl.console import command_prefix
+        from automl.runs.console import command_prefix
 
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         if args.command == "pareto":

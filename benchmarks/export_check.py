@@ -1,7 +1,7 @@
 """Does the exported model keep the product promise: smaller, runnable, really faster?
 
 On the reference ResNet-20 (cached), two searches run end to end with
-:func:`automl.runner.run_search`, whose final step fine-tunes the winner and writes
+:func:`automl.runs.runner.run_search`, whose final step fine-tunes the winner and writes
 ``best_model.ampq`` and ``best_model.onnx``: the default budget (``size<=0.125x``) and a
 latency budget on the ONNX Runtime profile (``latency<=0.5x@ort-cpu``, measured and cached on
 first use). Both searches use the search's defaults (60 distinct evaluations, the default
@@ -13,7 +13,7 @@ fine-tune recovers: TPE's winner (score 0.22) fine-tuned to 0.953-0.957 test acc
 integer program's (0.15, also the winner of TPE at fidelity 3) to 0.973 (README, Deployment).
 
 For each winner, in one run with threads pinned and round-robin timing
-(:func:`automl.ort.best_ms`, best of ``--repeats`` rounds):
+(:func:`automl.export.ort.best_ms`, best of ``--repeats`` rounds):
 
 - ``ort_speedup_b1`` / ``ort_speedup_b64``: float ONNX latency over the exported ONNX
   latency in ONNX Runtime at batch 1 and 64;
@@ -38,14 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl import ort
 from automl.analysis.prune import prune_model
-from automl.config import SearchConfig
-from automl.export import export_policy
-from automl.onnx_export import ampq_to_onnx, float_onnx, to_onnx_bytes
-from automl.reference import reference_task
-from automl.resume import plan_run
-from automl.runner import build_session, run_search
+from automl.export import ort
+from automl.export.ampq import export_policy
+from automl.export.onnx import ampq_to_onnx, float_onnx, to_onnx_bytes
+from automl.reference.checkpoints import reference_task
+from automl.runs.config import SearchConfig
+from automl.runs.resume import plan_run
+from automl.runs.runner import build_session, run_search
 from automl.timing import pin_threads
 from search_spaces import LayerPolicy, Policy
 
@@ -68,10 +68,11 @@ def onnx_accuracy(model: bytes, x: np.ndarray, y: np.ndarray, threads: int) -> f
     return float((ort.predict(model, x, threads).argmax(1) == y).mean())
 
 
-def run(label: str, budget: str, args: argparse.Namespace, out: Path, **options) -> dict:
-    options = {"finetune_steps": args.finetune_steps, **options}
-    cfg = SearchConfig(budget=(budget,), evaluations=args.evaluations, seed=args.seed, threads=args.threads,
-                       output=str(out / label), **options)
+def run(label: str, budget: str, args: argparse.Namespace, out: Path, **changes) -> dict:
+    """One search; ``changes`` are dotted configuration keys (``finetune.steps``) over the defaults."""
+    cfg = SearchConfig(budget=(budget,)).merged({
+        "finetune.steps": args.finetune_steps, "run.evaluations": args.evaluations, "run.seed": args.seed,
+        "run.threads": args.threads, "run.output": str(out / label), **changes})
     start = time.perf_counter()
     if not (args.reuse and (out / label / "runs").is_dir()):
         # a task of its own, as `automl search` builds: the train loader reshuffles every epoch,
@@ -87,9 +88,9 @@ def run(label: str, budget: str, args: argparse.Namespace, out: Path, **options)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--evaluations", type=int, default=SearchConfig().evaluations,
+    parser.add_argument("--evaluations", type=int, default=SearchConfig().run.evaluations,
                         help="distinct policies per search (default: the search's own)")
-    parser.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune_steps,
+    parser.add_argument("--finetune-steps", type=int, default=SearchConfig().finetune.steps,
                         help="at most this many fine-tune steps (default: the search's own)")
     parser.add_argument("--latency-searcher", default="ilp",
                         help="searcher of the latency-budgeted search (default: ilp; see the docstring)")
@@ -112,13 +113,14 @@ def main() -> None:
     # layers included (with them at 8 bits a winner ran 1.89x faster than float where its
     # pruning alone ran 2.11x); weights keep their searched bits (the ONNX file stores them as float values on their grid):
     # with act_bits (2..8) even the cheapest policy misses 0.5x of float.
-    latency_space = {"act_bits": (32,), "space_pinned_bits": 32}
-    recipe = {k: v for k, v in (("finetune_steps", args.latency_finetune_steps),
-                                ("finetune_patience", args.latency_finetune_patience)) if v is not None}
-    label = "latency" + "".join(f"-{k.split('_')[1]}{v}" for k, v in recipe.items())  # --reuse keeps recipes apart
+    latency_space = {"space.act_bits": (32,), "space.pinned_bits": 32}
+    recipe = {k: v for k, v in (("finetune.steps", args.latency_finetune_steps),
+                                ("finetune.patience", args.latency_finetune_patience)) if v is not None}
+    label = "latency" + "".join(f"-{k.split('.')[1]}{v}" for k, v in recipe.items())  # --reuse keeps recipes apart
     runs = [run("default", "size<=0.125x", args, out),
-            run(label, "latency<=0.5x@ort-cpu", args, out, searcher=args.latency_searcher, **latency_space, **recipe)]
-    probe = SearchConfig(output=str(out / "probe"), budget=("size<=0.125x",), threads=args.threads, **latency_space)
+            run(label, "latency<=0.5x@ort-cpu", args, out, **{"searcher.name": args.latency_searcher, **latency_space, **recipe})]
+    probe = SearchConfig(budget=("size<=0.125x",)).merged(
+        {**latency_space, "run.output": str(out / "probe"), "run.threads": args.threads})
     session = build_session(plan_run(probe), task=task, track=False)  # the latency search's space
     ev, analysis = session.evaluator.evaluator, session.problem.analysis
     float_bytes = float_onnx(ev.float_model, sample)

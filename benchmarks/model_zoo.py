@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import automl  # noqa: E402
 from automl.cost.model import CostModel  # noqa: E402
-from automl.evaluate import EvalConfig, Evaluator, Problem  # noqa: E402
-from automl.export import container_bytes, export_policy  # noqa: E402
-from automl.onnx_export import ampq_to_onnx  # noqa: E402
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem  # noqa: E402
+from automl.export.ampq import container_bytes, export_policy  # noqa: E402
+from automl.export.onnx import ampq_to_onnx  # noqa: E402
 from automl.quant.engine import fold_batchnorm  # noqa: E402
 from automl.timing import pin_threads  # noqa: E402
 from search_spaces.policy import Policy  # noqa: E402
@@ -74,8 +74,9 @@ def _self_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def _search(task: automl.Task, out: Path, evaluations: int) -> tuple[dict[str, float], Policy]:
-    automl.search(task, budget=["size<=0.25x"], evaluations=evaluations, sensitivity_method="heuristic",
-                  finetune_steps=2, finetune_eval_every=1, output=str(out), quiet=True)
+    automl.search(task, budget=["size<=0.25x"], searcher={"sensitivity": "heuristic"},
+                  finetune={"steps": 2, "eval_every": 1}, run={"evaluations": evaluations, "output": str(out)},
+                  quiet=True)
     run = next(out.rglob("timings.json")).parent  # the run directory (MLflow's artifact copies lack it)
     if not ((run / "best_model.ampq").is_file() and (run / "best_model.onnx").is_file()):
         raise RuntimeError(f"the search wrote no best_model.ampq/.onnx in {run}")

@@ -3,17 +3,17 @@
 Protocol (every searcher through ``agents.make_searcher`` and one :class:`agents.Objective`):
 
 - **Search fidelity, stage, fine-tune as ``automl search``**: the evaluator scores at
-  ``SearchConfig().fidelity`` on the validation split; the sensitivity stage runs first with
-  ``SearchConfig().sensitivity_method`` (:func:`automl.sensitivity_stage.sensitivity_stage`);
+  ``SearchConfig().evaluation.fidelity`` on the validation split; the sensitivity stage runs first with
+  ``SearchConfig().searcher.sensitivity`` (:func:`automl.runs.sensitivity_stage.sensitivity_stage`);
   every row's best policy gets the search's final fine-tune
-  (``FinetuneConfig.from_search(SearchConfig())``) and is scored on the test split.
+  (``SearchConfig().finetune``) and is scored on the test split.
 - **Same distinct evaluations**: each searcher counts through a
-  :class:`automl.baselines.DistinctEvaluator` (repeats and cache hits are free) that is
+  :class:`agents.baselines.DistinctEvaluator` (repeats and cache hits are free) that is
   charged the sensitivity stage's cost first; the search stops when the count reaches
   ``--evaluations`` (a searcher that runs out of new proposals, like the integer program's
   sweep, stops earlier and shows fewer). The wall seconds include the stage's.
 - **Fair uniform baseline**: every uniform (weight bits, activation bits, sparsity)
-  combination that fits (W2A8-style included, :func:`automl.baselines.feasible_uniform`),
+  combination that fits (W2A8-style included, :func:`agents.baselines.feasible_uniform`),
   all evaluated at the search fidelity, the best fine-tuned like the winners.
 - **Ranking** on ResNet-8 at ``size<=0.0625x``, ``size<=0.03125x``, a size + BitOps budget
   and a latency budget on the shipped ``bitserial`` profile; 3 seeds for tpe/nsga2/random,
@@ -56,17 +56,17 @@ from multiprocessing import get_context
 from typing import Any
 
 from agents import Objective, make_searcher
-from automl.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform, uniform_set
-from automl.budget import Budget
-from automl.cache import CachedEvaluator
-from automl.config import SearchConfig
+from agents.baselines import DistinctEvaluator, DistinctLimit, enumerate_layer_policies, feasible_uniform, uniform_set
 from automl.cost import CostModel
 from automl.cost.profiles import load_profiles
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finalists import screen
-from automl.finetune import FinetuneConfig
-from automl.reference import default_cache_dir, reference_task
-from automl.sensitivity_stage import SensitivityReport, sensitivity_stage
+from automl.evaluation.evaluator import Evaluator, Problem
+from automl.evaluation.finalists import screen
+from automl.evaluation.finetune import FinetuneConfig
+from automl.problem.budget import Budget
+from automl.problem.cache import CachedEvaluator
+from automl.reference.checkpoints import default_cache_dir, reference_task
+from automl.runs.config import SearchConfig
+from automl.runs.sensitivity_stage import SensitivityReport, sensitivity_stage
 from automl.timing import pin_threads
 from search_spaces.space import SpaceConfig
 
@@ -85,7 +85,7 @@ ALL_SEARCHERS = ("ilp_tpe", "ilp", "tpe", "nsga2", "random", "gp", "cmaes", *RL)
 QUICK_SEARCHERS = ("ilp_tpe", "ilp", "tpe", "nsga2", "random", "maskable_ppo")
 TINY_BUDGET = "size<=0.2x"
 TINY_SPACE = SpaceConfig(weight_bits=(0, 2, 4, 8), act_bits=(4, 8), n_groups=1, max_sparsity=0.5, sparsity_step=0.25)
-TINY_SPACE_QUICK = replace(TINY_SPACE, max_sparsity=0.25)
+TINY_SPACE_QUICK = TINY_SPACE.replace(max_sparsity=0.25)
 
 
 def options_for(name: str, distinct: int) -> dict[str, Any]:
@@ -129,12 +129,12 @@ class Setup:
 _SETUPS: dict[tuple[str, bool], Setup] = {}
 
 
-def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: int = DEFAULTS.finetune_steps,
-          finetune_patience: int = DEFAULTS.finetune_patience) -> Setup:
+def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: int = DEFAULTS.finetune.steps,
+          finetune_patience: int = DEFAULTS.finetune.patience) -> Setup:
     """The network's setup, built once per process (the stage's tables come from ``cache_dir`` after the first);
     the final fine-tune's recipe is the search's default with ``finetune_steps`` and ``finetune_patience``."""
     key = (arch, quick)
-    recipe = FinetuneConfig.from_search(replace(DEFAULTS, finetune_steps=finetune_steps, finetune_patience=finetune_patience))
+    recipe = DEFAULTS.finetune.replace(steps=finetune_steps, patience=finetune_patience)
     if key in _SETUPS and _SETUPS[key].recipe != recipe:
         return replace(_SETUPS[key], recipe=recipe)
     if key not in _SETUPS:
@@ -143,8 +143,8 @@ def setup(arch: str, quick: bool, threads: int, cache_dir: str, finetune_steps: 
         space = (TINY_SPACE_QUICK if quick else TINY_SPACE) if arch == "plaincnn" else None
         problem = Problem.from_task(task, space)
         cost_model = CostModel(problem.analysis, problem.space, load_profiles(["bitserial"]))
-        evaluator = Evaluator(problem, EvalConfig(fidelity=DEFAULTS.fidelity, seed=DEFAULTS.seed))
-        stage = sensitivity_stage(evaluator, problem.space, DEFAULTS.fidelity, DEFAULTS.sensitivity_method, cache_dir)
+        evaluator = Evaluator(problem, DEFAULTS.evaluation, seed=DEFAULTS.run.seed)
+        stage = sensitivity_stage(evaluator, problem.space, DEFAULTS.evaluation.fidelity, DEFAULTS.searcher.sensitivity, cache_dir)
         _SETUPS[key] = Setup(arch, problem, cost_model, evaluator, stage, recipe,
                              evaluator.baseline("test").accuracy)
     return _SETUPS[key]
@@ -168,7 +168,7 @@ def _pick(s: Setup, records: Any, best: Any, finalists: int, finetune: bool) -> 
     after their short fine-tunes (``automl search --finalists``; the same steps)."""
     if finalists <= 1 or not finetune:
         return best
-    winner, report = screen(s.evaluator, records, finalists, DEFAULTS.finetune_finalist_steps, s.recipe,
+    winner, report = screen(s.evaluator, records, finalists, DEFAULTS.finetune.finalist_steps, s.recipe,
                             uniform_set(s.problem.space))
     print("  finalists (trial: score -> validation after the short fine-tune): " + ", ".join(
         f"{f.trial}{' uniform' if f.uniform else ''}: {100 * f.score:.1f} -> {100 * f.val_after:.1f}" for f in report)
@@ -180,8 +180,9 @@ def _finish(s: Setup, budget: str, name: str, seed: int, best: Any, distinct: in
     if best is None:
         nan = float("nan")
         return Row(s.arch, budget, name, seed, nan, nan, nan, nan, distinct, time.perf_counter() - start)
-    recipe = replace(s.recipe, seed=seed)  # a user's --seed seeds the search and the fine-tune alike
-    test = s.evaluator.final(best.policy, recipe.steps, "test", finetune=recipe)[0].accuracy if finetune else float("nan")
+    recipe = s.recipe  # a user's --seed seeds the search and the fine-tune alike
+    test = (s.evaluator.final(best.policy, recipe.steps, "test", finetune=recipe, seed=seed)[0].accuracy
+            if finetune else float("nan"))
     costs = s.cost_model.price(best.policy)
     return Row(s.arch, budget, name, seed, best.accuracy, test, costs.size_bytes / 1e3, costs.bitops / 1e6, distinct,
                time.perf_counter() - start + s.stage.seconds)
@@ -232,7 +233,7 @@ class Job:
     out: str = ""
     finalists: int = 1
     widen: bool = False
-    finetune_patience: int = DEFAULTS.finetune_patience
+    finetune_patience: int = DEFAULTS.finetune.patience
 
 
 def run_job(job: Job) -> Row:
@@ -391,7 +392,7 @@ def summary(rows: list[Row], tiny: list[tuple[str, float, int]], float_test: flo
         uniform = next((r.searcher for r in rows if r.arch == "resnet8" and _base(r.searcher) == "uniform"), "uniform")
         return 100 * (best - mean_test(rows, "resnet8", budget, uniform))
 
-    regret = next((g for n, g, _ in tiny if n == DEFAULTS.searcher), float("nan"))
+    regret = next((g for n, g, _ in tiny if n == DEFAULTS.searcher.name), float("nan"))
     return (f"RESULT ft_gap_1_16={gap('size<=0.0625x'):.2f} ft_gap_1_32={gap('size<=0.03125x'):.2f} "
             f"best_minus_uniform_1_16={best_minus_uniform('size<=0.0625x'):.2f} "
             f"best_minus_uniform_1_32={best_minus_uniform('size<=0.03125x'):.2f} regret_tiny={regret:.2f} "
@@ -416,13 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="where the sensitivity tables are cached")
-    ap.add_argument("--finetune-steps", type=int, default=DEFAULTS.finetune_steps,
+    ap.add_argument("--finetune-steps", type=int, default=DEFAULTS.finetune.steps,
                     help="steps of the final fine-tune (SearchConfig's default; lower only to smoke-test the script)")
     ap.add_argument("--out", default="", help="append every row as a JSON line to this file")
     ap.add_argument("--summarise", default="", help="only print the table and RESULT of rows saved by --out")
     ap.add_argument("--finalists", type=int, default=1,
                     help="screen this many of each search's best policies by a short fine-tune (automl search --finalists)")
-    ap.add_argument("--headline-searchers", default=f"uniform,{DEFAULTS.searcher}",
+    ap.add_argument("--headline-searchers", default=f"uniform,{DEFAULTS.searcher.name}",
                     help="the ResNet-20 headline rows' searchers (default: the uniform baseline and the default searcher)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the rows already in --out (same settings assumed) and run only the missing ones")
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--resume needs --out (the rows file of the run to continue)")
     if args.summarise:
         rows = load_rows(args.summarise)
-        print(f"(summary of {len(rows)} saved rows; no ground truth)\n" + HEADER.format(f=DEFAULTS.fidelity))
+        print(f"(summary of {len(rows)} saved rows; no ground truth)\n" + HEADER.format(f=DEFAULTS.evaluation.fidelity))
         print("\n".join(table(rows)))
         r20 = setup("resnet20", args.quick, args.threads, args.cache_dir).float_test
         print(summary(rows, [], r20))
@@ -471,13 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         more += [Job("resnet20", b, n, seed, n_head, **common)
                  for seed in range(1, seeds) for b in head_budgets for n in headline]
         rows += run_jobs(more, args.jobs, done)
-    print(f"\nsearch fidelity {DEFAULTS.fidelity}, sensitivities {DEFAULTS.sensitivity_method}, fine-tune "
+    print(f"\nsearch fidelity {DEFAULTS.evaluation.fidelity}, sensitivities {DEFAULTS.searcher.sensitivity}, fine-tune "
           f"{_SETUPS[('resnet8', args.quick)].recipe}; ResNet-8 {n_rank} and ResNet-20 {n_head} distinct evaluations per "
           f"search; {seeds} seed(s); {time.perf_counter() - start:.0f} s in total\n")
-    print(HEADER.format(f=DEFAULTS.fidelity))
+    print(HEADER.format(f=DEFAULTS.evaluation.fidelity))
     print("\n".join(table(rows)))
     print(f"\nGround truth: plain CNN, layer-level space, {TINY_BUDGET}: {count} feasible policies enumerated, optimum "
-          f"{100 * optimum:.2f} % (val, fidelity {DEFAULTS.fidelity}); each searcher {max(1, count // 10)} distinct "
+          f"{100 * optimum:.2f} % (val, fidelity {DEFAULTS.evaluation.fidelity}); each searcher {max(1, count // 10)} distinct "
           "evaluations\n\n| searcher | regret (points) | distinct evaluations |\n|---|---|---|")
     for name, regret, distinct in tiny:
         print(f"| {name} | {regret:.2f} | {distinct} |")

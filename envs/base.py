@@ -20,18 +20,18 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from automl.analysis.records import ModelAnalysis
-from automl.budget import BoundBudget, Budget
-from automl.cache import CachedEvaluator
 from automl.cost import CostModel, Costs
 from automl.errors import ConfigError, InfeasibleBudget, SearchSpaceError
-from automl.metrics import Metrics, PolicyEvaluator
-from automl.sensitivity import Sensitivities
+from automl.problem.budget import BoundBudget, Budget
+from automl.problem.cache import CachedEvaluator
+from automl.problem.metrics import Metrics, PolicyEvaluator
+from automl.problem.sensitivity import Sensitivities
 from envs.choices import SPARSITY, Decision, LayerChoices, component_option, fixed_positions
 from envs.config import EnvConfig
 from envs.features import LAYER_FEATURES, layer_features, sensitivity_vector
 from envs.guard import BudgetGuard
 from envs.masking import CandidateTable, Pricer, feasible
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import Policy
 from search_spaces.space import LayerSpace, SearchSpace
 
@@ -43,7 +43,7 @@ def bind_budget(budget: Budget | BoundBudget | None, cost_model: CostModel) -> B
     if isinstance(budget, Budget):
         return budget.bind(cost_model)
     raise ConfigError(
-        f"budget must be an automl.budget.Budget, a BoundBudget or None, got {type(budget).__name__}. "
+        f"budget must be an automl.problem.budget.Budget, a BoundBudget or None, got {type(budget).__name__}. "
         "Build one with Budget.parse(['size<=0.125x'])."
     )
 
@@ -58,11 +58,11 @@ class CompressionEnv(gym.Env, ABC):
         analysis: the analysed model.
         space: its search space.
         cost_model: prices policies (:class:`~automl.cost.CostModel`).
-        budget: the constraints (:class:`~automl.budget.Budget`, bound here, or a
+        budget: the constraints (:class:`~automl.problem.budget.Budget`, bound here, or a
             ``BoundBudget``); ``None`` for an unconstrained search.
         evaluator: scores the final policy of every episode (``evaluate(policy) -> Metrics``).
         sensitivity: per-layer sensitivity for the observation: one number per layer (space
-            order), a mapping ``name -> number``, or a :class:`~automl.sensitivity.Sensitivities`
+            order), a mapping ``name -> number``, or a :class:`~automl.problem.sensitivity.Sensitivities`
             table (also handed to the repair); zeros when ``None``.
         config: budget mode, reward and Lagrangian settings.
         reference: makes Box actions relative to this policy: the zero action picks the
@@ -103,7 +103,7 @@ class CompressionEnv(gym.Env, ABC):
         self.analysis, self.space, self.cost_model = analysis, space, cost_model
         self.bound = bind_budget(budget, cost_model)
         if self.config.budget_mode == "repair" and self.bound is not None:
-            from automl.budget import repair  # noqa: F401  (fail at construction, not at the first episode end)
+            from automl.problem.budget import repair  # noqa: F401  (fail at construction, not at the first episode end)
         self.evaluator = (
             CachedEvaluator(evaluator) if self.config.cache and not isinstance(evaluator, CachedEvaluator) else evaluator
         )
@@ -359,7 +359,7 @@ class CompressionEnv(gym.Env, ABC):
         costs = self.cost_model.price(policy)
         final, repair_record = policy, None
         if self.config.budget_mode == "repair" and self.bound is not None:
-            from automl.budget import repair
+            from automl.problem.budget import repair
 
             final, record = repair(policy, self.cost_model, self.bound, self.sensitivities)
             repair_record = record.to_dict()

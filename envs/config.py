@@ -76,11 +76,11 @@ class EnvConfig:
 
     Attributes:
         budget_mode: ``mask`` (action masks plus projection keep every episode feasible),
-            ``repair`` (the episode runs free; :func:`automl.budget.repair` fixes the final
+            ``repair`` (the episode runs free; :func:`automl.problem.budget.repair` fixes the final
             policy, recorded in ``info["repair"]``) or ``lagrangian`` (an adaptive penalty).
         reward: the reward's terms.
         lagrangian: the multiplier's schedule (``lagrangian`` mode only).
-        cache: wrap the evaluator in a :class:`~automl.cache.CachedEvaluator` unless it is one.
+        cache: wrap the evaluator in a :class:`~automl.problem.cache.CachedEvaluator` unless it is one.
     """
 
     budget_mode: str = DEFAULT_BUDGET_MODE

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from automl.analysis.records import LayerInfo, ModelAnalysis
 from automl.errors import ConfigError
+from search_spaces.network import LayerInfo, ModelAnalysis
 
 KINDS = ("conv1d", "conv2d", "linear")
 LAYER_FEATURES = (

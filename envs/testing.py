@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from automl.metrics import Metrics
+from automl.problem.metrics import Metrics
 from search_spaces.policy import FLOAT_BITS, Policy
 
 
 class FakeEvaluator:
-    """A deterministic stand-in for :class:`~automl.evaluate.Evaluator`.
+    """A deterministic stand-in for :class:`~automl.evaluation.evaluator.Evaluator`.
 
     Accuracy falls with fewer weight and activation bits and with pruning: each layer
     loses ``4 ** (2 - bits)`` per quantized operand (0 at float) times its share of the

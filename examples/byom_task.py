@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl.data import mnist_loaders
-from automl.task import Task, top1_accuracy
+from automl.evaluation.task import Task, top1_accuracy
 
 
 class SeparableNet(nn.Module):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl.task import Task
+from automl.evaluation.task import Task
 
 SPLITS = (("train", 300), ("calib", 40), ("val", 51), ("test", 51))
 

@@ -62,8 +62,8 @@ def main() -> int:
         return 3
     from mlflow import MlflowClient
 
-    from automl.mlflow_ui import experiment_path
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
+    from automl.tracking.ui import experiment_path
 
     client = MlflowClient(tracking_uri=default_tracking_uri(args.output))
     exp = client.get_experiment_by_name(args.experiment)

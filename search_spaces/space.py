@@ -12,12 +12,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from automl.analysis.records import ModelAnalysis
-from automl.errors import PolicyError, SearchSpaceError
+from automl.errors import AutoMLError, PolicyError, SearchSpaceError
+from automl.settings import Settings
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, LayerPolicy, Policy, parse_nm
 
 SPACE_SCHEMA_VERSION = 1
@@ -25,9 +27,9 @@ DEFAULT_WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 8, 32)
 DEFAULT_ACT_BITS = (2, 3, 4, 5, 6, 8)
 
 
-@dataclass(frozen=True)
-class SpaceConfig:
-    """User-facing settings from which a :class:`SearchSpace` is built for a model.
+class SpaceConfig(Settings):
+    """User-facing settings from which a :class:`SearchSpace` is built for a model (the ``space``
+    section of a search configuration).
 
     Attributes:
         weight_bits: allowed weight bit-widths; 0 (pruned) is dropped where pruning is off
@@ -37,32 +39,38 @@ class SpaceConfig:
             otherwise channels are split into this many importance-ranked groups.
         min_sparsity / max_sparsity / sparsity_step: the layer-level pruning levels.
         pin_first_last: keep the first and the last layer at ``pinned_bits``.
+        pinned_bits: bit-width of the pinned layers (weights and activations).
         pinned: further layer names held at ``pinned_bits``.
         allow_pruning: whether 0 bits is allowed at all.
         nm_patterns: N:M weight sparsity patterns a free layer may take besides dense
             (e.g. ``("2:4", "4:8")``; ``"-T"`` = transposable); empty (the default) = off.
             A layer whose reduction dimension (in_channels / groups x kernel) is not a
             multiple of M, a depthwise layer, and a pinned layer stay dense; a transposable
-            pattern also needs out_channels to be a multiple of M.
+            pattern also needs out_channels to be a multiple of M. Quote them in YAML, where an
+            unquoted ``2:4`` is the base-60 integer 124.
+        importance: the criterion that ranks channels for pruning and for bit groups (``l1``,
+            ``l2`` or ``taylor``; :mod:`automl.quant.importance`).
     """
+
+    error: ClassVar[type[AutoMLError]] = SearchSpaceError
 
     weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS
     act_bits: tuple[int, ...] = DEFAULT_ACT_BITS
-    n_groups: int | None = 4
+    n_groups: int | None = Field(4, ge=1)
     min_sparsity: float = 0.0
     max_sparsity: float = 0.75
-    sparsity_step: float = 0.125
+    sparsity_step: float = Field(0.125, gt=0)
     pin_first_last: bool = True
-    pinned_bits: int = 8
+    pinned_bits: int = Field(8, ge=1, le=FLOAT_BITS)
     pinned: tuple[str, ...] = ()
     allow_pruning: bool = True
     nm_patterns: tuple[str, ...] = ()
+    importance: Literal["l1", "l2", "taylor"] = "l1"
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.nm_patterns, tuple):
-            object.__setattr__(self, "nm_patterns", tuple(self.nm_patterns))
+    @model_validator(mode="after")
+    def _check(self) -> SpaceConfig:
         for pat in self.nm_patterns:
-            if not isinstance(pat, str) or pat not in NM_PATTERNS:
+            if pat not in NM_PATTERNS:
                 raise SearchSpaceError(
                     f"nm_patterns: expected patterns from {list(NM_PATTERNS)}, got {pat!r}. Dense is always "
                     "included when N:M is on; leave nm_patterns empty to turn it off."
@@ -70,20 +78,15 @@ class SpaceConfig:
         if len(set(self.nm_patterns)) != len(self.nm_patterns):
             raise SearchSpaceError(f"nm_patterns lists a pattern twice: {list(self.nm_patterns)}")
         for label, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits)):
-            if not bits or any(not isinstance(b, int) or b < 0 or b > FLOAT_BITS for b in bits):
-                raise SearchSpaceError(f"{label} must be a non-empty list of integers in 0..32, got {bits!r}")
+            if not bits or any(b < 0 or b > FLOAT_BITS for b in bits):
+                raise SearchSpaceError(f"{label} must be a non-empty list of integers in 0..32, got {list(bits)!r}")
         if 0 in self.act_bits:
             raise SearchSpaceError("act_bits cannot contain 0: activations cannot be pruned; use weight bits 0")
-        if self.n_groups is not None and self.n_groups < 1:
-            raise SearchSpaceError(f"n_groups must be >= 1 or None (every channel), got {self.n_groups}")
         if not 0.0 <= self.min_sparsity <= self.max_sparsity < 1.0:
             raise SearchSpaceError(
                 f"need 0 <= min_sparsity <= max_sparsity < 1, got {self.min_sparsity} and {self.max_sparsity}"
             )
-        if self.sparsity_step <= 0:
-            raise SearchSpaceError(f"sparsity_step must be positive, got {self.sparsity_step}")
-        if not 1 <= self.pinned_bits <= FLOAT_BITS:
-            raise SearchSpaceError(f"pinned_bits must lie in 1..32, got {self.pinned_bits}")
+        return self
 
     def sparsity_levels(self) -> tuple[float, ...]:
         n = int(math.floor((self.max_sparsity - self.min_sparsity) / self.sparsity_step + 1e-9))
@@ -179,7 +182,7 @@ class SearchSpace:
             analysis: the analysed model.
             config: the user's settings (defaults when ``None``).
             channel_rank: per layer, output channels from most to least important (from
-                :func:`automl.importance.channel_ranking`); identity order when ``None``.
+                :func:`automl.quant.importance.channel_ranking`); identity order when ``None``.
         """
         config = config or SpaceConfig()
         if not analysis.layers:
@@ -387,7 +390,7 @@ class SearchSpace:
 
     # serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": self.schema_version, "config": asdict(self.config), "layers": [asdict(s) for s in self.layers]}
+        return {"schema_version": self.schema_version, "config": self.config.to_dict(), "layers": [asdict(s) for s in self.layers]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:

@@ -9,10 +9,10 @@ import torch
 
 from agents.objective import Objective
 from automl.analysis import analyse
-from automl.budget import Budget
 from automl.cost import CostModel
-from automl.metrics import Metrics
-from automl.models import ResNet
+from automl.problem.budget import Budget
+from automl.problem.metrics import Metrics
+from automl.reference.models import ResNet
 from search_spaces.policy import FLOAT_BITS, Policy
 from search_spaces.space import SearchSpace, SpaceConfig
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl.models import PlainCNN, ResNet
+from automl.reference.models import PlainCNN, ResNet
 
 torch.set_num_threads(1)
 
@@ -48,7 +48,7 @@ def plain_cnn() -> nn.Module:
 
 @pytest.fixture
 def tiny_task(tiny_resnet):
-    from automl.task import Task
+    from automl.evaluation.task import Task
 
     loaders = make_loaders()
     return Task(

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl.models import ResNet
-from automl.task import Task
+from automl.evaluation.task import Task
+from automl.reference.models import ResNet
 
 
 def _loaders(n: int = 48, batch: int = 24) -> dict[str, DataLoader]:

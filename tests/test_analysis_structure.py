@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.analysis import analyse, mask_model, prune_model
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy, load_exported
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export.ampq import export_policy, load_exported
 from search_spaces import SearchSpace, SpaceConfig
 
 from .conftest import randomise_batchnorm

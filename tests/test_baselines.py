@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from automl.baselines import enumerate_layer_policies, feasible_uniform, uniform_combinations
-from automl.budget import Budget
+from agents.baselines import enumerate_layer_policies, feasible_uniform, uniform_combinations
 from automl.cost import CostModel
 from automl.errors import ConfigError
-from automl.evaluate import Problem
+from automl.evaluation.evaluator import Problem
+from automl.problem.budget import Budget
 from search_spaces.space import SpaceConfig
 from tests.tasks import tiny
 
@@ -66,7 +66,7 @@ def test_size_budget_admits_low_weight_bits_with_wide_activations(problem: Probl
 
 
 def test_round_trip(problem: Problem) -> None:
-    from automl.baselines import UniformChoice
+    from agents.baselines import UniformChoice
 
     cost_model = CostModel(problem.analysis, problem.space)
     choice = feasible_uniform(problem.space, cost_model, Budget.parse("size<=0.1x").bind(cost_model))[0]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from agents import Objective, make_searcher
-from automl.baselines import DistinctEvaluator, DistinctLimit
-from automl.budget import Budget
-from automl.cache import CachedEvaluator
+from agents.baselines import DistinctEvaluator, DistinctLimit
 from automl.cost import CostModel
-from automl.evaluate import Problem
-from automl.metrics import Metrics
+from automl.evaluation.evaluator import Problem
+from automl.problem.budget import Budget
+from automl.problem.cache import CachedEvaluator
+from automl.problem.metrics import Metrics
 from search_spaces.policy import LayerPolicy, Policy
 from tests.tasks import tiny
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from automl.analysis import analyse
-from automl.budget import GRAMMAR, BoundBudget, Budget, Constraint
 from automl.cost import CostModel, load_profiles
 from automl.errors import BudgetError, InfeasibleBudget
+from automl.problem.budget import GRAMMAR, BoundBudget, Budget, Constraint
 from search_spaces import SearchSpace, SpaceConfig
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from automl.analysis import analyse
-from automl.budget import Budget, solve_ilp, solve_ilp_detailed
 from automl.cost import CostModel, load_profile, load_profiles
 from automl.errors import InfeasibleBudget
-from automl.models import ResNet
-from automl.sensitivity import Sensitivities
+from automl.problem.budget import Budget, solve_ilp, solve_ilp_detailed
+from automl.problem.sensitivity import Sensitivities
+from automl.reference.models import ResNet
 from search_spaces import Policy, SearchSpace, SpaceConfig
 
 

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from automl.analysis import analyse
-from automl.budget import BoundBudget, Budget, Constraint, repair
 from automl.cost import CostModel, load_profiles
 from automl.errors import InfeasibleBudget
-from automl.models import ResNet
-from automl.sensitivity import Sensitivities
+from automl.problem.budget import BoundBudget, Budget, Constraint, repair
+from automl.problem.sensitivity import Sensitivities
+from automl.reference.models import ResNet
 from search_spaces import SearchSpace
 
 METRICS = ("size", "bitops", "macs", "peak_act", "latency@bitserial", "latency@accel_roofline")

@@ -9,8 +9,8 @@ import torch
 
 from automl.analysis import analyse
 from automl.errors import ConfigError
-from automl.metrics import Metrics
-from automl.sensitivity import Sensitivities, as_sensitivities, measure_sensitivities
+from automl.problem.metrics import Metrics
+from automl.problem.sensitivity import Sensitivities, as_sensitivities, measure_sensitivities
 from search_spaces import LayerPolicy, Policy, SearchSpace, SpaceConfig
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from automl.analysis import analyse
-from automl.cache import CachedEvaluator, CacheStats
 from automl.errors import ConfigError
-from automl.models import ResNet
+from automl.problem.cache import CachedEvaluator, CacheStats
+from automl.reference.models import ResNet
 from envs.testing import FakeEvaluator
 from search_spaces import SearchSpace
 

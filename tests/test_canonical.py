@@ -8,13 +8,13 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl import ort
 from automl.analysis import analyse, canonical_model, register_eval_identity
 from automl.errors import AnalysisError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy, load_exported
-from automl.onnx_export import ampq_to_onnx
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export import ort
+from automl.export.ampq import export_policy, load_exported
+from automl.export.onnx import ampq_to_onnx
 
 
 class TokenClassifier(nn.Module):

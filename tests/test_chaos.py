@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from automl.faults import ENV
-from automl.resume import JOURNAL, STATE, read_journal
+from automl.runs.resume import JOURNAL, STATE, read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--task", "tests.tasks:tiny", "--finetune-steps", "0", "--sensitivity", "heuristic"]
@@ -48,7 +48,7 @@ def _check(run_dir: Path, output: Path, searcher: str) -> None:
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     records = read_journal(run_dir / JOURNAL)
     lines = [x for x in (run_dir / JOURNAL).read_text().splitlines() if x.strip()]
@@ -78,8 +78,8 @@ def _check(run_dir: Path, output: Path, searcher: str) -> None:
 def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path):
     from mlflow import MlflowClient
 
-    from automl.lifecycle import close_if_stale
-    from automl.tracking import default_tracking_uri
+    from automl.runs.lifecycle import close_if_stale
+    from automl.tracking.tracker import default_tracking_uri
 
     rng = random.Random(int(os.environ.get("AUTOML_CHAOS_SEED", "13")))
     n_runs = int(os.environ.get("AUTOML_CHAOS_RUNS", "20"))

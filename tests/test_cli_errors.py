@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from automl.cli import main
-from automl.resume import JOURNAL
+from automl.runs.resume import JOURNAL
 
 TINY = ["--task", "tests.tasks:tiny", "--searcher", "random", "--finetune-steps", "0"]
 
@@ -22,7 +22,7 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 def parent_statuses(output: Path) -> list[str]:
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     if not (output / "mlflow.db").exists():
         return []
@@ -43,22 +43,23 @@ def one_paragraph(code: int, err: str, *patterns: str) -> None:
 @pytest.mark.parametrize(
     "yaml_text,patterns",
     [
-        ("evaluations: many\n", [r"evaluations: expected int, got 'many' \(str\)", "run.yaml"]),
-        ('threads: "two"\n', [r"threads: expected int, got 'two'"]),
-        ("seed: [1, 2]\n", [r"seed: expected int, got \[1, 2\] \(list\)"]),
-        ("finetune: {steps: -1}\n", [r"finetune_steps must be >= 0"]),
-        ("searcher: {options: {n_startup: 3}}\n", [r"unknown option 'n_startup' for searcher 'random'"]),
-        ("space: {pinned_bits: 40}\n", [r"pinned_bits must lie in 1..32"]),
-        ("finetune: {patience: -1}\n", [r"finetune_patience must be >= 0"]),
-        ("finetune: {finalists: 0}\n", [r"finetune_finalists and finetune_finalist_steps must be >= 1"]),
+        ("run: {evaluations: many}\n", [r"run.evaluations: expected int, got 'many' \(str\)", "run.yaml"]),
+        ('run: {threads: "two"}\n', [r"run.threads: expected int, got 'two'"]),
+        ("run: {seed: [1, 2]}\n", [r"run.seed: expected int, got \[1, 2\] \(list\)"]),
+        ("evaluations: 5\n", [r"'evaluations' belongs to the section 'run': write `run: \{evaluations: ...\}`"]),
+        ("finetune: {steps: -1}\n", [r"finetune.steps: must be greater than or equal to 0, got -1"]),
+        ("searcher: {name: random, options: {n_startup: 3}}\n", [r"unknown option 'n_startup' for searcher 'random'"]),
+        ("space: {pinned_bits: 40}\n", [r"space.pinned_bits: must be less than or equal to 32, got 40"]),
+        ("finetune: {patience: -1}\n", [r"finetune.patience: must be greater than or equal to 0"]),
+        ("finetune: {finalists: 0}\n", [r"finetune.finalists: must be greater than or equal to 1"]),
         ("finetune: {finalists: three}\n", [r"finetune.finalists: expected int, got 'three'"]),
         ("finetune: {stop_at_float: maybe}\n", [r"finetune.stop_at_float: expected bool, got 'maybe'"]),
         ("finetune: {overlap: maybe}\n", [r"finetune.overlap: expected bool, got 'maybe'"]),
-        ("widen_activations: sometimes\n", [r"widen_activations: expected bool, got 'sometimes'"]),
-        ("evaluation: {bn_samples: -1}\n", [r"bn_samples must be >= 0"]),
+        ("searcher: {widen_activations: sometimes}\n", [r"searcher.widen_activations: expected bool, got 'sometimes'"]),
+        ("evaluation: {bn_samples: -1}\n", [r"evaluation.bn_samples: must be greater than or equal to 0"]),
         ("evaluation: {bn_samples: many}\n", [r"evaluation.bn_samples: expected int, got 'many'"]),
-        ('space: {nm: ["3:4"]}\n', [r"nm_patterns: expected patterns from .*got '3:4'"]),
-        ("space: {nm: [2:4]}\n", [r"space.nm.*expected"]),
+        ('space: {nm_patterns: ["3:4"]}\n', [r"nm_patterns: expected patterns from .*got '3:4'"]),
+        ("space: {nm_patterns: [2:4]}\n", [r"space.nm_patterns\[0\]: expected str, got 124"]),
         (": : :\n", [r"not valid YAML"]),
         ("- a\n- b\n", [r"must hold a mapping"]),
     ],
@@ -88,9 +89,10 @@ def test_binary_config_file(capsys, tmp_path):
         (["--storage", "postgresql://nobody@127.0.0.1:9/db"], [r"cannot connect to the Optuna storage"]),
         (["--tracking-uri", "postgresql://nobody@127.0.0.1:9/db"], [r"cannot connect to the MLflow tracking store"]),
         (["--tracking-uri", "notaurl"], [r"tracking URI 'notaurl' is not understood"]),
-        (["--finetune-steps", "-1"], [r"finetune_steps must be >= 0"]),
-        (["--finalists", "0"], [r"finetune_finalists and finetune_finalist_steps must be >= 1"]),
-        (["--evaluations", "0"], [r"evaluations must be >= 1"]),
+        (["--finetune-steps", "-1"], [r"finetune.steps: must be greater than or equal to 0"]),
+        (["--finalists", "0"], [r"finetune.finalists: must be greater than or equal to 1"]),
+        (["--evaluations", "0"], [r"run.evaluations: must be greater than or equal to 1"]),
+        (["--evaluations", "1000000000000"], [r"run.evaluations: must be less than or equal to 10000000"]),
         (["--nm", "2:5"], [r"nm_patterns: expected patterns from .*got '2:5'. Dense is always included"]),
         (["--nm", "2:4,2:4"], [r"nm_patterns lists a pattern twice"]),
         (["--resume", "nosuchrun"], [r"cannot resume 'nosuchrun'"]),
@@ -159,7 +161,7 @@ def test_a_damaged_journal_is_named_and_the_finished_parent_stays_finished(capsy
 
 
 def test_a_torn_last_line_is_skipped(tmp_path, finished_run):
-    from automl.resume import read_journal
+    from automl.runs.resume import read_journal
 
     _out, run_dir = _copy(finished_run, tmp_path)
     journal = run_dir / JOURNAL
@@ -174,9 +176,9 @@ def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(ca
 
     from mlflow import MlflowClient
 
-    from automl.lifecycle import OWNER
-    from automl.resume import STATE
-    from automl.tracking import default_tracking_uri
+    from automl.runs.lifecycle import OWNER
+    from automl.runs.resume import STATE
+    from automl.tracking.tracker import default_tracking_uri
 
     out, run_dir = _copy(finished_run, tmp_path)
     state = json.loads((run_dir / STATE).read_text())
@@ -205,7 +207,7 @@ def test_a_parent_left_running_by_kill_9_is_closed_even_when_the_resume_fails(ca
 )
 def test_bad_searcher_option_values_exit_2_and_close_the_run(capsys, tmp_path, searcher, options, patterns):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"searcher: {searcher}\nsearcher_options: {options}\n")
+    cfg.write_text(f"searcher: {{name: {searcher}, options: {options}}}\n")
     argv = [a for a in TINY if a not in ("--searcher", "random")]
     code, err = run(capsys, "search", "--config", str(cfg), *argv, "--evaluations", "2", "--output", str(tmp_path / "out"))
     one_paragraph(code, err, *patterns)

@@ -1,46 +1,65 @@
-"""SearchConfig validation: pydantic types, nested YAML sections, searcher options."""
+"""SearchConfig validation: nested pydantic sections, one per component; searcher options."""
 
 from __future__ import annotations
 
 import pytest
 
-from automl.config import SearchConfig, load_config
-from automl.errors import ConfigError
+from automl.errors import ConfigError, SearchSpaceError
+from automl.evaluation.config import EvalConfig, FinetuneConfig
+from automl.runs.config import RunConfig, SearchConfig, SearcherConfig, TrackingConfig, load_config
+from search_spaces.space import SpaceConfig
 
 
 @pytest.mark.parametrize(
     "data,match",
     [
-        ({"evaluations": "many"}, r"evaluations: expected int, got 'many' \(str\)"),
-        ({"threads": "two"}, r"threads: expected int, got 'two' \(str\)"),
-        ({"seed": [1, 2]}, r"seed: expected int, got \[1, 2\] \(list\)"),
-        ({"allow_pruning": "yes"}, r"allow_pruning: expected bool, got 'yes'"),
-        ({"weight_bits": [2, "x"]}, r"weight_bits\[1\]: expected tuple\[int, \.\.\.\]"),
+        ({"run": {"evaluations": "many"}}, r"run\.evaluations: expected int, got 'many' \(str\)"),
+        ({"run": {"threads": "two"}}, r"run\.threads: expected int, got 'two' \(str\)"),
+        ({"run": {"seed": [1, 2]}}, r"run\.seed: expected int, got \[1, 2\] \(list\)"),
+        ({"space": {"allow_pruning": "yes"}}, r"space\.allow_pruning: expected bool, got 'yes'"),
+        ({"space": {"weight_bits": [2, "x"]}}, r"space\.weight_bits\[1\]: expected int, got 'x'"),
         ({"finetune": {"steps": "10"}}, r"finetune\.steps: expected int, got '10'"),
-        ({"evaluation": {"weight_method": "fancy"}}, r"evaluation\.weight_method: expected Literal\['mse', 'max'\]"),
-        ({"searcher_options": [1]}, r"searcher_options: expected Mapping"),
-        ({"evaluatons": 5}, r"unknown configuration key 'evaluatons'. Did you mean 'evaluations'"),
-        ({"space": {"min_sparsty": 0.1}}, r"unknown configuration key 'space.min_sparsty'. Did you mean 'min_sparsity'"),
-        ({"searcher": {"nme": "tpe"}}, r"unknown configuration key 'searcher.nme'"),
-        ({"finetune_steps": -1}, r"finetune_steps must be >= 0"),
-        ({"space": {"min_sparsity": 0.9}}, r"section 'space'.*min_sparsity"),
-        ({"eval": {"calib_batches": 0}}, r"section 'evaluation'.*calib_batches"),
-        ({"finetune": {"steps": 3}, "finetune_steps": 4}, r"already set"),
+        ({"evaluation": {"weight_method": "fancy"}}, r"evaluation\.weight_method: must be 'mse' or 'max', got 'fancy'"),
+        ({"searcher": {"options": [1]}}, r"searcher\.options: expected dict\[str, Any\], got \[1\]"),
+        ({"evaluatons": 5}, r"evaluatons: unknown key. Did you mean 'evaluation'\? Known keys here: budget, data_dir, evaluation"),
+        ({"space": {"min_sparsty": 0.1}}, r"space\.min_sparsty: unknown key. Did you mean 'min_sparsity'"),
+        ({"searcher": {"nme": "tpe"}}, r"searcher\.nme: unknown key. Did you mean 'name'"),
+        ({"finetune": {"steps": -1}}, r"finetune\.steps: must be greater than or equal to 0, got -1"),
+        ({"space": {"min_sparsity": 0.9}}, r"space: need 0 <= min_sparsity <= max_sparsity < 1, got 0.9 and 0.75"),
+        ({"evaluation": {"calib_batches": 0}}, r"evaluation\.calib_batches: must be greater than or equal to 1"),
+        ({"run": {"evaluations": 10**12}}, r"run\.evaluations: must be less than or equal to 10000000"),
+        ({"budget": []}, r"budget: .*at least 1 item"),
     ],
 )
 def test_bad_values_name_the_key_the_type_and_the_value(data, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as info:
         SearchConfig.from_dict(data)
+    assert str(info.value).startswith("invalid configuration: ")
+    assert str(info.value).endswith("Fix the value in the YAML file (--config) or on the command line.")
+
+
+@pytest.mark.parametrize(
+    "key,section",
+    [("finetune_steps", "finetune"), ("evaluations", "run"), ("eval_bn_samples", "evaluation"),
+     ("space_pinned_bits", "space"), ("sensitivity_method", "searcher"), ("searcher_options", "searcher")],
+)
+def test_a_key_of_the_flat_layout_says_which_section_it_belongs_to(key, section):
+    with pytest.raises(ConfigError, match=rf"'{key}' belongs to the section '{section}': write `{section}: "):
+        SearchConfig.from_dict({key: 1})
 
 
 def test_the_python_api_is_checked_too():
-    with pytest.raises(ConfigError, match="evaluations: expected int, got '5'"):
-        SearchConfig(evaluations="5")  # type: ignore[arg-type]
-    assert SearchConfig(max_sparsity=0).max_sparsity == 0.0  # an int for a float field is fine
-    assert SearchConfig(weight_bits=[2, 4]).weight_bits == (2, 4)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="run.evaluations: expected int, got '5'"):
+        SearchConfig(run={"evaluations": "5"})  # type: ignore[arg-type]
+    assert SearchConfig(space={"max_sparsity": 0}).space.max_sparsity == 0.0  # an int for a float field is fine
+    assert SearchConfig(space={"weight_bits": [2, 4]}).space.weight_bits == (2, 4)  # type: ignore[arg-type]
+    with pytest.raises(SearchSpaceError, match="n_groups: must be greater than or equal to 1"):
+        SpaceConfig(n_groups=0)
+    with pytest.raises(ConfigError, match="steps: must be greater than or equal to 0"):
+        FinetuneConfig(steps=-1)
 
 
-def test_nested_sections_map_to_the_flat_fields(tmp_path):
+def test_sections_map_one_to_one_onto_the_components_settings(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(
         "searcher: {name: random, options: {max_tries: 7}}\n"
@@ -52,43 +71,38 @@ def test_nested_sections_map_to_the_flat_fields(tmp_path):
         "budget: size<=0.2x\n"
     )
     cfg = load_config(path)
-    assert cfg.searcher == "random" and cfg.searcher_options == {"max_tries": 7}
-    assert (cfg.space_min_sparsity, cfg.space_sparsity_step, cfg.space_pin_first_last, cfg.space_pinned_bits) == (0.25, 0.25, False, 6)
-    assert cfg.space_importance == "l2" and cfg.n_groups == 2 and cfg.space_pinned == ("layer1.0.conv1",)
-    assert (cfg.eval_weight_method, cfg.eval_act_method, cfg.eval_power_of_two) == ("max", "percentile", True)
-    assert (cfg.eval_calib_batches, cfg.eval_qat_steps, cfg.fidelity, cfg.finetune_steps) == (1, 5, 3, 0)
+    assert isinstance(cfg.space, SpaceConfig) and isinstance(cfg.evaluation, EvalConfig)
+    assert isinstance(cfg.finetune, FinetuneConfig) and isinstance(cfg.searcher, SearcherConfig)
+    assert isinstance(cfg.tracking, TrackingConfig) and isinstance(cfg.run, RunConfig)
+    assert cfg.searcher.name == "random" and cfg.searcher.options == {"max_tries": 7}
+    assert (cfg.space.min_sparsity, cfg.space.sparsity_step, cfg.space.pin_first_last, cfg.space.pinned_bits) == (0.25, 0.25, False, 6)
+    assert cfg.space.importance == "l2" and cfg.space.n_groups == 2 and cfg.space.pinned == ("layer1.0.conv1",)
+    assert (cfg.evaluation.weight_method, cfg.evaluation.act_method, cfg.evaluation.power_of_two) == ("max", "percentile", True)
+    assert (cfg.evaluation.calib_batches, cfg.evaluation.qat_steps, cfg.evaluation.fidelity, cfg.finetune.steps) == (1, 5, 3, 0)
     assert cfg.budget == ("size<=0.2x",)
-    space, ev = cfg.space_config(), cfg.eval_config()
-    assert space.sparsity_levels() == (0.25, 0.5, 0.75) and not space.pin_first_last and space.pinned_bits == 6
-    assert ev.weight_method == "max" and ev.power_of_two and ev.qat_steps == 5 and ev.importance == "l2"
-    flat = SearchConfig.from_dict(cfg.to_dict())  # the flat keys round-trip
-    assert flat == cfg
+    assert cfg.space.sparsity_levels() == (0.25, 0.5, 0.75)
+    assert SearchConfig.from_dict(cfg.to_dict()) == cfg  # the JSON round trip (config.json of a run)
 
 
-def test_every_field_is_type_checked_even_new_ones():
-    from dataclasses import dataclass, field
+def test_no_setting_exists_twice():
+    """Every leaf key of the configuration is in exactly one section (no prefixed copies)."""
+    from automl.runs.config import dotted_keys
 
-    @dataclass(frozen=True)
-    class Extended(SearchConfig):
-        export_format: str = "ampq"
-        sensitivity_batches: int = 2
-        extra_map: dict = field(default_factory=dict)
-
-    with pytest.raises(ConfigError, match="sensitivity.batches: expected int, got 'x'"):
-        Extended.from_dict({"sensitivity": {"batches": "x"}})
-    assert Extended.from_dict({"export": {"format": "onnx"}}).export_format == "onnx"
+    leaves = sorted(dotted_keys(SearchConfig().to_dict()))
+    names = [k.rsplit(".", 1)[-1] for k in leaves if k != "searcher.name"]
+    assert len(names) == len(set(names)), [n for n in names if names.count(n) > 1]
 
 
 def test_searcher_options_are_checked_against_the_constructor():
     from agents import searcher_class
-    from automl.config_schema import check_searcher_options
-    from automl.runner import RESERVED_OPTIONS
+    from automl.runs.runner import RESERVED_OPTIONS
+    from automl.runs.searcher_options import check_searcher_options
 
     tpe = searcher_class("tpe")
     check_searcher_options("tpe", tpe, {"n_startup_trials": 3, "warm_start": False}, RESERVED_OPTIONS)
     with pytest.raises(ConfigError, match=r"unknown option 'n_startup' for searcher 'tpe'. Did you mean 'n_startup_trials'"):
         check_searcher_options("tpe", tpe, {"n_startup": 3}, RESERVED_OPTIONS)
-    with pytest.raises(ConfigError, match=r"'seed' is set by the run"):
+    with pytest.raises(ConfigError, match=r"'seed' is set by the run; use the configuration key 'run.seed'"):
         check_searcher_options("tpe", tpe, {"seed": 3}, RESERVED_OPTIONS)
     with pytest.raises(ConfigError, match=r"searcher option 'n_startup_trials' of 'tpe': expected int, got 'ten'"):
         check_searcher_options("tpe", tpe, {"n_startup_trials": "ten"}, RESERVED_OPTIONS)

@@ -9,7 +9,7 @@ import torch
 from automl.analysis import analyse
 from automl.cost import CostModel, load_profiles
 from automl.cost.choices import build_choices
-from automl.models import MobileNetV2Small, ResNet
+from automl.reference.models import MobileNetV2Small, ResNet
 from search_spaces import SearchSpace, SpaceConfig
 from search_spaces.policy import Policy
 

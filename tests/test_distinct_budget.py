@@ -6,7 +6,7 @@ import numpy as np
 
 from agents import Searcher, make_searcher
 from agents.records import TrialRecord
-from automl.cache import CachedEvaluator
+from automl.problem.cache import CachedEvaluator
 from search_spaces.policy import Policy
 from tests.agents_support import make_objective
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl.early_stop import EarlyStopRule
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
+from automl.evaluation.early_stop import EarlyStopRule
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
 
 from .test_incremental import _task
 
@@ -54,12 +54,12 @@ def test_a_bad_delta_is_refused() -> None:
 def test_the_evaluator_stops_below_the_incumbent_and_says_so(tiny_resnet) -> None:
     problem = Problem.from_task(_task(tiny_resnet))
     policy = problem.space.sample(np.random.default_rng(0))
-    full = Evaluator(problem, EvalConfig(fidelity=2)).evaluate(policy)
-    ev = Evaluator(problem, EvalConfig(fidelity=2, early_stop=True))
+    full = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=2)).evaluate(policy)
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, fidelity=2, early_stop=True))
     ev.set_incumbent(max(0.0, full.accuracy - 0.01))  # the policy would become the incumbent
     kept = ev.evaluate(policy)
     assert not kept.stopped_early and (kept.accuracy, kept.loss, kept.kl) == (full.accuracy, full.loss, full.kl)
-    ev2 = Evaluator(problem, EvalConfig(fidelity=2, early_stop=True))
+    ev2 = Evaluator(problem, EvalConfig(bn_samples=0, fidelity=2, early_stop=True))
     ev2.set_incumbent(0.99)  # random data: about 10 % accuracy, far below
     stopped = ev2.evaluate(policy)
     assert stopped.stopped_early and stopped.samples < kept.samples
@@ -68,13 +68,13 @@ def test_the_evaluator_stops_below_the_incumbent_and_says_so(tiny_resnet) -> Non
 
 def test_the_objective_tells_the_evaluator_its_incumbent(tiny_resnet) -> None:
     from agents.objective import Objective
-    from automl.budget import Budget
-    from automl.cache import CachedEvaluator
     from automl.cost import CostModel
+    from automl.problem.budget import Budget
+    from automl.problem.cache import CachedEvaluator
 
     problem = Problem.from_task(_task(tiny_resnet))
     cm = CostModel(problem.analysis, problem.space)
-    ev = Evaluator(problem, EvalConfig(fidelity=1, early_stop=True))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, fidelity=1, early_stop=True))
     objective = Objective(CachedEvaluator(ev), cm, Budget.parse("size<=1.0x").bind(cm))
     record = objective(problem.space.uniform(8))
     assert record.feasible and ev.incumbent == record.accuracy == objective.incumbent

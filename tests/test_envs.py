@@ -16,11 +16,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from automl.analysis import analyse
-from automl.budget import Budget
-from automl.cache import CachedEvaluator
 from automl.cost import CostModel
 from automl.errors import BudgetError, ConfigError, InfeasibleBudget, PolicyError
-from automl.models import PlainCNN, ResNet
+from automl.problem.budget import Budget
+from automl.problem.cache import CachedEvaluator
+from automl.reference.models import PlainCNN, ResNet
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv, LayerQuantEnv, RewardConfig
 from envs.choices import LayerChoices
 from envs.testing import FakeEvaluator

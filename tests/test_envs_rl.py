@@ -11,8 +11,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from automl.budget import Budget
-from automl.models import ResNet
+from automl.problem.budget import Budget
+from automl.reference.models import ResNet
 from envs import DiscreteActions, EnvConfig
 
 from .test_envs import Problem

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import DataError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.evaluation.task import Task
 from search_spaces import LayerPolicy, Policy, SpaceConfig
 
 from .conftest import make_loaders
@@ -18,12 +18,12 @@ from .conftest import make_loaders
 
 @pytest.fixture
 def evaluator(tiny_task) -> Evaluator:
-    return Evaluator(Problem.from_task(tiny_task), EvalConfig(qat_steps=3))
+    return Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False, qat_steps=3))
 
 
 def test_float_policy_reproduces_the_float_model(tiny_task):
     problem = Problem.from_task(tiny_task, SpaceConfig(act_bits=(8, 32), pin_first_last=False))
-    ev = Evaluator(problem)
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     policy = Policy(tuple((s.name, LayerPolicy(32, (32,) * s.out_channels)) for s in problem.space.layers))
     m = ev.evaluate(policy)
     assert m.kl < 1e-6 and m.accuracy == pytest.approx(ev.baseline().accuracy)
@@ -85,7 +85,7 @@ def test_any_model_and_metric_work(plain_cnn):
         return -float(torch.nn.functional.cross_entropy(out, y))
 
     task = Task(plain_cnn, torch.zeros(1, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"], neg_loss)
-    ev = Evaluator(Problem.from_task(task))
+    ev = Evaluator(Problem.from_task(task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     m = ev.evaluate(ev.problem.space.uniform(6))
     assert calls and m.accuracy == pytest.approx(-m.loss, rel=1e-5)
 
@@ -93,7 +93,7 @@ def test_any_model_and_metric_work(plain_cnn):
 def test_a_loader_with_no_batches_is_a_clear_error(tiny_task):
     tiny_task.calib_loader = DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0)), batch_size=4)
     with pytest.raises(DataError, match="calib_loader yielded no batches"):
-        Evaluator(Problem.from_task(tiny_task))
+        Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
 
 
 def test_final_fine_tune_scores_on_test_and_leaves_the_engine_model(evaluator):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from automl.config import load_config
+from automl.runs.config import load_config
 
 
 def test_the_latency_example_config_loads_as_the_readme_describes():
     """examples/latency_ort.yaml (README, Deployment): the ort-cpu latency budget, the integer
     program, float activations and float pinned layers."""
     cfg = load_config(Path(__file__).resolve().parent.parent / "examples" / "latency_ort.yaml")
-    assert cfg.budget == ("latency<=0.5x@ort-cpu",) and cfg.searcher == "ilp"
-    assert cfg.act_bits == (32,) and cfg.space_pinned_bits == 32
+    assert cfg.budget == ("latency<=0.5x@ort-cpu",) and cfg.searcher.name == "ilp"
+    assert cfg.space.act_bits == (32,) and cfg.space.pinned_bits == 32

@@ -23,8 +23,9 @@ import automl
 from automl.analysis.prune import keep_masks
 from automl.cost.model import CostModel
 from automl.errors import AutoMLError, PolicyError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import (
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export.ampq import (
     ExportError,
     container_bytes,
     export_policy,
@@ -34,9 +35,8 @@ from automl.export import (
     read_export,
     unpack_codes,
 )
-from automl.models import REFERENCE_MODELS, PlainCNN
 from automl.quant.engine import QuantEngine, QuantLayer
-from automl.task import Task
+from automl.reference.models import REFERENCE_MODELS, PlainCNN
 from search_spaces import SearchSpace, SpaceConfig
 from tests.conftest import make_loaders, randomise_batchnorm
 
@@ -63,7 +63,7 @@ def _setup(model: nn.Module, container: bool = False) -> tuple[Problem, Evaluato
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task)
     extra = container_bytes(problem.task.model, problem.analysis, problem.space, task.sample_input) if container else 0.0
-    return problem, Evaluator(problem, EvalConfig()), CostModel(problem.analysis, problem.space, container_bytes=extra)
+    return problem, Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False)), CostModel(problem.analysis, problem.space, container_bytes=extra)
 
 
 def _export(problem, ev, cost, model, policy, path, x=None):
@@ -316,7 +316,7 @@ def test_loads_in_a_fresh_process_without_the_model_class(tmp_path):
         import sys
         sys.path.insert(0, {root!r})
         import numpy as np, torch
-        from automl.export import load_exported
+        from automl.export.ampq import load_exported
         model = load_exported("m.ampq")
         out = model(torch.from_numpy(np.load("x.npy")))
         assert np.abs(out.detach().numpy() - np.load("expected.npy")).max() <= 1e-4

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from automl.config import SearchConfig
 from automl.errors import ConfigError
-from automl.finalists import screen, top_distinct
-from automl.finetune import FinetuneConfig
+from automl.evaluation.finalists import screen, top_distinct
+from automl.evaluation.finetune import FinetuneConfig
+from automl.runs.config import SearchConfig
 
 
 def _record(number: int, policy: str, accuracy: float, feasible: bool = True, stopped: bool = False) -> SimpleNamespace:
@@ -82,19 +82,17 @@ def test_one_finalist_is_the_best_score_without_any_fine_tune():
 
 
 def test_finalist_options_are_checked():
-    with pytest.raises(ConfigError, match="finetune_finalists"):
-        SearchConfig(finetune_finalists=0)
-    with pytest.raises(ConfigError, match="finetune_finalist_steps"):
-        SearchConfig(finetune_finalist_steps=0)
+    with pytest.raises(ConfigError, match="finetune.finalists: must be greater than or equal to 1"):
+        SearchConfig(finetune={"finalists": 0})
+    with pytest.raises(ConfigError, match="finetune.finalist_steps: must be greater than or equal to 1"):
+        SearchConfig(finetune={"finalist_steps": 0})
 
 
 def test_a_search_with_finalists_reports_them_and_fine_tunes_their_winner(tmp_path):
-    from automl.runner import search
+    from automl.runs.runner import search
     from tests.tasks import tiny
 
-    result = search(tiny(), budget="size<=0.3x", searcher="random", evaluations=6, output=str(tmp_path), quiet=True,
-                    finetune_steps=4, finetune_eval_every=2, finetune_finalists=2, finetune_finalist_steps=2,
-                    sensitivity_method="heuristic")
+    result = search(tiny(), budget="size<=0.3x",  quiet=True, run={"evaluations": 6, "output": str(tmp_path)}, finetune={"steps": 4, "eval_every": 2, "finalists": 2, "finalist_steps": 2}, searcher={"name": "random", "sensitivity": "heuristic"})
     run_dir = next((tmp_path / "runs").iterdir())
     best = next(iter(json.loads((run_dir / "best_policies.json").read_text()).values()))
     finalists = best["finalists"]

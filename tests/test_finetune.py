@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from automl.config import SearchConfig
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
 from automl.quant.engine import QuantLayer
+from automl.runs.config import SearchConfig
 from search_spaces.space import SpaceConfig
 from tests.tasks import bn_free_cnn, small_resnet
 
@@ -27,7 +27,7 @@ TASKS = {"bn_free_cnn": bn_free_cnn, "small_resnet": small_resnet}
 @pytest.fixture(scope="module", params=sorted(TASKS))
 def evaluator(request) -> Evaluator:
     torch.set_num_threads(1)
-    return Evaluator(Problem.from_task(TASKS[request.param](), LOW_BITS), EvalConfig(fidelity=2))
+    return Evaluator(Problem.from_task(TASKS[request.param](), LOW_BITS), EvalConfig(bn_samples=0, early_stop=False, fidelity=2))
 
 
 def _policies(ev: Evaluator, n: int = 5) -> list:
@@ -106,7 +106,7 @@ def test_task_loss_is_used_when_the_task_has_one():
 
     task.loss = loss  # the optional Task.loss attribute, looked up with getattr
     try:
-        ev = Evaluator(Problem.from_task(task, LOW_BITS), EvalConfig(fidelity=2))
+        ev = Evaluator(Problem.from_task(task, LOW_BITS), EvalConfig(bn_samples=0, early_stop=False, fidelity=2))
         ev.final(_policies(ev, 1)[0], 3, "test", finetune=FinetuneConfig(steps=3, eval_every=0))
     finally:
         del task.loss
@@ -117,7 +117,7 @@ def test_task_loss_is_used_when_the_task_has_one():
 
 
 def test_lsq_learns_step_sizes_and_freezes_them_for_inference():
-    ev = Evaluator(Problem.from_task(bn_free_cnn(), LOW_BITS), EvalConfig(fidelity=2))
+    ev = Evaluator(Problem.from_task(bn_free_cnn(), LOW_BITS), EvalConfig(bn_samples=0, early_stop=False, fidelity=2))
     policy = _policies(ev, 1)[0]
     ev.engine.apply(policy)
     initial = {n: ql._scale.clone() for n, ql in ev.engine.layers.items()}
@@ -132,7 +132,7 @@ def test_lsq_learns_step_sizes_and_freezes_them_for_inference():
 
 
 def test_bn_free_network_fidelity_two_equals_fidelity_one():
-    ev = Evaluator(Problem.from_task(bn_free_cnn(), LOW_BITS), EvalConfig(fidelity=2))
+    ev = Evaluator(Problem.from_task(bn_free_cnn(), LOW_BITS), EvalConfig(bn_samples=0, early_stop=False, fidelity=2))
     assert not ev.engine.bn_affine
     policy = _policies(ev, 1)[0]
     assert ev.evaluate(policy, fidelity=2).accuracy == ev.evaluate(policy, fidelity=1).accuracy
@@ -140,10 +140,9 @@ def test_bn_free_network_fidelity_two_equals_fidelity_one():
 
 @pytest.mark.slow
 def test_whole_pipeline_on_a_bn_free_cnn(tmp_path):
-    from automl.runner import search
+    from automl.runs.runner import search
 
-    result = search(bn_free_cnn(), budget="size<=0.15x", searcher="random", evaluations=3, output=str(tmp_path),
-                    quiet=True, finetune_steps=15, finetune_eval_every=5, weight_bits=[0, 2, 3, 4, 8], act_bits=[4, 8])
+    result = search(bn_free_cnn(), budget="size<=0.15x", searcher="random", quiet=True, run={"evaluations": 3, "output": str(tmp_path)}, finetune={"steps": 15, "eval_every": 5}, space={"weight_bits": [0, 2, 3, 4, 8], "act_bits": [4, 8]})
     assert result.best is not None and result.sensitivity_evaluations > 0
     run_dir = next((tmp_path / "runs").iterdir())
     best = next(iter(json.loads((run_dir / "best_policies.json").read_text()).values()))
@@ -156,10 +155,10 @@ def test_finetune_options_are_checked():
     with pytest.raises(ConfigError, match="optimizer"):
         FinetuneConfig(optimizer="rmsprop")
     with pytest.raises(ConfigError, match="distill_weight"):
-        SearchConfig(finetune_distill_weight=1.5)
-    with pytest.raises(ConfigError, match="finetune_lr"):
-        SearchConfig(finetune_lr=0)
-    recipe = FinetuneConfig.from_search(SearchConfig(finetune_lr=0.05, finetune_optimizer="adam", finetune_lsq=True))
+        SearchConfig(finetune={"distill_weight": 1.5})
+    with pytest.raises(ConfigError, match="finetune.lr: must be greater than 0"):
+        SearchConfig(finetune={"lr": 0})
+    recipe = SearchConfig(finetune={"lr": 0.05, "optimizer": "adam", "lsq": True}).finetune
     assert (recipe.lr, recipe.optimizer, recipe.lsq) == (0.05, "adam", True)
     assert FinetuneConfig.from_dict(recipe.to_dict()) == recipe
 
@@ -170,13 +169,13 @@ def test_cli_rejects_a_bad_optimizer_with_exit_code_2(tmp_path):
          "--output", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
-    assert "finetune_optimizer must be one of" in done.stderr and "Traceback" not in done.stderr
+    assert "finetune.optimizer: must be 'sgd' or 'adam', got 'rmsprop'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_teachers_outputs_are_computed_once_and_change_no_fine_tune(evaluator, monkeypatch):
     """A second fine-tune on the same batches takes the float model's outputs from the cache,
     and ends bit for bit where a fine-tune without the cache ends."""
-    import automl.evaluate as evaluate
+    import automl.evaluation.evaluator as evaluate
 
     policy = _policies(evaluator, 1)[0]
     recipe = FinetuneConfig(steps=12, eval_every=4, batch_size=32)

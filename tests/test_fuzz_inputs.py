@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from automl.budget import Budget
 from automl.cli import main
 from automl.errors import AutoMLError
+from automl.problem.budget import Budget
 from search_spaces.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,17 +77,30 @@ values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=
                                                          st.dictionaries(st.text(max_size=6), inner, max_size=3)),
                       max_leaves=6)
 # Keys that would reach the network or spawn work are left out; everything else is fuzzed.
-SKIP = {"tracking_uri", "storage", "output", "extra"}
+SKIP = {"tracking.uri", "searcher.storage", "run.output", "run.workers"}
 
 
-def _config_keys() -> list[str]:
-    from automl.config import SearchConfig
+def _config_keys() -> dict[str, list[str]]:
+    """Section -> its keys (``""`` -> the top-level scalars), from the configuration's own models."""
+    from automl.runs.config import SECTIONS, SearchConfig
 
-    return sorted(k for k in SearchConfig.__dataclass_fields__ if k not in SKIP)
+    out: dict[str, list[str]] = {"": [k for k in SearchConfig.model_fields if k not in SECTIONS]}
+    for section in SECTIONS:
+        model = SearchConfig.model_fields[section].annotation
+        out[section] = sorted(k for k in model.model_fields if f"{section}.{k}" not in SKIP)
+    return out
 
 
-config_dicts = st.dictionaries(st.sampled_from(_config_keys() + ["nonsense", "finetune", "eval", "space"]), values,
-                               max_size=5)
+_KEYS = _config_keys()
+sections = st.fixed_dictionaries(
+    {}, optional={name: st.dictionaries(st.sampled_from([*keys, "nonsense"]), values, max_size=3)
+                  for name, keys in _KEYS.items() if name}
+)
+config_dicts = st.one_of(
+    st.dictionaries(st.sampled_from([*_KEYS[""], "nonsense", "finetune_steps", "evaluations"]), values, max_size=3),
+    sections,
+    st.dictionaries(st.sampled_from([k for k in _KEYS if k]), values, max_size=3),
+)
 
 
 @FAST

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.incremental import ActivationCache
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.incremental import ActivationCache
+from automl.evaluation.task import Task
 from search_spaces import Policy
 
 from .conftest import make_loaders, randomise_batchnorm
@@ -61,8 +61,8 @@ def _mutations(space, rng, n: int) -> list[Policy]:
 def test_incremental_metrics_are_bit_for_bit_those_of_a_full_evaluation(which, fidelity, tiny_resnet, plain_cnn):
     model = {"resnet": tiny_resnet, "plaincnn": plain_cnn, "inplace": randomise_batchnorm(InplaceResidual())}[which]
     problem = Problem.from_task(_task(model))
-    full = Evaluator(problem, EvalConfig(fidelity=fidelity, incremental=False))
-    inc = Evaluator(problem, EvalConfig(fidelity=fidelity, incremental=True))
+    full = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=fidelity, incremental=False))
+    inc = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=fidelity, incremental=True))
     assert inc.incremental is not None, inc.incremental_error
     if which == "inplace":
         assert inc.incremental.staged.inplace
@@ -76,7 +76,7 @@ def test_incremental_metrics_are_bit_for_bit_those_of_a_full_evaluation(which, f
 
 def test_a_change_in_the_last_layer_runs_only_that_layer(tiny_task, rng):
     problem = Problem.from_task(tiny_task)
-    ev = Evaluator(problem, EvalConfig(fidelity=1))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=1))
     staged = ev.incremental.staged
     base = problem.space.sample(rng)
     last = staged.layer_order[-1]
@@ -108,15 +108,15 @@ def test_the_activation_cache_stays_under_its_limit():
 
 
 def test_an_untraceable_model_falls_back_to_full_passes(tiny_task, rng, monkeypatch):
-    import automl.incremental as incremental
+    import automl.evaluation.incremental as incremental
 
     def refuse(_engine):
         raise torch.fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
 
     monkeypatch.setattr(incremental, "StagedModel", refuse)
     problem = Problem.from_task(tiny_task)
-    ev = Evaluator(problem)
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     assert ev.incremental is None and "TraceError" in ev.incremental_error
     policy = problem.space.sample(rng)
-    a, b = ev.evaluate(policy), Evaluator(problem, EvalConfig(incremental=False)).evaluate(policy)
+    a, b = ev.evaluate(policy), Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False, incremental=False)).evaluate(policy)
     assert (a.accuracy, a.loss, a.kl) == (b.accuracy, b.loss, b.kl)

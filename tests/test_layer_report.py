@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from automl.analysis import analyse
-from automl.budget import Budget, format_value
 from automl.cost import CostModel
-from automl.layer_report import HEADER, html_table, layer_figure, layer_rows, markdown_table
-from automl.mlflow_ui import MAX_NOTE, ML_VIEW, child_note, experiment_path, parent_note, run_path, view_state
-from automl.units import cost_metrics, kb, limit_metrics
+from automl.cost.units import cost_metrics, kb, limit_metrics
+from automl.problem.budget import Budget, format_value
+from automl.tracking.layer_report import HEADER, html_table, layer_figure, layer_rows, markdown_table
+from automl.tracking.ui import MAX_NOTE, ML_VIEW, child_note, experiment_path, parent_note, run_path, view_state
 from search_spaces import SearchSpace
 
 
@@ -89,7 +89,7 @@ def test_links_open_the_machine_learning_view():
 
 def _record(space, cost_model, number=3):
     from agents.records import TrialRecord
-    from automl.metrics import Metrics
+    from automl.problem.metrics import Metrics
 
     policy = space.uniform(4, 8)
     return TrialRecord(number=number, proposed=policy, policy=policy, metrics=Metrics(0.91, 0.3, 0.01, 2),

@@ -9,9 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import TaskError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.losses import cross_entropy, softmax_kl, task_losses
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.losses import cross_entropy, softmax_kl, task_losses
+from automl.evaluation.task import Task
+from search_spaces.space import SpaceConfig
 
 
 def _regression_loaders(n: int = 64, batch: int = 32) -> dict[str, DataLoader]:
@@ -63,7 +64,7 @@ def test_a_loss_that_fails_or_is_not_callable_is_named():
 
 def test_evaluator_scores_a_regression_task_with_its_own_losses():
     task = _regression_task()
-    ev = Evaluator(Problem.from_task(task), EvalConfig(qat_steps=30, qat_lr=1e-2))
+    ev = Evaluator(Problem.from_task(task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False, qat_steps=30, qat_lr=1e-2))
     xs = torch.cat([x for x, _ in task.val_loader])
     ys = torch.cat([y for _, y in task.val_loader])
     with torch.no_grad():
@@ -82,7 +83,7 @@ def test_evaluator_scores_a_regression_task_with_its_own_losses():
 
 def test_taylor_importance_of_a_regression_task_uses_its_loss():
     from automl.analysis import analyse
-    from automl.importance import channel_importance
+    from automl.quant.importance import channel_importance
 
     task = _regression_task()
     analysis = analyse(task.model, task.sample_input)
@@ -91,5 +92,5 @@ def test_taylor_importance_of_a_regression_task_uses_its_loss():
     assert all(s.sum() > 0 for s in scores.values())
     # The classification default on one output has a zero gradient: every score would be 0.
     assert all(s.sum() == 0 for s in channel_importance(task.model, analysis, "taylor", list(xs)).values())
-    problem = Problem.from_task(task, importance="taylor")
+    problem = Problem.from_task(task, SpaceConfig(importance="taylor"))
     assert problem.space.names == analysis.names

@@ -10,19 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl.cli import build_parser
-from automl.config import SearchConfig
 from automl.cost.model import CostModel
-from automl.cost.profiles import load_profile, profile_from_dict
-from automl.datafree import DataFreeConfig, bn_mismatch, synthesize
+from automl.cost.profiles import check_profile_scales, load_profile, profile_from_dict
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy, fake_quantize, load_exported, read_export
-from automl.models import ResNet
+from automl.evaluation.datafree import DataFreeConfig, bn_mismatch, synthesize
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export.ampq import export_policy, fake_quantize, load_exported, read_export
 from automl.quant.adaquant import AdaQuantConfig, AdaQuantReport, adaquant
 from automl.quant.engine import QuantLayer
-from automl.quant.methods import check_profile_scales, eval_config
 from automl.quant.psg import PSGOptimizer, grid_distance
-from automl.task import Task
+from automl.reference.models import ResNet
+from automl.runs.config import SearchConfig
 from tests.conftest import make_loaders
 
 
@@ -48,7 +47,7 @@ def _layer_io(ev: Evaluator, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], 
 
 # AdaQuant ------------------------------------------------------------------------------------
 def test_adaquant_lowers_every_layer_output_error_against_round_to_nearest(tiny_task):
-    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig())
+    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     policy = ev.problem.space.uniform(3, 3)
     x = ev._bn_batch
     ev.engine.apply(policy)
@@ -76,7 +75,7 @@ def test_adaquant_lowers_every_layer_output_error_against_round_to_nearest(tiny_
 
 
 def test_adaquant_weights_stay_on_the_grid_and_vanish_at_the_next_policy(tiny_task):
-    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig())
+    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     policy = ev.problem.space.uniform(3, 3)
     ev.engine.apply(policy)
     rtn = {n: ql.weight.clone() for n, ql in ev.engine.layers.items()}
@@ -94,18 +93,18 @@ def test_adaquant_weights_stay_on_the_grid_and_vanish_at_the_next_policy(tiny_ta
 
 
 def test_evaluator_with_adaquant_scores_and_fine_tunes_from_the_adapted_weights(tiny_task):
-    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=2, ptq="adaquant", adaquant_steps=5))
+    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(bn_samples=0, early_stop=False, fidelity=2, ptq="adaquant", adaquant_steps=5))
     policy = ev.problem.space.uniform(3, 3)
     assert 0.0 <= ev.evaluate(policy).accuracy <= 1.0
     metrics, model = ev.final(policy, 0)
     assert metrics.fidelity == 2
-    late = Evaluator(ev.problem, EvalConfig(fidelity=1, ptq="adaquant-final", adaquant_steps=5))
+    late = Evaluator(ev.problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=1, ptq="adaquant-final", adaquant_steps=5))
     late.evaluate(policy)
     assert all(ql.qat_start is None for ql in late.engine.layers.values())  # not during the search
     late.final(policy, 0)
     assert any(ql.qat_start is not None for ql in late.engine.layers.values())  # but for the final policy
-    with pytest.raises(ConfigError, match="ptq must be one of"):
-        EvalConfig(ptq="adaround")
+    with pytest.raises(ConfigError, match="ptq: must be 'none', 'adaquant' or 'adaquant-final'"):
+        EvalConfig(fidelity=1, bn_samples=0, early_stop=False, ptq="adaround")
 
 
 # PSG -----------------------------------------------------------------------------------------
@@ -144,30 +143,30 @@ def test_psg_moves_weights_closer_to_the_grid_than_plain_sgd_in_the_same_steps()
 def test_finetune_with_psg_ends_nearer_the_grid(tiny_task):
     dist = {}
     for psg in (0.0, 1.0):
-        ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(psg=psg, qat_lr=2e-2))
+        ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False, qat_psg=psg, qat_lr=2e-2))
         model = ev.finetune(ev.engine.apply(ev.problem.space.uniform(3, 3)), 15)
         qls = [m for m in model.modules() if isinstance(m, QuantLayer) and bool(((m.bits > 0) & (m.bits < 32)).any())]
         dist[psg] = sum(float(grid_distance(m, m.w_param.detach()).mean()) for m in qls) / len(qls)
     assert dist[1.0] < dist[0.0]
-    with pytest.raises(ConfigError, match="PSG strength"):
-        EvalConfig(psg=1.5)
+    with pytest.raises(ConfigError, match="qat_psg: must be less than or equal to 1"):
+        EvalConfig(fidelity=1, bn_samples=0, early_stop=False, qat_psg=1.5)
 
 
 def test_final_without_a_recipe_fine_tunes_with_the_evaluators_psg(tiny_task, monkeypatch):
-    """``EvalConfig.psg`` is documented for every fine-tune; ``final`` without a recipe used to drop it."""
-    import automl.evaluate as evaluate_mod
+    """``EvalConfig.qat_psg`` applies to the evaluator's fine-tunes; ``final`` without a recipe used to drop it."""
+    import automl.evaluation.evaluator as evaluate_mod
 
     class Report:
         steps = 0  # scored like an untrained model: the spy trains nothing
 
     recipes = []
 
-    def spy(evaluator, model, cfg):
+    def spy(evaluator, model, cfg, seed=None):
         recipes.append(cfg)
         return model, Report()
 
     monkeypatch.setattr(evaluate_mod, "run_finetune", spy)
-    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(psg=0.5))
+    ev = Evaluator(Problem.from_task(tiny_task), EvalConfig(fidelity=1, bn_samples=0, early_stop=False, qat_psg=0.5))
     ev.final(ev.problem.space.uniform(4, 4), 3, "val")
     assert [(r.psg, r.steps) for r in recipes] == [(0.5, 3)]
 
@@ -175,7 +174,7 @@ def test_final_without_a_recipe_fine_tunes_with_the_evaluators_psg(tiny_task, mo
 # power-of-two scales --------------------------------------------------------------------------
 def test_power_of_two_scales_everywhere_and_in_the_export(tiny_task, tmp_path):
     problem = Problem.from_task(tiny_task)
-    ev = Evaluator(problem, EvalConfig(fidelity=2, power_of_two=True))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=2, power_of_two=True))
     policy = problem.space.uniform(4, 4)
     ev.evaluate(policy)
     for ql in ev.engine.layers.values():
@@ -193,20 +192,21 @@ def test_power_of_two_scales_everywhere_and_in_the_export(tiny_task, tmp_path):
     gm = load_exported(tmp_path / "m.ampq")
     acts = [n.args[1] for n in gm.graph.nodes if n.target is fake_quantize]
     assert acts and _is_pow2(torch.tensor(acts))
-    plain = Evaluator(problem, EvalConfig(fidelity=2))
+    plain = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=2))
     plain.evaluate(policy)
     assert not all(_is_pow2(ql._scale[ql.bits < 32]) for ql in plain.engine.layers.values())
 
 
 def test_power_of_two_is_reachable_from_cli_and_yaml_and_shift_only_profiles_require_it(tmp_path):
     args = build_parser().parse_args(["search", "--power-of-two", "--ptq", "adaquant", "--calibration", "data-free", "--psg", "0.5"])
-    assert (args.eval_power_of_two, args.eval_ptq, args.eval_calibration, args.finetune_psg) == (True, "adaquant", "data-free", 0.5)
-    assert build_parser().parse_args(["search"]).eval_power_of_two is None
-    cfg = SearchConfig.from_dict({"eval_power_of_two": True, "eval_ptq": "adaquant", "finetune_psg": 0.25})
-    ec = eval_config(cfg)
-    assert (ec.power_of_two, ec.ptq, ec.psg) == (True, "adaquant", 0.25)
-    with pytest.raises(ConfigError, match="calibration must be one of"):
-        SearchConfig(eval_calibration="zeroq")
+    given = vars(args)
+    assert [given[k] for k in ("evaluation.power_of_two", "evaluation.ptq", "evaluation.calibration", "finetune.psg")] == [
+        True, "adaquant", "data-free", 0.5]
+    assert vars(build_parser().parse_args(["search"]))["evaluation.power_of_two"] is None
+    cfg = SearchConfig.from_dict({"evaluation": {"power_of_two": True, "ptq": "adaquant"}, "finetune": {"psg": 0.25}})
+    assert (cfg.evaluation.power_of_two, cfg.evaluation.ptq, cfg.finetune.psg) == (True, "adaquant", 0.25)
+    with pytest.raises(ConfigError, match="evaluation.calibration: must be 'data' or 'data-free'"):
+        SearchConfig(evaluation={"calibration": "zeroq"})
     shift = load_profile("bitserial_shift")
     with pytest.raises(ConfigError, match="shift-only hardware"):
         check_profile_scales([shift], False)
@@ -261,20 +261,20 @@ def test_data_free_evaluator_and_its_errors():
     model = _trained_bn_model()
     loaders = make_loaders()
     task = Task(model, torch.zeros(1, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
-    ev = Evaluator(Problem.from_task(task), EvalConfig(fidelity=2, calibration="data-free", datafree_samples=16, datafree_steps=5))
+    ev = Evaluator(Problem.from_task(task), EvalConfig(bn_samples=0, early_stop=False, fidelity=2, calibration="data-free", datafree_samples=16, datafree_steps=5))
     assert ev._bn_batch.shape[0] == 16
     assert not torch.equal(ev._bn_batch[: len(next(iter(loaders["calib"]))[0])], next(iter(loaders["calib"]))[0])
     assert 0.0 <= ev.evaluate(ev.problem.space.uniform(4, 4)).accuracy <= 1.0
     no_data = Task(model, torch.zeros(1, 1, 28, 28), loaders["train"], None, loaders["val"], loaders["test"])
-    ev = Evaluator(Problem.from_task(no_data), EvalConfig(datafree_samples=8, datafree_steps=2))
+    ev = Evaluator(Problem.from_task(no_data), EvalConfig(fidelity=1, bn_samples=0, early_stop=False, datafree_samples=8, datafree_steps=2))
     assert ev._bn_batch.shape[0] == 8  # no calibration loader: synthesised
     plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     no_bn = Task(plain, torch.zeros(1, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     with pytest.raises(ConfigError, match="no BatchNorm layer"):
-        Evaluator(Problem.from_task(no_bn), EvalConfig(calibration="data-free"))
+        Evaluator(Problem.from_task(no_bn), EvalConfig(fidelity=1, bn_samples=0, early_stop=False, calibration="data-free"))
     neither = Task(plain, torch.zeros(1, 1, 28, 28), loaders["train"], None, loaders["val"], loaders["test"])
     with pytest.raises(ConfigError, match="Give the task a calib_loader"):
-        Evaluator(Problem.from_task(neither), EvalConfig())
+        Evaluator(Problem.from_task(neither), EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
 
 
 # the command line -------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_data_free_evaluator_and_its_errors():
     [
         (["--task", "tests.tasks:no_batchnorm", "--budget", "size<=1x", "--calibration", "data-free"], "no BatchNorm layer"),
         (["--task", "tests.tasks:tiny", "--profile", "bitserial_shift"], "shift-only hardware.*--power-of-two"),
-        (["--task", "tests.tasks:tiny", "--psg", "2"], "PSG strength must be a number in"),
+        (["--task", "tests.tasks:tiny", "--psg", "2"], "finetune.psg: must be less than or equal to 1, got 2.0"),
     ],
 )
 def test_cli_refuses_unusable_method_options_in_one_paragraph(capsys, tmp_path, argv, message):

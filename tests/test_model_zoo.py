@@ -21,9 +21,9 @@ pytest.importorskip("torchvision")
 
 from automl.cli import main as cli_main  # noqa: E402
 from automl.cost.model import CostModel  # noqa: E402
-from automl.evaluate import EvalConfig, Evaluator, Problem  # noqa: E402
-from automl.export import container_bytes, export_policy  # noqa: E402
-from automl.onnx_export import ampq_to_onnx  # noqa: E402
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem  # noqa: E402
+from automl.export.ampq import container_bytes, export_policy  # noqa: E402
+from automl.export.onnx import ampq_to_onnx  # noqa: E402
 from search_spaces.policy import Policy  # noqa: E402
 from tests.zoo_support import FAMILIES, make_task, onnx_agreement  # noqa: E402
 

@@ -9,8 +9,8 @@ import torch
 
 from automl.analysis import analyse
 from automl.errors import ConfigError
-from automl.models import ResNet
-from automl.nm import log10_mask_diversity, magnitude_mask, nm_mask, sparsify, transposable_mask
+from automl.quant.nm import log10_mask_diversity, magnitude_mask, nm_mask, sparsify, transposable_mask
+from automl.reference.models import ResNet
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])

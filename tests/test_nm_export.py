@@ -16,8 +16,9 @@ import torch
 from automl.analysis.prune import in_keep_mask, keep_masks
 from automl.cost.model import CostModel
 from automl.errors import ExportError, PolicyError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import (
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export.ampq import (
     _PREFIX,
     MAGIC,
     _header_blob,
@@ -27,8 +28,7 @@ from automl.export import (
     nm_index_table,
     read_export,
 )
-from automl.models import ResNet
-from automl.task import Task
+from automl.reference.models import ResNet
 from search_spaces import LayerPolicy, Policy, SpaceConfig
 from tests.conftest import make_loaders, randomise_batchnorm
 from tests.test_onnx_export import onnx_vs_model
@@ -43,7 +43,7 @@ def setup():
     loaders = make_loaders()
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task, SpaceConfig(nm_patterns=PATTERNS))
-    ev = Evaluator(problem, EvalConfig())
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     extra = container_bytes(model, problem.analysis, problem.space, task.sample_input)
     return problem, ev, CostModel(problem.analysis, problem.space, container_bytes=extra)
 

@@ -13,7 +13,7 @@ from automl.cost import CostModel, load_profile, load_profiles, profile_from_dic
 from automl.cost.batch import NM_CHOICES
 from automl.cost.hardware import nm_fits
 from automl.errors import ProfileError
-from automl.models import ResNet
+from automl.reference.models import ResNet
 from search_spaces import LayerPolicy, Policy, SearchSpace, SpaceConfig
 from tests.test_cost_profiles import _measured
 

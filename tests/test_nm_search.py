@@ -12,8 +12,8 @@ import torch
 from automl.analysis import analyse
 from automl.cost.model import CostModel
 from automl.errors import PolicyError, SearchSpaceError
-from automl.models import ResNet
 from automl.quant.engine import QuantEngine
+from automl.reference.models import ResNet
 from search_spaces.policy import LayerPolicy, Policy
 from search_spaces.space import SearchSpace, SpaceConfig
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agents import Objective
-from automl.budget import Budget
 from automl.cost import CostModel
-from automl.evaluate import Problem
-from automl.metrics import Metrics
+from automl.evaluation.evaluator import Problem
+from automl.problem.budget import Budget
+from automl.problem.metrics import Metrics
 from search_spaces.policy import Policy
 from tests.tasks import tiny
 
@@ -63,9 +63,9 @@ def test_off_by_default(problem: Problem) -> None:
 
 def test_reachable_from_the_cli_and_yaml() -> None:
     from automl.cli import build_parser
-    from automl.config import SearchConfig
+    from automl.runs.config import SearchConfig
 
-    assert build_parser().parse_args(["search", "--widen-activations"]).widen_activations is True
-    assert build_parser().parse_args(["search"]).widen_activations is None  # the config decides
-    assert SearchConfig.from_dict({"widen_activations": True}).widen_activations is True
-    assert SearchConfig().widen_activations is False
+    assert vars(build_parser().parse_args(["search", "--widen-activations"]))["searcher.widen_activations"] is True
+    assert vars(build_parser().parse_args(["search"]))["searcher.widen_activations"] is None  # the config decides
+    assert SearchConfig.from_dict({"searcher": {"widen_activations": True}}).searcher.widen_activations is True
+    assert SearchConfig().searcher.widen_activations is False

@@ -13,15 +13,15 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from automl import ort
 from automl.analysis.prune import keep_masks
 from automl.cli import main as cli_main
 from automl.cost.model import CostModel
 from automl.errors import ExportError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.export import export_policy
-from automl.onnx_export import ampq_to_onnx, export_file, export_onnx, layer_precisions
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.export import ort
+from automl.export.ampq import export_policy
+from automl.export.onnx import ampq_to_onnx, export_file, export_onnx, layer_precisions
 from tests.conftest import make_loaders, randomise_batchnorm
 
 
@@ -41,7 +41,7 @@ def _setup(model: nn.Module) -> tuple[Problem, Evaluator, CostModel]:
     loaders = make_loaders()
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task)
-    return problem, Evaluator(problem, EvalConfig()), CostModel(problem.analysis, problem.space)
+    return problem, Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False)), CostModel(problem.analysis, problem.space)
 
 
 def _ampq(problem, ev, policy, path):
@@ -105,7 +105,7 @@ def test_a_quantized_layer_behind_a_float_input_keeps_float_weights_on_its_grid(
     loaders = make_loaders()
     task = Task(plain_cnn, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task, SpaceConfig(weight_bits=(0, 4, 6), act_bits=(8, 32), pin_first_last=False))
-    ev = Evaluator(problem, EvalConfig())
+    ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     names = problem.analysis.names
     float_in, quant_in = names[1], names[2]
     base = problem.space.uniform(4, 8).as_dict()

@@ -1,4 +1,4 @@
-"""The winner's fine-tune beside the search (automl.overlap): the same result, cancelled on a new incumbent."""
+"""The winner's fine-tune beside the search (automl.runs.overlap): the same result, cancelled on a new incumbent."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from agents.objective import Objective
-from automl.budget import Budget
-from automl.config import SearchConfig
 from automl.cost import CostModel
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.finetune import FinetuneConfig
-from automl.overlap import SpeculativeFinetune, overlap_reason
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.finetune import FinetuneConfig
+from automl.problem.budget import Budget
+from automl.runs.config import SearchConfig
+from automl.runs.overlap import SpeculativeFinetune, overlap_reason
 from search_spaces.space import SpaceConfig
 from tests.tasks import small_resnet
 
@@ -27,7 +27,7 @@ RECIPE = FinetuneConfig(steps=30, eval_every=10, patience=0)
 def setup():
     torch.set_num_threads(1)
     problem = Problem.from_task(small_resnet(), SpaceConfig(weight_bits=(0, 2, 3, 4), act_bits=(2, 3, 4, 8)))
-    ev = Evaluator(problem, EvalConfig(fidelity=2))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=2))
     cost = CostModel(problem.analysis, problem.space)
     objective = Objective(ev, cost, Budget.parse("size<=0.5x").bind(cost), repair=False)
     rng = np.random.default_rng(0)
@@ -39,7 +39,7 @@ def _state(model):
 
 
 def test_the_speculative_fine_tune_is_bit_for_bit_the_foreground_one_and_leaves_the_search_alone(setup, monkeypatch):
-    from automl import overlap
+    from automl.runs import overlap
 
     ev, objective, policies = setup
     before = [ev.evaluate(p).to_dict() for p in policies[:6]]
@@ -115,29 +115,29 @@ def test_an_error_in_the_background_fine_tune_reaches_the_caller(setup):
 
 
 def test_overlap_needs_a_spare_core_one_worker_one_finalist_and_plain_rounding():
-    on = {"finetune_overlap": True}
-    assert overlap_reason(SearchConfig(threads=1, **on), cores=2) == ""
-    assert "spare core" in overlap_reason(SearchConfig(threads=1, **on), cores=1)
-    assert "spare core" in overlap_reason(SearchConfig(threads=2, **on), cores=3)
-    assert overlap_reason(SearchConfig(), cores=8) == "finetune_overlap is off"  # the default (search_speed, README)
-    assert "off" in overlap_reason(SearchConfig(finetune_overlap=False), cores=8)
-    assert "workers" in overlap_reason(SearchConfig(workers=2, **on), cores=8)
-    assert "finalists" in overlap_reason(SearchConfig(finetune_finalists=2, **on), cores=8)
-    assert "eval_ptq" in overlap_reason(SearchConfig(eval_ptq="adaquant-final", **on), cores=8)
-    assert "no fine-tune" in overlap_reason(SearchConfig(finetune_steps=0, **on), cores=8)
+    def cfg(finetune=None, **sections):
+        return SearchConfig(finetune={"overlap": True, **(finetune or {})}, **sections)
+
+    assert overlap_reason(cfg(run={"threads": 1}), cores=2) == ""
+    assert "spare core" in overlap_reason(cfg(run={"threads": 1}), cores=1)
+    assert "spare core" in overlap_reason(cfg(run={"threads": 2}), cores=3)
+    assert overlap_reason(SearchConfig(), cores=8) == "finetune.overlap is off"  # the default (search_speed, README)
+    assert "off" in overlap_reason(SearchConfig(finetune={"overlap": False}), cores=8)
+    assert "workers" in overlap_reason(cfg(run={"workers": 2}), cores=8)
+    assert "finalists" in overlap_reason(cfg(finetune={"finalists": 2}), cores=8)
+    assert "evaluation.ptq" in overlap_reason(cfg(evaluation={"ptq": "adaquant-final"}), cores=8)
+    assert "no fine-tune" in overlap_reason(cfg(finetune={"steps": 0}), cores=8)
 
 
 def test_a_search_with_and_without_overlap_delivers_the_same_model(tmp_path, monkeypatch):
-    from automl import overlap
-    from automl.runner import search
+    from automl.runs import overlap
+    from automl.runs.runner import search
     from tests.tasks import tiny
 
     monkeypatch.setattr(overlap, "usable_cores", lambda: 2)  # a spare core even on a one-core runner
     out = {}
     for on in (True, False):
-        search(tiny(), budget="size<=0.3x", searcher="random", evaluations=6, output=str(tmp_path / str(on)),
-               quiet=True, finetune_steps=6, finetune_eval_every=2, sensitivity_method="heuristic",
-               finetune_overlap=on)
+        search(tiny(), budget="size<=0.3x",  quiet=True, run={"evaluations": 6, "output": str(tmp_path / str(on))}, finetune={"steps": 6, "eval_every": 2, "overlap": on}, searcher={"name": "random", "sensitivity": "heuristic"})
         run_dir = next((tmp_path / str(on) / "runs").iterdir())
         out[on] = (json.loads((run_dir / "best_policies.json").read_text()),
                    json.loads((run_dir / "timings.json").read_text()))

@@ -9,24 +9,25 @@ import math
 import pytest
 
 from automl.cli import main
-from automl.config import SearchConfig
-from automl.pareto_config import ParetoConfig
+from automl.pareto.config import ParetoConfig
+from automl.runs.config import SearchConfig
+from search_spaces.space import SpaceConfig
 
-SMALL_SPACE = {"weight_bits": (0, 2, 4, 8), "act_bits": (4, 8), "max_sparsity": 0.5, "space_sparsity_step": 0.25,
-               "sensitivity_method": "fisher"}
+SMALL_SPACE = {"weight_bits": (0, 2, 4, 8), "act_bits": (4, 8), "max_sparsity": 0.5, "sparsity_step": 0.25}
 
 
-def small_config(tmp_path, **changes) -> SearchConfig:
-    values = {"task": "tests.tasks:small_resnet", "searcher": "random", "evaluations": 3, "finetune_steps": 2,
-              "finetune_eval_every": 1, "output": str(tmp_path / "out"), **SMALL_SPACE, **changes}
-    return SearchConfig.from_dict(values)
+def small_config(tmp_path, evaluations: int = 3, finetune_steps: int = 2) -> SearchConfig:
+    return SearchConfig(task="tests.tasks:small_resnet", space=SMALL_SPACE,
+                        searcher={"name": "random", "sensitivity": "fisher"},
+                        run={"evaluations": evaluations, "output": str(tmp_path / "out")},
+                        finetune={"steps": finetune_steps, "eval_every": 1})
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """One sweep over three budgets of a trained miniature ResNet-8, sensitivity computations counted."""
-    import automl.sensitivity_stage as stage_module
-    from automl.pareto import run_pareto
+    import automl.runs.sensitivity_stage as stage_module
+    from automl.pareto.sweep import run_pareto
     from tests.tasks import small_resnet
 
     tmp_path = tmp_path_factory.mktemp("pareto")
@@ -103,7 +104,7 @@ def test_sensitivities_are_measured_once_for_the_whole_sweep(sweep):
 def test_mlflow_holds_one_parent_with_a_nested_run_per_budget(sweep):
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     result, _, tmp_path = sweep
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path / "out"))
@@ -121,12 +122,12 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_budget(sweep):
 
 def test_weight_shares_of_a_uniform_policy_put_only_the_pinned_layers_at_8_bits():
     from automl.cost import CostModel
-    from automl.evaluate import Problem
-    from automl.pareto import weight_shares
+    from automl.evaluation.evaluator import Problem
+    from automl.pareto.points import weight_shares
     from tests.tasks import small_resnet
 
     task = small_resnet()
-    problem = Problem.from_task(task, SearchConfig(**SMALL_SPACE).space_config())
+    problem = Problem.from_task(task, SpaceConfig(**SMALL_SPACE))
     cm = CostModel(problem.analysis, problem.space)
     shares = weight_shares(cm, problem.space.uniform(4, act_bits=8))
     pinned = [s.name for s in problem.space.layers if s.pinned]
@@ -158,7 +159,7 @@ def test_default_levels_are_geometric_from_a_quarter_to_a_sixty_fourth():
         (["--levels", "1"], r"levels must be between 2 and 32, got 1"),
         (["--budgets", "lots"], r"cannot read the budget 'size<=lots'"),
         (["--budgets", "0.1x,0.1x"], r"repeat a level"),
-        (["--evaluations", "0"], r"evaluations must be >= 1"),
+        (["--evaluations", "0"], r"run.evaluations: must be greater than or equal to 1"),
         (["--searcher", "nope"], r"unknown searcher 'nope'"),
         (["--budgets", "0.0001x"], r"InfeasibleBudget: .*cannot be met"),
     ],
@@ -175,7 +176,7 @@ def test_bad_input_exits_2_with_one_paragraph_and_leaves_nothing_running(capsys,
     if (out / "mlflow.db").exists():
         from mlflow import MlflowClient
 
-        from automl.tracking import default_tracking_uri
+        from automl.tracking.tracker import default_tracking_uri
 
         client = MlflowClient(tracking_uri=default_tracking_uri(out))
         ids = [e.experiment_id for e in client.search_experiments()]
@@ -183,7 +184,7 @@ def test_bad_input_exits_2_with_one_paragraph_and_leaves_nothing_running(capsys,
 
 
 def test_a_bitops_sweep_prices_and_plots_bitops(tmp_path):
-    from automl.pareto import run_pareto
+    from automl.pareto.sweep import run_pareto
     from tests.tasks import small_resnet
 
     config = ParetoConfig(small_config(tmp_path, evaluations=2, finetune_steps=0), ("0.05x", "0.01x"), "bitops")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from automl.analysis import analyse
 from automl.errors import PolicyError, SearchSpaceError
-from automl.models import PlainCNN
+from automl.reference.models import PlainCNN
 from search_spaces import LayerPolicy, Policy, SearchSpace, SpaceConfig
 
 

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from automl.config import SearchConfig
-from automl.runner import run_search
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
 from tests.postgres_support import ENV_URL, postgres_bin, start_postgres
 
 
@@ -55,8 +55,7 @@ def test_a_search_tracks_to_postgres_and_stores_its_study_there(tmp_path, postgr
 
     tracking, storage = postgres_urls
     assert tracking.startswith("postgresql://") and storage.startswith("postgresql://")
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="tpe", evaluations=4, output=str(tmp_path), finetune_steps=0,
-                       tracking_uri=tracking, storage=storage, searcher_options={"warm_start": False})
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "tpe", "storage": storage, "options": {"warm_start": False}}, run={"evaluations": 4, "output": str(tmp_path)}, finetune={"steps": 0}, tracking={"uri": tracking})
     result = run_search(cfg, task=tiny(), quiet=True)
     assert result.n_evaluations == 4
     client = MlflowClient(tracking_uri=tracking)

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import automl.reference as reference
+import automl.reference.checkpoints as reference
 from automl.errors import ConfigError
-from automl.models import PlainCNN
-from automl.reference import (
+from automl.evaluation.task import Task
+from automl.reference.checkpoints import (
     checkpoint_path,
     default_cache_dir,
     load_reference,
@@ -16,7 +16,7 @@ from automl.reference import (
     reference_task,
     train_reference,
 )
-from automl.task import Task
+from automl.reference.models import PlainCNN
 
 TINY = {"arch": "plaincnn", "epochs": 1, "max_train_batches": 2, "log": None}
 

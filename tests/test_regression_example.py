@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from automl.cli import main
-from automl.export import load_exported
+from automl.export.ampq import load_exported
 
 ROOT = Path(__file__).resolve().parent.parent
 

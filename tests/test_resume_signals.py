@@ -16,10 +16,10 @@ import pytest
 
 from agents.base import Callback
 from automl.cli import main
-from automl.config import SearchConfig
-from automl.lifecycle import OWNER
-from automl.resume import JOURNAL, STATE, read_journal
-from automl.runner import run_search
+from automl.runs.config import SearchConfig
+from automl.runs.lifecycle import OWNER
+from automl.runs.resume import JOURNAL, STATE, read_journal
+from automl.runs.runner import run_search
 from tests.test_cli_errors import TINY, parent_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _interrupted_run(where: Path, evaluations: int = 5) -> Path:
     from tests.tasks import tiny
 
     os.chdir(where)
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=evaluations, output="rel-out", finetune_steps=0)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": evaluations, "output": "rel-out"}, finetune={"steps": 0})
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, task=tiny(), quiet=True, callbacks=[StopAfter(2)])
     return next((where / "rel-out" / "runs").iterdir())
@@ -57,7 +57,7 @@ def test_ctrl_c_kills_the_parent_and_resume_from_elsewhere_uses_the_runs_own_cou
     assert json.loads((run_dir / STATE).read_text())["status"] == "KILLED" and not (run_dir / OWNER).exists()
     assert len(read_journal(run_dir / JOURNAL)) == 2
     saved = json.loads((run_dir / "config.json").read_text())
-    assert Path(saved["output"]).is_absolute()
+    assert Path(saved["run"]["output"]).is_absolute()
 
     monkeypatch.chdir(tmp_path / "b")  # another working directory, no --evaluations
     assert main(["search", "--resume", str(run_dir)]) == 0
@@ -71,7 +71,7 @@ def test_ctrl_c_kills_the_parent_and_resume_from_elsewhere_uses_the_runs_own_cou
 def test_overrides_are_reported_meaning_changes_refused_and_finished_runs_not_reopened(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     run_dir = _interrupted_run(tmp_path, evaluations=3)
@@ -83,7 +83,7 @@ def test_overrides_are_reported_meaning_changes_refused_and_finished_runs_not_re
 
     assert main(["search", "--resume", str(run_dir), "--evaluations", "4", "--threads", "1"]) == 0
     err = capsys.readouterr().err
-    assert "override evaluations: 3 -> 4" in err and "threads" not in err.split("override", 1)[1].split("\n")[0]
+    assert "override run.evaluations: 3 -> 4" in err and "threads" not in err.split("override", 1)[1].split("\n")[0]
     assert len(read_journal(run_dir / JOURNAL)) == 4 and parent_statuses(out) == ["FINISHED"]
 
     client = MlflowClient(tracking_uri=default_tracking_uri(out))
@@ -162,7 +162,7 @@ def test_automl_ui_stops_its_server_on_sigterm(tmp_path):
 def test_a_sigterm_whose_raise_python_drops_still_stops_the_search():
     """A handler that runs inside a ``__del__`` raises where Python only prints the exception;
     the signal is kept, and the next trial's check raises it."""
-    from automl.lifecycle import Terminated, handle_termination, raise_if_terminated
+    from automl.runs.lifecycle import Terminated, handle_termination, raise_if_terminated
 
     class KilledWhileCollected:
         def __del__(self):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from automl.resume import JOURNAL, STATE, read_journal
-from automl.tracking import FAILURES_FILE, FAILURES_TAG, MlflowTracker, default_tracking_uri
+from automl.runs.resume import JOURNAL, STATE, read_journal
+from automl.tracking.tracker import FAILURES_FILE, FAILURES_TAG, MlflowTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--task", "tests.tasks:tiny", "--finetune-steps", "0", "--sensitivity", "heuristic"]
@@ -87,9 +87,9 @@ def test_a_search_reports_failed_writes_in_its_summary_tags_and_run_dir(tmp_path
     """Through the runner: trial 1's child run cannot be written; the search still finishes."""
     from mlflow import MlflowClient
 
-    from automl import tracking
-    from automl.config import SearchConfig
-    from automl.runner import run_search
+    from automl.runs.config import SearchConfig
+    from automl.runs.runner import run_search
+    from automl.tracking import tracker as tracking
     from tests.tasks import tiny
 
     monkeypatch.setattr(tracking, "BACKOFF", 0.01)
@@ -101,8 +101,7 @@ def test_a_search_reports_failed_writes_in_its_summary_tags_and_run_dir(tmp_path
         return real(self, experiment_id, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "create_run", create_run)
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=3, output=str(tmp_path), finetune_steps=0,
-                       sensitivity_method="heuristic")
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random", "sensitivity": "heuristic"}, run={"evaluations": 3, "output": str(tmp_path)}, finetune={"steps": 0})
     result = run_search(cfg, task=tiny())
     out = capsys.readouterr().out
     assert result.n_evaluations == 3
@@ -185,7 +184,7 @@ def test_an_unwritable_output_directory_is_refused_before_any_work(tmp_path):
 def test_the_journal_undoes_a_write_the_full_disk_cut_and_keeps_the_records_before(tmp_path, monkeypatch):
     from automl import faults
     from automl.errors import RunDirError
-    from automl.runner import Journal
+    from automl.runs.runner import Journal
     from tests.agents_support import make_objective
 
     objective = make_objective()
@@ -229,7 +228,7 @@ def test_a_full_disk_at_the_journal_keeps_what_was_written_and_says_how_to_resum
 def test_a_resumed_random_search_proposes_what_the_uninterrupted_one_did():
     """In process: 3 trials, a new searcher given the journal (restore_records), 3 more."""
     from agents.random_search import RandomSearcher
-    from automl.runner import restore_records
+    from automl.runs.runner import restore_records
     from tests.agents_support import make_objective
 
     objective = make_objective

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from automl.config import SearchConfig
-from automl.runner import JOURNAL, read_journal, run_search
-from automl.tracking import TRIAL_TAG, default_tracking_uri
+from automl.runs.config import SearchConfig
+from automl.runs.runner import JOURNAL, read_journal, run_search
+from automl.tracking.tracker import TRIAL_TAG, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def _children(output: Path, experiment: str = "automl-mpq"):
 def test_search_writes_the_expected_mlflow_structure(tmp_path):
     from tests.tasks import tiny
 
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=6, output=str(tmp_path), finetune_steps=2)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 6, "output": str(tmp_path)}, finetune={"steps": 2})
     result = run_search(cfg, task=tiny(), quiet=True)
     assert result.n_evaluations == 6
     client, parents, children = _children(tmp_path)
@@ -57,8 +57,8 @@ def test_search_writes_the_expected_mlflow_structure(tmp_path):
             "search_space.json", "budget.json", "config.json"} <= parent_files
     assert "float_val_accuracy" in parents[0].data.metrics
     # What the UI shows: the ML view, the parent linking its best child, the child's per-layer table.
-    from automl.mlflow_ui import EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, run_path
-    from automl.report import best_table
+    from automl.tracking.report import best_table
+    from automl.tracking.ui import EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, run_path
 
     exp = client.get_experiment_by_name("automl-mpq")
     assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development" and VIEW_TAG in exp.tags
@@ -119,12 +119,11 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path, s
 
 def test_bring_your_own_model_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    from automl.runner import search
+    from automl.runs.runner import search
     from examples.byom_task import make_task
 
     task = make_task(epochs=1)
-    result = search(task, budget="size<=0.25x", searcher="random", evaluations=4, output=str(tmp_path), quiet=True,
-                    finetune_steps=2)
+    result = search(task, budget="size<=0.25x", searcher="random", quiet=True, run={"evaluations": 4, "output": str(tmp_path)}, finetune={"steps": 2})
     assert result.n_evaluations == 4 and result.best is not None
     assert result.best.costs.size_bytes <= dict(result.limits)["size"]
 
@@ -134,15 +133,15 @@ def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch
     error is the build's and the tracker that opened anyway stops its writer thread."""
     import threading
 
-    from automl import runner
     from automl.errors import ConfigError
-    from automl.resume import RunPlan
+    from automl.runs import runner
+    from automl.runs.resume import RunPlan
 
     def broken(*args, **kwargs):
         raise ConfigError("task build failed")
 
     monkeypatch.setattr(runner, "_build_problem", broken)
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=2, output=str(tmp_path))
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 2, "output": str(tmp_path)})
     with pytest.raises(ConfigError, match="task build failed"):
         runner.build_session(RunPlan(cfg, tmp_path / "run"))
     deadline = time.time() + 60

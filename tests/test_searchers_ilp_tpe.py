@@ -9,9 +9,9 @@ from optuna.trial import TrialState
 
 from agents.ilp import ILPSearcher
 from agents.optuna_search import ILPTPESearcher, uniform_warm_policies
-from automl.config import SearchConfig
 from automl.errors import ConfigError
-from automl.ilp import choice_table, solve_ilp
+from automl.problem.ilp import choice_table, solve_ilp
+from automl.runs.config import SearchConfig
 from search_spaces.policy import FLOAT_BITS
 from tests.agents_support import make_objective
 
@@ -28,7 +28,7 @@ def sweep_order(sweep: int) -> list:
 
 
 def test_default_searcher_is_ilp_tpe() -> None:
-    assert SearchConfig().searcher == "ilp_tpe"
+    assert SearchConfig().searcher.name == "ilp_tpe"
 
 
 def test_proposes_the_sweep_then_the_uniform_warm_start_then_tpe() -> None:

@@ -12,12 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from agents.baselines import uniform_set
 from agents.codec import PolicyCodec
 from agents.ilp import ILPSearcher
 from agents.optuna_search import RECORD_ATTR, SURPLUS_ATTR, NSGA2Searcher, TPESearcher
 from agents.records import TrialRecord
 from agents.storage import open_storage
-from automl.baselines import uniform_set
 from automl.errors import ConfigError
 from tests.agents_support import make_objective
 from tests.postgres_support import ENV_URL, postgres_bin, start_postgres
@@ -47,8 +47,8 @@ def test_warm_start_evaluates_the_ilp_policy_first() -> None:
 def test_warm_start_uniform_policies_take_the_widest_activations_that_fit() -> None:
     """Under a size budget activations cost nothing: the warm start's uniform policies are
     W{b}A{widest}, not W{b}A{b}, and each is the least pruned that fits."""
+    from agents.baselines import uniform_combinations
     from agents.optuna_search import warm_start_policies
-    from automl.baselines import uniform_combinations
 
     objective = make_objective(budget="size<=0.15x")
     uniform = warm_start_policies(objective)[1:]
@@ -209,7 +209,7 @@ def test_the_compact_encoding_has_about_three_parameters_per_layer() -> None:
     import torch
 
     from automl.analysis import analyse
-    from automl.models import ResNet
+    from automl.reference.models import ResNet
     from search_spaces.space import SearchSpace
 
     space = SearchSpace.build(analyse(ResNet(20).eval(), torch.zeros(2, 1, 28, 28)))
@@ -285,12 +285,12 @@ def test_multi_fidelity_promotes_a_share_and_counts_every_stage() -> None:
 
 
 def test_the_stage_fidelity_option_is_checked_and_reaches_the_searcher(tmp_path) -> None:
-    from automl.config import SearchConfig
-    from automl.runner import make_searcher as runner_searcher
+    from automl.runs.config import SearchConfig
+    from automl.runs.runner import make_searcher as runner_searcher
 
-    with pytest.raises(ConfigError, match="searcher_stage_fidelity"):
-        SearchConfig(fidelity=2, searcher_stage_fidelity=2)
+    with pytest.raises(ConfigError, match="searcher.stage_fidelity must be 0"):
+        SearchConfig(evaluation={"fidelity": 2}, searcher={"stage_fidelity": 2})
     objective = make_objective()
     objective.evaluator = StagedEvaluator(objective.evaluator)
-    searcher = runner_searcher("tpe", objective, SearchConfig(fidelity=2, searcher_stage_fidelity=1), tmp_path)
+    searcher = runner_searcher("tpe", objective, SearchConfig(evaluation={"fidelity": 2}, searcher={"stage_fidelity": 1}), tmp_path)
     assert searcher.stage_fidelity == 1

@@ -11,7 +11,7 @@ from agents.ilp import ILPSearcher
 from agents.random_search import RandomSearcher
 from automl.cost import Costs
 from automl.errors import ConfigError, PolicyError
-from automl.metrics import Metrics
+from automl.problem.metrics import Metrics
 from tests.agents_support import make_objective
 
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import automl.sensitivity_stage as stage
-from automl.budget import Budget
-from automl.config import SearchConfig
+import automl.runs.sensitivity_stage as stage
 from automl.cost import CostModel
 from automl.errors import ConfigError
-from automl.evaluate import EvalConfig, Evaluator, Problem
-from automl.ilp import solve_ilp
-from automl.runner import run_search
-from automl.task import Task
+from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
+from automl.evaluation.task import Task
+from automl.problem.budget import Budget
+from automl.problem.ilp import solve_ilp
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
 from search_spaces.space import SpaceConfig
 from tests.tasks import bn_free_cnn
 
@@ -49,7 +49,7 @@ SPACE = SpaceConfig(weight_bits=(2, 3, 4, 8), act_bits=(8,), allow_pruning=False
 @pytest.mark.parametrize("method", ["measured", "fisher", "hessian"])
 def test_a_fragile_layer_is_more_sensitive_and_gets_more_bits_from_the_ilp(method):
     problem = Problem.from_task(fragile_task(), SPACE)
-    ev = Evaluator(problem, EvalConfig(fidelity=1))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=1))
     sens = stage.sensitivity_stage(ev, problem.space, 1, method).sensitivities
     for bits in (2, 3, 4):
         fragile = sens.layer(FRAGILE).at(0.0, bits, 8)
@@ -66,7 +66,7 @@ def test_a_fragile_layer_is_more_sensitive_and_gets_more_bits_from_the_ilp(metho
 
 def test_tables_are_cached_by_model_and_method(tmp_path, monkeypatch):
     problem = Problem.from_task(fragile_task(), SPACE)
-    ev = Evaluator(problem, EvalConfig(fidelity=1))
+    ev = Evaluator(problem, EvalConfig(bn_samples=0, early_stop=False, fidelity=1))
     first = stage.sensitivity_stage(ev, problem.space, 1, "measured", tmp_path)
     assert first.spent == first.evaluations == ev.n_evaluations > 0 and not first.cached
     again = stage.sensitivity_stage(ev, problem.space, 1, "measured", tmp_path)
@@ -77,7 +77,7 @@ def test_tables_are_cached_by_model_and_method(tmp_path, monkeypatch):
     assert stage.sensitivities_for(ev, problem.space, 1, "hessian", tmp_path)[1] == 0
     with torch.no_grad():  # other weights: another key, measured again
         problem.task.model.conv2.weight.mul_(1.01)
-    changed = Evaluator(Problem.from_task(problem.task, SPACE), EvalConfig(fidelity=1))
+    changed = Evaluator(Problem.from_task(problem.task, SPACE), EvalConfig(bn_samples=0, early_stop=False, fidelity=1))
     assert not stage.sensitivity_stage(changed, changed.problem.space, 1, "measured", tmp_path).cached
     assert len(json.loads((tmp_path / stage.CACHE_FILE).read_text())) == 3
 
@@ -89,18 +89,19 @@ def test_a_resumed_search_reuses_its_sensitivities_and_counts_them_once(tmp_path
     calls = []
     real = stage.measure_sensitivities
     monkeypatch.setattr(stage, "measure_sensitivities", lambda *a, **k: calls.append(1) or real(*a, **k))
-    common = dict(task="tests.tasks:tiny", searcher="random", output=str(tmp_path), finetune_steps=0,
-                  sensitivity_method="measured", weight_bits=(0, 4, 8), act_bits=(4, 8))
-    first = run_search(SearchConfig(evaluations=2, **common), task=tiny(), quiet=True)
+    common = dict(task="tests.tasks:tiny", searcher={"name": "random", "sensitivity": "measured"}, finetune={"steps": 0},
+                  space={"weight_bits": (0, 4, 8), "act_bits": (4, 8)})
+    first = run_search(SearchConfig(**common, run={"evaluations": 2, "output": str(tmp_path)}), task=tiny(), quiet=True)
     assert calls == [1] and first.sensitivity_evaluations > 0
     run_dir = next((tmp_path / "runs").iterdir())
-    resumed = run_search(SearchConfig(evaluations=3, resume=str(run_dir), **common), task=tiny(), quiet=True)
+    resumed = run_search(SearchConfig(**common, run={"evaluations": 3, "resume": str(run_dir), "output": str(tmp_path)}),
+                         task=tiny(), quiet=True)
     assert calls == [1]  # no second measuring pass
     assert resumed.n_evaluations == 3 and resumed.sensitivity_evaluations == first.sensitivity_evaluations
     assert json.loads((run_dir / "result.json").read_text())["sensitivity_evaluations"] == first.sensitivity_evaluations
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
     parent = client.get_run(json.loads((run_dir / "state.json").read_text())["parent_run_id"])
@@ -111,11 +112,11 @@ def test_a_resumed_search_reuses_its_sensitivities_and_counts_them_once(tmp_path
 
 
 def test_a_bad_sensitivity_method_is_a_config_error():
-    with pytest.raises(ConfigError, match="sensitivity_method must be one of"):
-        SearchConfig(sensitivity_method="magic")
+    with pytest.raises(ConfigError, match="searcher.sensitivity: must be 'measured', 'fisher', 'hessian' or 'heuristic'"):
+        SearchConfig(searcher={"sensitivity": "magic"})
     problem = Problem.from_task(fragile_task(), SPACE)
-    with pytest.raises(ConfigError, match="sensitivity_method must be one of"):
-        stage.sensitivity_stage(Evaluator(problem), problem.space, 1, "magic")
+    with pytest.raises(ConfigError, match="searcher.sensitivity must be one of"):
+        stage.sensitivity_stage(Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False)), problem.space, 1, "magic")
 
 
 def test_cli_rejects_a_bad_sensitivity_method_with_exit_code_2(tmp_path):
@@ -124,4 +125,4 @@ def test_cli_rejects_a_bad_sensitivity_method_with_exit_code_2(tmp_path):
          "--output", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
-    assert "sensitivity_method must be one of" in done.stderr and "Traceback" not in done.stderr
+    assert "searcher.sensitivity: must be 'measured', 'fisher', 'hessian' or 'heuristic'" in done.stderr and "Traceback" not in done.stderr

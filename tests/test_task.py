@@ -6,8 +6,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.errors import DataError, TaskError
-from automl.models import PlainCNN
-from automl.task import Task, top1_accuracy
+from automl.evaluation.task import Task, top1_accuracy
+from automl.reference.models import PlainCNN
 
 
 def _loader(n: int = 8, batch_size: int = 4, **kwargs) -> DataLoader:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from automl.config import SearchConfig
-from automl.mlflow_ui import experiment_path, run_path
-from automl.runner import run_search
-from automl.tracking import default_tracking_uri
+from automl.runs.config import SearchConfig
+from automl.runs.runner import run_search
+from automl.tracking.tracker import default_tracking_uri
+from automl.tracking.ui import experiment_path, run_path
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_best_child_run_shows_its_per_layer_table_in_the_ml_view(tmp_path):
 
     from tests.tasks import tiny
 
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher="random", evaluations=5, output=str(tmp_path), finetune_steps=2)
+    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 5, "output": str(tmp_path)}, finetune={"steps": 2})
     result = run_search(cfg, task=tiny(), quiet=True)
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
     exp = client.get_experiment_by_name("automl-mpq")

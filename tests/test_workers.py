@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from automl.cli import main
-from automl.workers import WORKER_ATTR, fail_dead_trials, process_space, tag_alive, worker_tag
+from automl.runs.workers import WORKER_ATTR, fail_dead_trials, process_space, tag_alive, worker_tag
 from tests.test_postgres_tracking import postgres_urls  # noqa: F401, F811 - the PostgreSQL fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def _children(output: Path) -> tuple[list[str], list[str]]:
     """(parent run ids, parent ids of child runs) in the run store under ``output``."""
     from mlflow import MlflowClient
 
-    from automl.tracking import default_tracking_uri
+    from automl.tracking.tracker import default_tracking_uri
 
     client = MlflowClient(tracking_uri=default_tracking_uri(output))
     ids = [e.experiment_id for e in client.search_experiments()]
@@ -278,8 +278,8 @@ def test_a_trial_without_heartbeat_is_failed_and_requeued_once_per_retry(tmp_pat
 
 def test_a_joining_worker_waits_for_the_ready_marker_and_gives_up_when_the_owner_is_gone(tmp_path):
     from automl.errors import ConfigError
-    from automl.lifecycle import write_owner
-    from automl.workers import READY, wait_ready
+    from automl.runs.lifecycle import write_owner
+    from automl.runs.workers import READY, wait_ready
 
     run_dir = tmp_path / "run"
     (run_dir / "workers").mkdir(parents=True)

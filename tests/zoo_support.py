@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from automl.task import Task
+from automl.evaluation.task import Task
 
 IMAGE = (3, 32, 32)
 SEQUENCE = (16, 12)  # tokens x features of the sequence classifier

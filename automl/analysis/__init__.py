@@ -1,8 +1,8 @@
 """Model analysis: layers, shapes, MACs and channel coupling.
 
-The records (:mod:`automl.analysis.records`) are plain values and import without torch, so the
+The records (:mod:`search_spaces.network`) are plain values and import without torch, so the
 search space, the cost model and a command line that refuses a bad option do not pay for
-torch's import (~1 s); the tracer and the pruning helpers load on first use.
+torch's import; the tracer and the pruning helpers load on first use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from automl.analysis.records import ChannelGroup, LayerInfo, ModelAnalysis, Segment
+from search_spaces.network import ChannelGroup, LayerInfo, ModelAnalysis, Segment
 
 _LAZY = {"analyse": "automl.analysis.graph", "keep_masks": "automl.analysis.prune",
          "canonical_model": "automl.analysis.canonical", "register_eval_identity": "automl.analysis.canonical",

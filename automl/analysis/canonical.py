@@ -22,6 +22,7 @@ Modules that are the identity in eval mode are listed by class; a user registers
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -231,7 +232,9 @@ def _rewrite(module: nn.Module, path: str, done: list[str]) -> nn.Module:
     if rule is None:
         return module
     done.append(f"{path[:-1] or 'model'} ({type(module).__name__})")
-    return rule(module).train(module.training)
+    where = next(itertools.chain(module.parameters(), module.buffers()), None)  # new layers go where it lies
+    rewritten = rule(module).train(module.training)
+    return rewritten.to(where.device) if where is not None else rewritten
 
 
 def _needs_rewrite(model: nn.Module) -> bool:

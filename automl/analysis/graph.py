@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from automl.analysis.records import ChannelGroup, LayerInfo, ModelAnalysis, Segment
 from automl.errors import AnalysisError
+from search_spaces.network import ChannelGroup, LayerInfo, ModelAnalysis, Segment
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 # f(0) == 0 and per-channel: a pruned (all-zero) channel stays zero through these.

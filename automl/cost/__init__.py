@@ -3,7 +3,7 @@
 - :mod:`automl.cost.model`: :class:`CostModel` (the pricing conventions are in its docstring).
 - :mod:`automl.cost.profiles`: loading and validating hardware profiles; the kinds live in
   :mod:`automl.cost.analytic` (bit-serial accelerator, CPU roofline) and
-  :mod:`automl.cost.tabulated` (tables measured by :mod:`automl.cost.measure`).
+  :mod:`automl.cost.tabulated` (tables measured by :mod:`automl.export.torch_profile`).
 - :mod:`automl.cost.choices`: exact per-layer-decision costs for the integer program.
 """
 

@@ -1,4 +1,4 @@
-"""The exact cost of every layer decision, for the integer program (:mod:`automl.ilp`).
+"""The exact cost of every layer decision, for the integer program (:mod:`automl.problem.ilp`).
 
 A layer decision is (level of the layer's output group, level of its input group, uniform
 weight bits, activation bits). A layer's size, MACs, BitOps, input activation bits and

@@ -112,7 +112,7 @@ class HardwareProfile(abc.ABC):
     """Base of the latency models. Subclasses are frozen dataclasses.
 
     Every model has the same shape, which the integer program
-    (:func:`automl.ilp.solve_ilp`) linearises exactly: a layer takes
+    (:func:`automl.problem.ilp.solve_ilp`) linearises exactly: a layer takes
     ``max(compute, memory + output write) + overhead`` and the network adds
     :attr:`network_overhead_ms`.
 

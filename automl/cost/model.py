@@ -2,7 +2,7 @@
 
 Conventions (the float model and every policy are priced by the same formulas):
 
-- **Size.** The bytes of the packed export file (:mod:`automl.export`), to within the
+- **Size.** The bytes of the packed export file (:mod:`automl.export.ampq`), to within the
   padding of its compressed header. Per layer: the codes of its quantized (< 32-bit)
   kept channels at their bit-widths in one stream padded to a whole byte; float rows of
   32-bit channels at 32 bits; one 32-bit scale per kept quantized channel; one bit-width
@@ -12,12 +12,12 @@ Conventions (the float model and every policy are priced by the same formulas):
   deployed model holds (``ModelAnalysis.unquantized``: LayerNorms, unfolded BatchNorms with
   their statistics, class tokens, position embeddings, layer scales) at its own bytes,
   shrinking with its channel group when it follows one. Plus ``container_bytes`` once: the
-  file's prefix and compressed header, measured by :func:`automl.export.container_bytes`
+  file's prefix and compressed header, measured by :func:`automl.export.ampq.container_bytes`
   (0 when not given, e.g. in unit tests). The **float size** is the same formulas at 32 bits for
   every channel, none pruned: the ``.ampq`` file of the unpruned float model (no
   scales, no codes), which is what ``x``-relative size budgets are fractions of; a
   ``torch.save`` of the float ``state_dict`` is larger (BatchNorms unfolded, zip and
-  pickle framing: +7 % on ResNet-8). Sizes are in bytes.
+  pickle framing). Sizes are in bytes.
 - **Pruning.** A channel pruned in one producer of a coupled group is pruned in all
   (union, as :meth:`SearchSpace.resolve`); a layer reading a group loses those input
   features (``Segment.features_per_channel`` each); a depthwise layer keeps one input per
@@ -44,11 +44,11 @@ from functools import cached_property
 
 import numpy as np
 
-from automl.analysis.records import ModelAnalysis
 from automl.cost.batch import NM_CHOICES, LayerBatch
 from automl.cost.costs import Costs, latency_metric
 from automl.cost.profiles import HardwareProfile
 from automl.errors import PolicyError, ProfileError, SearchSpaceError
+from search_spaces.network import ModelAnalysis
 from search_spaces.policy import FLOAT_BITS, NM_PATTERNS, Policy, parse_nm
 from search_spaces.space import SearchSpace
 
@@ -72,7 +72,7 @@ class CostModel:
         space: the search space built from ``analysis`` (defines the layer order).
         profiles: hardware profiles whose latency every price includes.
         container_bytes: bytes every export file needs besides the layers' tensors (prefix,
-            compressed graph header, constant tensors): :func:`automl.export.container_bytes`.
+            compressed graph header, constant tensors): :func:`automl.export.ampq.container_bytes`.
     """
 
     def __init__(

@@ -6,12 +6,12 @@ named by their file stem; a user profile is any path. Every file is validated on
 bad value raises :class:`~automl.errors.ProfileError` naming the key.
 
 Every profile is monotone: fewer channels, fewer bits or fewer activation bits never cost
-more latency, which the feasibility check (:meth:`automl.budget.Budget.bind`) relies on.
+more latency, which the feasibility check (:meth:`automl.problem.budget.Budget.bind`) relies on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import yaml
 from automl.cost.analytic import BitSerialProfile, RooflineProfile
 from automl.cost.hardware import PROFILE_SCHEMA_VERSION, HardwareProfile, Reader
 from automl.cost.tabulated import MeasuredLayer, MeasuredProfile, interpolate, monotone_tables
-from automl.errors import ProfileError
+from automl.errors import ConfigError, ProfileError
 
 SHIPPED_DIR = Path(__file__).parent / "profiles"
 
@@ -82,3 +82,18 @@ def save_profile(profile: HardwareProfile, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(profile.to_dict(), sort_keys=False, default_flow_style=None, width=120))
     return path
+
+
+def check_profile_scales(profiles: Sequence[HardwareProfile], power_of_two: bool) -> None:
+    """Refuse to price shift-only hardware for a search that does not use power-of-two scales.
+
+    Raises:
+        ConfigError: a profile declares ``scales: power_of_two`` and ``power_of_two`` is off.
+    """
+    for p in profiles:
+        if getattr(p, "scales", "any") == "power_of_two" and not power_of_two:
+            raise ConfigError(
+                f"profile {p.name!r} is shift-only hardware (scales: power_of_two), but the search quantizes with "
+                "arbitrary scales, which that hardware cannot apply. Pass --power-of-two (evaluation: {power_of_two: true}) "
+                "or price another profile."
+            )

@@ -1,4 +1,4 @@
-"""Latency tables measured on this machine (written by :mod:`automl.cost.measure`)."""
+"""Latency tables measured on this machine (written by :mod:`automl.export.torch_profile`)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ class MeasuredProfile(HardwareProfile):
         if missing:
             raise ProfileError(
                 f"measured profile {self.name!r} has no timings for layers {missing}: it was measured on another "
-                "model. Measure this model with `automl profile-hardware` (automl.cost.measure.profile_hardware)."
+                "model. Measure this model with `automl profile-hardware` (automl.export.torch_profile.profile_hardware)."
             )
         for n, fin, cout in zip(names, in_features, out_channels, strict=True):
             m = mine[n]

@@ -34,7 +34,6 @@ import numpy as np
 from automl.data.images import (
     ArraySplits,
     Augment,
-    default_cache_dir,
     file_digest,
     holdout_splits,
     listing_digest,
@@ -42,6 +41,7 @@ from automl.data.images import (
     write_cached,
 )
 from automl.errors import DataError
+from automl.paths import default_cache_dir
 
 NAME = "cifar10"
 ENV_VAR = "AUTOML_CIFAR10_DIR"

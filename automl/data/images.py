@@ -26,15 +26,6 @@ from automl.errors import ConfigError, DataError
 SPLIT_NAMES = ("train", "calib", "val", "test")
 
 
-def default_cache_dir() -> Path:
-    """Where decoded data and trained checkpoints go: ``$AUTOML_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/automl-mpq``, else ``~/.cache/automl-mpq``."""
-    if os.environ.get("AUTOML_CACHE_DIR"):
-        return Path(os.environ["AUTOML_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "automl-mpq"
-
-
 def stratified_holdout(labels: np.ndarray, per_class: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Deal ``per_class[name]`` images of every class into each named part; the rest is ``train``.
 

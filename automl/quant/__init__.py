@@ -1,7 +1,7 @@
 """Fake quantization and the policy-applying engine.
 
-The names below load their modules on first use, so that :mod:`automl.quant.methods` (option
-checks that a configuration runs before torch is imported) can be imported on its own.
+The names below load their modules on first use, so that importing the package costs nothing
+until one of them is used.
 """
 
 from __future__ import annotations

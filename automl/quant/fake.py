@@ -33,8 +33,11 @@ class Magnitudes:
 
     def __init__(self, w: torch.Tensor) -> None:
         flat = w.detach().reshape(w.shape[0], -1)
-        self.sorted = torch.from_numpy(np.sort(flat.abs().float().cpu().numpy(), axis=1)).to(flat.dtype)
-        zero = torch.zeros(flat.shape[0], 1, dtype=torch.float64)
+        if flat.device.type == "cpu":  # numpy's sort is the faster one on the host
+            self.sorted = torch.from_numpy(np.sort(flat.abs().float().cpu().numpy(), axis=1)).to(flat.dtype)
+        else:  # sorted where the weight lies: no trip through the host
+            self.sorted = torch.sort(flat.abs(), dim=1).values
+        zero = torch.zeros(flat.shape[0], 1, dtype=torch.float64, device=flat.device)
         self.prefix = torch.cat([zero, self.sorted.double().cumsum(dim=1)], dim=1)  # [C, K + 1]
         self.squares = (self.sorted.double() ** 2).sum(dim=1)  # [C]
 
@@ -57,7 +60,7 @@ def weight_scales(
         return _pow2(scale) if power_of_two else scale
     if method != "mse":
         raise ValueError(f"weight clipping method must be 'max' or 'mse', got {method!r}")
-    ratios = CLIP_RATIOS.to(flat.dtype)[:, None]  # [R, 1]
+    ratios = CLIP_RATIOS.to(device=flat.device, dtype=flat.dtype)[:, None]  # [R, 1]
     scales = ratios * absmax[None, :] / qmax[None, :]  # [R, C]
     if power_of_two:
         scales = _pow2(scales)
@@ -101,7 +104,7 @@ def _clip_errors_sorted(mags: Magnitudes, scales: torch.Tensor, levels: int) -> 
     k = mags.sorted.shape[1]
     p1, s2 = mags.prefix, mags.squares
     r, c = scales.shape
-    j = torch.arange(levels, dtype=scales.dtype)
+    j = torch.arange(levels, dtype=scales.dtype, device=scales.device)
     edges = ((j + 0.5)[None, None, :] * scales[:, :, None]).permute(1, 0, 2).reshape(c, r * levels)
     below = torch.searchsorted(mags.sorted, edges.contiguous())  # [C, R * levels]
     sum_p1 = p1.gather(1, below).view(c, r, levels).sum(dim=2).T  # [R, C]
@@ -171,8 +174,8 @@ def quantize_act_ste(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> tor
     quarter of its time on CPU: the fused op took as long as the layer's convolution in a
     fine-tune step (``tests/test_quant.py``).
     """
-    s32 = torch.tensor(scale, dtype=torch.float32)
-    return _STEAct.apply(x, float(s32), float(1.0 / s32), qmin, qmax)
+    s32 = np.float32(scale)  # the float32 rounding of the scale and of its inverse, computed on the host
+    return _STEAct.apply(x, float(s32), float(np.float32(1.0) / s32), qmin, qmax)
 
 
 def act_qparams(
@@ -194,7 +197,7 @@ def act_qparams(
         k = max(1, int(round(0.9999 * x.numel())))
         clip = float(x.abs().kthvalue(k).values.clamp_min(1e-8))
     elif method == "mse":
-        ratios = CLIP_RATIOS[:, None]
+        ratios = CLIP_RATIOS.to(x.device)[:, None]
         scales = ratios * absmax / levels
         if power_of_two:
             scales = _pow2(scales)
@@ -205,7 +208,7 @@ def act_qparams(
         raise ValueError(f"activation calibration must be 'minmax', 'percentile' or 'mse', got {method!r}")
     scale = clip / levels
     if power_of_two:
-        scale = float(_pow2(torch.tensor(scale)))
+        scale = float(_pow2(torch.tensor(scale, device=x.device)))
     return scale, qmin, levels
 
 
