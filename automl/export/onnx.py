@@ -511,17 +511,22 @@ def layer_precisions(model: Any) -> dict[str, int]:
 
 
 def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, sample: torch.Tensor, *,
-                 threads: int = 1, repeats: int = 20, batch_runs: int | None = None) -> dict[str, Any]:
+                 threads: int = 1, repeats: int = 20, batch_runs: int | None = None,
+                 float_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """ONNX Runtime latency of the exported file and of the float network, at batch 1 and
     ``len(sample)``, each pair timed round-robin in one run (:func:`automl.export.ort.best_ms`):
     the best of ``3 * repeats`` runs at batch 1 and of ``batch_runs`` (default the same) at
-    the full batch, whose runs take far longer and whose minimum is steadier."""
+    the full batch, whose runs take far longer and whose minimum is steadier. ``float_path``:
+    where to write the float ONNX file that was timed, so that a user can compare the two files
+    with their own runtime."""
     import onnx
 
     from automl.export import ort
 
     exported = Path(onnx_path).read_bytes()
     baseline = float_onnx(float_model, sample)
+    if float_path is not None:
+        write_bytes(float_path, baseline)
     x = sample.detach().cpu().numpy()
     sessions = [ort.session(exported, threads), ort.session(baseline, threads)]
     ms = ort.best_ms([ort.runner(s, x[:1]) for s in sessions], repeats)
@@ -530,7 +535,8 @@ def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, samp
     return {"onnx_path": str(onnx_path), "onnx_bytes": len(exported), "float_onnx_bytes": len(baseline),
             "batch": len(x), "threads": threads, "layers": layer_precisions(onnx.load_from_string(exported)),
             "latency_b1_ms": ms[0], "float_latency_b1_ms": ms[1], "latency_batch_ms": ms[2],
-            "float_latency_batch_ms": ms[3], "speedup_b1": ms[1] / ms[0], "speedup_batch": ms[3] / ms[2]}
+            "float_latency_batch_ms": ms[3], "speedup_b1": ms[1] / ms[0], "speedup_batch": ms[3] / ms[2],
+            **({"float_onnx_path": str(float_path)} if float_path is not None else {})}
 
 
 def export_file(run: Path, fmt: str = "onnx", output: str | os.PathLike[str] | None = None) -> Path:
@@ -561,11 +567,12 @@ def export_run_onnx(ampq_path: Path, onnx_path: Path, float_model: nn.Module, sa
                     threads: int = 1) -> dict[str, Any]:
     """The search's final step: the ONNX file next to the ``.ampq`` one, timed against float
     (:func:`measure_onnx`); ``{"error": message}`` instead when the network has no ONNX form,
-    so that a long search still ends with its ``.ampq`` file and results. The full batch is
+    so that a long search still ends with its ``.ampq`` file and results. The float network's ONNX
+    file, timed beside it, is written next to it as ``<name>.float.onnx``. The full batch is
     timed on the best of 6 runs, not 30: the minimum of a long run is steady, so the figures stay
     the same within noise and every search's final stage is shorter."""
     try:
         return measure_onnx(export_onnx(ampq_path, onnx_path), float_model, sample, threads=threads, repeats=10,
-                            batch_runs=6)
+                            batch_runs=6, float_path=Path(onnx_path).with_suffix(".float.onnx"))
     except ExportError as exc:
         return {"error": str(exc)}

@@ -158,16 +158,32 @@ def trial_metrics(record: TrialRecord) -> dict[str, float]:
 
 
 class MlflowLogging(Callback):
-    """One nested child run per evaluated policy, written in the background."""
+    """One nested child run per distinct evaluated policy, written in the background.
+
+    A proposal of a policy already evaluated (a cache hit) gets no run of its own: the first
+    run of that policy counts it (metric ``times_proposed_again``, set when the search ends)."""
 
     def __init__(self, tracker: MlflowTracker, logged: set[int], fidelity: int) -> None:
         self.tracker = tracker
         self.logged = set(logged)
         self.fidelity = fidelity
+        self.first: dict[str, int] = {}  # policy key -> the trial whose run holds it
+        self.again: dict[int, int] = {}  # that trial -> proposals of the same policy since
+
+    def on_start(self, searcher: Searcher, objective: Objective) -> None:
+        for r in searcher.records:  # a resumed search: its earlier distinct policies have their runs
+            if not r.cache_hit:
+                self.first.setdefault(r.policy.key(), r.number)
 
     def on_trial(self, record: TrialRecord) -> bool:
         if record.number in self.logged:
             return True
+        key = record.policy.key()
+        if record.cache_hit and key in self.first:
+            number = self.first[key]
+            self.again[number] = self.again.get(number, 0) + 1
+            return True
+        self.first.setdefault(key, record.number)
         lp = record.policy
         params = {
             "searcher": record.searcher, "fidelity": self.fidelity, "mean_bits": f"{lp.mean_weight_bits():.3f}",
@@ -181,6 +197,15 @@ class MlflowLogging(Callback):
         self.tracker.log_trial(record.number, trial_metrics(record), params, tags, lp.to_json())
         self.logged.add(record.number)
         return True
+
+    def on_end(self, result: SearchResult) -> None:
+        if not self.again:
+            return
+        self.tracker.flush()
+        runs = self.tracker.logged_trials()
+        for number, count in self.again.items():
+            if number in runs:
+                self.tracker.log_run_metrics(runs[number], {"times_proposed_again": float(count)})
 
 
 class Progress(Callback):
