@@ -6,7 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: setup run fashion-mnist test test-all test-slow lint bench docs results-pages clean
+ZOO_VENV ?= .venv-zoo
+ZOO_BIN  := $(ZOO_VENV)/bin
+ZOO_STAMP := $(ZOO_VENV)/.installed
+
+.PHONY: setup setup-zoo run fashion-mnist test test-all test-slow test-zoo lint bench docs results-pages clean
 
 setup: $(STAMP)
 
@@ -52,6 +56,21 @@ test-all: test test-slow
 test-slow: setup
 	$(BIN)/python -m pytest -m slow --durations=15
 
+# The model zoo (tests/test_model_zoo.py) needs torchvision and timm. PyPI's torchvision for torch 2.13 does not
+# import beside the CPU torch 2.13.0 wheel, so the zoo gets an environment of its own: torch 2.14.1 and
+# torchvision 0.29.1 (a CUDA build that runs on the CPU, installed from the local wheels) and the project.
+setup-zoo: $(ZOO_STAMP)
+
+$(ZOO_STAMP): pyproject.toml
+	test -x $(ZOO_BIN)/python || $(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_BIN)/python -m pip install -q --upgrade pip
+	$(ZOO_BIN)/python -m pip install -q --progress-bar on torch==2.14.1 torchvision==0.29.1
+	$(ZOO_BIN)/python -m pip install -q --progress-bar on -e '.[dev,zoo]'
+	touch $(ZOO_STAMP)
+
+test-zoo: setup-zoo
+	$(ZOO_BIN)/python -m pytest -m zoo tests/test_model_zoo.py
+
 lint: setup
 	$(BIN)/ruff check automl envs agents search_spaces tests benchmarks
 
@@ -74,7 +93,7 @@ bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache site
+	rm -rf $(VENV) $(ZOO_VENV) *.egg-info .pytest_cache site
 
 # The highest supported torch (pyproject.toml states the range): a second environment with torch
 # $(TORCH_LATEST) (the CUDA build from local disk, ~5.5 GB; it runs on the CPU), where installing

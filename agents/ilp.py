@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
-
-import numpy as np
+from typing import Any, overload
 
 from agents.base import Callback, Searcher
 from agents.objective import Objective
@@ -54,7 +52,7 @@ class ILPSearcher(Searcher):
             raise ConfigError(f"min_factor must lie in (0, 1], got {min_factor}")
         if sweep < 1:
             raise ConfigError(f"sweep must be >= 1, got {sweep}")
-        self.schedule = [float(f) for f in np.linspace(1.0, min_factor, sweep)]
+        self.schedule = Sweep(min_factor, sweep)
         self.time_limit = float(time_limit)
         self.mip_rel_gap = float(mip_rel_gap)
         self._next = 0
@@ -120,6 +118,41 @@ class ILPSearcher(Searcher):
         self._proposed.add(policy.key())
 
 
+class Sweep(Sequence[float]):
+    """The budget factors ``np.linspace(1, min_factor, n)``, computed when read: a sweep as long as
+    the evaluation count holds no array of that length."""
+
+    def __init__(self, min_factor: float, n: int, start: int = 0) -> None:
+        self.min_factor, self.n, self.start = float(min_factor), int(n), int(start)
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.start)
+
+    def _factor(self, i: int) -> float:
+        if i == self.n - 1 and self.n > 1:
+            return self.min_factor
+        step = (self.min_factor - 1.0) / (self.n - 1) if self.n > 1 else 0.0
+        return i * step + 1.0  # as np.linspace computes it
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sweep: ...
+
+    def __getitem__(self, index: int | slice) -> float | Sweep:
+        if isinstance(index, slice):
+            if index.step not in (None, 1) or index.stop is not None:
+                raise ValueError("a sweep is sliced from a start position only")
+            return Sweep(self.min_factor, self.n, self.start + max(0, index.start or 0))
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._factor(self.start + index)
+
+    def __iter__(self) -> Iterator[float]:
+        return (self._factor(i) for i in range(self.start, self.n))
+
+
 class SweepFeed:
     """Optima of the program along a list of budget factors, solved ahead on a daemon thread.
 
@@ -130,9 +163,9 @@ class SweepFeed:
     (tighter factors are infeasible too). Any other error reaches the caller of :meth:`get`.
     """
 
-    def __init__(self, searcher: ILPSearcher, factors: list[float]) -> None:
+    def __init__(self, searcher: ILPSearcher, factors: Iterable[float]) -> None:
         self._searcher = searcher
-        self._factors = list(factors)
+        self._factors = factors
         self._queue: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="ilp-sweep", daemon=True)

@@ -316,22 +316,23 @@ def _cmd_train_reference(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile_hardware(args: argparse.Namespace) -> int:
-    from automl.analysis import analyse
+    from automl.analysis import analyse, canonical_model
     from automl.export.torch_profile import profile_hardware
     from automl.runs.loading import load_task
 
     task = load_task(args.task, threads=args.threads)
-    analysis = analyse(task.model, task.sample_input)
+    model = canonical_model(task.model.eval(), task.sample_input)  # the network the search prices
+    analysis = analyse(model, task.sample_input)
     if args.runtime == "onnxruntime":
         from automl.export.ort_profile import ort_profile
 
         for batch in dict.fromkeys((1, args.batch)):
-            profile, path = ort_profile(task.model, task.sample_input, analysis, batch=batch, threads=args.threads,
+            profile, path = ort_profile(model, task.sample_input, analysis, batch=batch, threads=args.threads,
                                         force=args.force, provider=args.provider)
             print(f"{profile.name}: {path} (stated error {profile.stated_error:.1%}); in a budget: "
                   f"--budget 'latency<=0.5x@{profile.name}' (this model, {args.threads} thread(s))")
         return 0
-    path = profile_hardware(task.model, task.sample_input, analysis, Path(args.output), threads=args.threads,
+    path = profile_hardware(model, task.sample_input, analysis, Path(args.output), threads=args.threads,
                             repeats=args.repeats or 5, device=args.device)
     print(f"wrote {path}; use it as --profile {path} and --budget 'latency<=...ms@{path}'")
     return 0
@@ -345,11 +346,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyse(args: argparse.Namespace) -> int:
-    from automl.analysis import analyse
+    from automl.analysis import analyse, canonical_model
     from automl.runs.loading import load_task
 
     task = load_task(args.task)
-    print(analyse(task.model, task.sample_input).report())
+    print(analyse(canonical_model(task.model.eval(), task.sample_input), task.sample_input).report())
     return 0
 
 

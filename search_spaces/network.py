@@ -95,10 +95,15 @@ class ModelAnalysis:
 
     layers: tuple[LayerInfo, ...]
     groups: tuple[ChannelGroup, ...]
-    unquantized: tuple[tuple[str, str, int], ...] = ()  # (name, type, params) left at float
+    # (name, type, bytes): every parameter and buffer the deployed model keeps at full precision besides the
+    # quantized layers (LayerNorms, unfolded BatchNorms with their statistics, class tokens, layer scales, ...)
+    unquantized: tuple[tuple[str, str, int], ...] = ()
     input_shape: tuple[int, ...] = ()
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
+    # BatchNorms on a concatenation: (name, the channel segments they normalise, in order); each
+    # segment's channels shrink with its group, as a follower's do
+    split_followers: tuple[tuple[str, tuple[Segment, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         names = [layer.name for layer in self.layers]
@@ -117,7 +122,14 @@ class ModelAnalysis:
 
     @property
     def total_params(self) -> int:
-        return sum(layer.params for layer in self.layers) + sum(p for *_, p in self.unquantized)
+        """Parameters of the quantized layers plus the 32-bit values kept at full precision."""
+        return sum(layer.params for layer in self.layers) + sum(b for *_, b in self.unquantized) // 4
+
+    @property
+    def float_bytes(self) -> int:
+        """Bytes of every tensor the deployed float model holds: layers (BatchNorm folded) and kept-float ones."""
+        biases = sum(layer.out_channels for layer in self.layers if layer.bias_params or layer.folded_bn)
+        return 4 * (sum(layer.weight_params for layer in self.layers) + biases) + sum(b for *_, b in self.unquantized)
 
     @property
     def total_macs(self) -> int:
@@ -133,11 +145,11 @@ class ModelAnalysis:
             )
         if self.unquantized:
             lines.append("kept at full precision (not Conv/Linear):")
-            for name, kind, params in self.unquantized:
-                lines.append(f"  {name} ({kind}, {params} params)")
+            for name, kind, nbytes in self.unquantized:
+                lines.append(f"  {name} ({kind}, {nbytes} bytes)")
         for g in self.groups:
-            if not g.prunable:
-                lines.append(f"g{g.gid} not prunable: {g.reason}")
+            if not g.prunable and g.producers:  # name the layers whose output channels it blocks
+                lines.append(f"g{g.gid} ({', '.join(g.producers)}: {g.channels} channels) not prunable: {g.reason}")
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -177,4 +189,6 @@ class ModelAnalysis:
             input_shape=tuple(data["input_shape"]),
             schema_version=data["schema_version"],
             notes=tuple(data.get("notes", ())),
+            split_followers=tuple((name, tuple(Segment(**seg) for seg in segs))
+                                  for name, segs in data.get("split_followers", ())),
         )

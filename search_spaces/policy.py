@@ -42,7 +42,7 @@ class LayerPolicy:
             object.__setattr__(self, "weight_bits", tuple(int(b) for b in self.weight_bits))
         if not self.weight_bits:
             raise PolicyError("a layer policy needs at least one output channel")
-        if any(b < 0 or b > FLOAT_BITS for b in self.weight_bits):
+        if min(self.weight_bits) < 0 or max(self.weight_bits) > FLOAT_BITS:
             raise PolicyError(f"weight bits must lie in 0..32, got {sorted(set(self.weight_bits))}")
         if not 1 <= self.act_bits <= FLOAT_BITS:
             raise PolicyError(f"activation bits must lie in 1..32, got {self.act_bits}")
@@ -51,7 +51,7 @@ class LayerPolicy:
 
     @property
     def sparsity(self) -> float:
-        return sum(1 for b in self.weight_bits if b == 0) / len(self.weight_bits)
+        return self.weight_bits.count(0) / len(self.weight_bits)
 
     @property
     def mean_bits(self) -> float:

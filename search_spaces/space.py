@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -145,6 +146,19 @@ class LayerSpace:
     def max_pruned(self) -> int:
         return int(math.floor(self.max_sparsity * self.out_channels + 1e-9)) if self.prunable else 0
 
+    @cached_property
+    def group_of_channel(self) -> np.ndarray:
+        """The index of each channel's bit group (what :meth:`SearchSpace.decode` gathers from)."""
+        index = np.empty(self.out_channels, dtype=np.int64)
+        for g, members in enumerate(self.channel_groups):
+            index[list(members)] = g
+        return index
+
+    @cached_property
+    def prune_order(self) -> np.ndarray:
+        """Channels from least to most important: the first ``n`` are the ``n`` that sparsity prunes."""
+        return np.array(self.channel_rank[::-1], dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -256,13 +270,11 @@ class SearchSpace:
         s = self.layer(name)
         if len(group_bits) != s.n_groups:
             raise PolicyError(f"layer {name!r}: expected {s.n_groups} group bit-widths, got {len(group_bits)}")
-        bits = np.empty(s.out_channels, dtype=np.int64)
-        for members, b in zip(s.channel_groups, group_bits, strict=True):
-            bits[list(members)] = b
+        bits = np.asarray(group_bits, dtype=np.int64)[s.group_of_channel]
         n_pruned = int(round(sparsity * s.out_channels))
         if n_pruned:
-            bits[list(s.channel_rank[s.out_channels - n_pruned :])] = 0
-        policy = LayerPolicy(int(act_bits), tuple(int(b) for b in bits), nm)
+            bits[s.prune_order[:n_pruned]] = 0
+        policy = LayerPolicy(int(act_bits), tuple(bits.tolist()), nm)
         self._check_layer(s, policy)
         return policy
 
@@ -315,7 +327,7 @@ class SearchSpace:
             raise PolicyError(
                 f"layer {s.name!r}: N:M pattern {lp.nm!r} not allowed; allowed are {list(s.nm_patterns)} ('' = dense)"
             )
-        pruned = sum(1 for b in lp.weight_bits if b == 0)
+        pruned = lp.weight_bits.count(0)
         if pruned > s.max_pruned:
             raise PolicyError(
                 f"layer {s.name!r}: {pruned} of {s.out_channels} channels pruned, at most {s.max_pruned} "

@@ -70,6 +70,10 @@ FIXTURES: dict[str, list[dict]] = {
     "nm_export_size": [{"arch": "resnet8", "bits": 4, "files": [
         {"label": lab, "nm_layers": n, "file_bytes": b, "priced_bytes": b * 1.001, "max_abs_diff": 0.0}
         for lab, n, b in (("dense", 0, 40000), ("2:4", 6, 30000), ("4:8", 6, 31000), ("2:4-T", 6, 30000))]}],
+    "onnx_exactness": [{"arch": "resnet20", "images": 256, "repeats": 20, "policies": [
+        {"label": lab, "exact": {"argmax": 1.0, "max_diff": 0.0, "out_scale": 9.0, "exact": 1.0, "tied": 0.0, "untied": 0.0},
+         "int8_kernels": {"argmax": 0.9, "max_diff": 0.5, "out_scale": 9.0, "exact": 0.1, "tied": 0.9, "untied": 0.3},
+         "b1_ms": [0.5, 0.45], "b64_ms": [20.0, 18.0]} for lab in ("uniform w8a8", "random 0")]}],
     "overlap_contention": [{"steps": 50, "ft_alone": 20.0, "ft_thread": 21.0, "ft_process": 20.5, "eval_alone": 0.8,
                             "eval_thread": 0.9, "eval_process": 0.92}],
     "rl_exploration": [{"runs": [{"run": f"runs{s}/runs/r", "distinct": 60, "reference": 0.52, "best": 0.52 + 0.1 * s,

@@ -62,7 +62,7 @@ def _setup(model: nn.Module, container: bool = False) -> tuple[Problem, Evaluato
     loaders = make_loaders()
     task = Task(model, torch.zeros(2, 1, 28, 28), loaders["train"], loaders["calib"], loaders["val"], loaders["test"])
     problem = Problem.from_task(task)
-    extra = container_bytes(model, problem.analysis, problem.space, task.sample_input) if container else 0.0
+    extra = container_bytes(problem.task.model, problem.analysis, problem.space, task.sample_input) if container else 0.0
     return problem, Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False)), CostModel(problem.analysis, problem.space, container_bytes=extra)
 
 
@@ -181,6 +181,52 @@ def test_written_file_weighs_what_the_cost_model_prices(arch, tmp_path):
         assert report.payload_bytes == report.predicted_bytes - cost.container_bytes, i
         assert abs(report.file_bytes / report.predicted_bytes - 1) <= 0.02, i
         assert abs(report.file_bytes - report.predicted_bytes) <= 0.03 * cost.container_bytes, i  # zlib's variation
+
+
+class TinyViT(nn.Module):
+    """Tensors outside any quantized layer: a class token, a position embedding, a layer scale,
+    LayerNorms, attention (its input projection a bare parameter of nn.MultiheadAttention) and a
+    BatchNorm after an addition (not folded: it keeps its running statistics)."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 7, stride=7)
+        self.skip = nn.Conv2d(1, dim, 7, stride=7)
+        self.bn = nn.BatchNorm2d(dim)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, 17, dim))
+        self.layer_scale = nn.Parameter(torch.full((dim,), 0.5))
+        self.block = nn.TransformerEncoderLayer(dim, 2, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(self.patch(x) + self.skip(x)).flatten(2).transpose(1, 2)
+        h = torch.cat([self.class_token.expand(h.shape[0], -1, -1), h], dim=1) + self.pos_embedding
+        h = h + self.layer_scale * self.block(h)
+        return self.head(self.norm(h)[:, 0])
+
+
+@pytest.mark.parametrize("arch", ["tinyvit", "resnet8"])
+def test_every_tensor_the_model_keeps_is_priced_and_the_file_weighs_its_price(arch, tmp_path):
+    """The float size is every parameter and buffer the deployed (BatchNorm-folded) model holds,
+    each in a quantized layer or listed as kept float with its bytes; the written files weigh their
+    price byte for byte apart from the compressed header."""
+    from automl.quant.engine import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(TinyViT() if arch == "tinyvit" else REFERENCE_MODELS[arch]())
+    problem, ev, cost = _setup(model, container=True)
+    folded, _ = fold_batchnorm(problem.task.model, problem.analysis)
+    real = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
+    assert problem.analysis.float_bytes == real
+    bit_bytes = sum(layer.out_channels for layer in problem.analysis.layers)  # one bit-width byte per channel
+    assert cost.float_costs().size_bytes == cost.container_bytes + bit_bytes + real
+    for i, policy in enumerate(_random_policies(problem.space, 3, seed=7)):
+        x = torch.zeros(2, 1, 28, 28)
+        report = _export(problem, ev, cost, ev.engine.apply(policy), policy, tmp_path / f"{i}.ampq", x=x)
+        assert report.payload_bytes == report.predicted_bytes - cost.container_bytes, i
+        assert abs(report.file_bytes / report.predicted_bytes - 1) <= 0.02, i
 
 
 def test_float_size_is_the_file_of_the_unpruned_float_model(plain_cnn, tmp_path):

@@ -65,17 +65,20 @@ def _mixed_policy(problem):
 
 
 def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Layer name -> the weight its Conv/Gemm multiplies by (int8 codes or float), found
-    through the bias, which keeps the layer's name (``<layer>.bias`` or ``<layer>.op.bias``)."""
+    """Layer name -> the weight its Conv/Gemm multiplies by (int8 codes or float), found through the
+    weight's initializer, which keeps the layer's name (``<layer>[.op].weight[_int8]`` or
+    ``<layer>.weight_codes``), past its Cast, Mul, DequantizeLinear or Identity."""
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     out = {}
-    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
-        layer = node.input[2].removesuffix(".bias").removesuffix(".op")
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")):
         name = node.input[1]
-        while name not in inits:  # through the weight's DequantizeLinear or an Identity
+        while name not in inits:
             name = producer[name].input[0]
-        out[layer] = numpy_helper.to_array(inits[name])
+        layer = name.removesuffix("_int8").removesuffix(".weight_codes").removesuffix(".weight_t")
+        layer = layer.removesuffix(".weight").removesuffix(".op")
+        w = numpy_helper.to_array(inits[name])
+        out[layer] = w.T if node.op_type == "MatMul" else w  # MatMul multiplies by the transposed weight
     return out
 
 
@@ -128,7 +131,9 @@ def test_quantized_layers_are_qdq_with_int8_codes_on_their_grid(tiny_resnet, tmp
     _ampq(problem, ev, policy, tmp_path / "m.ampq")
     model = ampq_to_onnx(tmp_path / "m.ampq")
     ops = [n.op_type for n in model.graph.node]
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # activations quantized onto integer codes (Div, Round, Clip); weights stored as int8 codes and cast;
+    # nothing the runtime rewrites (no DequantizeLinear)
+    assert "Round" in ops and "Cast" in ops and "DequantizeLinear" not in ops
     masks = keep_masks(problem.analysis, policy)
     weights = _weights(model)
     assert set(weights) == set(problem.analysis.names)
@@ -241,3 +246,96 @@ def test_cli_exports_a_run_directory_to_onnx_and_ampq(tiny_resnet, tmp_path, cap
     assert cli_main(["export", str(run), "--format", "ampq", "--output", str(tmp_path / "copy.ampq")]) == 0
     assert (tmp_path / "copy.ampq").read_bytes() == (run / "best_model.ampq").read_bytes()
     capsys.readouterr()
+
+
+class _ReLU6Net(nn.Module):
+    """MobileNetV2's activation: ReLU6, whose bound 6 lies far above the 8-bit grid of small activations."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
+        )
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def test_relu6_clips_moved_onto_the_codes_saturate_to_the_code_type(tmp_path):
+    """ReLU6's bound, divided by a small activation step, is a code above 255: it must saturate to
+    255 (the type's limit, where QuantizeLinear saturates anyway), not wrap around as a plain cast
+    to uint8 does (6 / 0.0229 = 262 was stored as 6 and clipped every activation above 6 steps)."""
+    import onnxruntime as rt
+
+    torch.manual_seed(0)
+    problem, ev, _ = _setup(randomise_batchnorm(_ReLU6Net()))
+    policy = problem.space.uniform(8, 8)
+    qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    model = ampq_to_onnx(tmp_path / "m.ampq", int8_kernels=True)  # the QDQ graph, whose clips move onto codes
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    saturated = 0
+    for clip in (n for n in model.graph.node if n.op_type == "Clip" and n.input[0] in producer):
+        if producer[clip.input[0]].op_type == "QuantizeLinear":  # a clip moved onto the codes
+            hi = inits[clip.input[2]]
+            saturated += int(hi.dtype == np.uint8 and hi == 255)  # an unsigned grid behind ReLU6
+    assert saturated >= 2  # the 8-bit steps of these activations put 6 beyond code 255
+    x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    opts = rt.SessionOptions()
+    opts.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = rt.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    diff = np.abs(got - expected).max(axis=1)
+    assert np.mean(diff <= 1e-4 * np.abs(expected).max()) >= 0.95
+    assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.99
+
+
+@pytest.mark.parametrize("fixture", ["tiny_resnet", "plain_cnn"])
+def test_a_default_onnx_runtime_session_computes_the_searched_model(fixture, request, tmp_path):
+    """ONNX Runtime's default optimisations rewrote QDQ graphs: float biases and weights of layers
+    between activation quantizers rounded onto grids of their own (WeightBiasQuantization), layers
+    fused into int8 kernels that requantize with their own rounding. With the codes dequantized by
+    Cast and Mul nothing is rewritten: every activation code is the searched model's except by one
+    step at a rounding tie of its own input, and the predicted classes agree."""
+    from tests.zoo_support import onnx_agreement
+
+    problem, ev, _ = _setup(request.getfixturevalue(fixture))
+    x = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    for policy in (problem.space.uniform(4, 8, sparsity=0.25), _mixed_policy(problem)):
+        qmodel = ev.prepare_final(policy)
+        export_policy(qmodel, problem.analysis, policy, tmp_path / "m.ampq", sample_input=x[:8],
+                      float_model=ev.float_model, repeats=1)
+        report = onnx_agreement(qmodel, problem.analysis, policy, ampq_to_onnx(tmp_path / "m.ampq").SerializeToString(), x)
+        assert report["untied"] == 0.0, report
+        assert report["argmax"] >= 0.99 and report["exact"] >= 0.99, report
+
+
+class _VGGHead(nn.Module):
+    """VGG's classifier input at a small image: adaptive 7x7 pooling of a 2x2 map, flattened into Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(2))
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc = nn.Linear(4 * 49, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def test_adaptive_pooling_to_a_size_that_does_not_divide_the_input_exports(tmp_path):
+    """The TorchScript exporter refuses adaptive_avg_pool2d from 2x2 to 7x7 (torchvision's VGG at 32x32)."""
+    from tests.zoo_support import onnx_agreement
+
+    torch.manual_seed(0)
+    problem, ev, _ = _setup(_VGGHead().eval())
+    policy = problem.space.resolve(problem.space.uniform(8, 8))
+    qmodel = _ampq(problem, ev, policy, tmp_path / "m.ampq")
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    report = onnx_agreement(qmodel, problem.analysis, policy, ampq_to_onnx(tmp_path / "m.ampq").SerializeToString(), x)
+    assert report["untied"] == 0.0 and report["argmax"] >= 0.99, report

@@ -40,8 +40,7 @@ def test_profile_is_measured_once_cached_by_cpu_and_threads_and_prices_a_policy(
     assert cpu[:12] in "".join(c for c in path.name if c.isalnum())  # and the CPU model
     assert profile.name == "ort-cpu" and profile.runtime == "onnxruntime" and profile.batch == 1
     assert not profile.int8_capped and profile.stated_error > 0
-    consumers = fused_consumers(analysis)
-    assert consumers and {m.name: m.consumer for m in profile.layers if m.fused_ms is not None} == consumers
+    assert all(m.fused_ms is None for m in profile.layers)  # the exported file leaves the runtime no int8 fusion
     again, same = ort_profile(task.model, task.sample_input, analysis, cache_dir=tmp_path, **QUICK)
     assert same == path and again.to_dict() == load_profile(path).to_dict()  # read from the cache, not re-measured
     cm = CostModel(analysis, problem.space, [profile])

@@ -211,3 +211,37 @@ def test_inference_skips_pruned_channels_and_matches_the_masked_computation(net,
                 ql._sliceable = sliceable[n]
         assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
     assert sliced_layers > 0, "random policies prune: some layer must skip channels"
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 3, 3), (16, 32, 3, 3), (8, 700), (12, 1, 5, 5)])
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+def test_mse_scales_from_sorted_magnitudes_equal_the_element_wise_search(shape, bits):
+    from automl.quant.fake import CLIP_RATIOS, Magnitudes, _clip_errors_direct, _clip_errors_sorted
+
+    gen = torch.Generator().manual_seed(bits)
+    w = torch.randn(shape, generator=gen) * torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=gen)
+    flat = w.reshape(shape[0], -1)
+    qmax = torch.full((shape[0],), 2 ** (bits - 1) - 1.0)
+    scales = CLIP_RATIOS[:, None] * flat.abs().amax(dim=1)[None] / qmax[None]
+    direct, binned = _clip_errors_direct(flat, scales, qmax), _clip_errors_sorted(Magnitudes(w), scales, int(qmax[0]))
+    assert torch.allclose(binned, direct, rtol=1e-4, atol=1e-7)
+    assert torch.equal(binned.argmin(dim=0), direct.argmin(dim=0))
+
+
+def test_weight_banks_round_each_weight_about_once_per_bit_width(monkeypatch):
+    """Building the banks of a layer costs a few passes over its weights per bit-width, not one per
+    candidate clipping ratio: the MSE search bins sorted magnitudes (one sort per layer)."""
+    from automl.quant.engine import _banks
+
+    w = torch.randn(64, 32, 3, 3, generator=torch.Generator().manual_seed(0))
+    rounded = []
+    original = torch.round
+
+    def counting(x, *args, **kwargs):
+        rounded.append(x.numel())
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "round", counting)
+    bank_bits = (0, 2, 3, 4, 5, 6, 8, 32)
+    _banks(w, bank_bits, "mse", False)
+    assert sum(rounded) <= 2 * (len(bank_bits) - 2) * w.numel()

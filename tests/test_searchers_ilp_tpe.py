@@ -124,3 +124,12 @@ def test_the_coordinator_of_workers_queues_the_sweep_for_them(tmp_path) -> None:
     worker.worker = {"host": "h", "pid": 2}
     result = worker.run(len(sweep) + 1)
     assert [r.policy for r in result.records][: len(sweep)] == sweep
+
+
+def test_a_sweep_as_long_as_a_huge_evaluation_count_holds_no_array_of_that_length() -> None:
+    """ilp_tpe sweeps as many budget factors as the search has evaluations: the factors are
+    computed when read (an evaluation count of 10^12 allocated them all and died in numpy)."""
+    ilp = ILPSearcher(make_objective(), sweep=10**12)
+    assert len(ilp.schedule) == 10**12
+    assert ilp.schedule[0] == 1.0 and ilp.schedule[10**12 - 1] == 0.6
+    assert list(ILPSearcher(make_objective(), sweep=16).schedule[14:]) == [pytest.approx(0.6 + 0.4 / 15), 0.6]

@@ -13,6 +13,7 @@ from typing import Any
 from search_spaces.network import ChannelGroup, LayerInfo, ModelAnalysis, Segment
 
 _LAZY = {"analyse": "automl.analysis.graph", "keep_masks": "automl.analysis.prune",
+         "canonical_model": "automl.analysis.canonical", "register_eval_identity": "automl.analysis.canonical",
          "mask_model": "automl.analysis.prune", "prune_model": "automl.analysis.prune"}
 
 __all__ = ["ChannelGroup", "LayerInfo", "ModelAnalysis", "Segment", *_LAZY]

@@ -9,9 +9,10 @@ residual, depthwise, concatenating and flattening networks.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,12 @@ ZERO_PRESERVING_FUNCTIONS = {
     torch.flatten, operator.getitem,
 }
 ZERO_PRESERVING_METHODS = {"relu", "flatten", "view", "reshape", "contiguous", "mean", "sum", "amax", "clone"}
+# Per-element functions that do not keep zero at zero (sigmoid(0) = 0.5): a pruned channel becomes a
+# constant, harmless only where it multiplies a channel that is zero (SE gating) and is not read otherwise.
+NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+NONZERO_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp}
+NONZERO_METHODS = {"sigmoid", "sigmoid_", "exp"}
+DIV_OPS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 ADD_OPS = {operator.add, operator.iadd, torch.add}
 MUL_OPS = {operator.mul, operator.imul, torch.mul}
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -65,6 +72,9 @@ class _Layout:
 
     segments: list[Segment]
     dim: int  # 1 for (N, C, ...) maps, -1 for (..., F) vectors
+    # why a pruned (zero) channel of this tensor is no longer zero ("" when it is): a gate such as a
+    # sigmoid; harmless where it multiplies a zero channel, blocking where a layer reads it
+    nonzero: str = ""
 
 
 @dataclass
@@ -88,6 +98,49 @@ class _State:
         if layout is not None:
             for seg in layout.segments:
                 self.blocked.setdefault(seg.group, reason)
+
+
+def _drop_checks(graph: fx.Graph) -> None:
+    """Erase shape checks (``torch._assert``) and the size arithmetic only they used: the traced
+    input satisfied them, and an export file cannot name them."""
+    dead = [n for n in graph.nodes if n.op == "call_function" and n.target is torch._assert and not n.users]
+    while dead:
+        node = dead.pop()
+        inputs = node.all_input_nodes
+        graph.erase_node(node)
+        for i in inputs:
+            pure = (i.op == "call_function" and getattr(i.target, "__module__", None) in ("_operator", "builtins")) or (
+                i.op == "call_method" and i.target in ("size", "dim"))
+            if pure and not i.users:
+                dead.append(i)
+
+
+def trace(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` of ``model`` (by ``tracer``, default ``fx.Tracer()``) with one input.
+
+    The arguments of ``forward`` after the first that have defaults (an attention mask left at
+    ``None``, a flag) are traced at their defaults, and the placeholders and checks fx keeps for
+    them are dropped.
+    """
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    tracer = tracer or fx.Tracer()
+    graph = tracer.trace(model, concrete_args=concrete or None)
+    _drop_checks(graph)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if not concrete:
+        return gm
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    special = set(placeholders[1:])
+    for node in gm.graph.nodes:
+        inputs = node.all_input_nodes
+        if node.op != "placeholder" and inputs and all(i in special for i in inputs):
+            special.add(node)
+    for node in reversed(list(gm.graph.nodes)):
+        if node in special and all(u in special for u in node.users):
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -114,7 +167,7 @@ class _Analyser:
     def __init__(self, model: nn.Module, sample_input: torch.Tensor) -> None:
         self.model = model
         try:
-            self.gm = fx.symbolic_trace(model)
+            self.gm = trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means the same thing
             raise AnalysisError(
                 f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
@@ -129,6 +182,7 @@ class _Analyser:
         self.layers: list[dict] = []
         self.notes: list[str] = []
         self.folded: dict[str, str] = {}
+        self.split_followers: list[tuple[str, tuple[Segment, ...]]] = []
 
     # rules -------------------------------------------------------------------------
     def _fresh(self, node: fx.Node, reason: str) -> _Layout | None:
@@ -153,6 +207,8 @@ class _Analyser:
             cin, cout, groups = mod.in_channels, mod.out_channels, mod.groups
             kernel, stride = tuple(mod.kernel_size), tuple(mod.stride)
             macs = math.prod(out_shape[1:]) * (cin // groups) * math.prod(kernel)
+        if ok and src is not None and src.nonzero:
+            self.st.block(src, f"{src.nonzero}, and {name} reads it")
         if not ok:
             self.st.block(src, f"layout of the input of {name} is not understood")
             src = _Layout([Segment(self.st.new_group(cin, blocked=f"input of {name} not traced"), cin)], 1)
@@ -182,8 +238,13 @@ class _Analyser:
         if isinstance(mod, QUANTIZABLE):
             return self._layer(node, mod)
         if isinstance(mod, BATCHNORMS):
-            if src is None or len(src.segments) != 1:
-                self.st.block(src, f"BatchNorm {node.target} on a concatenation")
+            if src is None:
+                return src
+            if len(src.segments) != 1:  # on a concatenation: each segment's channels follow its own group
+                if src.dim != 1 or any(seg.features_per_channel != 1 for seg in src.segments):
+                    self.st.block(src, f"BatchNorm {node.target} on features that are not channels")
+                    return src
+                self.split_followers.append((str(node.target), tuple(src.segments)))
                 return src
             self.st.followers.setdefault(src.segments[0].group, []).append(str(node.target))
             parent = node.args[0]
@@ -199,6 +260,8 @@ class _Analyser:
             return self._flatten(node, src)
         if isinstance(mod, ZERO_PRESERVING_MODULES):
             return src
+        if isinstance(mod, NONZERO_MODULES) and src is not None:
+            return replace(src, nonzero=src.nonzero or f"{type(mod).__name__} {node.target} turns a pruned channel into a constant")
         self.st.block(src, f"module {node.target} ({type(mod).__name__}) is not known to keep zero channels at zero")
         return self._fresh(node, f"output of {node.target}")
 
@@ -216,10 +279,24 @@ class _Analyser:
         self.st.block(src, f"reshape at {node.name}")
         return self._fresh(node, f"reshape at {node.name}")
 
+    def _constant_operands(self, node: fx.Node, base: _Layout) -> None:
+        """Block ``base`` where a constant tensor (a parameter the graph reads) varies along its channels:
+        the physically pruned network would keep the constant's full width."""
+        for t in _tensor_args(node):
+            if t.op != "get_attr":
+                continue
+            shape = _shape(t) or ()
+            dim = len(shape) - 1 if base.dim == -1 else len(shape) - (len(_shape(node) or ()) - 1)
+            if 0 <= dim < len(shape) and shape[dim] > 1:
+                self.st.block(base, f"per-channel constant {t.target} at {node.name} (kept whole by the export)")
+
     def _elementwise(self, node: fx.Node, tensors: list[fx.Node]) -> _Layout | None:
         layouts = [self.layouts.get(t) for t in tensors]
         is_mul = node.target in MUL_OPS or node.target == "mul"
         if len(tensors) == 1 and not is_mul:
+            if layouts[0] is not None and not any(t.op == "get_attr" for t in _tensor_args(node)):
+                lay = layouts[0]  # a scalar added: every channel, a pruned one too, becomes non-zero
+                return replace(lay, nonzero=lay.nonzero or f"a constant added at {node.name}")
             self.st.block(layouts[0], f"adding a constant at {node.name}")
             return self._fresh(node, f"constant added at {node.name}")
         known = [lay for lay in layouts if lay is not None]
@@ -228,6 +305,10 @@ class _Analyser:
         base = full[0] if full else (known[0] if known else None)
         if base is None:
             return None
+        if is_mul:  # a zero channel times anything is zero: gates (SE) follow the gated channel's group
+            zeros = [lay for lay in known if not lay.nonzero]
+            base = next((lay for lay in full if not lay.nonzero), zeros[0] if zeros else base)
+        self._constant_operands(node, base)
         for lay in known:
             if lay is base:
                 continue
@@ -237,6 +318,11 @@ class _Analyser:
             else:
                 self.st.block(lay, f"broadcast at {node.name}")
                 self.st.block(base, f"broadcast at {node.name}")
+        if not is_mul:
+            taint = next((lay.nonzero for lay in known if lay.nonzero), "")
+            if len(known) < len(tensors):  # a tensor the analysis does not follow (a constant) is added
+                taint = taint or f"a tensor added at {node.name}"
+            return replace(base, nonzero=taint) if taint and not base.nonzero else base
         return base
 
     def _call(self, node: fx.Node) -> _Layout | None:
@@ -245,11 +331,17 @@ class _Analyser:
         target = node.target
         if target in ADD_OPS or target in MUL_OPS or target in ("add", "mul", "add_", "mul_"):
             return self._elementwise(node, tensors)
+        if target in DIV_OPS and len(tensors) == 1 and tensors[0] is node.args[0] and src is not None:
+            return src  # divided by a number: zero stays zero
+        if (target in NONZERO_FUNCTIONS or target in NONZERO_METHODS) and src is not None:
+            name = getattr(target, "__name__", target)
+            return replace(src, nonzero=src.nonzero or f"{name} at {node.name} turns a pruned channel into a constant")
         if target is torch.cat:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             parts = [self.layouts.get(t) for t in node.args[0]]  # type: ignore[union-attr]
             if dim == 1 and all(p is not None and p.dim == 1 for p in parts):
-                return _Layout([s for p in parts for s in p.segments], 1)  # type: ignore[union-attr]
+                taint = next((p.nonzero for p in parts if p.nonzero), "")  # type: ignore[union-attr]
+                return _Layout([s for p in parts for s in p.segments], 1, taint)  # type: ignore[union-attr]
             for p in parts:
                 self.st.block(p, f"concatenation on dim {dim} at {node.name}")
             return self._fresh(node, f"concatenation at {node.name}")
@@ -330,20 +422,38 @@ class _Analyser:
                 f"{type(self.model).__name__} has no Conv1d, Conv2d or Linear layer, so there is nothing to quantize "
                 "or prune. automl-mpq searches over nn.Conv1d/nn.Conv2d/nn.Linear modules."
             )
-        folded = set(self.folded.values())
-        layer_names = {d.name for d in layers}
-        unquantized = []
-        for name, mod in self.model.named_modules():
-            if name in layer_names or name in folded or list(mod.children()):
-                continue
-            n = sum(p.numel() for p in mod.parameters(recurse=False))
-            if n:
-                unquantized.append((name, type(mod).__name__, n))
+        unquantized = _kept_float(self.model, {d.name for d in layers} | set(self.folded.values()))
         sample_shape = _shape(next(n for n in self.gm.graph.nodes if n.op == "placeholder")) or ()
         return ModelAnalysis(
-            layers=tuple(layers), groups=groups, unquantized=tuple(unquantized), input_shape=tuple(sample_shape[1:]),
-            notes=tuple(self.notes),
+            layers=tuple(layers), groups=groups, unquantized=unquantized, input_shape=tuple(sample_shape[1:]),
+            notes=tuple(self.notes), split_followers=tuple(
+                (name, tuple(Segment(renumber[st.uf.find(seg.group)], seg.channels) for seg in segs))
+                for name, segs in self.split_followers),
         )
+
+
+def _kept_float(model: nn.Module, priced: set[str]) -> tuple[tuple[str, str, int], ...]:
+    """Every parameter and persistent buffer outside the quantized layers and folded BatchNorms, with its bytes.
+
+    A module without children is one entry (its name, its type, the bytes of all its tensors:
+    a LayerNorm, an unfolded BatchNorm with its running statistics); a module with children
+    lists each tensor it holds itself (a ViT's class token and position embedding, a ConvNeXt
+    block's layer scale) under the tensor's qualified name.
+    """
+    out = []
+    for name, mod in model.named_modules():
+        if name in priced:
+            continue
+        own = [(n, t) for n, t in mod.named_parameters(recurse=False)]
+        own += [(n, b) for n, b in mod.named_buffers(recurse=False) if n not in mod._non_persistent_buffers_set]
+        own = [(n, t) for n, t in own if t is not None]
+        if not own:
+            continue
+        if list(mod.children()):
+            out += [(f"{name}.{n}" if name else n, type(mod).__name__, t.numel() * t.element_size()) for n, t in own]
+        else:
+            out.append((name, type(mod).__name__, sum(t.numel() * t.element_size() for _, t in own)))
+    return tuple(out)
 
 
 def analyse(model: nn.Module, sample_input: torch.Tensor) -> ModelAnalysis:

@@ -64,6 +64,12 @@ def _slice_follower(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new.train(mod.training)
 
 
+def _slice_follower_on_device(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """``_slice_follower`` with ``keep`` moved to the BatchNorm's device."""
+    device = bn.running_mean.device if getattr(bn, "running_mean", None) is not None else keep.device
+    return _slice_follower(bn, keep.to(device))
+
+
 def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn.Module:
     """A copy of ``model`` without the channels ``policy`` prunes (float weights kept).
 
@@ -107,9 +113,10 @@ def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn
     for group in analysis.groups:
         keep = torch.from_numpy(masks[group.gid])
         for follower in group.followers:
-            bn = pruned.get_submodule(follower)
-            device = bn.running_mean.device if getattr(bn, "running_mean", None) is not None else keep.device
-            pruned.set_submodule(follower, _slice_follower(bn, keep.to(device)))
+            pruned.set_submodule(follower, _slice_follower_on_device(pruned.get_submodule(follower), keep))
+    for name, segments in analysis.split_followers:
+        keep = torch.from_numpy(np.concatenate([masks[seg.group] for seg in segments]))
+        pruned.set_submodule(name, _slice_follower_on_device(pruned.get_submodule(name), keep))
     return pruned
 
 
@@ -128,11 +135,12 @@ def mask_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn.
             mod.weight[drop] = 0
             if mod.bias is not None:
                 mod.bias[drop] = 0
-        for group in analysis.groups:
-            drop = torch.from_numpy(~masks[group.gid])
-            for follower in group.followers:
-                bn = masked.get_submodule(follower)
-                if bn.affine:
-                    bn.weight[drop] = 0
-                    bn.bias[drop] = 0
+        followers = [(f, ~masks[g.gid]) for g in analysis.groups for f in g.followers]
+        followers += [(name, ~np.concatenate([masks[seg.group] for seg in segments]))
+                      for name, segments in analysis.split_followers]
+        for follower, drop in followers:
+            bn = masked.get_submodule(follower)
+            if bn.affine:
+                bn.weight[torch.from_numpy(drop)] = 0
+                bn.bias[torch.from_numpy(drop)] = 0
     return masked

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from automl.cost.batch import LayerBatch
 from automl.cost.model import CostModel
-from search_spaces.policy import FLOAT_BITS
 from search_spaces.space import LayerSpace, SearchSpace
 
 Objective = Callable[[int, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -121,7 +121,7 @@ def build_choices(
             kept[gid, lv] = int(np.logical_and.reduce([masks[m, lv] for m in members]).sum())
     gidx = {g: i for i, g in enumerate(cost_model.group_ids)}
     follower = {
-        (gid, lv): FLOAT_BITS * n * cost_model.follower_params[gidx[gid]] / 8.0 for (gid, lv), n in kept.items()
+        (gid, lv): n * cost_model.follower_bytes[gidx[gid]] for (gid, lv), n in kept.items()
     }
     table = ChoiceTable([], levels, kept, cost_model.out_elem_per_channel, follower)
     for li in range(len(space.layers)):
@@ -153,21 +153,7 @@ def _layer_choices(
     wb, ab = wb.astype(np.int64), ab.astype(np.int64)
     if g_in == g_out:
         lin = lo.copy()
-    n = lo.size
-    bits = np.empty((n, cm.n_channels), dtype=np.int64)
-    for m, sm in enumerate(space.layers):
-        bits[:, cm.offsets[m] : cm.offsets[m] + sm.out_channels] = sm.nonzero_bits[-1]
-    for gid, lv_of_row in ((g_in, lin), (g_out, lo)):
-        if gid is None:
-            continue
-        for m in producers[gid]:
-            stack = np.stack([masks[m, lv] for lv in levels[gid]])
-            rows = stack[np.searchsorted(np.array(levels[gid]), lv_of_row)]
-            sl = slice(cm.offsets[m], cm.offsets[m] + space.layers[m].out_channels)
-            bits[:, sl] = np.where(rows, wb[:, None] if m == li else bits[:, sl], 0)
-    act = np.tile(np.array([sm.act_bits[-1] for sm in space.layers], dtype=np.int64), (n, 1))
-    act[:, li] = ab
-    batch = cm.layer_batch(bits, act)
+    batch = _decision_batch(space, cm, li, (g_in, g_out), (lin, lo), wb, ab, levels, producers, masks)
     cost = {
         "size": cm.layer_size_bits(batch)[:, li] / 8.0,
         "macs": batch.macs[:, li],
@@ -185,6 +171,52 @@ def _layer_choices(
         s.name, g_out, g_in, lo[keep], np.nan_to_num(lin[keep]), wb[keep], ab[keep], sens[keep],
         {k: v[keep] for k, v in cost.items()},
     )
+
+
+def _decision_batch(
+    space: SearchSpace, cm: CostModel, li: int, groups: tuple[int | None, int], rows: tuple[np.ndarray, np.ndarray],
+    wb: np.ndarray, ab: np.ndarray, levels: dict[int, tuple[float, ...]], producers: dict[int, list[int]],
+    masks: dict[tuple[int, float], np.ndarray],
+) -> LayerBatch:
+    """The cost model's batch of layer ``li``'s decisions (rows of ``wb``, ``ab`` and the group levels in ``rows``).
+
+    Only column ``li`` is read. The pruning structure (kept inputs and outputs of every layer)
+    depends on the two group levels alone, so the cost model decodes each distinct pair once
+    (a few dozen rows instead of one per decision, each as wide as the whole network) and the
+    decisions index into it; their bits and activation bits enter column ``li`` only: its
+    bit histogram (its kept channels at ``wb``) and its activation bits.
+    """
+    pairs, inverse = np.unique(np.stack([np.nan_to_num(rows[0], nan=-1.0), rows[1]], axis=1), axis=0,
+                               return_inverse=True)
+    inverse = inverse.ravel()
+    k = len(pairs)
+    bits = np.empty((k, cm.n_channels), dtype=np.int64)
+    for m, sm in enumerate(space.layers):
+        bits[:, cm.offsets[m] : cm.offsets[m] + sm.out_channels] = sm.nonzero_bits[-1]
+    for gid, lv_of_row in ((groups[0], pairs[:, 0]), (groups[1], pairs[:, 1])):
+        if gid is None:
+            continue
+        for m in producers[gid]:
+            stack = np.stack([masks[m, lv] for lv in levels[gid]])
+            kept = stack[np.searchsorted(np.array(levels[gid]), lv_of_row)]
+            sl = slice(cm.offsets[m], cm.offsets[m] + space.layers[m].out_channels)
+            bits[:, sl] = np.where(kept, bits[:, sl], 0)
+    act = np.tile(np.array([sm.act_bits[-1] for sm in space.layers], dtype=np.int64), (k, 1))
+    base = cm.layer_batch(bits, act)
+    n = len(wb)
+    fields = {f: getattr(base, f)[inverse] for f in ("act_bits", "out_bits", "kept_in", "kept_out", "weights_per_out",
+                                                      "in_elems", "out_elems", "group_kept")}
+    fields["act_bits"][:, li] = ab
+    batch = LayerBatch(names=base.names, eff_bits=np.empty((n, 0), dtype=np.int64), offsets=base.offsets,
+                       in_total=base.in_total, out_total=base.out_total, out_spatial=base.out_spatial,
+                       hist_base=base.hist_base, **fields)
+    hist = base.bit_histogram[inverse]
+    kept_li = fields["kept_out"][:, li]
+    hist[:, li, :] = 0.0
+    hist[np.arange(n), li, wb] = kept_li
+    hist[:, li, 0] += space.layers[li].out_channels - kept_li
+    batch.__dict__["bit_histogram"] = hist  # the cached property, from the decisions rather than eff_bits
+    return batch
 
 
 def _survivors(

@@ -8,11 +8,12 @@ Conventions (the float model and every policy are priced by the same formulas):
   32-bit channels at 32 bits; one 32-bit scale per kept quantized channel; one bit-width
   byte per kept channel; BatchNorm folded into the preceding convolution, so a layer
   with a bias or a folded BatchNorm stores one 32-bit bias per kept output channel (the
-  BatchNorm's own four parameters are not counted separately). Modules left at full
-  precision (``ModelAnalysis.unquantized``) at 32 bits, shrinking with their channel
-  group when they follow one. Plus ``container_bytes`` once: the file's prefix and
-  compressed header, measured by :func:`automl.export.ampq.container_bytes` (0 when not
-  given, e.g. in unit tests). The **float size** is the same formulas at 32 bits for
+  BatchNorm's own four parameters are not counted separately). Every other tensor the
+  deployed model holds (``ModelAnalysis.unquantized``: LayerNorms, unfolded BatchNorms with
+  their statistics, class tokens, position embeddings, layer scales) at its own bytes,
+  shrinking with its channel group when it follows one. Plus ``container_bytes`` once: the
+  file's prefix and compressed header, measured by :func:`automl.export.ampq.container_bytes`
+  (0 when not given, e.g. in unit tests). The **float size** is the same formulas at 32 bits for
   every channel, none pruned: the ``.ampq`` file of the unpruned float model (no
   scales, no codes), which is what ``x``-relative size budgets are fractions of; a
   ``torch.save`` of the float ``state_dict`` is larger (BatchNorms unfolded, zip and
@@ -166,14 +167,23 @@ class CostModel:
         self.has_bias = np.array([lay.bias_params > 0 or lay.folded_bn is not None for lay in layers], dtype=float)
         # Full-precision modules: those following a group shrink with it.
         followers = {f: g.gid for g in self.analysis.groups for f in g.followers if g.gid in gindex}
-        self.follower_params = np.zeros(len(self.group_ids))
-        self.fixed_params = 0.0
-        for name, _kind, params in self.analysis.unquantized:
+        self.follower_bytes = np.zeros(len(self.group_ids))  # per kept channel of each group
+        self.fixed_bytes = 0.0
+        split = dict(self.analysis.split_followers)  # a BatchNorm on a concatenation: its bytes by segment
+        for name, _kind, nbytes in self.analysis.unquantized:
             if name in followers:
                 g = gindex[followers[name]]
-                self.follower_params[g] += params / self.group_channels[g]
+                self.follower_bytes[g] += nbytes / self.group_channels[g]
+            elif name in split:
+                total = sum(seg.channels for seg in split[name])
+                for seg in split[name]:
+                    share = nbytes * seg.channels / total
+                    if seg.group in gindex:
+                        self.follower_bytes[gindex[seg.group]] += share / self.group_channels[gindex[seg.group]]
+                    else:
+                        self.fixed_bytes += share
             else:
-                self.fixed_params += params
+                self.fixed_bytes += nbytes
         self._any_depthwise = bool(self.depthwise.any())
         self._sentinels = np.zeros((1, 2), dtype=np.int64)
         self._sentinels[:, 1] = FLOAT_BITS
@@ -234,12 +244,12 @@ class CostModel:
 
     def group_size_bits(self, batch: LayerBatch) -> np.ndarray:
         """``[n, G]`` bits of the full-precision modules that shrink with each group."""
-        return FLOAT_BITS * batch.group_kept * self.follower_params
+        return 8.0 * batch.group_kept * self.follower_bytes
 
     @property
     def fixed_size_bits(self) -> float:
-        """Bits of full-precision modules that no pruning touches, plus the file's container."""
-        return FLOAT_BITS * self.fixed_params + 8.0 * self.container_bytes
+        """Bits of full-precision tensors that no pruning touches, plus the file's container."""
+        return 8.0 * (self.fixed_bytes + self.container_bytes)
 
     def _table(self, bits: np.ndarray, act_bits: np.ndarray, nm: np.ndarray | None = None) -> dict[str, np.ndarray]:
         b = self.layer_batch(bits, act_bits, nm)

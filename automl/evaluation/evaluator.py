@@ -9,6 +9,7 @@ gathers weights and runs one pass over the validation split.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from automl.analysis import ModelAnalysis, analyse
+from automl.analysis import ModelAnalysis, analyse, canonical_model
 from automl.errors import ConfigError, DataError
 from automl.evaluation.config import FIDELITIES, EvalConfig
 from automl.evaluation.datafree import DataFreeConfig, calibration_inputs
@@ -79,6 +80,10 @@ class Problem:
                   device: str | torch.device | None = "auto") -> Problem:
         """Analyse ``task`` on ``device`` and build its search space.
 
+        The problem's task holds :func:`~automl.analysis.canonical.canonical_model` of the user's
+        model (the model itself when nothing needs rewriting): every later part (quantizer,
+        evaluator, export) runs that network, whose layer names the analysis lists.
+
         Args:
             task: the user's task.
             space_config: the search space's choices (channels are ranked by its ``importance``:
@@ -93,8 +98,12 @@ class Problem:
         space_config = space_config or SpaceConfig()
         importance = space_config.importance
         where = resolve_device(device)
-        model = place_model(task.model, where).eval()
-        analysis = analyse(model, to_device(task.sample_input, where, "Task.sample_input"))
+        sample = to_device(task.sample_input, where, "Task.sample_input")
+        model = canonical_model(place_model(task.model, where).eval(), sample)
+        if model is not task.model:
+            task = copy.copy(task)  # the same loaders and metric, checked already: no second validation
+            task.model = model
+        analysis = analyse(model, sample)
         pairs = _batches(task.calib_loader, "calib_loader", 2, where) if importance == "taylor" else []
         scores = channel_importance(model, analysis, importance, [x for x, _ in pairs] or None,
                                     loss=getattr(task, "loss", None), calib_targets=[y for _, y in pairs])

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from automl.analysis.graph import trace
 from automl.quant.engine import QuantEngine, QuantLayer
 from search_spaces.policy import Policy
 
@@ -151,8 +152,8 @@ class StagedModel:
 
     def __init__(self, engine: QuantEngine) -> None:
         self.engine = engine
-        graph = _LeafTracer().trace(engine.qmodel)
-        self.gm = fx.GraphModule(engine.qmodel, graph)
+        self.gm = trace(engine.qmodel, _LeafTracer())
+        graph = self.gm.graph
         self.nodes: list[fx.Node] = list(graph.nodes)
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:

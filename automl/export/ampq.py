@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from automl.analysis.graph import trace
 from automl.analysis.prune import in_keep_mask, keep_masks, prune_model
 from automl.errors import ExportError, PolicyError
 from automl.quant.device import on_cpu
@@ -79,7 +80,7 @@ AGREE_TOL = 1e-4
 _PREFIX = struct.Struct("<8sII")
 _MAX_CODE_BITS = 24  # codes pass through a float32 weight while pruning: exact up to 2^24
 _NAMESPACES = {"_operator": operator, "torch": torch._C._VariableFunctions, "torch.functional": torch.functional,
-               "torch.nn.functional": F}
+               "torch.nn.functional": F, "torch._C._nn": torch._C._nn}  # the last: F.linear, F.gelu, attention, ...
 _DENIED = {"call", "attrgetter", "itemgetter", "methodcaller"}  # operator functions that call or build callables
 _HOW = "Export the model again with automl.export.ampq.export_policy."
 
@@ -192,7 +193,7 @@ def _resolve_function(name: str) -> Any:
     fn = getattr(_NAMESPACES[module], attr, None) if module in _NAMESPACES else None
     if fn is None or attr.startswith("_") or attr in _DENIED or getattr(fn, "__module__", None) != module:
         raise ExportError(f"the graph calls {name!r}, which an export file cannot name: expected a function of operator, "
-                          "torch or torch.nn.functional. Wrap other code in a torch.nn module the model owns.")
+                          "torch or torch.nn.functional (torch._C._nn). Wrap other code in a torch.nn module the model owns.")
     return fn
 
 
@@ -358,7 +359,8 @@ def _pruned_graph(
 ) -> tuple[fx.GraphModule, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """The traced, pruned float skeleton (raw codes as weights) and per layer (bits, scales,
     raw weight before pruning)."""
-    skeleton = copy.deepcopy(qmodel).eval()
+    # every QuantLayer is replaced below: not copying it (with its weight banks) saves most of the copy
+    skeleton = copy.deepcopy(qmodel, {id(ql): nn.Identity() for ql in layers.values()}).eval()
     per_channel = {}
     for layer in analysis.layers:
         op, bits, scale = _raw_op(layers[layer.name], layer.bias_params > 0 or layer.folded_bn is not None)
@@ -370,7 +372,7 @@ def _pruned_graph(
         replace(g, followers=tuple(f for f in g.followers if isinstance(skeleton.get_submodule(f), bn)))
         for g in analysis.groups
     )
-    gm = fx.symbolic_trace(prune_model(skeleton, replace(analysis, groups=groups), policy))
+    gm = trace(prune_model(skeleton, replace(analysis, groups=groups), policy))
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
@@ -440,27 +442,31 @@ def _write(path: Path, header: dict[str, Any], tensors: dict[str, np.ndarray]) -
 
 def container_bytes(
     model: nn.Module, analysis: ModelAnalysis, space: SearchSpace, sample_input: torch.Tensor, *,
-    power_of_two: bool = False, samples: int = 3,
+    power_of_two: bool = False, samples: int = 3, engine: QuantEngine | None = None,
 ) -> float:
     """Bytes of an export of ``model`` that no layer's tensors account for, for the cost model.
 
-    The 16-byte prefix, the compressed header (graph, module arguments, tensor table,
-    activation grids) and the constant tensors the graph reads. Every policy's file has the
+    The 16-byte prefix and the compressed header (graph, module arguments, tensor table,
+    activation grids); the constant tensors the graph reads (a class token, a layer scale) are
+    priced by the analysis (``ModelAnalysis.unquantized``). Every policy's file has the
     same tensors and graph nodes (only channel counts, shapes and activation scales differ),
     so this is measured on a few random policies of ``space`` (fixed seed) and their median
-    taken: how well zlib compresses those numbers varies a little from policy to policy. Weights are quantized with max clipping and activation ranges come from
-    ``sample_input`` alone (neither changes the header's length beyond that noise).
+    taken: how well zlib compresses those numbers varies a little from policy to policy.
+    Weights are quantized with max clipping and activation ranges come from ``sample_input``
+    alone (neither changes the header's length beyond that noise), unless ``engine`` is given:
+    the evaluator's engine of the same model and space, on any device, whose weight banks then
+    serve (it is left applying the last of those policies).
     """
-    engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
-                         power_of_two=power_of_two, device="cpu")
+    if engine is None:
+        engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
+                             power_of_two=power_of_two, device="cpu")
     rng = np.random.default_rng(0)
     sizes = []
     for _ in range(samples):
         policy = space.resolve(space.sample(rng))
         header, tensors = _encode_network(engine.apply(policy), analysis, policy)
         data = b"".join(np.ascontiguousarray(a).tobytes() for a in tensors.values())
-        constants = sum(a.nbytes for k, a in tensors.items() if k.startswith("attr:"))
-        sizes.append(_PREFIX.size + len(_header_blob(header, tensors, data)) + constants)
+        sizes.append(_PREFIX.size + len(_header_blob(header, tensors, data)))
     return float(statistics.median(sizes))
 
 
@@ -495,6 +501,19 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
 
 
 def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray], nm: dict[str, Any] | None = None) -> None:
+    rows, scale, quant = stored_rows(name, mod, tensors, nm)
+    rows = torch.where(quant[:, None], rows * scale[:, None], rows)
+    with torch.no_grad():
+        mod.weight.copy_(rows.view_as(mod.weight))
+        if mod.bias is not None:
+            mod.bias.copy_(torch.from_numpy(tensors[f"{name}.bias"].copy()))
+
+
+def stored_rows(name: str, mod: nn.Module, tensors: dict[str, np.ndarray],
+                nm: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A stored layer's weight rows as the file holds them: integer codes of its quantized channels and
+    float weights of its 32-bit ones (``[C, K]``, N:M values scattered back), the per-channel scale
+    (1 for 32-bit channels) and which channels are quantized."""
     bits = torch.from_numpy(tensors[f"{name}.bits"].astype(np.int64))
     width = mod.weight[0].numel()
     if nm is not None:
@@ -511,15 +530,11 @@ def _dequantize(name: str, mod: nn.Module, tensors: dict[str, np.ndarray], nm: d
         codes = _decode_planes(planes[start:], b, count)
         start += count * b
         rows[sel] = torch.from_numpy(codes.astype(np.float32)).view(-1, rows.shape[1])
-    rows = rows * scale[:, None]
     if not bool(quant.all()):
         rows[~quant] = torch.from_numpy(tensors[f"{name}.float"].copy())
     if nm is not None:
         rows = _nm_scatter(rows, tensors[f"{name}.index"], nm, mod.weight.shape)
-    with torch.no_grad():
-        mod.weight.copy_(rows.view_as(mod.weight))
-        if mod.bias is not None:
-            mod.bias.copy_(torch.from_numpy(tensors[f"{name}.bias"].copy()))
+    return rows, scale, quant
 
 
 def _nm_scatter(values: torch.Tensor, index: np.ndarray, nm: dict[str, Any], shape: torch.Size) -> torch.Tensor:

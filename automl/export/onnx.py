@@ -18,22 +18,29 @@ file keeps int8 weights and a per-output-channel ``DequantizeLinear``.
 
 Per layer:
 
-- all kept channels at 1..8 bits and a quantized input: int8 weight codes (a b-bit
-  channel's codes lie in ``[-(2^(b-1)-1), 2^(b-1)-1]``, its 2^b grid), per-channel float
-  scale, zero point 0;
+- all kept channels at 1..8 bits behind an 8-bit (or narrower) quantized input: an
+  :class:`IntegerLayer`, what the engine's integer inference computes
+  (:attr:`automl.quant.engine.QuantLayer.integer`): the input divided by its scale, rounded and
+  clipped to its codes (``Div``, ``Round``, ``Clip``), the convolution (``MatMul`` for a linear
+  layer) of those codes with the weight codes (stored int8, cast to float once per session),
+  then ``Div`` by ``1 / (s_x * s_w)`` and ``Add`` of the bias per output channel (BatchNorm
+  correction folded into both). The sums are of integers, exact in float32 whatever order a
+  kernel adds them in, and the rest is the same float32 operations as the engine's: a default
+  ONNX Runtime session computes the searched model's codes bit for bit;
 - quantized weights behind a float (32-bit) input: float weights holding the same grid
   values, since the runtime would dequantize int8 weights on every run and then run the
   float kernel anyway (the ONNX Runtime profile prices such a layer as float);
 - any kept channel at more than 8 bits: float weights (codes x scale for the quantized
-  channels, identical values, float storage);
-- input activations at 1..8 bits: ``Clip`` to the b-bit range (only where it is narrower
-  than the 8-bit type) then ``QuantizeLinear``/``DequantizeLinear``; wider grids run as
-  ``Mul``/``Round``/``Clip``/``Mul``; 32-bit inputs stay float.
+  channels, identical values, float storage) behind the input's ``QuantizeLinear``, a ``Clip``
+  of the codes to the b-bit range (only where it is narrower than the 8-bit type), ``Cast`` and
+  ``Mul`` by the scale; wider grids run as ``Mul``/``Round``/``Clip``/``Mul``; 32-bit inputs stay float.
 
-ONNX Runtime's CPU provider fuses a QDQ convolution into an int8 kernel only when its
-output is quantized too. Here a layer's output stays float (the network adds residuals and
-biases in float, as the searched model does), so the runtime dequantizes and runs the
-float kernel: the profile of :mod:`automl.export.ort_profile` prices exactly that.
+The file holds no ``DequantizeLinear``: ONNX Runtime's default optimisations rewrite that QDQ
+pattern into int8 kernels and integer biases with roundings of their own (:func:`_float_dequantize`).
+Where the file computes in float (layers with a 32-bit channel or input, and whatever lies between
+layers: pooling, normalisation, attention), the two runtimes may round an activation lying within
+float rounding of a rounding midpoint either way; its code then differs by one step. The profile
+of :mod:`automl.export.ort_profile` prices exactly this graph.
 """
 
 from __future__ import annotations
@@ -50,9 +57,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from automl.analysis.canonical import attention_softmax
 from automl.errors import ExportError
-from automl.export.ampq import fake_quantize, load_exported, read_export
+from automl.export.ampq import fake_quantize, load_exported, read_export, stored_rows
 from automl.quant.device import on_cpu
+from automl.quant.engine import INTEGER_MAX_CODE
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INPUT, OUTPUT = "input", "output"
@@ -77,6 +86,42 @@ def onnx_act_quant(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch
     return torch.fake_quantize_per_tensor_affine(x, scale, 0, lo, hi)
 
 
+def onnx_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                   enable_gqa: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` (inference) in ops of opset 13: the exporter has none for it there."""
+    if enable_gqa:
+        raise ExportError("scaled_dot_product_attention with enable_gqa=True has no ONNX form here: expected as many "
+                          "key/value heads as query heads. Export with --format ampq.")
+    mask = attn_mask
+    if mask is not None and not mask.is_floating_point():
+        mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf"))
+    if is_causal:
+        n, m = q.shape[-2], k.shape[-2]
+        causal = torch.triu(torch.full((n, m), float("-inf")), diagonal=1)
+        mask = causal if mask is None else mask + causal
+    return attention_softmax(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale)[0]
+
+
+def _windows(size: int, out: int) -> list[tuple[int, int]]:
+    """The input window ``[lo, hi)`` adaptive pooling averages for each of ``out`` outputs."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def onnx_adaptive_avg_pool2d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d``, also where the output size does not divide the input size (VGG's 7x7
+    pooling of a 1x1 map), which the exporter refuses: each output the mean of its window, in
+    slices (batch-free: no reshape fixes the batch)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # constants of the exported graph, not traced sizes
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    oh, ow = oh or h, ow or w
+    if h % oh == 0 and w % ow == 0:
+        return F.adaptive_avg_pool2d(x, (oh, ow))
+    rows = [torch.cat([x[..., a:b, c:d].mean(dim=(-2, -1), keepdim=True) for c, d in _windows(w, ow)], dim=-1)
+            for a, b in _windows(h, oh)]
+    return torch.cat(rows, dim=-2)
+
+
 class QDQLayer(nn.Module):
     """A convolution or linear layer whose weight is ``codes x scale`` with int8 codes."""
 
@@ -95,12 +140,48 @@ class QDQLayer(nn.Module):
         return conv(x, w, op.bias, op.stride, op.padding, op.dilation, op.groups)
 
 
-def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, np.ndarray]]:
-    """The ``.ampq`` network with quantized layers as :class:`QDQLayer` and QDQ activations."""
+class IntegerLayer(nn.Module):
+    """A quantized layer behind a quantized input, computed as the engine's integer inference does.
+
+    ``q = clamp(round(x / s), qmin, qmax)``, then ``conv(q, codes) / r + bias`` with integer weight
+    codes, ``r = 1 / (s * scale)`` and the stored (BatchNorm-folded) scale and bias: the same float32
+    operations in the same order as :attr:`automl.quant.engine.QuantLayer.integer`, around a sum of
+    integers that is exact in any order.
+    """
+
+    def __init__(self, op: nn.Module, codes: torch.Tensor, scale: torch.Tensor, act: tuple[float, int, int]) -> None:
+        super().__init__()
+        self.op = op
+        self.qmin, self.qmax = int(act[1]), int(act[2])
+        s = torch.tensor(float(act[0]), dtype=torch.float32)
+        bias = op.bias.detach().clone() if op.bias is not None else torch.zeros(codes.shape[0])
+        with torch.no_grad():
+            op.weight = nn.Parameter(codes.view_as(op.weight).clone(), requires_grad=False)
+        op.bias = None
+        self.register_buffer("s", s)
+        self.register_buffer("r", 1.0 / (s * scale))
+        self.register_buffer("b", bias)
+        if isinstance(op, nn.Linear):  # stored transposed under the layer's name (F.linear would lose it)
+            self.register_buffer("weight_t", op.weight.detach().t().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = self.op
+        q = torch.clamp(torch.round(x / self.s), self.qmin, self.qmax)
+        if isinstance(op, nn.Linear):
+            return torch.matmul(q, self.weight_t) / self.r + self.b
+        conv = F.conv2d if isinstance(op, nn.Conv2d) else F.conv1d
+        out = conv(q, op.weight, None, op.stride, op.padding, op.dilation, op.groups)
+        view = (1, -1) + (1,) * (out.dim() - 2)
+        return out / self.r.view(view) + self.b.view(view)
+
+
+def _qdq_network(path: Path, int8_kernels: bool = False) -> tuple[fx.GraphModule, dict[str, Any], dict[str, np.ndarray]]:
+    """The ``.ampq`` network with quantized layers as :class:`IntegerLayer` (``int8_kernels``:
+    :class:`QDQLayer`) and QDQ activations elsewhere."""
     header, tensors = read_export(path)
     gm = load_exported(path)
-    quantized_input = {
-        n.target for n in gm.graph.nodes
+    quantizer = {
+        n.target: n.args[0] for n in gm.graph.nodes
         if n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node)
         and n.args[0].op == "call_function" and n.args[0].target is fake_quantize
     }
@@ -108,16 +189,42 @@ def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, 
         if not spec.get("quantized"):
             continue
         bits = tensors[f"{name}.bits"].astype(int)
-        # A float input means a float kernel either way: int8 weights would only add a
-        # DequantizeLinear per run (slower than float: benchmarks/export_check.py), so the
-        # layer keeps float weights holding the same grid values (codes x scale).
-        if len(bits) and bits.max() <= INT8_MAX_BITS and name in quantized_input:
+        if not (len(bits) and bits.max() <= INT8_MAX_BITS and name in quantizer):
+            # A float input means a float kernel either way: int8 weights would only add a
+            # DequantizeLinear per run (slower than float: benchmarks/export_check.py), so the
+            # layer keeps float weights holding the same grid values (codes x scale).
+            continue
+        if int8_kernels:
             gm.set_submodule(name, QDQLayer(gm.get_submodule(name), tensors[f"{name}.scale"]))
+            continue
+        node = quantizer[name]
+        act = (float(node.args[1]), int(node.args[2]), int(node.args[3]))
+        if max(-act[1], act[2]) > INTEGER_MAX_CODE:
+            continue
+        rows, scale, _ = stored_rows(name, gm.get_submodule(name), tensors, spec.get("nm"))
+        gm.set_submodule(name, IntegerLayer(gm.get_submodule(name), rows, scale, act))
+        for user in list(node.users):  # the layer quantizes its input itself
+            user.replace_input_with(node, node.args[0])
+        gm.graph.erase_node(node)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is fake_quantize:
             node.target = onnx_act_quant
+    return _exportable(gm), header, tensors
+
+
+def _exportable(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with the operations the TorchScript exporter refuses at opset 13 written in ones it knows
+    (attention, adaptive pooling to a size that does not divide the input)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+            node.target = onnx_attention
+        elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            node.target = onnx_adaptive_avg_pool2d
+        elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.AdaptiveAvgPool2d):
+            size = gm.get_submodule(node.target).output_size
+            node.op, node.target, node.args = "call_function", onnx_adaptive_avg_pool2d, (node.args[0], size)
     gm.recompile()
-    return gm, header, tensors
+    return gm
 
 
 def _fold_weight_quantizers(model: Any) -> int:
@@ -185,8 +292,8 @@ def _integer_clips(model: Any) -> int:
     """Move each activation ``Clip`` that feeds a ``QuantizeLinear`` behind it, onto the codes.
 
     ``clamp(round(clamp(x, lo*s, hi*s) / s))`` and ``clamp(round(x / s), lo, hi)`` are the
-    same codes, but only the second leaves ``Relu -> QuantizeLinear`` right after the
-    producing convolution, the pattern ONNX Runtime fuses into an int8 ``QLinearConv``.
+    same codes (bounds beyond the code type saturate to it, as ``QuantizeLinear`` does); the
+    second keeps the quantizer right after the producing layer's activation function.
     Returns how many clips moved.
     """
     from onnx import helper, numpy_helper
@@ -209,7 +316,11 @@ def _integer_clips(model: Any) -> int:
         scale, zp = values.get(q.input[1]), values.get(q.input[2])
         if scale is None or zp is None or scale.ndim != 0:
             continue
-        lo, hi = (np.array(np.round(values[i] / scale), dtype=zp.dtype) for i in clip.input[1:])
+        # the bound's code, saturated to the quantized type as QuantizeLinear saturates: ReLU6's bound 6 at
+        # an activation step of 0.0229 is code 262, which a plain cast to uint8 would wrap to 6
+        info = np.iinfo(zp.dtype)
+        lo, hi = (np.array(np.clip(np.round(values[i] / scale) + zp, info.min, info.max), dtype=zp.dtype)
+                  for i in clip.input[1:])
         name = q.output[0]
         graph.initializer.extend([numpy_helper.from_array(lo, f"{name}_lo"), numpy_helper.from_array(hi, f"{name}_hi")])
         new_q = helper.make_node("QuantizeLinear", [clip.input[0], *q.input[1:]], [f"{name}_unclipped"], name=q.name)
@@ -224,6 +335,85 @@ def _integer_clips(model: Any) -> int:
         del graph.node[:]
         graph.node.extend(kept)
     return moved
+
+
+def _float_dequantize(model: Any) -> int:
+    """Write each ``DequantizeLinear`` as ``Cast`` to float and ``Mul`` by its scale; returns how many.
+
+    The same values (``DequantizeLinear`` is ``(code - 0) * scale`` in float), but no QDQ pattern
+    left for ONNX Runtime's default optimisations to rewrite into something the search did not
+    evaluate: at the basic level ``WeightBiasQuantization`` rounds each float bias (and float
+    weight) of a layer between activation quantizers onto an integer grid of its own; at the
+    extended level such a layer becomes an int8 ``QLinearConv`` that requantizes its output with
+    its own rounding (on x86 CPUs without VNNI its uint8 x int8 kernel can also saturate 16-bit
+    pair sums of 8-bit codes), and a ``DequantizeLinear`` weight of a ``MatMul`` becomes a
+    ``MatMulNBits`` that computes otherwise. So every layer runs the float kernel on the grid
+    values, as the searched model does. A weight's ``Cast`` and ``Mul`` read constants only:
+    the runtime folds them into float weights once, when the session is made, while the file
+    keeps the int8 codes.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"})
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}  # deduplicated constants
+    for name in list(alias):
+        source = name
+        while source in alias and source not in values:
+            source = alias[source]
+        if source in values:
+            values[name] = values[source]
+    replaced, nodes = 0, []
+    for node in graph.node:
+        zp = values.get(node.input[2]) if len(node.input) > 2 else None
+        scale = values.get(node.input[1]) if node.op_type == "DequantizeLinear" else None
+        if scale is None or (zp is not None and zp.any()):
+            nodes.append(node)
+            continue
+        scale_name = node.input[1]
+        codes = values.get(node.input[0])
+        if scale.ndim == 1 and codes is not None:  # per-axis: broadcast the scale along the weight's axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
+            shape = [1] * codes.ndim
+            shape[axis] = scale.size
+            scale_name = f"{node.input[1]}_{axis}of{codes.ndim}"
+            if scale_name not in values:
+                graph.initializer.append(numpy_helper.from_array(scale.reshape(shape), scale_name))
+                values[scale_name] = scale.reshape(shape)
+        cast = f"{node.output[0]}_codes"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [cast], name=f"{node.name}_cast", to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [cast, scale_name], [node.output[0]], name=f"{node.name}_scale"))
+        replaced += 1
+    if replaced:
+        kept = [onnx_copy(n) for n in nodes]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return replaced
+
+
+def _int8_codes(model: Any) -> int:
+    """Store each float weight of a ``Conv``/``Gemm``/``MatMul`` that holds integer codes within int8 as int8
+    plus a ``Cast`` (folded into the float weight once, when a session is made); returns how many."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    converted, nodes = 0, []
+    for name in sorted(weights & set(inits)):
+        w = numpy_helper.to_array(inits[name])
+        if w.dtype != np.float32 or not w.size or np.abs(w).max() > 127 or not np.array_equal(w, np.round(w)):
+            continue
+        graph.initializer.remove(inits[name])
+        graph.initializer.append(numpy_helper.from_array(w.astype(np.int8), f"{name}_int8"))
+        nodes.append(helper.make_node("Cast", [f"{name}_int8"], [name], name=f"{name}_cast", to=TensorProto.FLOAT))
+        converted += 1
+    if nodes:
+        kept = nodes + [onnx_copy(n) for n in graph.node]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return converted
 
 
 def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
@@ -246,15 +436,23 @@ def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def ampq_to_onnx(ampq_path: str | os.PathLike[str]) -> Any:
-    """The ``onnx.ModelProto`` of an ``.ampq`` export (see the module docstring); checked."""
+def ampq_to_onnx(ampq_path: str | os.PathLike[str], *, int8_kernels: bool = False) -> Any:
+    """The ``onnx.ModelProto`` of an ``.ampq`` export (see the module docstring); checked.
+
+    ``int8_kernels`` keeps the ``DequantizeLinear`` nodes, the QDQ pattern ONNX Runtime rewrites
+    into int8 kernels with roundings of its own (:func:`_float_dequantize`): the file then no
+    longer computes what was searched; only for measuring what that rewrite is worth.
+    """
     import onnx
 
-    gm, header, tensors = _qdq_network(Path(ampq_path))
+    gm, header, tensors = _qdq_network(Path(ampq_path), int8_kernels)
     example = torch.zeros(1, *header["input_shape"])  # the stored shape is per sample
     model = onnx.load_from_string(to_onnx_bytes(gm, example))
     _fold_weight_quantizers(model)
     _integer_clips(model)
+    if not int8_kernels:
+        _float_dequantize(model)
+        _int8_codes(model)
     bits = {n: tensors[f"{n}.bits"].astype(int).tolist() for n, s in header["modules"].items() if s.get("quantized")}
     meta = {"automl-mpq.policy_key": header["policy_key"], "automl-mpq.kept_channel_bits": str(bits),
             "automl-mpq.source": "automl.export.onnx.ampq_to_onnx"}
@@ -287,22 +485,29 @@ def export_onnx(ampq_path: str | os.PathLike[str], out_path: str | os.PathLike[s
 
 def float_onnx(float_model: nn.Module, example: torch.Tensor) -> bytes:
     """The float network as ONNX bytes: the baseline every exported latency is compared with."""
-    return to_onnx_bytes(float_model, example[:1])
+    from automl.analysis.graph import trace
+
+    try:
+        model: nn.Module = _exportable(trace(float_model))
+    except Exception:  # noqa: BLE001 - not traceable: exported as it is
+        model = float_model
+    return to_onnx_bytes(model, example[:1])
 
 
 def layer_precisions(model: Any) -> dict[str, int]:
-    """Count of ``Conv``/``Gemm``/``MatMul`` nodes with int8 (QDQ) and float weights in an ONNX model."""
+    """Count of ``Conv``/``Gemm``/``MatMul`` nodes with int8 and float weights in an ONNX model
+    (int8: codes dequantized by ``DequantizeLinear`` or by ``Cast`` and ``Mul``)."""
     inits = {t.name: t.data_type for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     counts = {"int8": 0, "float": 0}
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             src = producer.get(node.input[1])
-            qdq = src is not None and src.op_type == "DequantizeLinear" and inits.get(src.input[0]) == 3  # INT8
+            if src is not None and src.op_type == "Mul" and src.input[0] in producer:
+                src = producer[src.input[0]]  # the Cast of the codes
+            qdq = src is not None and src.op_type in ("DequantizeLinear", "Cast") and inits.get(src.input[0]) == 3  # INT8
             counts["int8" if qdq else "float"] += 1
     return counts
-
-
 
 
 def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, sample: torch.Tensor, *,

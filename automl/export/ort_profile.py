@@ -3,20 +3,23 @@
 ``automl profile-hardware --runtime onnxruntime`` (or a budget naming ``ort-cpu`` /
 ``ort-cpu-b<N>``; ``ort-cuda`` / ``ort-cuda-b<N>`` and ``ort-tensorrt`` / ``ort-tensorrt-b<N>``
 for ONNX Runtime's CUDA and TensorRT execution providers on the first GPU, where the installed
-onnxruntime has them, e.g. the ``onnxruntime-gpu`` package) times every quantizable layer alone, rebuilt as a one-node ONNX graph of
-exactly the form :mod:`automl.export.onnx` writes, on the grid of kept input/output
-fractions x kept output fractions, in two precisions:
+onnxruntime has them, e.g. the ``onnxruntime-gpu`` package) times every quantizable layer alone,
+rebuilt as a one-node ONNX graph of exactly the form :mod:`automl.export.onnx` writes, on the grid
+of kept input/output fractions x kept output fractions, in three precisions:
 
 - ``float_ms``: ``Conv``/``Gemm`` with float weights;
 - ``qin_ms``: the same quantized input with float weights (a layer with a wide channel);
-- ``fused_ms``: for a layer whose only consumer requantizes its output (:func:`fused_consumers`),
-  the layer followed by ``Relu`` and that requantization, which the runtime fuses into an
-  int8 ``QLinearConv``, less the requantization the consumer's own table already holds;
-- ``int8_ms``: ``QuantizeLinear`` -> ``Clip`` -> ``DequantizeLinear`` on the input, int8
-  weights -> per-channel ``DequantizeLinear``, then the ``Conv``/``Gemm`` (ONNX Runtime's
-  CPU provider runs it as float after dequantizing: the output is not requantized, see
-  :mod:`automl.export.onnx`), so it is usually slower than float. The tables are kept as
-  measured, not capped by float: the runtime runs what the file says.
+- ``int8_ms``: the input quantized onto integer codes (``Div``, ``Round``, ``Clip``), the
+  ``Conv``/``MatMul`` on int8 weight codes cast to float (once, when the session is made), then
+  ``Div`` and ``Add`` per output channel (:class:`automl.export.onnx.IntegerLayer`): the runtime
+  runs the float kernel on integers (no int8 kernel rewrites it), so it is usually slower than
+  float. The tables are kept as measured, not capped by float: the runtime runs what the file says;
+- ``qin_ms`` above is the pattern of a layer with a wide channel: ``QuantizeLinear`` -> ``Clip``
+  -> ``Cast`` -> ``Mul`` on the input, float weights.
+
+Profiles measured before the export stopped the runtime's int8 fusion (cache version 4) also
+held ``fused_ms`` tables (:func:`fused_consumers`); :class:`~automl.cost.tabulated.MeasuredProfile`
+still prices them when a profile file has them.
 
 Batch 1 and one chosen batch are separate profiles (``ort-cpu``, ``ort-cpu-b64``): a
 layer's cost does not scale linearly with the batch. Between measured widths the latency
@@ -57,7 +60,7 @@ ORT_NAME = re.compile(r"^ort-(cpu|cuda|tensorrt)(?:-b(\d+))?$")
 PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
              "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")}
 RUNTIME = "onnxruntime"
-CACHE_VERSION = 4  # bump when what a profile measures changes
+CACHE_VERSION = 6  # bump when what a profile measures changes (6: integer layers, no QDQ fusion)
 
 
 def cpu_model() -> str:
@@ -127,7 +130,8 @@ def cache_path(analysis: ModelAnalysis, threads: int, batch: int, cache_dir: Pat
 def fused_consumers(analysis: ModelAnalysis) -> dict[str, str]:
     """Layer -> its only consumer, for layers whose output channels no other layer writes or
     reads (no residual addition): there the consumer's input quantizer directly follows the
-    layer (through its activation function), the pattern ONNX Runtime fuses into ``QLinearConv``."""
+    layer (through its activation function), the pattern ONNX Runtime fuses into ``QLinearConv``
+    when the activation is dequantized by ``DequantizeLinear`` (profiles of cache version 4)."""
     out = {}
     for g in analysis.groups:
         if len(g.producers) == 1 and len(g.consumers) == 1 and analysis.layer(g.producers[0]).kind != "linear":
@@ -135,24 +139,9 @@ def fused_consumers(analysis: ModelAnalysis) -> dict[str, str]:
     return out
 
 
-def _requant_graph(shape: Sequence[int]) -> bytes:
-    """``Clip -> QuantizeLinear -> DequantizeLinear`` of a tensor: what a consumer's int8 table
-    pays for its input and a fused producer already did."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
-             numpy_helper.from_array(np.array(0, np.uint8), "lo"), numpy_helper.from_array(np.array(15, np.uint8), "hi")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("Clip", ["q", "lo", "hi"], ["c"]),
-             helper.make_node("DequantizeLinear", ["c", "s", "z"], ["y"])]
-    graph = helper.make_graph(nodes, "requant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
-
-
 def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: int, int8: bool,
-                 fused: bool = False, float_weights: bool = False) -> bytes:
-    """One layer as ONNX bytes, in the node pattern the exporter writes (see the module docstring);
-    ``fused``: followed by ``Relu`` and the consumer's requantization, as inside the network."""
+                 float_weights: bool = False) -> bytes:
+    """One layer as ONNX bytes, in the node pattern the exporter writes (see the module docstring)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -162,39 +151,55 @@ def _layer_graph(layer: LayerInfo, mod: nn.Module, cin: int, cout: int, batch: i
     in_shape = [batch, *layer.in_shape[:-1], cin] if linear else [batch, cin, *layer.in_shape[1:]]
     inits = [numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")]
     nodes, x, w = [], "x", "w"
-    if int8:
+    integer = int8 and not float_weights
+    if int8 and float_weights:  # a layer with a wide channel: the quantizer, dequantized in float ops
         inits += [numpy_helper.from_array(np.array(0, np.uint8), "lo"),
                   numpy_helper.from_array(np.array(15, np.uint8), "hi"),
                   numpy_helper.from_array(np.array(0.05, np.float32), "s"),
                   numpy_helper.from_array(np.array(0, np.uint8), "z"),
-                  numpy_helper.from_array(rng.integers(-7, 8, w_shape).astype(np.int8), "wq"),
-                  numpy_helper.from_array(rng.uniform(0.001, 0.01, cout).astype(np.float32), "ws"),
-                  numpy_helper.from_array(np.zeros(cout, np.int8), "wz")]
+                  numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "wd")]
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),  # integer-domain clip, as exported
                   helper.make_node("Clip", ["xq", "lo", "hi"], ["xc"]),
-                  helper.make_node("DequantizeLinear", ["xc", "s", "z"], ["xd"])]
+                  helper.make_node("Cast", ["xc"], ["xf"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["xf", "s"], ["xd"])]
         x, w = "xd", "wd"
-        if float_weights:
-            inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "wd"))
-        else:
-            nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0))
+    elif integer:  # automl.export.onnx.IntegerLayer: codes in, integer weights, then / r + b per channel
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                  numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(15.0, np.float32), "hi"),
+                  numpy_helper.from_array(rng.integers(-7, 8, w_shape).astype(np.int8), "wq"),
+                  numpy_helper.from_array(rng.uniform(50, 500, cout).astype(np.float32), "r")]
+        nodes += [helper.make_node("Div", ["x", "s"], ["xs"]), helper.make_node("Round", ["xs"], ["xr"]),
+                  helper.make_node("Clip", ["xr", "lo", "hi"], ["xd"]),
+                  helper.make_node("Cast", ["wq"], ["wd"], to=TensorProto.FLOAT)]
+        x, w = "xd", "wd"
     else:
         inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w"))
-    if linear:
+    if integer:
+        if linear:
+            inits.append(numpy_helper.from_array(np.zeros((cin, cout), np.int8), "wq_t"))
+            nodes[-1] = helper.make_node("Cast", ["wq_t"], ["wd"], to=TensorProto.FLOAT)
+            nodes.append(helper.make_node("MatMul", [x, w], ["acc"]))
+        else:
+            k = len(mod.kernel_size)
+            pads = list(mod.padding) * 2 if isinstance(mod.padding, tuple) else None
+            if pads is None:
+                raise ProfileError(f"layer {layer.name!r} uses padding={mod.padding!r}; the ONNX profile needs explicit padding")
+            nodes.append(helper.make_node("Conv", [x, w], ["acc"], group=groups, kernel_shape=list(mod.kernel_size),
+                                          strides=list(mod.stride), pads=pads, dilations=list(mod.dilation)[:k]))
+            shape = [1, cout] + [1] * k
+            inits[-1] = numpy_helper.from_array(rng.uniform(50, 500, shape).astype(np.float32), "r")
+            inits[0] = numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "b")
+        nodes += [helper.make_node("Div", ["acc", "r"], ["scaled"]), helper.make_node("Add", ["scaled", "b"], ["y"])]
+    elif linear:
         nodes.append(helper.make_node("Gemm", [x, w, "b"], ["y"], transB=1))
     else:
         k = len(mod.kernel_size)
         pads = list(mod.padding) * 2 if isinstance(mod.padding, tuple) else None
         if pads is None:
             raise ProfileError(f"layer {layer.name!r} uses padding={mod.padding!r}; the ONNX profile needs explicit padding")
-        y = "conv" if fused else "y"
-        nodes.append(helper.make_node("Conv", [x, w, "b"], [y], group=groups, kernel_shape=list(mod.kernel_size),
+        nodes.append(helper.make_node("Conv", [x, w, "b"], ["y"], group=groups, kernel_shape=list(mod.kernel_size),
                                       strides=list(mod.stride), pads=pads, dilations=list(mod.dilation)[:k]))
-        if fused:
-            inits.append(numpy_helper.from_array(np.array(0.02, np.float32), "so"))
-            nodes += [helper.make_node("Relu", ["conv"], ["r"]), helper.make_node("QuantizeLinear", ["r", "so", "z"], ["rq"]),
-                      helper.make_node("Clip", ["rq", "lo", "hi"], ["rc"]),
-                      helper.make_node("DequantizeLinear", ["rc", "so", "z"], ["y"])]
     graph = helper.make_graph(nodes, layer.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
@@ -222,7 +227,6 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
         return ort.runner(ort.session(blob, threads, providers), x)
 
     modules = dict(model.named_modules())
-    fusable = fused_consumers(analysis)
     calls, index, plans = [], {}, []
     for layer in analysis.layers:
         points, in_p, out_p = _grid_points(analysis, layer, widths)
@@ -237,12 +241,6 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
             calls.append(call(_null_graph(shape), x))
             blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, float_weights=True)
             calls.append(call(blob, x))
-            if layer.name in fusable:
-                blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, fused=True)
-                calls.append(call(blob, x))
-                out_shape = [batch, cout, *layer.out_shape[1:]]
-                y = np.random.default_rng(2).uniform(0, 1, out_shape).astype(np.float32)
-                calls.append(call(_requant_graph(out_shape), y))
     x = sample[:1].detach().cpu().expand(batch, *sample.shape[1:]).contiguous()
     for w in widths:
         net = model if w == 1.0 else prune_model(model, analysis, _uniform_policy(analysis, w))
@@ -254,15 +252,12 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
         def grid(k: int, name: str = layer.name, in_p: bool = in_p, out_p: bool = out_p) -> tuple[tuple[float, ...], ...]:
             def at(wi: float, wo: float) -> float:
                 i = index[name, wi if in_p else 1.0, wo if out_p else 1.0]
-                if k == 4:  # fused: less the null run and the requantization the consumer's table holds
-                    return max(ms[i + 4] - ms[i + 2] - max(ms[i + 5] - ms[i + 2], 0.0), 0.0)
                 return max(ms[i + k] - ms[i + 2], 0.0)  # less what a run of the null graph costs
 
             return tuple(tuple(at(wi, wo) for wo in widths) for wi in widths)
 
         in_total = sum(s.channels * s.features_per_channel for s in layer.in_segments)
-        fused = (grid(4), fusable[layer.name]) if layer.name in fusable else (None, "")
-        layers.append(MeasuredLayer(layer.name, int(in_total), layer.out_channels, grid(0), grid(1), *fused, grid(3)))
+        layers.append(MeasuredLayer(layer.name, int(in_total), layer.out_channels, grid(0), grid(1), None, "", grid(3)))
     return tuple(layers), ms[-len(widths):]
 
 
@@ -311,7 +306,7 @@ def measure_ort_profile(
         overhead_ms=fixed, overhead_us_per_kelem=per_kelem, engine=providers[0], threads=threads,
         runtime=RUNTIME, batch=batch, int8_capped=False,
         description=(f"ONNX Runtime {where}, batch {batch}: milliseconds per "
-                     f"run of {batch} sample(s); int8 = the exporter's QDQ layer; best of {repeats} round-robin rounds; "
+                     f"run of {batch} sample(s); int8 = the exporter's integer layer; best of {repeats} round-robin rounds; "
                      f"layer tables scaled by {alpha:.3f} to the whole networks timed in the same run"),
     )
     return replace(profile, stated_error=_uniform_error(profile, analysis, widths, whole))

@@ -21,6 +21,7 @@ from automl.errors import PolicyError
 from automl.quant.device import device_generator, model_device, resolve_device, to_device
 from automl.quant.fake import (
     FLOAT_BITS,
+    Magnitudes,
     act_qparams,
     lsq_quantize,
     quantize_act_ste,
@@ -35,6 +36,10 @@ from search_spaces.policy import Policy, parse_nm
 from search_spaces.space import SearchSpace
 
 _SAMPLE_PER_BATCH = 16384
+# Integer inference (QuantLayer.integer): codes of at most 8-bit weights times codes of at most 8-bit activations,
+# whose sums stay far below 2^24, where float32 stops holding every integer.
+INTEGER_MAX_BITS = 8
+INTEGER_MAX_CODE = 255
 
 
 def fold_batchnorm(model: nn.Module, analysis: ModelAnalysis) -> tuple[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
@@ -196,7 +201,7 @@ class QuantLayer(nn.Module):
         changed since the last call, so a gathered policy pays for slicing once.
         """
         c = self._fast
-        if c is None or c[0] is not self.weight or c[1] is not self.bias or c[2] != scale \
+        if c is None or len(c) != 7 or c[0] is not self.weight or c[1] is not self.bias or c[2] != scale \
                 or c[3] is not self.keep_in or c[4] is not self.keep_out:
             w, b = self.weight, self.bias
             if self.keep_out is not None:
@@ -208,6 +213,55 @@ class QuantLayer(nn.Module):
                 w = w.contiguous(memory_format=torch.channels_last)
             self._fast = c = (self.weight, self.bias, scale, self.keep_in, self.keep_out, w, b)
         return c[5], c[6]  # type: ignore[return-value]
+
+    @property
+    def integer(self) -> bool:
+        """Whether inference runs on integer codes: a quantized input and every kept channel quantized.
+
+        Then the layer computes ``conv(codes_x, codes_w) / r + bias`` with ``codes_x = clamp(round(x / s))``,
+        ``r = 1 / (s * (s_w * a))`` per channel and ``bias = b * a + c`` (``a``, ``c``: the BatchNorm
+        correction, folded). The convolution sums integers, exact in float32 below 2^24 whatever the
+        order of the sum, and the rest is the same float32 operations in the same order as the exported
+        ONNX file (:mod:`automl.export.onnx`): so ONNX Runtime computes exactly these codes.
+        """
+        return (self.act is not None and max(-self.act[1], self.act[2]) <= INTEGER_MAX_CODE
+                and max(self.bits_host, default=0) <= INTEGER_MAX_BITS)  # the host copy: no wait for the device
+
+    def integer_weights(self, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes, r, bias, s)`` of :attr:`integer` inference over the kept channels, ``s`` the activation
+        scale as a float32 tensor on the layer's device (cached like :meth:`_fast_weights`)."""
+        c = self._fast
+        key = (self.weight, self.bias, scale, self.keep_in, self.keep_out, self.correction)
+        if c is None or len(c) != 10 or any(a is not b for a, b in zip(c[:6], key, strict=True)) or c[2] != scale:
+            shape = (-1,) + (1,) * (self.weight.dim() - 1)
+            codes = torch.round(self.weight / self._scale.view(shape))
+            a, cc = self.correction if self.correction is not None else (None, None)
+            folded = self._scale if a is None else self._scale * a
+            s = torch.tensor(scale, dtype=torch.float32, device=folded.device)
+            r = 1.0 / (s * folded)
+            bias = self.bias if a is None else self.bias * a + cc
+            if self.keep_out is not None:
+                codes, r, bias = (t.index_select(0, self.keep_out) for t in (codes, r, bias))
+            if self.keep_in is not None:
+                codes = codes.index_select(1, self.keep_in)
+            self._fast = c = (*key, codes.contiguous(), r, bias, s)  # type: ignore[assignment]
+        return c[6], c[7], c[8], c[9]  # type: ignore[return-value]
+
+    def _integer_run(self, x: torch.Tensor, scale: float, act: tuple[int, int]) -> torch.Tensor:
+        codes, r, bias, s = self.integer_weights(scale)
+        dim = x.dim() - 1 if isinstance(self.op, nn.Linear) else 1
+        if self.keep_in is not None:
+            x = x.index_select(dim, self.keep_in)
+        q = x.div(s).round_().clamp_(act[0], act[1])
+        out = self._run(q, codes, torch.zeros_like(bias))
+        view = [1] * out.dim()
+        view[dim] = -1
+        out = out.div_(r.view(view)).add_(bias.view(view))
+        if self.keep_out is not None:
+            shape = list(out.shape)
+            shape[dim] = self.w_float.shape[0]
+            out = out.new_zeros(shape).index_copy_(dim, self.keep_out, out)
+        return out
 
     def _sliced_run(self, x: torch.Tensor, scale: float, act: tuple[int, int] | None) -> torch.Tensor:
         """Inference of the current policy over the live channels only, scattered back to full width."""
@@ -307,6 +361,8 @@ class QuantLayer(nn.Module):
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
             # passes over the activation instead of four; the fused fake-quantize op is slower on CPU.
             scale, qmin, qmax = self.act
+            if self.integer:  # the BatchNorm correction is folded into r and the bias
+                return self._integer_run(x, scale, (qmin, qmax))
             return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
         if self.act is not None:
             scale, qmin, qmax = self.act
@@ -335,6 +391,7 @@ class QuantLayer(nn.Module):
 def _banks(w: torch.Tensor, bank_bits: Sequence[int], method: str, power_of_two: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Fake-quantized copies of ``w`` and their per-channel scales, one per bit-width."""
     banks, scales = [], []
+    mags = Magnitudes(w) if method == "mse" and any(0 < b < FLOAT_BITS for b in bank_bits) else None
     for bits in bank_bits:
         bt = torch.full((w.shape[0],), bits, device=w.device)
         if bits == 0:
@@ -344,8 +401,9 @@ def _banks(w: torch.Tensor, bank_bits: Sequence[int], method: str, power_of_two:
             banks.append(w)
             scales.append(w.new_ones(w.shape[0]))
         else:
-            banks.append(quantize_weight(w, bt, method, power_of_two))
-            scales.append(weight_scales(w, bt, method, power_of_two))
+            scale = weight_scales(w, bt, method, power_of_two, mags)
+            banks.append(quantize_weight(w, bt, scale=scale))
+            scales.append(scale)
     return torch.stack(banks), torch.stack(scales)
 
 
@@ -405,8 +463,11 @@ class QuantEngine:
         for group in analysis.groups:
             for name in group.followers:
                 if name not in folded:
-                    self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(group.gid))
+                    self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook((group.gid,), (group.channels,)))
                     self._group_of_follower[name] = group.gid
+        for name, segments in analysis.split_followers:  # a BatchNorm on a concatenation: each segment its group's mask
+            gids, sizes = tuple(seg.group for seg in segments), tuple(seg.channels for seg in segments)
+            self.qmodel.get_submodule(name).register_forward_hook(self._mask_hook(gids, sizes))
         # Which input channels of each layer a policy can zero: segments of prunable groups whose
         # producers are all quantized layers (a pruned channel of such a group is zero at its consumers).
         producers = {g.gid: g.producers for g in analysis.groups
@@ -417,11 +478,13 @@ class QuantEngine:
                 self._in_segments[layer.name] = tuple(
                     (producers.get(seg.group), seg.channels, seg.features_per_channel) for seg in layer.in_segments)
 
-    def _mask_hook(self, gid: int):
+    def _mask_hook(self, gids: tuple[int, ...], sizes: tuple[int, ...]):
+        """Zero the output channels of pruned channels: one group's mask, or each segment's for a concatenation."""
         def fn(_mod: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            mask = self._masks.get(gid)
-            if mask is None:
+            masks = [self._masks.get(g) for g in gids]
+            if all(m is None for m in masks):
                 return out
+            mask = torch.cat([m if m is not None else out.new_ones(n) for m, n in zip(masks, sizes, strict=True)])
             return out * mask.view((1, -1) + (1,) * (out.dim() - 2))
 
         return fn

@@ -8,6 +8,8 @@ when the calibrated range is non-negative.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -25,13 +27,30 @@ def weight_qmax(bits: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, torch.exp2(b - 1) - 1, torch.zeros_like(b))
 
 
+class Magnitudes:
+    """A weight's per-channel sorted magnitudes and their prefix sums, shared by the MSE scale
+    searches of all bit-widths of one layer (:func:`weight_scales`)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        flat = w.detach().reshape(w.shape[0], -1)
+        if flat.device.type == "cpu":  # numpy's sort is the faster one on the host
+            self.sorted = torch.from_numpy(np.sort(flat.abs().float().cpu().numpy(), axis=1)).to(flat.dtype)
+        else:  # sorted where the weight lies: no trip through the host
+            self.sorted = torch.sort(flat.abs(), dim=1).values
+        zero = torch.zeros(flat.shape[0], 1, dtype=torch.float64, device=flat.device)
+        self.prefix = torch.cat([zero, self.sorted.double().cumsum(dim=1)], dim=1)  # [C, K + 1]
+        self.squares = (self.sorted.double() ** 2).sum(dim=1)  # [C]
+
+
 def weight_scales(
-    w: torch.Tensor, bits: torch.Tensor, method: str = "mse", power_of_two: bool = False
+    w: torch.Tensor, bits: torch.Tensor, method: str = "mse", power_of_two: bool = False,
+    magnitudes: Magnitudes | None = None,
 ) -> torch.Tensor:
     """Per-output-channel scales for ``w`` at per-channel ``bits`` (vectorised).
 
     ``method`` is ``"max"`` (scale from the absolute maximum) or ``"mse"`` (the clipping
-    ratio that minimises each channel's squared error, searched on a fixed grid).
+    ratio that minimises each channel's squared error, searched on a fixed grid);
+    ``magnitudes`` (:class:`Magnitudes` of ``w``) saves sorting them again for another bit-width.
     """
     flat = w.detach().reshape(w.shape[0], -1)
     absmax = flat.abs().amax(dim=1).clamp_min(1e-12)
@@ -45,19 +64,65 @@ def weight_scales(
     scales = ratios * absmax[None, :] / qmax[None, :]  # [R, C]
     if power_of_two:
         scales = _pow2(scales)
-    q = torch.clamp(torch.round(flat[None] / scales[..., None]), -qmax[None, :, None], qmax[None, :, None])
-    err = ((q * scales[..., None] - flat[None]) ** 2).sum(dim=2)  # [R, C]
+    levels = int(qmax[0]) if bool((qmax == qmax[0]).all()) else None
+    if levels is not None and _sorted_is_cheaper(flat.shape[1], levels):
+        err = _clip_errors_sorted(magnitudes or Magnitudes(flat), scales, levels)
+    else:
+        err = _clip_errors_direct(flat, scales, qmax)
     best = err.argmin(dim=0)
     return scales.gather(0, best[None]).squeeze(0)
 
 
+def _sorted_is_cheaper(k: int, levels: int) -> bool:
+    """Whether binning sorted magnitudes (``levels`` bin edges found by bisection per candidate)
+    costs less than rounding every one of the ``k`` weights of a channel per candidate."""
+    return levels * (math.log2(max(k, 2)) + 2) < 6 * k
+
+
+def _clip_errors_direct(flat: torch.Tensor, scales: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
+    """``[R, C]`` squared quantization error of every channel at every candidate scale, element by element."""
+    err = torch.empty_like(scales)
+    lo, hi = -qmax[:, None], qmax[:, None]
+    for r in range(scales.shape[0]):
+        s = scales[r][:, None]
+        t = torch.round(flat / s).clamp_(lo, hi).mul_(s).sub_(flat)
+        err[r] = (t * t).sum(dim=1)
+    return err
+
+
+def _clip_errors_sorted(mags: Magnitudes, scales: torch.Tensor, levels: int) -> torch.Tensor:
+    """The errors of :func:`_clip_errors_direct` from each channel's sorted magnitudes, for one integer range.
+
+    A weight of magnitude ``a`` goes to code ``j`` when ``a`` lies in ``[(j - 1/2) s, (j + 1/2) s)``
+    (code ``levels`` takes everything above), costing ``(a - j s)^2``. Summed per code with prefix
+    sums of ``a`` and ``a^2`` over the sorted magnitudes (``e_j`` = how many lie below
+    ``(j + 1/2) s``) the channel's error is
+    ``S2 - 2 s (levels * S1 - sum_j P1[e_j]) + s^2 (levels^2 * K - sum_j (2j + 1) e_j)``: bisections
+    instead of a pass over the weights per candidate scale. Equal to the element-wise sum up to
+    float rounding (and weights lying exactly on a rounding midpoint).
+    """
+    k = mags.sorted.shape[1]
+    p1, s2 = mags.prefix, mags.squares
+    r, c = scales.shape
+    j = torch.arange(levels, dtype=scales.dtype, device=scales.device)
+    edges = ((j + 0.5)[None, None, :] * scales[:, :, None]).permute(1, 0, 2).reshape(c, r * levels)
+    below = torch.searchsorted(mags.sorted, edges.contiguous())  # [C, R * levels]
+    sum_p1 = p1.gather(1, below).view(c, r, levels).sum(dim=2).T  # [R, C]
+    weighted = (below.view(c, r, levels).double() * (2 * j.double() + 1)).sum(dim=2).T
+    s = scales.double()
+    err = s2[None] - 2 * s * (levels * p1[:, -1][None] - sum_p1) + s * s * (levels * levels * k - weighted)
+    return err.to(scales.dtype)
+
+
 def quantize_weight(
-    w: torch.Tensor, bits: torch.Tensor, method: str = "mse", power_of_two: bool = False
+    w: torch.Tensor, bits: torch.Tensor, method: str = "mse", power_of_two: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fake-quantize ``w`` with one bit-width per output channel (no gradient)."""
+    """Fake-quantize ``w`` with one bit-width per output channel (no gradient); ``scale`` (per
+    channel) is :func:`weight_scales`' when not given."""
     bits = bits.to(w.device)
     shape = (-1,) + (1,) * (w.dim() - 1)
-    scale = weight_scales(w, bits, method, power_of_two).view(shape)
+    scale = (weight_scales(w, bits, method, power_of_two) if scale is None else scale).view(shape)
     qmax = weight_qmax(bits).view(shape)
     q = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
     keep_float = (bits >= FLOAT_BITS).view(shape)

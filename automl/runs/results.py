@@ -342,7 +342,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                     float_model=ev.float_model, cost_model=session.cost_model, threads=session.config.run.threads,
                     repeats=EXPORT_TIMING_REPEATS,
                 )
-            with stage(f"ONNX export of trial {r.number}: QDQ graph timed in ONNX Runtime", quiet), timer.stage("export_onnx"):
+            with stage(f"ONNX export of trial {r.number}: integer-layer graph timed in ONNX Runtime", quiet), timer.stage("export_onnx"):
                 onnx_report = export_run_onnx(run_dir / "best_model.ampq", run_dir / "best_model.onnx", ev.float_model,
                                               next(iter(session.problem.task.val_loader))[0][:64], session.config.run.threads)
     (run_dir / "result.json").write_text(result.to_json())

@@ -292,17 +292,19 @@ def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_
         task = task or load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
     with timer.stage("analysis"):
         problem = Problem.from_task(task, config.space, device=config.run.device)
+    task = problem.task  # the model the analysis describes (attention and the like rewritten)
     with timer.stage("cost_model"):
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
         profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.run.threads)
         check_profile_scales(profiles, config.evaluation.power_of_two)
-        container = container_bytes(task.model, problem.analysis, problem.space, task.sample_input,
-                                    power_of_two=config.evaluation.power_of_two)  # the .ampq header, priced in size
-        cost_model = CostModel(problem.analysis, problem.space, profiles, container)
-        bound = budget.bind(cost_model)
     run_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
         evaluator = CachedEvaluator(Evaluator(problem, config.evaluation, seed=config.run.seed), path=run_dir / "cache.sqlite")
+    with timer.stage("cost_model"):  # the .ampq header, priced in size, written by the evaluator's engine
+        container = container_bytes(task.model, problem.analysis, problem.space, task.sample_input,
+                                    power_of_two=config.evaluation.power_of_two, engine=evaluator.evaluator.engine)
+        cost_model = CostModel(problem.analysis, problem.space, profiles, container)
+        bound = budget.bind(cost_model)
     return problem, cost_model, bound, evaluator
 
 
