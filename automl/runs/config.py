@@ -97,6 +97,8 @@ class RunConfig(Settings):
         workers: worker processes sharing one Optuna study.
         output: directory of the run's files (journal, stores, exports).
         resume: a previous search's run directory, run name or MLflow run id to continue.
+        allow_loose_budget: search even when the float model already meets the budget (it then
+            constrains nothing; refused otherwise, see :func:`automl.runs.precheck.check_loose_budget`).
     """
 
     evaluations: int = Field(DEFAULT_EVALUATIONS, ge=1, le=10**7)
@@ -105,6 +107,7 @@ class RunConfig(Settings):
     workers: int = Field(1, ge=1)
     output: str = "automl-runs"
     resume: str = ""
+    allow_loose_budget: bool = False
 
 
 class SearchConfig(Settings):

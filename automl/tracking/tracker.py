@@ -37,6 +37,7 @@ from automl.tracking.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, V
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "automl.trial"
+RUN_DIR_TAG = "automl.run_dir"  # a search parent's run directory (automl.runs.lifecycle names it too)
 BEST_TAG = "best"
 FAILURES_TAG = "mlflow_write_failures"
 FAILURES_FILE = "mlflow_write_failures.jsonl"
@@ -70,9 +71,31 @@ def check_tracking(uri: str, timeout: float = 3.0) -> None:
                 "--tracking-uri, or leave --tracking-uri empty to log to the local SQLite store."
             ) from exc
     elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        _check_creatable(sqlite_path(uri), uri)
     elif not uri.startswith(("file:", "postgresql", "mysql", "databricks")):
         raise TrackingError(f"tracking URI {uri!r} is not understood; use sqlite:///path.db, http://host:port or a file: URI")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else ``None``."""
+    return Path(uri[len("sqlite:///") :]).expanduser() if uri.startswith("sqlite:///") else None
+
+
+def _check_creatable(path: Path | None, uri: str) -> None:
+    """A SQLite store can be opened or created at ``path``: checked without creating anything
+    (the folders are made when the store is opened, see :class:`MlflowTracker`)."""
+    if path is None or path.is_file():
+        return
+    if path.exists():
+        raise TrackingError(f"tracking store {uri!r}: {str(path)!r} exists and is not a file; pass a database file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingError(
+            f"tracking store {uri!r} cannot be created: {str(folder)!r} is not a writable directory. Pass a writable "
+            "--output (the store is <output>/mlflow.db) or another --tracking-uri."
+        )
 
 
 def _quiet_mlflow() -> None:
@@ -148,6 +171,9 @@ class MlflowTracker:
     ) -> None:
         _quiet_mlflow()
         check_tracking(uri)
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         from mlflow import MlflowClient
 
         self.uri = uri
