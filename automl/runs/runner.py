@@ -563,7 +563,7 @@ def _search_with(
             tracker.flush()
         from automl.runs.results import finish_search
 
-        finish_search(session, result, quiet=quiet, speculation=speculation)
+        finish_search(session, result, quiet=quiet, speculation=speculation, earlier={r.number for r in plan.journal})
     finally:
         if speculation is not None:
             speculation.close()

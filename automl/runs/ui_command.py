@@ -1,4 +1,6 @@
-"""``automl ui``: the MLflow server on 127.0.0.1 on a port checked first, its address printed at once."""
+"""``automl ui``: the MLflow server on 127.0.0.1, its address printed at once and, once it answers,
+the links that open each search (read from the server's REST API, so this process never imports
+MLflow: the server's own start-up is the wait)."""
 
 from __future__ import annotations
 
@@ -88,7 +90,8 @@ def _stop_server(proc: subprocess.Popen) -> None:
 
 
 def _serve(proc: subprocess.Popen, port: int, uri: str, experiment: str) -> int:
-    """Print the address at once, then, when the server answers, the link to open."""
+    """Print the address at once, then, when the server answers, the links to open (read from the
+    server's REST API: no MLflow import in this process)."""
     url = f"http://127.0.0.1:{port}"
     print(f"MLflow UI: {url}  (starting; store {uri}; Ctrl-C stops it)", flush=True)
     import urllib.request
@@ -108,5 +111,36 @@ def _serve(proc: subprocess.Popen, port: int, uri: str, experiment: str) -> int:
             time.sleep(0.2)
     from automl.tracking.ui import ui_banner
 
-    print(ui_banner(url, uri, experiment), flush=True)
+    experiment_id, searches = _experiment_searches(url, experiment)
+    print(f"ready in {time.perf_counter() - started:.0f} s. " + ui_banner(url, experiment, experiment_id, searches), flush=True)
     return proc.wait()  # Ctrl-C and SIGTERM: the caller stops the server's process group
+
+
+def _experiment_searches(url: str, experiment: str, newest: int = 5) -> tuple[str | None, list[dict[str, str]]]:
+    """The experiment's id and its newest searches, from the running server (nothing on an error)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    api = f"{url}/api/2.0/mlflow"
+    try:
+        query = urllib.parse.urlencode({"experiment_name": experiment})
+        with urllib.request.urlopen(f"{api}/experiments/get-by-name?{query}", timeout=10) as resp:
+            experiment_id = json.load(resp)["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):
+        return None, []
+    body = json.dumps({"experiment_ids": [experiment_id], "filter": "tags.`automl.kind` = 'search'",
+                       "max_results": newest, "order_by": ["attributes.start_time DESC"]}).encode()
+    request = urllib.request.Request(f"{api}/runs/search", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            runs = json.load(resp).get("runs", [])
+    except (OSError, ValueError):
+        return experiment_id, []
+    searches = []
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
+        info = run["info"]
+        searches.append({"run_id": info["run_id"], "name": info.get("run_name", info["run_id"]),
+                         "status": info.get("status", "?"), "budget": tags.get("budget", "?")})
+    return experiment_id, searches
