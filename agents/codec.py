@@ -34,10 +34,8 @@ spread). The default is ``network``: one spread for the whole network, 2.6 param
 layer on ResNet-20 (issue 10's target is at most 3), and mixed precision inside every
 layer is kept, since the importance order within each layer is its own. It did not lose
 to ``group`` where both were measured: ``benchmarks/search_quality.py``'s ResNet-8 rows
-with TPE, 3 seeds, fine-tuned test accuracy 97.91 +- 0.20 (network) vs 97.91 +- 0.43
-(group) at ``size<=0.0625x`` and 95.47 +- 1.54 vs 95.20 +- 0.53 at ``size<=0.03125x``;
-and on the synthetic problem of ``benchmarks/searcher_learning.py`` (mean best of 3 seeds
-at 40 and 100 evaluations) 51.08 vs 51.36 %, inside the seed spread.
+with TPE over 3 seeds (``docs/results/search_quality_full_spread_network_rows.md``) and the
+synthetic problem of ``benchmarks/searcher_learning.py``, each inside the seed spread.
 
 Every value goes through :meth:`SearchSpace.decode`, the one mapping from layer decisions
 to per-channel bits. Indices keep the choices ordinal (4 bits lies between 3 and 5), which

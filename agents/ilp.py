@@ -124,7 +124,7 @@ class SweepFeed:
     """Optima of the program along a list of budget factors, solved ahead on a daemon thread.
 
     HiGHS releases the GIL while it solves, so the next optimum is found while the current
-    policy is evaluated (on ResNet-20 a solve takes ~0.25 s, an evaluation ~0.9 s). The order
+    policy is evaluated (on ResNet-20 a solve is shorter than an evaluation). The order
     is the schedule's whatever the timing: :meth:`get` hands the optima out in factor order.
     A factor whose program cannot be made exact is skipped; an infeasible one ends the sweep
     (tighter factors are infeasible too). Any other error reaches the caller of :meth:`get`.

@@ -386,8 +386,8 @@ class ILPTPESearcher(TPESearcher):
     evaluation count) TPE spends the rest, modelling the study the sweep filled.
 
     Why this order (``benchmarks/search_quality.py``, fine-tuned test accuracy over seeds 0-2):
-    the sweep's policies were above TPE's on average over the protocol's budgets (ResNet-8
-    97.69 vs 97.26 %, ResNet-20 98.24 vs 98.02 %), while the separable proxy alone cannot reach
+    the sweep's policies were above TPE's on average over the protocol's budgets
+    (``docs/results/search_quality_full_rows.md``), while the separable proxy alone cannot reach
     the exhaustive optimum of a small space (its sweep stops after a handful of distinct
     optima) and TPE can.
 

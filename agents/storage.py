@@ -94,8 +94,8 @@ class BatchedRDBStorage(RDBStorage):
     """Optuna's RDB storage that can write a new trial's parameters in one transaction.
 
     Optuna writes every suggested parameter in a transaction of its own (find the trial,
-    insert, commit), 52 of them for a ResNet-20 trial: ~25 ms of the ~56 ms a trial's ``ask``
-    costs on SQLite (``benchmarks/study_storage.py``), and as many round trips to a
+    insert, commit), 52 of them for a ResNet-20 trial: much of what a trial's ``ask`` costs on
+    SQLite (``benchmarks/study_storage.py``), and as many round trips to a
     PostgreSQL server. Inside :meth:`batched_params` the parameters this thread suggests are
     held and written together, with Optuna's checks (the trial is still updatable, each
     distribution is compatible with the study's), when the block ends. A reader in between
@@ -177,8 +177,8 @@ def _open_rdb(url: str, kwargs: dict, attempts: int = 4) -> RDBStorage:
 
 def _fast_sqlite(storage: RDBStorage) -> None:
     """Write-ahead logging with ``synchronous=NORMAL``: a commit no longer waits for an
-    fsync (Optuna commits once per suggested parameter, ~50 per trial here, which took
-    20 ms each on this disk). A process crash loses nothing; only a power cut can lose
+    fsync (Optuna commits once per suggested parameter, ~50 per trial here, and an fsync
+    per commit dominates a trial's storage time). A process crash loses nothing; only a power cut can lose
     the last commits."""
     from sqlalchemy import event, text
 
@@ -189,8 +189,8 @@ def _fast_sqlite(storage: RDBStorage) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     # The pool still holds the connection that created the schema, made before the
-    # listener: drop it, or every commit keeps paying the fsync (139 -> 104 ms per
-    # 63-parameter trial: benchmarks/study_storage.py).
+    # listener: drop it, or every commit keeps paying the fsync (benchmarks/study_storage.py
+    # measures both).
     storage.engine.dispose()
     with storage.engine.connect() as conn:
         conn.execute(text("PRAGMA journal_mode=WAL"))

@@ -22,7 +22,7 @@ from automl.runs.lifecycle import Terminated
 
 EXIT_USAGE = 2
 DEFAULT_OUTPUT = "automl-runs"  # RunConfig.output's default
-_CONFIG_KEYS = ("task", "budget", "profiles")  # the top-level keys a flag sets; the others are dotted
+_CONFIG_KEYS = ("task", "data_dir", "budget", "profiles")  # the top-level keys a flag sets; the others are dotted
 
 
 def _nm_list(text: str) -> tuple[str, ...]:
@@ -41,6 +41,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a joint prune/quantize policy under a budget", parents=[_debug_flag()])
     p.add_argument("--config", help="YAML file with the sections of a search configuration (options override it)")
     p.add_argument("--task", help="reference:resnet20 | reference:resnet8 | reference:<dataset>/<arch> | package.module:function")
+    p.add_argument("--data-dir", dest="data_dir", help="where a reference task's dataset is (Fashion-MNIST, CIFAR-10)")
     p.add_argument("--budget", action="append", help="constraint, repeatable: size<=0.125x, bitops<=0.5G, latency<=2ms@ort-cpu")
     p.add_argument("--searcher", dest="searcher.name",
                    help="ilp_tpe (default: the integer program's sweep, then TPE) | tpe | nsga2 | random | ilp | ppo | "
@@ -51,6 +52,9 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", dest="run.seed", type=int)
     p.add_argument("--threads", dest="run.threads", type=int, help="torch threads (1 is often fastest on a shared machine)")
     p.add_argument("--workers", dest="run.workers", type=int, help="parallel workers sharing one Optuna study")
+    p.add_argument("--device", dest="run.device", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--devices", dest="run.devices",
+                   help="devices of the local workers, comma-separated (cuda:0,cuda:1): one per worker, round-robin")
     p.add_argument("--tracking-uri", dest="tracking.uri", help="MLflow URI; default: SQLite store under --output")
     p.add_argument("--storage", dest="searcher.storage", help="Optuna storage URL; default: SQLite file under --output")
     p.add_argument("--experiment", dest="tracking.experiment", help="MLflow experiment name")
@@ -155,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "torch: torch kernels, int8 = torch.ao quantized kernels no exporter produces")
     ph.add_argument("--batch", type=int, default=16, help="onnxruntime: the batch timed besides batch 1")
     ph.add_argument("--force", action="store_true", help="onnxruntime: measure again even if cached")
+    ph.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                    help="onnxruntime: the execution provider timed (cached as ort-<provider>[-b<batch>])")
+    ph.add_argument("--device", default="cpu", help="torch: where the layers are timed (cpu | cuda | cuda:N)")
 
     ex = sub.add_parser("export", help="write a finished run's best policy as ONNX (QDQ int8, pruned) or .ampq")
     ex.add_argument("run", help="a run directory (holding best_model.ampq) or an .ampq file")
@@ -190,10 +197,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     task, timer = None, None
     if not config.run.resume:  # a resumed run loads its own task
         _warm_import("mlflow")  # seconds of imports, overlapping the task's load
-        from automl.runs.loading import load_task
+        from automl.quant.device import resolve_device
+        from automl.runs.loading import check_task_data, load_task
 
         start = time.perf_counter()
-        task = load_task(config.task, threads=config.run.threads)  # a factory that returns no Task fails here
+        resolve_device(config.run.device)  # a GPU asked for on a machine without one: before the task is built
+        check_task_data(config.task, config.data_dir)  # a missing dataset likewise
+        # a factory that returns no Task fails here
+        task = load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
         from automl.timing import StageTimer
 
         timer = StageTimer()
@@ -305,12 +316,12 @@ def _cmd_profile_hardware(args: argparse.Namespace) -> int:
 
         for batch in dict.fromkeys((1, args.batch)):
             profile, path = ort_profile(task.model, task.sample_input, analysis, batch=batch, threads=args.threads,
-                                        force=args.force)
+                                        force=args.force, provider=args.provider)
             print(f"{profile.name}: {path} (stated error {profile.stated_error:.1%}); in a budget: "
                   f"--budget 'latency<=0.5x@{profile.name}' (this model, {args.threads} thread(s))")
         return 0
     path = profile_hardware(task.model, task.sample_input, analysis, Path(args.output), threads=args.threads,
-                            repeats=args.repeats or 5)
+                            repeats=args.repeats or 5, device=args.device)
     print(f"wrote {path}; use it as --profile {path} and --budget 'latency<=...ms@{path}'")
     return 0
 

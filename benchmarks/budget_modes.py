@@ -12,15 +12,19 @@ expensive part of a real search. Reported per mode, over seeds and budgets:
 - last: the mean feasible reward of the last 20% of episodes (where learning got to);
 - steps/s: env + agent throughput.
 
-Usage: ``python benchmarks/budget_modes.py [--episodes 150] [--seeds 3] [--threads 1]``
+Usage: ``python benchmarks/budget_modes.py [--episodes 150] [--seeds 3] [--threads 1]``;
+``--summarise docs/results/budget_modes.jsonl`` writes the page of the saved rows (one row per
+budget, mode, agent and seed; the summary is over every row of the file).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
+import results
 import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
@@ -34,6 +38,7 @@ from automl.reference.models import resnet20
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv
 from search_spaces import Policy, SearchSpace
 
+TITLE = "Budget modes of the envs: mask, repair, Lagrangian"
 BUDGETS = ("size<=0.03x", "bitops<=0.004x", "size<=0.05x,bitops<=0.006x")
 RUNS = (("mask", "MaskablePPO"), ("mask", "PPO"), ("repair", "PPO"), ("lagrangian", "PPO"))
 
@@ -98,35 +103,62 @@ def run(problem: tuple, budget: str, mode: str, algo: str, episodes: int, seed: 
     }
 
 
-def main() -> None:
+KEYS = ("feasible", "best", "last", "steps_per_s")
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in KEYS}
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Means over seeds per budget and run, and per run over every budget (the RESULT line)."""
+    by_budget: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_budget.setdefault((r["budget"], r["mode"], r["algo"]), []).append(r)
+        by_run.setdefault((r["mode"], r["algo"]), []).append(r)
+    body = []
+    for (budget, mode, algo), rs in by_budget.items():
+        m = _means(rs)
+        body.append((budget, mode, algo, len(rs), f"{m['feasible']:.2f}", f"{m['best']:.3f}", f"{m['last']:.3f}",
+                     f"{m['steps_per_s']:.0f}"))
+    table = results.md_table(("budget", "mode", "agent", "seeds", "feasible", "best", "last", "steps/s"), body)
+    parts = []
+    for (mode, algo), rs in by_run.items():
+        m = _means(rs)
+        parts.append(f"{mode}_{algo}_feasible={m['feasible']:.2f} {mode}_{algo}_best={m['best']:.3f}")
+    return results.Summary((table,), "RESULT " + " ".join(parts))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    results.add_arguments(parser, "budget_modes")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     analysis = analyse(resnet20().eval(), torch.zeros(1, 1, 28, 28))
     space = SearchSpace.build(analysis)
     problem = (analysis, space, CostModel(analysis, space))
     print(f"{'budget':<28}{'mode':<12}{'agent':<13}{'feasible':>9}{'best':>8}{'last':>8}{'steps/s':>9}")
-    summary: dict[tuple[str, str], list[dict[str, float]]] = {}
+    rows: list[dict[str, Any]] = []
     for budget in BUDGETS:
         for mode, algo in RUNS:
-            rows = [run(problem, budget, mode, algo, args.episodes, seed) for seed in range(args.seeds)]
-            summary.setdefault((mode, algo), []).extend(rows)
-            mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+            runs = [{"budget": budget, "mode": mode, "algo": algo, "seed": seed, "episodes": args.episodes,
+                     **run(problem, budget, mode, algo, args.episodes, seed)} for seed in range(args.seeds)]
+            rows += runs
+            mean = _means(runs)
             print(
                 f"{budget:<28}{mode:<12}{algo:<13}{mean['feasible']:>9.2f}{mean['best']:>8.3f}"
                 f"{mean['last']:>8.3f}{mean['steps_per_s']:>9.0f}",
                 flush=True,
             )
-    parts = []
-    for (mode, algo), rows in summary.items():
-        mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-        parts.append(f"{mode}_{algo}_feasible={mean['feasible']:.2f} {mode}_{algo}_best={mean['best']:.3f}")
-    print("RESULT " + " ".join(parts))
+    return results.finish(args, rows, "budget_modes", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

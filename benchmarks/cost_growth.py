@@ -12,6 +12,9 @@ randomised so folding is not trivial) on 250 MNIST-sized inputs at 1 thread:
 ``growth_exponent`` is the least-squares slope of log(evaluation seconds) against
 log(MACs) over the four networks: 1 means evaluation cost is proportional to the work of
 a forward pass, more means something grows faster than the network.
+
+Each run appends one row to ``docs/results/cost_growth.jsonl``; ``--summarise`` writes the page of
+the saved runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 import numpy as np
+import results
 import torch
 from env_speed import ConstantEvaluator  # benchmarks/ is on the path of a script run from it
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,6 +37,8 @@ from automl.problem.budget import Budget
 from automl.reference.models import MobileNetV2Small, resnet8, resnet20, resnet56
 from automl.timing import median_time, pin_threads
 from envs import EnvConfig, LayerQuantEnv
+
+TITLE = "Cost growth with the network: ResNet-8/20/56 and a MobileNetV2-style net"
 
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
@@ -89,25 +96,42 @@ def measure(name: str, model: torch.nn.Module, images: int, repeats: int) -> dic
             "eval_per_gmac_s": t_eval / (macs * images / 1e9)}
 
 
-def main() -> None:
+def figures(run: dict[str, Any]) -> str:
+    nets = run["networks"]
+    slope = float(np.polyfit(np.log([r["macs"] for r in nets]), np.log([r["eval_s"] for r in nets]), 1)[0])
+    return (f"eval_per_gmac_s={float(np.median([r['eval_per_gmac_s'] for r in nets])):.3f} "
+            f"price_per_layer_us={float(np.median([r['price_per_layer_us'] for r in nets])):.2f} growth_exponent={slope:.3f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every run's networks, and the figures of each run; the RESULT line is the latest run's."""
+    body = [(*results.when(run), f"{run['images']} images, load {run['load'][0]:.1f} -> {run['load'][1]:.1f}", r["name"],
+             r["layers"], r["params"], f"{r['macs'] / 1e6:.2f}", f"{r['eval_s']:.3f}", f"{r['eval_per_gmac_s']:.3f}",
+             f"{r['price_per_layer_us']:.1f}", f"{r['step_us']:.0f}")
+            for run in rows for r in run["networks"]]
+    nets = results.md_table(("date", "commit", "run", "network", "layers", "params", "MMACs", "eval s", "s/GMAC",
+                             "price us/layer", "step us"), body)
+    runs = results.runs_table(rows, [("figures", figures)])
+    return results.Summary((nets, runs), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    results.add_arguments(parser, "cost_growth")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     pin_threads(args.threads)
     load = os.getloadavg()[0]
     nets = {"resnet8": resnet8(), "resnet20": resnet20(), "resnet56": resnet56(), "mobilenetv2": MobileNetV2Small()}
     rows = [measure(name, model, args.images, args.repeats) for name, model in nets.items()]
     print(f"{args.images} images, {args.threads} thread(s), load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"{'network':<12} {'layers':>6} {'params':>9} {'MMACs':>8} {'eval s':>8} {'s/GMAC':>8} {'price us/layer':>14} {'step us':>8}")
-    for r in rows:
-        print(f"{r['name']:<12} {r['layers']:>6} {r['params']:>9} {r['macs'] / 1e6:>8.2f} {r['eval_s']:>8.3f} "
-              f"{r['eval_per_gmac_s']:>8.3f} {r['price_per_layer_us']:>14.1f} {r['step_us']:>8.0f}")
-    slope = float(np.polyfit(np.log([r["macs"] for r in rows]), np.log([r["eval_s"] for r in rows]), 1)[0])
-    print(f"RESULT eval_per_gmac_s={float(np.median([r['eval_per_gmac_s'] for r in rows])):.3f} "
-          f"price_per_layer_us={float(np.median([r['price_per_layer_us'] for r in rows])):.2f} growth_exponent={slope:.3f}")
+    run = {"images": args.images, "repeats": args.repeats, "load": [load, os.getloadavg()[0]], "networks": rows}
+    return results.finish(args, [run], "cost_growth", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

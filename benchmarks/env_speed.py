@@ -15,7 +15,9 @@ first use; ``--random-init`` takes an untrained ResNet-20 with the MNIST loaders
 and reports episodes per minute and the env's share of the episode time.
 
 Usage: ``python benchmarks/env_speed.py [--threads 1] [--seconds 5] [--episodes 20]``
-Last line: ``RESULT layer_steps_per_s=<x> joint_steps_per_s=<y> episodes_per_min=<z>``
+Last line: ``RESULT layer_steps_per_s=<x> joint_steps_per_s=<y> episodes_per_min=<z>``.
+Each run appends one row to ``docs/results/env_speed.jsonl``; ``--summarise`` writes the page of
+the saved runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import results
 import torch
 
 from automl.analysis import analyse
@@ -36,6 +40,8 @@ from automl.reference.models import resnet20
 from envs import DiscreteActions, EnvConfig, JointPruneQuantEnv, LayerQuantEnv, RewardConfig
 from envs.base import CompressionEnv
 from search_spaces import Policy, SearchSpace
+
+TITLE = "Env speed: steps per second and episodes per minute"
 
 
 class ConstantEvaluator:
@@ -148,7 +154,25 @@ def real_evaluator_part(args: argparse.Namespace, budget: Budget) -> list[float]
     return per_min
 
 
-def main() -> None:
+def figures(r: dict[str, Any]) -> str:
+    per_min = r["episodes_per_min"] or [float("nan")]
+    return (f"layer_steps_per_s={r['steps_per_s']['layer']:.0f} joint_steps_per_s={r['steps_per_s']['joint']:.0f} "
+            f"episodes_per_min={float(np.mean(per_min)):.1f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every run's steps per second per env form; the RESULT line is the latest run's."""
+    cases = list(dict.fromkeys(c for r in rows for c in r["steps_per_s"]))
+    table = results.runs_table(rows, [("budget, mode", lambda r: f"{r['budget']}, {r['mode']}"),
+                                      ("price call us", lambda r: f"{r['price_us']:.0f}")]
+                               + [(f"{c} steps/s", lambda r, c=c: f"{r['steps_per_s'].get(c, float('nan')):.0f}")
+                                  for c in cases]
+                               + [("episodes/min (layer, joint)",
+                                   lambda r: ", ".join(f"{x:.1f}" for x in r["episodes_per_min"]) or "-")])
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per env in part 1")
@@ -156,7 +180,10 @@ def main() -> None:
     parser.add_argument("--budget", default="size<=0.125x")
     parser.add_argument("--mode", default=EnvConfig().budget_mode, choices=("mask", "repair", "lagrangian"))
     parser.add_argument("--random-init", action="store_true", help="part 2 on an untrained resnet20")
-    args = parser.parse_args()
+    results.add_arguments(parser, "env_speed")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     torch.set_num_threads(args.threads)
     config = EnvConfig(budget_mode=args.mode)
     budget = Budget.parse(args.budget)
@@ -192,12 +219,13 @@ def main() -> None:
         print(f"{name:<28}{sps:>9.0f} steps/s {eps:>7.1f} episodes/s {cpu_sps:>9.0f} steps/CPU-s  "
               f"({1e6 / cpu_sps / price_us:.1f} price calls per step)", flush=True)
 
-    per_min = [float("nan")]
+    per_min: list[float] = []
     if args.episodes > 0:
         per_min = real_evaluator_part(args, budget)
-    print(f"RESULT layer_steps_per_s={rates['layer']:.0f} joint_steps_per_s={rates['joint']:.0f} "
-          f"episodes_per_min={float(np.mean(per_min)):.1f}")
+    row = {"budget": args.budget, "mode": args.mode, "seconds": args.seconds, "episodes": args.episodes,
+           "random_init": args.random_init, "price_us": price_us, "steps_per_s": rates, "episodes_per_min": per_min}
+    return results.finish(args, [row], "env_speed", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -14,6 +14,8 @@ Times, on the validation split of the reference ResNet-20 with threads pinned:
   layer of the last third of the network (execution order), so only the suffix runs.
 
 Ratios are measured in the same run, so machine load cancels out (mostly: report it).
+Each run appends one row to ``docs/results/eval_speed.jsonl``; ``--summarise`` writes the page of
+the saved runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import argparse
 import os
 import statistics
 import time
+from typing import Any
 
 import numpy as np
+import results
 import torch
 
 from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
 from automl.reference.checkpoints import reference_task
 from automl.timing import median_time, pin_threads
 from search_spaces.policy import LayerPolicy, Policy
+
+TITLE = "Evaluation speed against a float forward pass"
 
 
 def one_layer_changes(problem: Problem, ev: Evaluator, base: Policy, n: int, rng: np.random.Generator) -> list[Policy]:
@@ -64,12 +70,34 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def figures(r: dict[str, Any]) -> str:
+    return (f"eval_over_forward={r['eval_over_forward']:.3f} incremental_over_forward={r['incremental_over_forward']:.3f} "
+            f"apply_over_forward={r['apply_s'] / r['forward_s']:.4f} eval_dense_over_forward={r['eval_dense_over_forward']:.3f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """One line per run (times in ms); the RESULT line is the latest run's."""
+    ms = "{:.2f}".format
+    table = results.runs_table(rows, [
+        ("network, images", lambda r: f"{r['arch']}, {r['images']}"),
+        ("load", lambda r: f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}"),
+        ("float pass ms", lambda r: ms(1e3 * r["forward_s"])), ("apply ms", lambda r: ms(1e3 * r["apply_s"])),
+        ("cold eval ms", lambda r: ms(1e3 * r["eval_s"])), ("pruned", lambda r: f"{r['pruned']:.0%}"),
+        ("nothing pruned ms", lambda r: ms(1e3 * r["eval_dense_s"])),
+        ("one-layer change ms", lambda r: ms(1e3 * r["incremental_s"])),
+        ("layers run", lambda r: f"{r['incremental_share']:.0%}"), ("figures", figures)])
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="resnet20")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    results.add_arguments(parser, "eval_speed")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     pin_threads(args.threads)
     task = reference_task(args.arch)
     problem = Problem.from_task(task)
@@ -131,9 +159,12 @@ def main() -> None:
     print(f"  the same, nothing pruned    {t_dense * 1e3:8.2f} ms")
     print(f"one-layer change, last third  {t_inc * 1e3:8.2f} ms  ({share:.0%} of the quantized layers ran)")
     print(f"activation cache: {ev.incremental.stats.to_dict()}")
-    print(f"RESULT eval_over_forward={eval_ratio:.3f} incremental_over_forward={inc_ratio:.3f} "
-          f"apply_over_forward={t_apply / t_forward:.4f} eval_dense_over_forward={dense_ratio:.3f}")
+    row = {"arch": args.arch, "images": n, "repeats": args.repeats, "load": [load, os.getloadavg()[0]],
+           "forward_s": t_forward, "apply_s": t_apply, "eval_s": t_eval, "eval_dense_s": t_dense, "incremental_s": t_inc,
+           "pruned": pruned, "incremental_share": share, "eval_over_forward": eval_ratio,
+           "incremental_over_forward": inc_ratio, "eval_dense_over_forward": dense_ratio}
+    return results.finish(args, [row], "eval_speed", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

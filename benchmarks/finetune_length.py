@@ -8,17 +8,22 @@ beside the protocol's rows, which use the default up to 500 steps with patience 
 ``RESULT tpe_minus_uniform_1_16=<points> tpe_minus_uniform_1_32=<points> max_sd=<points>``
 (means over the seeds; ``max_sd`` the largest seed spread of the four rows).
 
-    python benchmarks/finetune_length.py --jobs 2 --out rows.jsonl     # 12 rows, ~22 min at two jobs
-    python benchmarks/finetune_length.py --summarise rows.jsonl         # the table and RESULT again
+    python benchmarks/finetune_length.py --jobs 2          # 12 rows, appended to docs/results/finetune_length.jsonl
+    python benchmarks/finetune_length.py --summarise docs/results/finetune_length_rows.jsonl   # the table, RESULT, page
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
+from typing import Any
 
+import results
 import search_quality as sq
 
+TITLE = "Final fine-tune length: TPE against the uniform baseline with a longer fine-tune"
 BUDGETS = {"1_16": "size<=0.0625x", "1_32": "size<=0.03125x"}
 
 
@@ -33,7 +38,14 @@ def figures(rows: list[sq.Row]) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def summary(dicts: list[dict[str, Any]]) -> results.Summary:
+    names = [f.name for f in dataclasses.fields(sq.Row)]
+    rows = [sq.Row(**{k: d[k] for k in names}) for d in dicts]
+    table = sq.HEADER.format(f=sq.DEFAULTS.evaluation.fidelity) + "\n" + "\n".join(sq.table(rows))
+    return results.Summary((table,), "RESULT " + " ".join(f"{k}={v:.2f}" for k, v in figures(rows).items()))
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1500, help="final fine-tune steps (default 1500)")
     ap.add_argument("--patience", type=int, default=0, help="its patience in checks (default 0: every step)")
@@ -41,19 +53,20 @@ def main() -> None:
     ap.add_argument("--evaluations", type=int, default=150, help="distinct evaluations per TPE search")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--cache-dir", default=str(sq.default_cache_dir()))
-    ap.add_argument("--out", default="", help="append every row as a JSON line to this file")
-    ap.add_argument("--summarise", default="", help="only print the table and RESULT of rows saved by --out")
-    args = ap.parse_args()
+    results.add_arguments(ap, "finetune_length")
+    args = ap.parse_args(argv)
     if args.summarise:
-        rows = sq.load_rows(args.summarise)
-    else:
-        jobs = [sq.Job("resnet8", b, name, seed, args.evaluations, quick=False, threads=1, cache_dir=args.cache_dir,
-                       finetune_steps=args.steps, finetune_patience=args.patience, out=args.out)
-                for b in BUDGETS.values() for seed in range(args.seeds) for name in ("tpe", "uniform")]
-        rows = sq.run_jobs(jobs, args.jobs)
-    print("\n".join(sq.table(rows)))
-    print("RESULT " + " ".join(f"{k}={v:.2f}" for k, v in figures(rows).items()))
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
+    partial = "" if args.no_save else args.out + ".partial"  # each row as it comes, unstamped, in case the run dies
+    jobs = [sq.Job("resnet8", b, name, seed, args.evaluations, quick=False, threads=1, cache_dir=args.cache_dir,
+                   finetune_steps=args.steps, finetune_patience=args.patience, out=partial)
+            for b in BUDGETS.values() for seed in range(args.seeds) for name in ("tpe", "uniform")]
+    rows = [dataclasses.asdict(r) for r in sq.run_jobs(jobs, args.jobs)]
+    code = results.finish(args, rows, "finetune_length", summary, threads=1)
+    if partial and os.path.exists(partial):
+        os.remove(partial)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

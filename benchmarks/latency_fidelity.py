@@ -10,7 +10,9 @@ that the set spans light to heavy pruning). Each policy is applied by the
 (:func:`automl.export.onnx.ampq_to_onnx`) exactly as a search's final step does, and every
 exported file is timed end to end in ONNX Runtime at ``--batch`` samples, threads pinned,
 round-robin over all files (:func:`automl.export.ort.best_ms`, the protocol the profile uses).
-Reports the rank correlation and the median relative error of predicted vs measured.
+Reports the rank correlation and the median relative error of predicted vs measured. Each run
+appends one row (every policy's prediction and measurement) to ``docs/results/latency_fidelity.jsonl``;
+``--summarise`` writes the page of the saved runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import results
 import torch
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader, TensorDataset
@@ -36,6 +40,8 @@ from automl.export.ort_profile import ort_profile
 from automl.reference.models import REFERENCE_MODELS
 from automl.timing import pin_threads
 from search_spaces import Policy, SearchSpace
+
+TITLE = "Latency fidelity: the ONNX Runtime profile against exported ONNX files"
 
 
 def synthetic_task(arch: str, seed: int) -> Task:
@@ -71,7 +77,23 @@ def random_policies(space: SearchSpace, problem: Problem, n: int, rng: np.random
     return out
 
 
-def main() -> None:
+def figures(r: dict[str, Any]) -> tuple[float, float]:
+    """Spearman of predicted and measured latency, and the median relative error."""
+    p, m = np.array(r["predicted_ms"]), np.array(r["measured_ms"])
+    return float(spearmanr(p, m).statistic), float(np.median(np.abs(p - m) / m))
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """One line per run; the RESULT line is the latest run's."""
+    table = results.runs_table(rows, [
+        ("network", lambda r: r["arch"]), ("files", lambda r: len(r["measured_ms"])), ("batch", lambda r: r["batch"]),
+        ("profile", lambda r: f"{r['profile']} (stated error {r['stated_error']:.1%})"),
+        ("Spearman", lambda r: f"{figures(r)[0]:.3f}"), ("median abs rel error", lambda r: f"{figures(r)[1]:.3f}")])
+    rho, err = figures(rows[-1])
+    return results.Summary((table,), f"RESULT spearman={rho:.3f} median_abs_rel_error={err:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="resnet20", choices=sorted(REFERENCE_MODELS))
     parser.add_argument("--policies", type=int, default=32)
@@ -80,7 +102,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="round-robin timing rounds over the exported files")
     parser.add_argument("--force", action="store_true", help="measure the profile again instead of the cached one")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    results.add_arguments(parser, "latency_fidelity")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     pin_threads(args.threads)
     task = synthetic_task(args.arch, args.seed)
     problem = Problem.from_task(task)
@@ -103,13 +128,14 @@ def main() -> None:
     for policy, pred, ms in zip(policies, predicted, measured, strict=True):
         print(f"sparsity {policy.channel_sparsity():5.1%}  mean bits {policy.mean_weight_bits():5.2f}  "
               f"predicted {pred:7.3f} ms  measured {ms:7.3f} ms")
-    p, m = np.array(predicted), np.array(measured)
-    rho = float(spearmanr(p, m).statistic)
-    err = float(np.median(np.abs(p - m) / m))
-    print(f"{args.arch}: {len(p)} exported ONNX files (pruned + quantized), batch {args.batch}, {args.threads} "
+    print(f"{args.arch}: {len(predicted)} exported ONNX files (pruned + quantized), batch {args.batch}, {args.threads} "
           f"thread(s), profile {profile.name} ({path}, stated error {profile.stated_error:.1%})")
-    print(f"RESULT spearman={rho:.3f} median_abs_rel_error={err:.3f}")
+    row = {"arch": args.arch, "batch": args.batch, "seed": args.seed, "profile": profile.name,
+           "stated_error": profile.stated_error, "sparsity": [p.channel_sparsity() for p in policies],
+           "mean_bits": [p.mean_weight_bits() for p in policies], "predicted_ms": [float(x) for x in predicted],
+           "measured_ms": [float(x) for x in measured]}
+    return results.finish(args, [row], "latency_fidelity", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

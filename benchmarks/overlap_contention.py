@@ -11,6 +11,9 @@ next to the process is the hardware's.
 
     python benchmarks/overlap_contention.py            # 50 steps, about 3 minutes
     python benchmarks/overlap_contention.py --steps 25
+
+Each run appends one row to ``docs/results/overlap_contention.jsonl``; ``--summarise`` writes the
+page of the saved runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
@@ -21,21 +24,45 @@ import multiprocessing as mp
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import results
 
 from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
 from automl.evaluation.finetune import FinetuneConfig, finetune
 from automl.reference.checkpoints import reference_task
 from automl.timing import pin_threads
 
+TITLE = "A fine-tune beside the search: thread against process"
 
-def main() -> None:
+
+def figures(r: dict[str, Any]) -> str:
+    return (f"ft_thread_over_alone={r['ft_thread'] / r['ft_alone']:.3f} ft_process_over_alone={r['ft_process'] / r['ft_alone']:.3f} "
+            f"eval_beside_thread_over_alone={r['eval_thread'] / r['eval_alone']:.3f} "
+            f"eval_beside_process_over_alone={r['eval_process'] / r['eval_alone']:.3f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """One line per run (seconds); the RESULT line is the latest run's."""
+    table = results.runs_table(rows, [
+        ("steps", lambda r: r["steps"]),
+        ("fine-tune s: alone / thread / process", lambda r: f"{r['ft_alone']:.2f} / {r['ft_thread']:.2f} / {r['ft_process']:.2f}"),
+        ("evaluation s: alone / thread / process",
+         lambda r: f"{r['eval_alone']:.3f} / {r['eval_thread']:.3f} / {r['eval_process']:.3f}"),
+        ("figures", figures)])
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50, help="fine-tune steps (validation every 25)")
     parser.add_argument("--alone-seconds", type=float, default=25.0, help="length of the evaluation loop alone")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    results.add_arguments(parser, "overlap_contention")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     if args.steps < 1 or args.alone_seconds <= 0 or args.threads < 1:
         parser.error(f"expected --steps >= 1, --alone-seconds > 0 and --threads >= 1, got {args.steps}, "
                      f"{args.alone_seconds} and {args.threads}")
@@ -83,10 +110,10 @@ def main() -> None:
     print(f"fine-tune of {args.steps} steps: alone {ft_alone:.2f} s, beside evaluations on a thread {ft_thread:.2f} s, "
           f"in a process {ft_proc:.2f} s")
     print(f"evaluation: alone {eval_alone:.3f} s, beside the thread {eval_thread:.3f} s, beside the process {eval_proc:.3f} s")
-    print(f"RESULT ft_thread_over_alone={ft_thread / ft_alone:.3f} ft_process_over_alone={ft_proc / ft_alone:.3f} "
-          f"eval_beside_thread_over_alone={eval_thread / eval_alone:.3f} "
-          f"eval_beside_process_over_alone={eval_proc / eval_alone:.3f}")
+    row = {"steps": args.steps, "ft_alone": ft_alone, "ft_thread": ft_thread, "ft_process": ft_proc,
+           "eval_alone": eval_alone, "eval_thread": eval_thread, "eval_process": eval_proc}
+    return results.finish(args, [row], "overlap_contention", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

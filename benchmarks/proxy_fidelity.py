@@ -17,20 +17,24 @@ negative KL to the float model, per fidelity) with the fine-tuned test accuracy,
 per evaluation of each fidelity, and ends with
 ``RESULT spearman_f1=<r> spearman_f2=<r> spearman_f3=<r> default_fidelity=<n>`` where the
 default fidelity is the cheapest whose accuracy Spearman is at least 0.8 (0 when none is).
+
+Every scored policy is appended as one row to ``--out`` (default ``docs/results/proxy_fidelity.jsonl``)
+as soon as it is done, so shards run side by side share one file and a run cut short keeps its rows;
+``--summarise`` prints the summary of saved rows files and writes their page.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import results
 import torch
 from scipy.stats import spearmanr
 
@@ -47,6 +51,7 @@ from automl.reference.checkpoints import reference_task
 from automl.runs.config import SearchConfig
 from search_spaces.policy import Policy
 
+TITLE = "Proxy fidelity: does the search score predict the fine-tuned result?"
 BUDGETS = ("size<=0.125x", "size<=0.0625x", "size<=0.03125x")
 TARGET = 0.8
 
@@ -192,6 +197,10 @@ def summarise(rows: list[Row]) -> tuple[list[float], list[float], list[float]]:
     return acc, kl, secs
 
 
+def as_row(d: dict[str, Any]) -> Row:
+    return Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in results.own(d).items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="resnet20", choices=("resnet8", "resnet20"))
@@ -201,18 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps of the search's final fine-tune (the other finetune_* settings are SearchConfig's defaults)")
     ap.add_argument("--qat-steps", type=int, default=40, help="QAT steps of fidelity 3")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="write the rows as JSON here (after every policy)")
-    ap.add_argument("--summarise", default=None, nargs="+",
-                    help="only print the summary of rows saved by --out (several files: the shards of one run)")
+    results.add_arguments(ap, "proxy_fidelity")
     ap.add_argument("--shard", default="0/1", help="I/N: score only the policies whose index is I modulo N "
                     "(run N processes, then --summarise their --out files together)")
     args = ap.parse_args(argv)
     if args.summarise:
-        rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-                for path in args.summarise for d in json.loads(Path(path).read_text())]
-        print(f"(summary of {len(rows)} saved rows from {', '.join(args.summarise)})")
-        print_summary(rows, args.finetune_steps)
-        return 0
+        return results.summarise_main(args, __file__, TITLE, lambda ds: summary([as_row(d) for d in ds]), __doc__)
     try:
         shard, shards = (int(v) for v in args.shard.split("/"))
         assert 0 <= shard < shards
@@ -238,29 +241,32 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows.append(score(evaluator, cost_model, budget, origin, policy, recipe))
         print(format_row(i, rows[-1]), flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps([asdict(r) for r in rows]))
+        results.save(args, [{"arch": args.arch, "index": i, "finetune_steps": args.finetune_steps,
+                             "qat_steps": args.qat_steps, **asdict(rows[-1])}], "proxy_fidelity", threads=args.threads)
     print(f"\n{len(rows)} policies, {time.perf_counter() - start:.0f} s in total\n")
-    print_summary(rows, args.finetune_steps)
+    print(results.report(summary(rows)))
     return 0
 
 
-def print_summary(rows: list[Row], finetune_steps: int) -> None:
+def summary(rows: list[Row]) -> results.Summary:
+    """The policies, the Spearman of every score with the fine-tuned test accuracy, per budget too."""
     acc, kl, secs = summarise(rows)
     ft_secs = float(np.mean([r.ft_seconds for r in rows]))
-    print("| score | Spearman with fine-tuned test acc | seconds per evaluation |\n|---|---|---|")
-    for f in range(3):
-        print(f"| val accuracy, fidelity {f + 1} | {acc[f]:.3f} | {secs[f]:.2f} |")
-    for f in range(3):
-        print(f"| -KL to float, fidelity {f + 1} | {kl[f]:.3f} | {secs[f]:.2f} |")
-    print(f"| (the fine-tune itself, {finetune_steps} steps + test pass) | - | {ft_secs:.2f} |")
+    policies = HEADER + "\n" + "\n".join(format_row(i, r) for i, r in enumerate(rows))
+    lines = ["| score | Spearman with fine-tuned test acc | seconds per evaluation |", "|---|---|---|"]
+    lines += [f"| val accuracy, fidelity {f + 1} | {acc[f]:.3f} | {secs[f]:.2f} |" for f in range(3)]
+    lines += [f"| -KL to float, fidelity {f + 1} | {kl[f]:.3f} | {secs[f]:.2f} |" for f in range(3)]
+    lines.append(f"| (the fine-tune itself, up to its steps + test pass) | - | {ft_secs:.2f} |")
+    within = []
     for text in BUDGETS:
         part = [r for r in rows if r.budget == text]
         if len(part) > 2:
             by = summarise(part)[0]
-            print(f"within {text} ({len(part)} policies): Spearman f1 {by[0]:.3f}, f2 {by[1]:.3f}, f3 {by[2]:.3f}")
+            within.append(f"within {text} ({len(part)} policies): Spearman f1 {by[0]:.3f}, f2 {by[1]:.3f}, f3 {by[2]:.3f}")
     level = default_fidelity(acc)
-    print(f"RESULT spearman_f1={acc[0]:.3f} spearman_f2={acc[1]:.3f} spearman_f3={acc[2]:.3f} default_fidelity={level}")
+    return results.Summary((policies, "\n".join(lines), "\n\n".join(within)),
+                           f"RESULT spearman_f1={acc[0]:.3f} spearman_f2={acc[1]:.3f} spearman_f3={acc[2]:.3f} "
+                           f"default_fidelity={level}")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,24 @@ warm-start policies).
     python benchmarks/rl_exploration.py runs0/runs/* runs1/runs/* runs2/runs/*
 
 Ends ``RESULT runs=<n> mean_best_minus_reference=<points> wins=<runs whose best beats the reference>``.
+Each invocation appends one row (its runs) to ``docs/results/rl_exploration.jsonl``; ``--summarise``
+writes the page of the saved invocations, whose RESULT line is the latest one's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 from pathlib import Path
+from typing import Any
+
+import results
 
 from agents.records import TrialRecord
 from search_spaces.policy import Policy
+
+TITLE = "RL exploration: where an RL search explored around its reference"
 
 
 def load(run_dir: Path) -> list[TrialRecord]:
@@ -36,34 +44,54 @@ def layers_changed(policy: Policy, reference: Policy) -> int:
     return sum(1 for name, lp in policy.layers if lp != ref[name])
 
 
-def main() -> None:
+def describe_run(run: Path) -> dict[str, Any]:
+    records = load(run)
+    reference, rest = records[0], [r for r in records[1:] if not r.cache_hit]
+    best = max((r for r in records if r.feasible), key=lambda r: r.accuracy)
+    changed = statistics.median(layers_changed(r.policy, reference.policy) for r in rest) if rest else 0
+    local = statistics.median(
+        layers_changed(r.policy, max((q for q in records[: r.number] if q.feasible), key=lambda q: q.accuracy).policy)
+        for r in rest
+    ) if rest else 0
+    return {
+        "run": str(run), "distinct": len({r.policy.key() for r in records}), "reference": reference.accuracy,
+        "best": best.accuracy, "better": sum(r.accuracy > reference.accuracy for r in rest), "explored": len(rest),
+        "changed_vs_reference": changed, "changed_vs_best_before": local,
+        "projected": sum(1 for r in rest if r.repair is not None and any("projection" in s for s in r.repair.steps)),
+        # digests, not the policies: enough to count what the runs share
+        "proposed": sorted({hashlib.sha1(r.policy.key().encode()).hexdigest()[:16] for r in rest}),
+    }
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every invocation's runs; the RESULT line is the latest invocation's."""
+    body = [(*results.when(row), r["run"][-40:], r["distinct"], f"{r['reference']:.4f}", f"{r['best']:.4f}",
+             f"{r['better']}/{r['explored']}", r["changed_vs_reference"], r["changed_vs_best_before"], r["projected"])
+            for row in rows for r in row["runs"]]
+    table = results.md_table(("date", "commit", "run", "distinct", "reference", "best", "better", "changed vs ref",
+                              "vs best before", "projected"), body)
+    runs = rows[-1]["runs"]
+    notes = []
+    if len(runs) > 1:
+        shared = set.intersection(*(set(r["proposed"]) for r in runs))
+        notes.append(f"policies every run proposed (after the reference): {len(shared)}")
+    gains = [100 * (r["best"] - r["reference"]) for r in runs]
+    wins = sum(r["best"] > r["reference"] for r in runs)
+    return results.Summary((table,), f"RESULT runs={len(gains)} mean_best_minus_reference={statistics.mean(gains):.2f} "
+                           f"wins={wins}", tuple(notes))
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="run directories (holding trials.jsonl)")
-    args = ap.parse_args()
-    print(f"{'run':<40} {'distinct':>8} {'reference':>9} {'best':>7} {'better':>7} {'changed vs ref':>14} "
-          f"{'vs best before':>14} {'projected':>9}")
-    gains, wins, keys = [], 0, []
-    for run in args.runs:
-        records = load(run)
-        reference, rest = records[0], [r for r in records[1:] if not r.cache_hit]
-        best = max((r for r in records if r.feasible), key=lambda r: r.accuracy)
-        better = sum(r.accuracy > reference.accuracy for r in rest)
-        changed = statistics.median(layers_changed(r.policy, reference.policy) for r in rest) if rest else 0
-        local = statistics.median(
-            layers_changed(r.policy, max((q for q in records[: r.number] if q.feasible), key=lambda q: q.accuracy).policy)
-            for r in rest
-        ) if rest else 0
-        projected = sum(1 for r in rest if r.repair is not None and any("projection" in s for s in r.repair.steps))
-        keys.append({r.policy.key() for r in rest})
-        gains.append(100 * (best.accuracy - reference.accuracy))
-        wins += best.accuracy > reference.accuracy
-        print(f"{str(run)[-40:]:<40} {len({r.policy.key() for r in records}):>8} {reference.accuracy:>9.4f} "
-              f"{best.accuracy:>7.4f} {better:>4}/{len(rest):<2} {changed:>14} {local:>14} {projected:>9}")
-    if len(keys) > 1:
-        shared = set.intersection(*keys)
-        print(f"policies every run proposed (after the reference): {len(shared)}")
-    print(f"RESULT runs={len(gains)} mean_best_minus_reference={statistics.mean(gains):.2f} wins={wins}")
+    ap.add_argument("runs", nargs="*", type=Path, help="run directories (holding trials.jsonl)")
+    results.add_arguments(ap, "rl_exploration")
+    args = ap.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
+    if not args.runs:
+        ap.error("give the run directories of RL searches (or --summarise ROWS)")
+    return results.finish(args, [{"runs": [describe_run(run) for run in args.runs]}], "rl_exploration", summary)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

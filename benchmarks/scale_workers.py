@@ -17,6 +17,8 @@ machine the efficiency measures the contention as much as the code.
 The default is the reference task of ``automl search`` at 120 evaluations: with fewer or
 cheaper evaluations (ResNet-8 evaluates in ~0.4 s) the workers' start-up (~7 s each: import,
 model analysis, evaluator build) dominates the search stage and the figure measures start-up.
+Each invocation appends one row (its searches) to ``docs/results/scale_workers.jsonl``;
+``--summarise`` writes the page of the saved invocations, whose RESULT line is the latest one's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import results
+
+TITLE = "Scaling with workers: evaluations per minute"
 
 
 def run(task: str, workers: int, evaluations: int, seed: int, out: Path) -> dict[str, float]:
@@ -65,23 +72,8 @@ def _trial_span(run_dir: Path) -> tuple[float, float, int]:
     return first, last, len({str(t.user_attrs.get("worker")) for t in done})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="reference:resnet20")
-    ap.add_argument("--evaluations", type=int, default=120)
-    ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    counts = [int(w) for w in args.workers.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="scale-workers-") as tmp:
-        for w in counts:
-            row = run(args.task, w, args.evaluations, args.seed, Path(tmp) / f"w{w}")
-            rows.append(row)
-            print(f"workers={w}: {row['evaluations']} evaluations, search stage {row['search_s']:.1f} s "
-                  f"({row['evals_per_min']:.2f}/min; first trial start to last completion {row['steady_per_min']:.2f}/min "
-                  f"in {row['n_processes']} process(es)), whole command {row['wall_s']:.1f} s, "
-                  f"load average {row['load_start']:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
+def figures(row: dict[str, Any]) -> str:
+    rows, counts = row["searches"], [r["workers"] for r in row["searches"]]
     by = {r["workers"]: r["evals_per_min"] for r in rows}
     parts = [f"evals_per_min_{w}={by[w]:.3f}" for w in counts]
     if 1 in by and 2 in by:
@@ -92,9 +84,44 @@ def main() -> None:
     if 1 in wall and 2 in wall:  # the whole command, serial set-up, fine-tune-free finish and all
         parts.append(f"command_speedup_2={wall[1] / wall[2]:.3f}")
     loads = [r["load_start"] for r in rows] + [r["load_end"] for r in rows]
-    parts.append(f"load_avg_max={max(loads):.1f} cores={os.cpu_count()}")
-    print("RESULT " + " ".join(parts))
+    parts.append(f"load_avg_max={max(loads):.1f} cores={row['cores']}")
+    return " ".join(parts)
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every invocation's searches; the RESULT line is the latest invocation's."""
+    body = [(*results.when(row), row["task"], r["workers"], r["evaluations"], f"{r['search_s']:.1f}",
+             f"{r['evals_per_min']:.2f}", f"{r['steady_per_min']:.2f}", r["n_processes"], f"{r['wall_s']:.1f}",
+             f"{r['load_start']:.1f} -> {r['load_end']:.1f} on {row['cores']} cores")
+            for row in rows for r in row["searches"]]
+    table = results.md_table(("date", "commit", "task", "workers", "evaluations", "search stage s", "per min",
+                              "first start to last completion, per min", "processes", "whole command s", "load"), body)
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="reference:resnet20")
+    ap.add_argument("--evaluations", type=int, default=120)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--seed", type=int, default=0)
+    results.add_arguments(ap, "scale_workers")
+    args = ap.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
+    counts = [int(w) for w in args.workers.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scale-workers-") as tmp:
+        for w in counts:
+            row = run(args.task, w, args.evaluations, args.seed, Path(tmp) / f"w{w}")
+            rows.append(row)
+            print(f"workers={w}: {row['evaluations']} evaluations, search stage {row['search_s']:.1f} s "
+                  f"({row['evals_per_min']:.2f}/min; first trial start to last completion {row['steady_per_min']:.2f}/min "
+                  f"in {row['n_processes']} process(es)), whole command {row['wall_s']:.1f} s, "
+                  f"load average {row['load_start']:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
+    invocation = {"task": args.task, "seed": args.seed, "cores": os.cpu_count(), "searches": rows}
+    return results.finish(args, [invocation], "scale_workers", summary, threads=1)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

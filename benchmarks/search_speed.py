@@ -16,6 +16,9 @@ default search's time over the ILP-only search's and over TPE's (``total_over_il
 
     python benchmarks/search_speed.py               # both models
     python benchmarks/search_speed.py --only resnet20 --evaluations 40
+
+Each invocation appends one row (every search's timings) to ``docs/results/search_speed.jsonl``;
+``--summarise`` writes the page of the saved invocations, whose RESULT line is the latest one's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import results
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +43,8 @@ from automl.reference.models import LeNet4
 from automl.runs.config import SearchConfig
 from automl.runs.runner import run_search
 from automl.timing import pin_threads
+
+TITLE = "Search speed: where the default search's wall time goes"
 
 
 def lenet_task(seed: int = 0) -> Task:
@@ -89,21 +96,60 @@ def report(name: str, searcher: str, r: dict) -> None:
               f"{o['wait_seconds']:.1f} s waited after; {o['prepare_seconds']:.2f} s preparing them")
 
 
-def main() -> None:
+def figures(row: dict[str, Any]) -> str:
+    """The RESULT figures of one invocation (its searches keyed ``model/searcher/overlap``)."""
+    key, dflt, default = row["key"], row["default_searcher"], row["default_overlap"]
+    res = row["searches"]
+
+    def get(searcher: str, overlap: bool) -> dict[str, Any]:
+        return res[f"{key}/{searcher}/{overlap}"]
+
+    d, ilp, tpe = get(dflt, default), get("ilp", default), get("tpe", default)
+    overlapped, serial = get(dflt, True), get(dflt, False)
+    t = d["timings"]
+    total = t["seconds_total"]
+    return (f"total_s_{key}={total:.1f} eval_share={t['eval_seconds'] / total:.3f} "
+            f"distinct_share={t['n_evaluations'] / max(1, t['n_proposed']):.3f} overhead_s={total - t['eval_seconds']:.1f} "
+            f"total_over_ilp={total / ilp['timings']['seconds_total']:.2f} "
+            f"total_over_no_overlap={overlapped['timings']['seconds_total'] / serial['timings']['seconds_total']:.2f} "
+            f"total_over_tpe={total / tpe['timings']['seconds_total']:.2f} test_default={d['test_accuracy']:.4f} "
+            f"test_tpe={tpe['test_accuracy']:.4f} test_ilp={ilp['test_accuracy']:.4f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every invocation's searches with their largest stages; the RESULT line is the latest invocation's."""
+    body = []
+    for row in rows:
+        for label, r in row["searches"].items():
+            t = r["timings"]
+            stages = sorted(((k[len("seconds_"):], v) for k, v in t.items()
+                             if k.startswith("seconds_") and k != "seconds_total"), key=lambda kv: -kv[1])
+            body.append((*results.when(row), label, f"{t['seconds_total']:.1f}", f"{t['eval_seconds']:.1f}",
+                         f"{t['n_evaluations']}/{t['n_proposed']}", f"{r['test_accuracy']:.4f}",
+                         ", ".join(f"{k} {v:.1f}" for k, v in stages[:4])))
+    table = results.md_table(("date", "commit", "model/searcher/overlap", "total s", "evaluating s",
+                              "distinct/proposed", "test (fine-tuned)", "largest stages s"), body)
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--evaluations", type=int, default=None, help="override the default count (for a quick look)")
     parser.add_argument("--only", choices=("resnet20", "lenet4"), default=None)
     parser.add_argument("--child", nargs=4, metavar=("MODEL", "SEARCHER", "OVERLAP", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    results.add_arguments(parser, "search_speed")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     pin_threads(args.threads)
     if args.child:  # one search in this process; the parent reads its result
         name, searcher, overlap, out = args.child
         task = lenet_task() if name == "lenet4" else None
         r = one_search(task, searcher, args.evaluations, Path(out), args.threads, overlap == "True")
         (Path(out) / "search_speed.json").write_text(json.dumps(r))
-        return
-    results: dict[tuple[str, str, bool], dict] = {}  # (model, searcher, fine-tune beside the search)
+        return 0
+    done: dict[tuple[str, str, bool], dict] = {}  # (model, searcher, fine-tune beside the search)
     with tempfile.TemporaryDirectory(prefix="search-speed-") as tmp:
         for name in ("resnet20", "lenet4"):
             if args.only and name != args.only:
@@ -120,27 +166,22 @@ def main() -> None:
                          str(args.threads)] + (["--evaluations", str(args.evaluations)] if args.evaluations else [])
                 subprocess.run(child, check=True)
                 r = json.loads((out / "search_speed.json").read_text())
-                results[(name, searcher, overlap)] = r
+                done[(name, searcher, overlap)] = r
                 report(name, tag, r)
     key = "resnet20" if not args.only else args.only
     default, dflt = SearchConfig().finetune.overlap, SearchConfig().searcher.name
-    d, ilp = results[(key, dflt, default)], results[(key, "ilp", default)]
-    tpe = results[(key, "tpe", default)]
-    overlapped, serial = results[(key, dflt, True)], results[(key, dflt, False)]
-    t = d["timings"]
-    total = t["seconds_total"]
+    d, ilp = done[(key, dflt, default)], done[(key, "ilp", default)]
+    tpe = done[(key, "tpe", default)]
+    overlapped, serial = done[(key, dflt, True)], done[(key, dflt, False)]
     print(f"\nILP-only test accuracy {ilp['test_accuracy']:.4f}, TPE {tpe['test_accuracy']:.4f} "
           f"({tpe['timings']['seconds_total']:.1f} s) vs default {d['test_accuracy']:.4f} "
           f"(total_over_ilp compares wall times at these accuracies); with the fine-tune beside the search "
           f"{overlapped['timings']['seconds_total']:.1f} s, test {overlapped['test_accuracy']:.4f}; after it "
           f"{serial['timings']['seconds_total']:.1f} s, test {serial['test_accuracy']:.4f}")
-    print(f"RESULT total_s_{key}={total:.1f} eval_share={t['eval_seconds'] / total:.3f} "
-          f"distinct_share={t['n_evaluations'] / max(1, t['n_proposed']):.3f} overhead_s={total - t['eval_seconds']:.1f} "
-          f"total_over_ilp={total / ilp['timings']['seconds_total']:.2f} "
-          f"total_over_no_overlap={overlapped['timings']['seconds_total'] / serial['timings']['seconds_total']:.2f} "
-          f"total_over_tpe={total / tpe['timings']['seconds_total']:.2f} test_default={d['test_accuracy']:.4f} "
-          f"test_tpe={tpe['test_accuracy']:.4f} test_ilp={ilp['test_accuracy']:.4f}")
+    row = {"key": key, "default_searcher": dflt, "default_overlap": default, "evaluations": args.evaluations,
+           "searches": {f"{m}/{s}/{o}": r for (m, s, o), r in done.items()}}
+    return results.finish(args, [row], "search_speed", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

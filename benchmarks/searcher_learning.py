@@ -27,7 +27,9 @@ sensitivities for the warm start); its optimum is the integer program's on the e
 damage, printed as ``optimum``, and the table gains a regret column.
 
 Ends with ``RESULT best_learning_minus_warmstart=<points> rl_minus_tpe=<points>
-rl_minus_random=<points> tpe_minus_random=<points>`` (validation accuracy, points).
+rl_minus_random=<points> tpe_minus_random=<points>`` (validation accuracy, points). Each invocation
+appends one row (its rows of searchers) to ``docs/results/searcher_learning.jsonl``; ``--summarise``
+writes the page of the saved invocations, whose RESULT line is the latest one's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import results
 import torch
 
 from agents import Objective, make_searcher
@@ -49,6 +52,8 @@ from automl.problem.budget import Budget
 from automl.problem.cache import CachedEvaluator
 from automl.problem.sensitivity import measure_sensitivities
 from automl.reference.checkpoints import default_cache_dir, reference_task
+
+TITLE = "Searchers that learn: learning searchers against their warm start and random search"
 
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("random", {}),
@@ -106,7 +111,34 @@ def resnet8_objective(args: argparse.Namespace) -> Any:
     return lambda: Objective(CachedEvaluator(evaluator), cost_model, bound, sensitivities=sens)
 
 
-def main() -> None:
+def figures(inv: dict[str, Any]) -> str:
+    best = {r["row"]: r["best"] for r in inv["rows"]}
+    nan = float("nan")
+    learning = [v for k, v in best.items() if k not in ("random", "warm_start")]
+    rl = max((best[k] for k in RL if k in best), default=nan)
+    return (f"best_learning_minus_warmstart={max(learning, default=nan) - best.get('warm_start', nan):.2f} "
+            f"rl_minus_tpe={rl - best.get('tpe', nan):.2f} rl_minus_random={rl - best.get('random', nan):.2f} "
+            f"tpe_minus_random={best.get('tpe', nan) - best.get('random', nan):.2f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every invocation's rows (best validation %, distinct policies, regret where the optimum is known);
+    the RESULT line is the latest invocation's."""
+    body = []
+    for inv in rows:
+        setting = (f"{inv['problem']}, {inv['budget']}, {inv['evaluations']} evaluations, seed {inv['seed']}, "
+                   f"fidelity {inv['fidelity']}")
+        optimum = inv.get("optimum", float("nan"))
+        for r in inv["rows"]:
+            regret = f"{100 * optimum - r['best']:.2f}" if optimum == optimum else "-"
+            body.append((*results.when(inv), setting, r["row"], f"{r['best']:.2f}", r["distinct"], r["counts"],
+                         f"{r['seconds']:.0f}", regret))
+    table = results.md_table(("date", "commit", "setting", "row", "best val %", "distinct", "evaluations f1/f",
+                              "seconds", "regret"), body)
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--evaluations", type=int, default=60)
     ap.add_argument("--budget", default="size<=0.0625x")
@@ -114,7 +146,10 @@ def main() -> None:
     ap.add_argument("--fidelity", type=int, default=2)
     ap.add_argument("--rows", default=",".join(["warm_start", *ROWS]))
     ap.add_argument("--problem", choices=("resnet8", "synthetic"), default="resnet8")
-    args = ap.parse_args()
+    results.add_arguments(ap, "searcher_learning")
+    args = ap.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     ap_problem = args.problem
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -127,7 +162,7 @@ def main() -> None:
         make_objective = resnet8_objective(args)
     print(f"{'row':<20} {'best val %':>10} {'distinct':>8} {'evals f1/f' + str(args.fidelity):>12} {'seconds':>8}"
           + (f" {'regret':>7}" if optimum == optimum else ""))
-    best: dict[str, float] = {}
+    out: list[dict[str, Any]] = []
     for row in args.rows.split(","):
         if ap_problem == "synthetic" and row == "tpe_multi_fidelity":
             continue  # the synthetic evaluator has one fidelity
@@ -139,19 +174,18 @@ def main() -> None:
             name, options = ROWS[row]
             records = list(make_searcher(name, objective, seed=args.seed, **options).run(args.evaluations).records)
         full = [r for r in records if r.feasible and r.metrics.fidelity == args.fidelity]
-        best[row] = 100 * max((r.accuracy for r in full), default=float("nan"))
+        best = 100 * max((r.accuracy for r in full), default=float("nan"))
         distinct = len({r.policy.key() for r in records})
         counts = "/".join(str(objective.evaluations_by_fidelity.get(f, 0)) for f in (1, args.fidelity))
-        regret = f" {100 * optimum - best[row]:>7.2f}" if optimum == optimum else ""
-        print(f"{row:<20} {best[row]:>10.2f} {distinct:>8} {counts:>12} {time.perf_counter() - t0:>8.0f}{regret}", flush=True)
-    learning = [v for k, v in best.items() if k not in ("random", "warm_start")]
-    rl = max((best[k] for k in RL if k in best), default=float("nan"))
-    print(
-        f"RESULT best_learning_minus_warmstart={max(learning, default=float('nan')) - best.get('warm_start', float('nan')):.2f} "
-        f"rl_minus_tpe={rl - best.get('tpe', float('nan')):.2f} rl_minus_random={rl - best.get('random', float('nan')):.2f} "
-        f"tpe_minus_random={best.get('tpe', float('nan')) - best.get('random', float('nan')):.2f}"
-    )
+        seconds = time.perf_counter() - t0
+        out.append({"row": row, "best": best, "distinct": distinct, "counts": counts, "seconds": seconds})
+        regret = f" {100 * optimum - best:>7.2f}" if optimum == optimum else ""
+        print(f"{row:<20} {best:>10.2f} {distinct:>8} {counts:>12} {seconds:>8.0f}{regret}", flush=True)
+    invocation = {"problem": ap_problem, "budget": "size<=0.12x" if ap_problem == "synthetic" else args.budget,
+                  "evaluations": args.evaluations, "seed": args.seed, "fidelity": args.fidelity, "optimum": optimum,
+                  "rows": out}
+    return results.finish(args, [invocation], "searcher_learning", summary, threads=1)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -15,15 +15,19 @@ prior as the baseline).
 
 Ends with ``RESULT spearman_fisher=<r> spearman_hessian=<r> seconds_measured=<s>
 seconds_fisher=<s> seconds_hessian=<s> ...``; ``seconds_measured`` is the whole measured
-table's cost estimated from the sample (entries x seconds per evaluation).
+table's cost estimated from the sample (entries x seconds per evaluation). Each run appends one
+row to ``docs/results/sensitivity_methods.jsonl``; ``--summarise`` writes the page of the saved
+runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
+import results
 import torch
 from scipy.stats import spearmanr
 
@@ -37,6 +41,7 @@ from automl.runs.sensitivity_stage import sensitivity_stage
 from search_spaces.policy import Policy
 from search_spaces.space import SearchSpace
 
+TITLE = "Sensitivity methods: cost, agreement with measured damages, ILP outcome"
 BUDGETS = ("size<=0.0625x", "size<=0.03125x")
 
 
@@ -77,12 +82,33 @@ def table_damage(sens: Sensitivities, space: SearchSpace, kind: str, name: str, 
     return ls.at(0.0, 8, int(choice)) - ls.at(0.0, 8, 8)
 
 
-def main() -> None:
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """Every run's tables (Spearman against the sampled measured damages, cost, the ILP's policy);
+    the RESULT line is the latest run's."""
+    body = [(*results.when(r), f"{r['sampled_entries']} of {r['entries']}", k, f"{t['spearman']:.3f}",
+             ", ".join(f"{kind} {v}" for kind, v in t["by_kind"].items()) or "-", f"{t['seconds']:.1f}", t["evaluations"],
+             *(f"{t['ilp'][b]:.4f}" for b in BUDGETS)) for r in rows for k, t in r["tables"].items()]
+    table = results.md_table(("date", "commit", "measured entries", "table", "Spearman vs measured", "by kind",
+                              "seconds", "evaluations' worth", *(f"ILP val @ {b}" for b in BUDGETS)), body)
+    r = rows[-1]
+    t = r["tables"]
+    line = (f"RESULT spearman_fisher={t['fisher']['spearman']:.3f} spearman_hessian={t['hessian']['spearman']:.3f} "
+            f"sampled_entries={r['sampled_entries']} seconds_measured={r['seconds_measured']:.0f} "
+            f"seconds_fisher={t['fisher']['seconds']:.1f} seconds_hessian={t['hessian']['seconds']:.1f} "
+            f"seconds_per_eval={r['seconds_per_eval']:.2f} "
+            + " ".join(f"ilp_{k}_{b.split('<=')[1]}={t[k]['ilp'][b]:.4f}" for k in t for b in BUDGETS))
+    return results.Summary((table,), line)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fidelity", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample", type=int, default=50, help="measured one-factor entries (0 = all)")
-    args = ap.parse_args()
+    results.add_arguments(ap, "sensitivity_methods")
+    args = ap.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     torch.set_num_threads(args.threads)
     task = reference_task("resnet20", log=print)
     problem = Problem.from_task(task)
@@ -105,7 +131,7 @@ def main() -> None:
             print(f"measured {i + 1}/{n} damages, {time.perf_counter() - start:.0f} s", flush=True)
     per_eval = (time.perf_counter() - start) / (n + 1)
     seconds_measured = per_eval * (len(every) + 1)
-    rho = {}
+    rho, by_kind = {}, {}
     for method, r in reports.items():
         est = [table_damage(r.sensitivities, space, *d) for d in sample]
         rho[method] = float(spearmanr(est, measured).statistic)
@@ -114,25 +140,23 @@ def main() -> None:
             idx = [i for i, d in enumerate(sample) if d[0] == kind]
             if len(idx) > 2:
                 kinds[kind] = round(float(spearmanr([est[i] for i in idx], [measured[i] for i in idx]).statistic), 3)
+        by_kind[method] = kinds
         print(f"{method}: spearman {rho[method]:.3f} over {n} entries; by kind {kinds}", flush=True)
     print(f"\nthe whole measured table: {len(every) + 1} evaluations, ~{seconds_measured:.0f} s at {per_eval:.1f} s each")
     tables = {**{k: r.sensitivities for k, r in reports.items()}, "heuristic": Sensitivities.heuristic(space)}
     ilp: dict[str, dict[str, float]] = {}
-    print("\n| table | spearman vs measured | seconds | evaluations | " + " | ".join(f"ILP val @ {b}" for b in BUDGETS) + " |")
-    print("|---|---|---|---|" + "---|" * len(BUDGETS))
     for k, sens in tables.items():
         ilp[k] = {b: ev.evaluate(solve_ilp(space, cost_model, Budget.parse([b]).bind(cost_model), sens)).accuracy
                   for b in BUDGETS}
-        r = reports.get(k)
-        print(f"| {k} | {rho.get(k, float('nan')):.3f} | {r.seconds if r else 0:.1f} | {r.evaluations if r else 0} | "
-              + " | ".join(f"{ilp[k][b]:.4f}" for b in BUDGETS) + " |", flush=True)
-    print(
-        f"RESULT spearman_fisher={rho['fisher']:.3f} spearman_hessian={rho['hessian']:.3f} sampled_entries={n} "
-        f"seconds_measured={seconds_measured:.0f} seconds_fisher={reports['fisher'].seconds:.1f} "
-        f"seconds_hessian={reports['hessian'].seconds:.1f} seconds_per_eval={per_eval:.2f} "
-        + " ".join(f"ilp_{k}_{b.split('<=')[1]}={ilp[k][b]:.4f}" for k in tables for b in BUDGETS)
-    )
+        print(f"ILP with the {k} table: " + ", ".join(f"{b} {ilp[k][b]:.4f}" for b in BUDGETS), flush=True)
+    row = {"fidelity": args.fidelity, "sampled_entries": n, "entries": len(every) + 1, "seconds_per_eval": per_eval,
+           "seconds_measured": seconds_measured,
+           "tables": {k: {"spearman": rho.get(k, float("nan")), "by_kind": by_kind.get(k, {}),
+                          "seconds": reports[k].seconds if k in reports else 0.0,
+                          "evaluations": reports[k].evaluations if k in reports else 0, "ilp": ilp[k]}
+                      for k in tables}}
+    return results.finish(args, [row], "sensitivity_methods", summary, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

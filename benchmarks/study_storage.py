@@ -10,6 +10,9 @@ it (the connection created before the ``synchronous=NORMAL`` listener, so every 
 waits for an fsync).
 
     python benchmarks/study_storage.py [--trials 20] [--params 63]
+
+Each run appends one row to ``docs/results/study_storage.jsonl``; ``--summarise`` writes the page of
+the saved runs, whose RESULT line is the latest run's.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import contextlib
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import optuna
+import results
 
 from agents import storage as project_storage
+
+TITLE = "Study storage: what one Optuna trial costs before any evaluation"
 
 
 def per_trial_ms(storage: optuna.storages.BaseStorage, trials: int, params: int, batched: bool = False) -> float:
@@ -38,11 +45,26 @@ def per_trial_ms(storage: optuna.storages.BaseStorage, trials: int, params: int,
     return (time.perf_counter() - start) / trials * 1e3
 
 
-def main() -> None:
+def figures(r: dict[str, Any]) -> str:
+    return (f"memory_ms={r['memory_ms']:.1f} sqlite_ms={r['sqlite_ms']:.1f} sqlite_batched_ms={r['sqlite_batched_ms']:.1f} "
+            f"batched_over_sqlite={r['sqlite_batched_ms'] / r['sqlite_ms']:.2f} sqlite_stale_pool_ms={r['sqlite_stale_pool_ms']:.1f}")
+
+
+def summary(rows: list[dict[str, Any]]) -> results.Summary:
+    """One line per run (ms per trial); the RESULT line is the latest run's."""
+    table = results.runs_table(rows, [("parameters, trials", lambda r: f"{r['params']}, {r['trials']}"),
+                                      ("figures", figures)])
+    return results.Summary((table,), "RESULT " + figures(rows[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--params", type=int, default=63)
-    args = parser.parse_args()
+    results.add_arguments(parser, "study_storage")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        return results.summarise_main(args, __file__, TITLE, summary, __doc__)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         memory = per_trial_ms(optuna.storages.InMemoryStorage(), args.trials, args.params)
@@ -54,9 +76,10 @@ def main() -> None:
     print(f"{args.params} parameters per trial, {args.trials} trials: in memory {memory:.1f} ms, "
           f"SQLite as opened by the project {sqlite:.1f} ms, the same with the parameters in one transaction "
           f"{batched:.1f} ms, SQLite with the pool not reopened {stale:.1f} ms")
-    print(f"RESULT memory_ms={memory:.1f} sqlite_ms={sqlite:.1f} sqlite_batched_ms={batched:.1f} "
-          f"batched_over_sqlite={batched / sqlite:.2f} sqlite_stale_pool_ms={stale:.1f}")
+    row = {"params": args.params, "trials": args.trials, "memory_ms": memory, "sqlite_ms": sqlite,
+           "sqlite_batched_ms": batched, "sqlite_stale_pool_ms": stale}
+    return results.finish(args, [row], "study_storage", summary)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,25 +11,20 @@ Importing this package registers them::
 channel group; ``hierarchy="per_layer"`` for one action per layer). Wrap either in
 :class:`DiscreteActions` for Discrete / MultiDiscrete actions with ``action_masks()``.
 
-The default budget handling is ``mask`` (:class:`EnvConfig`). Measured with
+The default budget handling is ``mask`` (:class:`EnvConfig`), chosen with
 ``benchmarks/budget_modes.py`` (ResNet-20, a synthetic evaluator with layer-dependent
-sensitivity, 150 episodes x 2 seeds x 3 tight budgets: ``size<=0.03x``,
-``bitops<=0.004x``, ``size<=0.05x,bitops<=0.006x``):
+sensitivity, tight size and BitOps budgets; its figures are on its results page in
+``docs/results/`` once its rows are saved):
 
-- feasible share of evaluated policies: ``mask`` 100%, ``repair`` 100%, ``lagrangian`` 22%
-  (61% under the size budget, 1-4% under the BitOps ones): the Lagrangian spends most
-  evaluations on policies a searcher cannot return;
-- env cost per episode: ``repair`` runs a greedy repair at every infeasible episode end;
-  with random actions on ResNet-20 that is 0.3-1 s of CPU per episode (21-65 env steps/s
-  with a constant evaluator under ``size<=0.125x`` / ``bitops<=0.004x``, against 2,500-6,000
-  with masks), as long as a fidelity-1 evaluation (about 1 s), so the env would become the
-  bottleneck;
-- best feasible reward: ``repair`` + PPO 0.172, ``mask`` + MaskablePPO 0.151, ``mask`` +
-  PPO (Box, projected) 0.135, ``lagrangian`` + PPO 0.111. The repair's sensitivity-guided
-  greedy works as a local search on top of the agent, so ``repair`` is the better choice
-  when evaluations are far more expensive than the repair (fidelity 3) or sensitivities are
-  measured; ``mask`` keeps every step cheap, every evaluated policy the agent's own choice
-  (projections recorded per step) and every evaluation feasible.
+- ``lagrangian`` spends many evaluations on infeasible policies, which a searcher cannot
+  return; ``mask`` and ``repair`` evaluate feasible policies only;
+- ``repair`` runs a greedy repair at every infeasible episode end, which with random actions
+  costs about as much CPU as a fidelity-1 evaluation, so the env would become the
+  bottleneck; masks keep every step cheap;
+- the repair's sensitivity-guided greedy works as a local search on top of the agent, so
+  ``repair`` is the better choice when evaluations are far more expensive than the repair
+  (fidelity 3) or sensitivities are measured; ``mask`` keeps every step cheap, every evaluated
+  policy the agent's own choice (projections recorded per step) and every evaluation feasible.
 """
 
 from gymnasium.envs.registration import register, registry

@@ -86,8 +86,11 @@ def test_binary_config_file(capsys, tmp_path):
     [
         (["--storage", "notaurl"], [r"storage 'notaurl' is neither a database URL"]),
         (["--storage", "nosuchdb://x"], [r"not a database URL|not supported"]),
-        (["--storage", "postgresql://nobody@127.0.0.1:9/db"], [r"cannot connect to the Optuna storage"]),
-        (["--tracking-uri", "postgresql://nobody@127.0.0.1:9/db"], [r"cannot connect to the MLflow tracking store"]),
+        # Without the postgres extra the same URL is refused for its missing driver, naming the extra.
+        (["--storage", "postgresql://nobody@127.0.0.1:9/db"],
+         [r"cannot connect to the Optuna storage|pip install 'automl-mpq\[postgres\]'"]),
+        (["--tracking-uri", "postgresql://nobody@127.0.0.1:9/db"],
+         [r"cannot connect to the MLflow tracking store|pip install 'automl-mpq\[postgres\]'"]),
         (["--tracking-uri", "notaurl"], [r"tracking URI 'notaurl' is not understood"]),
         (["--finetune-steps", "-1"], [r"finetune.steps: must be greater than or equal to 0"]),
         (["--finalists", "0"], [r"finetune.finalists: must be greater than or equal to 1"]),

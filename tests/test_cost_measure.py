@@ -41,3 +41,12 @@ def test_profile_hardware_checks_its_arguments(plain_cnn, tmp_path):
 def test_interleaved_timing_returns_one_positive_time_per_function():
     ms = interleaved_ms([lambda: sum(range(100)), lambda: sum(range(10000))], repeats=3)
     assert len(ms) == 2 and 0 < ms[0] < ms[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_profile_hardware_on_a_missing_gpu_is_refused_not_timed_on_the_cpu(plain_cnn, tmp_path):
+    x = torch.zeros(1, 1, 28, 28)
+    analysis = analyse(plain_cnn, x)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        profile_hardware(plain_cnn, x, analysis, tmp_path / "p.yaml", widths=(0.5, 1.0), repeats=1, device="cuda")
+    assert not (tmp_path / "p.yaml").exists()

@@ -124,7 +124,10 @@ def test_two_hosts_share_one_study_and_one_mlflow_parent(tmp_path, cluster):
     host_a, host_b = tmp_path / "a", tmp_path / "b"
     host_a.mkdir()
     host_b.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Each host must be able to import the task (a user installs their package there); here: the checkout.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     search = [*cluster.prefix(0), sys.executable, "-m", "automl", "search", *TINY, "--searcher", "tpe",
               "--evaluations", str(EVALUATIONS), "--workers", "2", "--threads", "1", "--output", str(host_a / "out"),
               "--fidelity", "3", "--storage", cluster.optuna_url, "--tracking-uri", cluster.mlflow.url]

@@ -14,7 +14,7 @@ from automl.evaluation.evaluator import EvalConfig, Evaluator, Problem
 from automl.evaluation.task import Task
 from automl.export import ort
 from automl.export.ampq import export_policy
-from automl.export.onnx import ampq_to_onnx
+from automl.export.onnx import ampq_to_onnx, float_onnx
 from automl.export.ort_profile import cache_path, cpu_model, fused_consumers, ort_profile, resolve_profiles
 from automl.problem.budget import Budget
 from tests.conftest import make_loaders
@@ -93,8 +93,9 @@ def test_resolve_profiles_names_the_ort_profile_by_batch_and_reads_the_cache(tin
     task, problem = _problem(tiny_resnet)
     seen = []
 
-    def fake(model, sample, analysis, *, batch, threads, name):
+    def fake(model, sample, analysis, *, batch, threads, name, provider):
         seen.append((batch, threads, name))
+        assert provider == "cpu"
         path = cache_path(analysis, threads, batch, tmp_path)
         save_profile(_synthetic(analysis, batch), path)  # a cache hit: nothing is measured
         return ort_profile(model, sample, analysis, batch=batch, threads=threads, name=name, cache_dir=tmp_path)
@@ -107,12 +108,16 @@ def test_resolve_profiles_names_the_ort_profile_by_batch_and_reads_the_cache(tin
 
 @pytest.mark.slow
 def test_a_latency_budget_on_the_ort_profile_is_met_by_the_exported_model(tiny_resnet, tmp_path):
-    """Random policies the cost model prices within a latency limit on the ONNX Runtime
-    profile are exported and timed there: each meets the limit within the profile's stated error."""
+    """Random policies the cost model prices within a latency limit on the ONNX Runtime profile are
+    exported and timed there, interleaved with the float model: each one's latency relative to float
+    meets the limit relative to float within the profile's stated error and the timing noise of
+    this run. Ratios, so that a machine busier now than when the profile was measured does not
+    decide the test (the absolute figures are the benchmark's, ``benchmarks/latency_fidelity.py``)."""
     task, problem = _problem(tiny_resnet)
     ev = Evaluator(problem, EvalConfig(fidelity=1, bn_samples=0, early_stop=False))
     profile, _ = ort_profile(task.model, task.sample_input, problem.analysis, cache_dir=tmp_path)
     cm = CostModel(problem.analysis, problem.space, [profile])
+    float_ms = cm.float_costs().value("latency@ort-cpu")
     cheapest = cm.price(cm.cheapest_policy()).value("latency@ort-cpu")
     bound = Budget.parse(f"latency<={1.6 * cheapest:.6f}ms@ort-cpu").bind(cm)
     limit = dict(bound.limits)["latency@ort-cpu"]
@@ -127,11 +132,16 @@ def test_a_latency_budget_on_the_ort_profile_is_met_by_the_exported_model(tiny_r
         if bound.feasible(cm.price(policy)):
             policies.append(policy)
     x = torch.randn(1, 1, 28, 28)
+    floats = [ort.session(float_onnx(ev.float_model, x)) for _ in range(2)]  # twice: the run's own timing noise
     sessions = []
     for i, policy in enumerate(policies):
         path = tmp_path / f"p{i}.ampq"
         export_policy(ev.engine.apply(policy), problem.analysis, policy, path, sample_input=x, float_model=ev.float_model,
                       repeats=1)
         sessions.append(ort.session(ampq_to_onnx(path).SerializeToString()))
-    measured = ort.best_ms([ort.runner(s, x.numpy()) for s in sessions], repeats=30)
-    assert max(measured) <= limit * (1 + profile.stated_error), (measured, limit, profile.stated_error)
+    measured = ort.best_ms([ort.runner(s, x.numpy()) for s in [*floats, *sessions]], repeats=30)
+    float_a, float_b, *models = measured
+    noise = abs(float_a - float_b) / min(float_a, float_b)
+    ratios = [m / min(float_a, float_b) for m in models]
+    allowed = limit / float_ms * (1 + profile.stated_error + 2 * noise)
+    assert max(ratios) <= allowed, (ratios, limit / float_ms, profile.stated_error, noise)

@@ -95,11 +95,12 @@ def test_the_torch_free_copies_match_their_sources():
     from automl.reference.models import REFERENCE_MODELS
     from automl.runs import precheck
     from automl.runs.lifecycle import RUN_DIR_TAG
-    from automl.runs.loading import REFERENCE_TASKS
+    from automl.runs.loading import REFERENCE_TASKS, reference_names
     from automl.tracking import tracker
 
     assert precheck.ORT_NAME.pattern == ORT_NAME.pattern
-    assert set(REFERENCE_TASKS) == set(REFERENCE_MODELS) - {"plaincnn"}
+    assert set(REFERENCE_MODELS) - {"plaincnn"} <= set(REFERENCE_TASKS)
+    assert [f"reference:{k}" for k in REFERENCE_TASKS] == reference_names()
     assert RUN_DIR_TAG == tracker.RUN_DIR_TAG
 
 

@@ -89,12 +89,13 @@ def test_a_resumed_search_reuses_its_sensitivities_and_counts_them_once(tmp_path
     calls = []
     real = stage.measure_sensitivities
     monkeypatch.setattr(stage, "measure_sensitivities", lambda *a, **k: calls.append(1) or real(*a, **k))
-    common = dict(task="tests.tasks:tiny", searcher="random", output=str(tmp_path), finetune_steps=0,
-                  sensitivity_method="measured", weight_bits=(0, 4, 8), act_bits=(4, 8))
-    first = run_search(SearchConfig(**common, run={"evaluations": 2}), task=tiny(), quiet=True)
+    common = dict(task="tests.tasks:tiny", searcher={"name": "random", "sensitivity": "measured"}, finetune={"steps": 0},
+                  space={"weight_bits": (0, 4, 8), "act_bits": (4, 8)})
+    first = run_search(SearchConfig(**common, run={"evaluations": 2, "output": str(tmp_path)}), task=tiny(), quiet=True)
     assert calls == [1] and first.sensitivity_evaluations > 0
     run_dir = next((tmp_path / "runs").iterdir())
-    resumed = run_search(SearchConfig(**common, run={"evaluations": 3, "resume": str(run_dir)}), task=tiny(), quiet=True)
+    resumed = run_search(SearchConfig(**common, run={"evaluations": 3, "resume": str(run_dir), "output": str(tmp_path)}),
+                         task=tiny(), quiet=True)
     assert calls == [1]  # no second measuring pass
     assert resumed.n_evaluations == 3 and resumed.sensitivity_evaluations == first.sensitivity_evaluations
     assert json.loads((run_dir / "result.json").read_text())["sensitivity_evaluations"] == first.sensitivity_evaluations

@@ -2,7 +2,7 @@
 
 The records (:mod:`search_spaces.network`) are plain values and import without torch, so the
 search space, the cost model and a command line that refuses a bad option do not pay for
-torch's import (~1 s); the tracer and the pruning helpers load on first use.
+torch's import; the tracer and the pruning helpers load on first use.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def in_keep_mask(analysis: ModelAnalysis, name: str, masks: dict[int, np.ndarray
 def _slice_follower(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
     if not isinstance(mod, nn.modules.batchnorm._BatchNorm):
         raise PolicyError(f"cannot slice channels of {type(mod).__name__}")
-    new = type(mod)(int(keep.sum()), mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
+    new = type(mod)(int(keep.sum()), mod.eps, mod.momentum, mod.affine, mod.track_running_stats,
+                    device=mod.running_mean.device if mod.running_mean is not None else None)
     with torch.no_grad():
         if mod.affine:
             new.weight.copy_(mod.weight[keep])
@@ -68,23 +69,26 @@ def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn
 
     Output channels of every producer in a pruned group are removed together with the
     matching input channels (or flattened input features) of every consumer and the
-    channels of BatchNorm followers. The result computes what the masked network does.
+    channels of BatchNorm followers. The result computes what the masked network does,
+    on the model's device.
     """
     masks = keep_masks(analysis, policy)
     pruned = copy.deepcopy(model)
     for layer in analysis.layers:
         mod = pruned.get_submodule(layer.name)
-        out_keep = torch.from_numpy(masks[layer.out_group])
-        in_keep = torch.from_numpy(in_keep_mask(analysis, layer.name, masks))
+        device = mod.weight.device
+        out_keep = torch.from_numpy(masks[layer.out_group]).to(device)
+        in_keep = torch.from_numpy(in_keep_mask(analysis, layer.name, masks)).to(device)
         with torch.no_grad():
             w = mod.weight[out_keep]
             if layer.kind == "linear":
-                new: nn.Module = nn.Linear(int(in_keep.sum()), int(out_keep.sum()), bias=mod.bias is not None)
+                new: nn.Module = nn.Linear(int(in_keep.sum()), int(out_keep.sum()), bias=mod.bias is not None, device=device)
                 new.weight.copy_(w[:, in_keep])
             elif layer.depthwise:
                 n = int(out_keep.sum())
                 conv_cls = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
-                new = conv_cls(n, n, mod.kernel_size, mod.stride, mod.padding, mod.dilation, n, mod.bias is not None, mod.padding_mode)
+                new = conv_cls(n, n, mod.kernel_size, mod.stride, mod.padding, mod.dilation, n, mod.bias is not None,
+                               mod.padding_mode, device=device)
                 new.weight.copy_(w)
             else:
                 if layer.groups != 1:
@@ -94,7 +98,7 @@ def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn
                 conv_cls = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
                 new = conv_cls(
                     int(in_keep.sum()), int(out_keep.sum()), mod.kernel_size, mod.stride, mod.padding, mod.dilation, 1,
-                    mod.bias is not None, mod.padding_mode,
+                    mod.bias is not None, mod.padding_mode, device=device,
                 )
                 new.weight.copy_(w[:, in_keep])
             if mod.bias is not None:
@@ -103,7 +107,9 @@ def prune_model(model: nn.Module, analysis: ModelAnalysis, policy: Policy) -> nn
     for group in analysis.groups:
         keep = torch.from_numpy(masks[group.gid])
         for follower in group.followers:
-            pruned.set_submodule(follower, _slice_follower(pruned.get_submodule(follower), keep))
+            bn = pruned.get_submodule(follower)
+            device = bn.running_mean.device if getattr(bn, "running_mean", None) is not None else keep.device
+            pruned.set_submodule(follower, _slice_follower(bn, keep.to(device)))
     return pruned
 
 

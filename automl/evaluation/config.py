@@ -37,7 +37,8 @@ class EvalConfig(Settings):
         calib_batches: calibration batches for activation ranges and BatchNorm re-estimation.
         bn_samples: how many of those calibration inputs re-estimate BatchNorm statistics at
             fidelity 2 and in the final model (0 = all of them); the re-estimation pass is the
-            larger part of a fidelity-2 evaluation (``benchmarks/bn_samples.py``).
+            larger part of a fidelity-2 evaluation (``benchmarks/bn_samples.py`` measures the trade-off;
+            its page is in ``docs/results/``).
         qat_steps / qat_lr: fine-tuning length and learning rate at fidelity 3.
         qat_psg: position-based scaled gradient strength in [0, 1] of that fine-tuning
             (:mod:`automl.quant.psg`); 0 is plain Adam.
@@ -58,6 +59,13 @@ class EvalConfig(Settings):
         calibration: ``data`` (the task's calibration loader) or ``data-free`` (inputs
             synthesised from BatchNorm statistics, :mod:`automl.evaluation.datafree`).
         datafree_samples / datafree_steps: how many inputs are synthesised, and Adam steps per batch.
+        eval_batch_size: scores run the validation (and test) split in batches of this many
+            samples, whatever the loader's batch size (0 = the loader's batches). Large batches
+            keep a GPU busy; per-sample outputs do not depend on the batch beyond float rounding.
+        channels_last: run 4-D inputs and convolution weights in channels-last memory order
+            (faster convolutions on recent GPUs; off by default).
+        tf32: let CUDA matmuls and convolutions use TF32 (faster on Ampere and later GPUs, about
+            three fewer decimal digits of precision); no effect on the CPU; off by default.
     """
 
     fidelity: int = 2
@@ -78,6 +86,9 @@ class EvalConfig(Settings):
     calibration: Literal["data", "data-free"] = "data"
     datafree_samples: int = Field(128, ge=1)
     datafree_steps: int = Field(100, ge=1)
+    eval_batch_size: int = Field(0, ge=0)
+    channels_last: bool = False
+    tf32: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -39,6 +39,7 @@ from torch.func import functional_call, grad, vmap
 
 from automl.errors import ConfigError
 from automl.problem.sensitivity import Sensitivities
+from automl.quant.device import device_generator, to_device
 from automl.quant.engine import QuantEngine
 from automl.quant.fake import FLOAT_BITS
 from search_spaces.space import SearchSpace
@@ -114,14 +115,17 @@ class _Accumulator:
         self.engine, self.space = engine, space
         self.w = {s.name: torch.zeros_like(engine.layers[s.name].w_float) for s in space.layers}
         self.b = {s.name: torch.zeros_like(engine.layers[s.name].b_float) for s in space.layers}
-        self.act: dict[str, dict[int, float]] = {s.name: {a: 0.0 for a in s.act_bits} for s in space.layers}
+        # float64 sums on the device: the batches add up without a host sync, in the precision
+        # (and the order) of the Python floats they replace
+        zero = torch.zeros((), dtype=torch.float64, device=engine.device)
+        self.act: dict[str, dict[int, torch.Tensor]] = {s.name: {a: zero for a in s.act_bits} for s in space.layers}
         self.n = 0
 
-    def add_act(self, name: str, x: torch.Tensor, weight: Callable[[torch.Tensor], float]) -> None:
-        """Add ``weight(noise)`` of every activation width (``weight`` applies the curvature)."""
+    def add_act(self, name: str, x: torch.Tensor, weight: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Add ``weight(noise)`` (a float64 scalar tensor) of every activation width (``weight`` applies the curvature)."""
         for a in self.act[name]:
             if a < FLOAT_BITS:
-                self.act[name][a] += weight(_act_noise(x.detach(), self.engine.act_params[name][a]))
+                self.act[name][a] = self.act[name][a] + weight(_act_noise(x.detach(), self.engine.act_params[name][a]))
 
     def table(self, source: str, per_tensor: bool) -> Sensitivities:
         """The damage table; ``per_tensor`` uses the mean curvature of each tensor (HAWQ)."""
@@ -138,7 +142,7 @@ class _Accumulator:
             for b in s.nonzero_bits:
                 delta = ql.bank[ql.bank_bits.index(b)] - ql.w_float
                 weight[s.name][b] = 0.5 * float((cw * delta**2).sum())
-            act[s.name] = {a: 0.5 * v / n for a, v in self.act[s.name].items()}
+            act[s.name] = {a: 0.5 * float(v) / n for a, v in self.act[s.name].items()}
             # a pruned channel loses its weights and its bias
             per_channel = (cw * ql.w_float**2).reshape(cw.shape[0], -1).sum(1) + cb * ql.b_float**2
             sparsity[s.name] = {}
@@ -157,7 +161,7 @@ def _trainable_copy(engine: QuantEngine, names: Sequence[str]) -> tuple[nn.Modul
     for n in names:
         mod = model.get_submodule(n)
         if mod.bias is None:  # a bias-free layer: a zero bias gives the pruning term its slot
-            mod.bias = nn.Parameter(torch.zeros(mod.weight.shape[0]))
+            mod.bias = nn.Parameter(mod.weight.new_zeros(mod.weight.shape[0]))
         for kind in ("weight", "bias"):
             p = getattr(mod, kind)
             p.requires_grad_(True)
@@ -178,7 +182,7 @@ def _fisher_batch(model: nn.Module, params: dict[str, nn.Parameter], cap: _Captu
     grads = torch.autograd.grad(loss, [cap.inputs[n] for n in names])
     for n, g in zip(names, grads, strict=True):
         g2 = g.detach() ** 2
-        acc.add_act(n, cap.inputs[n], lambda d, g2=g2: float((g2 * d**2).sum()))
+        acc.add_act(n, cap.inputs[n], lambda d, g2=g2: (g2 * d**2).sum().double())
     cap.inputs.clear()
     # weights: per-sample gradients (torch.func), squared and summed over the batch
     detached = {k: p.detach() for k, p in params.items()}
@@ -209,13 +213,14 @@ def _hessian_batch(model: nn.Module, params: dict[str, nn.Parameter], cap: _Capt
     root = _logit_root(logits)
     names, keys = list(cap.inputs), list(params)
     tensors = [params[k] for k in keys] + [cap.inputs[n] for n in names]
-    traces = [0.0] * len(tensors)
+    # float64 sums on the device (no host sync per probe), as the Python floats they replace
+    traces = [torch.zeros((), dtype=torch.float64, device=logits.device)] * len(tensors)
     for _ in range(probes):
-        eps = (torch.randint(0, 2, logits.shape, generator=gen) * 2 - 1).to(logits.dtype)
+        eps = (torch.randint(0, 2, logits.shape, generator=gen, device=logits.device) * 2 - 1).to(logits.dtype)
         u = (root @ eps[..., None]).squeeze(-1)
         grads = torch.autograd.grad((u * logits).sum(), tensors, retain_graph=True)
         for i, g in enumerate(grads):
-            traces[i] += float((g**2).sum()) / probes
+            traces[i] = traces[i] + (g**2).sum().double() / probes
     for k, tr in zip(keys, traces[: len(keys)], strict=True):
         layer, kind = k.rsplit(".", 1)
         target = acc.w if kind == "weight" else acc.b
@@ -223,7 +228,7 @@ def _hessian_batch(model: nn.Module, params: dict[str, nn.Parameter], cap: _Capt
     for n, tr in zip(names, traces[len(keys):], strict=True):
         xin = cap.inputs[n]
         mean_curv = tr / xin.numel()
-        acc.add_act(n, xin, lambda d, c=mean_curv: c * float((d**2).sum()))
+        acc.add_act(n, xin, lambda d, c=mean_curv: c * (d**2).sum().double())
     cap.inputs.clear()
 
 
@@ -252,13 +257,13 @@ def curvature_sensitivities(
     if method not in CURVATURE_METHODS:
         raise ConfigError(f"curvature method must be one of {CURVATURE_METHODS}, got {method!r}")
     config = config or CurvatureConfig()
-    data = torch.cat(list(inputs))[: config.samples]
+    data = torch.cat([to_device(x, engine.device, "a curvature input batch") for x in inputs])[: config.samples]
     if not len(data):
         raise ConfigError("curvature sensitivities need at least one input sample")
     model, params = _trainable_copy(engine, space.names)
     cap = _Capture(model, space.names)
     acc = _Accumulator(engine, space)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = device_generator(engine.device, config.seed)
     try:
         for xb in data.split(config.batch_size):
             if method == "fisher":

@@ -19,6 +19,7 @@ from torch import nn
 
 from automl.errors import ConfigError, DataError
 from automl.evaluation.task import Task
+from automl.quant.device import device_generator, model_device, to_device
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,10 @@ def bn_mismatch(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def _distil_batch(model: nn.Module, shape: tuple[int, ...], cfg: DataFreeConfig, gen: torch.Generator) -> torch.Tensor:
-    x = torch.randn(shape, generator=gen).requires_grad_(True)
+    x = torch.randn(shape, generator=gen, device=gen.device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr)
     for _ in range(cfg.steps):
-        loss = torch.zeros(())
+        loss = x.new_zeros(())
         for bn, mean, std in _batch_stats(model, x):
             rstd = bn.running_var.add(bn.eps).sqrt()  # type: ignore[union-attr]
             # Normalised by the running std so every layer weighs alike, whatever its scale.
@@ -118,7 +119,7 @@ def synthesize(model: nn.Module, sample_input: torch.Tensor, config: DataFreeCon
         config: how many inputs and how long to optimise.
 
     Returns:
-        Batches of synthetic inputs.
+        Batches of synthetic inputs, on the model's device (where they are synthesised).
 
     Raises:
         ConfigError: if ``model`` has no BatchNorm with running statistics to match.
@@ -134,7 +135,7 @@ def synthesize(model: nn.Module, sample_input: torch.Tensor, config: DataFreeCon
     model.eval()
     for p, _ in grads:
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = device_generator(model_device(model), cfg.seed)
     try:
         out = []
         for start in range(0, cfg.samples, cfg.batch):
@@ -149,19 +150,23 @@ def synthesize(model: nn.Module, sample_input: torch.Tensor, config: DataFreeCon
 
 
 def calibration_inputs(
-    task: Task, calibration: str, n_batches: int, seed: int = 0, config: DataFreeConfig | None = None
+    task: Task, calibration: str, n_batches: int, seed: int = 0, config: DataFreeConfig | None = None,
+    device: torch.device | None = None,
 ) -> list[torch.Tensor]:
     """The inputs that calibrate a task: ``n_batches`` of its calibration loader, or synthetic ones.
 
     ``calibration`` is ``"data"`` or ``"data-free"`` (synthesised with ``config``); a task
     whose ``calib_loader`` is ``None`` is calibrated data-free whatever ``calibration`` says.
+    The inputs lie on ``device`` (default: the model's device), where synthetic ones are made.
 
     Raises:
         ConfigError: data-free calibration of a model without BatchNorm.
         DataError: the calibration loader yields nothing or not ``(inputs, targets)`` pairs.
     """
+    device = model_device(task.model) if device is None else device
     if calibration == "data-free" or task.calib_loader is None:
-        return synthesize(task.model, task.sample_input, config or DataFreeConfig(seed=seed))
+        return [to_device(x, device, "a synthetic calibration batch")
+                for x in synthesize(task.model, task.sample_input, config or DataFreeConfig(seed=seed))]
     if calibration != "data":
         raise ConfigError(f"calibration must be 'data' or 'data-free', got {calibration!r}")
     out = []
@@ -170,7 +175,7 @@ def calibration_inputs(
             break
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise DataError(f"calib_loader must yield (inputs, targets) pairs, got {type(batch).__name__}")
-        out.append(batch[0])
+        out.append(to_device(batch[0], device, "calib_loader"))
     if not out:
         raise DataError("calib_loader yielded no batches; give it at least one (inputs, targets) batch")
     return out

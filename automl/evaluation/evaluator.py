@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from automl.evaluation.losses import task_losses
 from automl.evaluation.task import Task
 from automl.problem.metrics import Metrics
 from automl.quant.adaquant import AdaQuantConfig, adaquant
+from automl.quant.device import device_generator, place_model, resolve_device, to_device
 from automl.quant.engine import QuantEngine
 from automl.quant.importance import channel_importance, channel_ranking
 from search_spaces.policy import Policy
@@ -37,14 +38,20 @@ from search_spaces.space import SearchSpace, SpaceConfig
 __all__ = ["FIDELITIES", "EvalConfig", "Evaluator", "Problem"]
 
 
-def _batches(loader: object, name: str, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    loader: object, name: str, limit: int | None = None, device: torch.device | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(inputs, targets)`` batches of ``loader`` (the first ``limit``), moved to ``device``."""
     out = []
     for i, batch in enumerate(loader):  # type: ignore[attr-defined]
         if limit is not None and i >= limit:
             break
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise DataError(f"{name} must yield (inputs, targets) pairs, got {type(batch).__name__}")
-        out.append((batch[0], batch[1]))
+        x, y = batch[0], batch[1]
+        if device is not None:
+            x, y = to_device(x, device, name), to_device(y, device, name)
+        out.append((x, y))
     if not out:
         raise DataError(f"{name} yielded no batches; give it at least one (inputs, targets) batch")
     return out
@@ -52,46 +59,82 @@ def _batches(loader: object, name: str, limit: int | None = None) -> list[tuple[
 
 @dataclass
 class Problem:
-    """A task analysed and turned into a search space (built once, shared by all parts)."""
+    """A task analysed and turned into a search space (built once, shared by all parts).
+
+    Attributes:
+        task: the user's task; its model lies on ``device``.
+        analysis: the model's layers, shapes and channel coupling.
+        space: the search space.
+        device: where every stage of the model layer runs (the evaluator, sensitivities, the
+            fine-tune); chosen once, in :meth:`from_task`.
+    """
 
     task: Task
     analysis: ModelAnalysis
     space: SearchSpace
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def from_task(cls, task: Task, space_config: SpaceConfig | None = None) -> Problem:
-        """Analyse ``task.model`` and build its search space (channels ranked by ``space_config.importance``)."""
+    def from_task(cls, task: Task, space_config: SpaceConfig | None = None,
+                  device: str | torch.device | None = "auto") -> Problem:
+        """Analyse ``task`` on ``device`` and build its search space.
+
+        Args:
+            task: the user's task.
+            space_config: the search space's choices (channels are ranked by its ``importance``:
+                ``l1``, ``l2`` or ``taylor``).
+            device: ``auto`` (a GPU when CUDA is available, else the CPU), ``cpu``, ``cuda`` or
+                ``cuda:N`` (:func:`~automl.quant.device.resolve_device`). The task's model is moved
+                there in place when it lies elsewhere, with a warning of the ``automl.device`` logger.
+
+        Raises:
+            ConfigError: ``device`` is malformed or not available on this machine.
+        """
         space_config = space_config or SpaceConfig()
         importance = space_config.importance
-        model = task.model.eval()
-        analysis = analyse(model, task.sample_input)
-        pairs = _batches(task.calib_loader, "calib_loader", 2) if importance == "taylor" else []
+        where = resolve_device(device)
+        model = place_model(task.model, where).eval()
+        analysis = analyse(model, to_device(task.sample_input, where, "Task.sample_input"))
+        pairs = _batches(task.calib_loader, "calib_loader", 2, where) if importance == "taylor" else []
         scores = channel_importance(model, analysis, importance, [x for x, _ in pairs] or None,
                                     loss=getattr(task, "loss", None), calib_targets=[y for _, y in pairs])
         ranks = channel_ranking(analysis, scores)
-        return cls(task, analysis, SearchSpace.build(analysis, space_config, ranks))
+        return cls(task, analysis, SearchSpace.build(analysis, space_config, ranks), where)
 
 
 TEACHER_CACHE_BYTES = 256 * 2**20  # the float teacher's kept outputs on the train split (Evaluator.teacher_output)
 
 
 class Evaluator:
-    """Evaluates policies on the validation split (or the test split for final reports)."""
+    """Evaluates policies on the validation split (or the test split for final reports).
+
+    Everything runs on the problem's device (:attr:`Problem.device`): the engine, the held
+    splits, the teacher outputs and every fine-tune. On a GPU, ``EvalConfig.tf32`` sets torch's
+    process-wide TF32 switches (matmul and cuDNN) when the evaluator is built, off by default.
+    """
 
     def __init__(self, problem: Problem, config: EvalConfig | None = None, seed: int = 0) -> None:
         self.problem = problem
         self.config = config or EvalConfig()
         self.seed = int(seed)
+        self.device = problem.device
         task = problem.task
-        self.float_model = task.model.eval()
+        self.float_model = place_model(task.model, self.device).eval()
+        if self.device.type == "cuda":  # cuDNN allows TF32 by default: off unless asked, to score as the CPU does
+            torch.backends.cuda.matmul.allow_tf32 = self.config.tf32
+            torch.backends.cudnn.allow_tf32 = self.config.tf32
         synth = DataFreeConfig(samples=self.config.datafree_samples, steps=self.config.datafree_steps, seed=self.seed)
-        calib = calibration_inputs(task, self.config.calibration, self.config.calib_batches, self.seed, synth)
+        calib = calibration_inputs(task, self.config.calibration, self.config.calib_batches, self.seed, synth,
+                                   device=self.device)
         self.engine = QuantEngine(
             self.float_model, problem.analysis, problem.space, calib,
             weight_method=self.config.weight_method, act_method=self.config.act_method,
-            power_of_two=self.config.power_of_two,
+            power_of_two=self.config.power_of_two, device=self.device,
         )
-        self._bn_batch = torch.cat(calib)
+        if self.config.channels_last:
+            for ql in self.engine.layers.values():
+                ql.channels_last = True
+        self._bn_batch = self._layout(torch.cat(calib))
         if self.config.bn_samples:
             self._bn_batch = self._bn_batch[: self.config.bn_samples]
         self._splits: dict[str, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
@@ -113,13 +156,20 @@ class Evaluator:
             loader = {"val": self.problem.task.val_loader, "test": self.problem.task.test_loader}.get(split)
             if loader is None:
                 raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
-            batches = _batches(loader, f"{split}_loader")
+            batches = _batches(loader, f"{split}_loader", device=self.device)
             xs = [x for x, _ in batches]
             ys = torch.cat([y for _, y in batches])
+            if self.config.eval_batch_size:  # the split re-cut into larger (or smaller) batches
+                xs = list(torch.cat(xs).split(self.config.eval_batch_size))
+            xs = [self._layout(x) for x in xs]
             with torch.no_grad():
                 ref = torch.cat([self.float_model(x) for x in xs])  # the teacher's outputs
             self._splits[split] = (xs, ys, ref)
         return self._splits[split]
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in channels-last memory order when ``EvalConfig.channels_last`` asks for it (4-D inputs)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last and x.dim() == 4 else x
 
     def _score(self, model: nn.Module, split: str, fidelity: int, start: float, inc: IncrementalForward | None = None) -> Metrics:
         xs, ys, ref = self._split(split)
@@ -237,10 +287,10 @@ class Evaluator:
         """The training split shuffled once by ``seed`` and cut into batches (kept in memory)."""
         seed = self.seed if seed is None else seed
         if self._train_data is None:
-            batches = _batches(self.problem.task.train_loader, "train_loader")
+            batches = _batches(self.problem.task.train_loader, "train_loader", device=self.device)
             self._train_data = (torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
         xs, ys = self._train_data
-        perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed))
+        perm = torch.randperm(len(xs), generator=device_generator(self.device, seed), device=self.device)
         return list(zip(xs[perm].split(batch_size), ys[perm].split(batch_size), strict=True))
 
     def teacher_output(self, batch_size: int, seed: int | None, index: int, x: torch.Tensor) -> torch.Tensor:

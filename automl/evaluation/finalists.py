@@ -3,16 +3,14 @@
 The search score (validation accuracy at the search fidelity) ranks policies by what they
 are before the final fine-tune. At tight budgets most candidates score near chance there
 and the order of the top few says little about what the fine-tune makes of them
-(``benchmarks/proxy_fidelity.py``; ``benchmarks/search_quality.py`` saw TPE's best-scored
-ResNet-8 policy at 1/32 size end 2 points below the integer program's after the same
-fine-tune). With ``finetune.finalists = k > 1`` the ``k`` best distinct feasible policies
+(the proxy-fidelity and searcher-comparison pages of ``docs/results/``: a higher score at a
+tight budget need not mean a better fine-tuned model). With ``finetune.finalists = k > 1`` the ``k`` best distinct feasible policies
 each get a short fine-tune (``finetune.finalist_steps`` steps of the final recipe, its
 cosine schedule compressed to them) and the one with the best validation accuracy after
 it goes on to the full fine-tune. Ties keep the better search score. One of the ``k`` is
 the best-scored uniform policy the search evaluated (the warm start evaluates some): the
-score misjudges the two kinds against each other (ResNet-8 at 1/16 size: the best uniform
-policy scores 74 % and fine-tunes to the float model's 98.27 % test accuracy; TPE's mixed
-winners score 91-96 % and fine-tune to 97.9 %, ``benchmarks/search_quality.py``).
+score misjudges the two kinds against each other (a uniform policy can score far below mixed
+ones and still fine-tune higher; see the searcher comparison in ``docs/results/``).
 
 Every screened policy is reported (trial, search score, validation after the short run,
 seconds), so the choice is visible in ``best_policies.json`` and MLflow, and its cost is

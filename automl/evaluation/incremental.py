@@ -206,7 +206,7 @@ class StagedModel:
         for c, name in enumerate(self.layer_order):
             for follower in self.hooked[c]:
                 mask = masks.get(groups.get(follower, -1))
-                h.update(b"m" + (b"-" if mask is None else mask.numpy().tobytes()))
+                h.update(b"m" + (b"-" if mask is None else mask.cpu().numpy().tobytes()))
             keys.append(h.digest())
             lp = by_name[name]
             nm = f":{lp.nm}" if lp.nm else ""  # dense layers keep their old key

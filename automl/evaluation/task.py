@@ -13,6 +13,7 @@ from torch import nn
 
 from automl.errors import DataError, TaskError
 from automl.evaluation.losses import Loss, check_losses
+from automl.quant.device import model_device
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 LOADER_NAMES = ("train_loader", "calib_loader", "val_loader", "test_loader")
@@ -49,7 +50,9 @@ class Task:
     The task contract:
 
     * ``model`` is an ``nn.Module`` that accepts ``sample_input`` and every loader's
-      input batches. It is not copied; searchers copy it before they change it.
+      input batches. It is not copied; searchers copy it before they change it. It may lie
+      on any one device, and the loaders may yield CPU batches: the contract is checked on
+      the model's device, and a search moves model and batches to the device it runs on.
     * ``sample_input`` is one batched input (first dimension = batch), used to trace
       the model and to count its operations. Loader batches must have the same shape
       apart from the batch dimension.
@@ -199,6 +202,7 @@ class Task:
         return inputs, targets
 
     def _check_metric(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        targets = targets.to(self._device())  # where the search will compare them with the outputs
         try:
             outputs = self._forward(inputs)
         except Exception as exc:
@@ -219,7 +223,13 @@ class Task:
             raise TaskError("metric returned NaN on one val_loader batch; expected a number, higher being better.")
         check_losses(self, outputs, targets)
 
+    def _device(self) -> torch.device:
+        """The model's device: the contract is checked where the model is (a GPU model with CPU loaders
+        is a valid task; the search moves the batches)."""
+        return model_device(self.model)
+
     def _forward(self, inputs: torch.Tensor) -> Any:
+        inputs = inputs.to(self._device())
         # Restore each submodule's own mode: a user may keep e.g. frozen BatchNorm layers in eval mode.
         modes = [(module, module.training) for module in self.model.modules()]
         self.model.eval()

@@ -62,6 +62,7 @@ from torch import fx, nn
 from automl.analysis.prune import in_keep_mask, keep_masks, prune_model
 from automl.errors import ExportError, PolicyError
 from automl.paths import new_file_mode
+from automl.quant.device import on_cpu
 from automl.quant.engine import QuantEngine, QuantLayer
 from automl.quant.fake import FLOAT_BITS, weight_qmax
 from automl.timing import median_time, pin_threads
@@ -286,7 +287,7 @@ def _check_policy(analysis: ModelAnalysis, policy: Policy, layers: dict[str, Qua
         if layers[layer.name].nm != policy[layer.name].nm:
             raise PolicyError(f"layer {layer.name!r}: the model runs N:M pattern {layers[layer.name].nm or 'dense'!r}, the "
                               f"policy asks {policy[layer.name].nm or 'dense'!r}. Pass the policy applied to this model.")
-        runs, want = layers[layer.name].bits.numpy(), np.asarray(policy[layer.name].weight_bits)
+        runs, want = _array(layers[layer.name].bits), np.asarray(policy[layer.name].weight_bits)
         if (runs[kept] != want[kept]).any() or (runs[~kept] != 0).any():
             raise PolicyError(f"layer {layer.name!r}: the model runs channel bits {runs.tolist()}, the policy (coupling "
                               f"applied) asks {np.where(kept, want, 0).tolist()}. Pass the policy applied to this model.")
@@ -386,7 +387,8 @@ def _pruned_graph(
 
 
 def _encode_network(qmodel: nn.Module, analysis: ModelAnalysis, policy: Policy) -> tuple[dict, dict[str, np.ndarray]]:
-    """The header fields and tensors of the pruned, packed network."""
+    """The header fields and tensors of the pruned, packed network (encoded from a copy on the CPU)."""
+    qmodel = on_cpu(qmodel)
     layers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QuantLayer)}
     masks = _check_policy(analysis, policy, layers)
     gm, per_channel = _pruned_graph(qmodel, analysis, policy, layers)
@@ -448,12 +450,11 @@ def container_bytes(
     activation grids) and the constant tensors the graph reads. Every policy's file has the
     same tensors and graph nodes (only channel counts, shapes and activation scales differ),
     so this is measured on a few random policies of ``space`` (fixed seed) and their median
-    taken: how well zlib compresses those numbers varies by ~1 % of the header from policy
-    to policy. Weights are quantized with max clipping and activation ranges come from
+    taken: how well zlib compresses those numbers varies a little from policy to policy. Weights are quantized with max clipping and activation ranges come from
     ``sample_input`` alone (neither changes the header's length beyond that noise).
     """
     engine = QuantEngine(model, analysis, space, [sample_input], weight_method="max", act_method="minmax",
-                         power_of_two=power_of_two)
+                         power_of_two=power_of_two, device="cpu")
     rng = np.random.default_rng(0)
     sizes = []
     for _ in range(samples):
@@ -644,12 +645,14 @@ def export_policy(
         qmodel: the quantized network that was evaluated: ``engine.apply(policy)`` (after
             ``engine.reestimate_batchnorm`` if used) or what ``Evaluator.finetune`` returns;
             a :class:`QuantEngine` stands for its current ``qmodel``. Never modified.
-        analysis / policy: the float model's analysis and the policy applied to ``qmodel``.
+        analysis: the float model's analysis.
+        policy: the policy applied to ``qmodel``.
         path: the file to write (replaced atomically).
         sample_input: the batch on which outputs are compared and latency is measured.
         float_model: the original float network, baseline of latency and file size.
         cost_model: prices the predicted size when given.
-        threads / repeats: intra-op threads (restored afterwards) and timed runs per model.
+        threads: intra-op threads (restored afterwards).
+        repeats: timed runs per model.
 
     Raises:
         PolicyError: ``policy`` is not what ``qmodel`` runs.
@@ -657,6 +660,8 @@ def export_policy(
     """
     if isinstance(qmodel, QuantEngine):
         qmodel = qmodel.qmodel
+    # the file is written, loaded back and timed on the CPU, whatever device the search ran on
+    qmodel, float_model, sample_input = on_cpu(qmodel), on_cpu(float_model), sample_input.detach().cpu()
     path = Path(path)
     header_bytes, payload_bytes = _write(path, *_encode_network(qmodel, analysis, policy))
     loaded = load_exported(path)

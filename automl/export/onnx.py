@@ -53,6 +53,7 @@ from torch import fx, nn
 from automl.errors import ExportError
 from automl.export.ampq import fake_quantize, load_exported, read_export
 from automl.paths import new_file_mode
+from automl.quant.device import on_cpu
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INPUT, OUTPUT = "input", "output"
@@ -109,7 +110,7 @@ def _qdq_network(path: Path) -> tuple[fx.GraphModule, dict[str, Any], dict[str, 
             continue
         bits = tensors[f"{name}.bits"].astype(int)
         # A float input means a float kernel either way: int8 weights would only add a
-        # DequantizeLinear per run (measured 28 % slower than float on ResNet-20), so the
+        # DequantizeLinear per run (slower than float: benchmarks/export_check.py), so the
         # layer keeps float weights holding the same grid values (codes x scale).
         if len(bits) and bits.max() <= INT8_MAX_BITS and name in quantized_input:
             gm.set_submodule(name, QDQLayer(gm.get_submodule(name), tensors[f"{name}.scale"]))
@@ -235,6 +236,7 @@ def _integer_clips(model: Any) -> int:
 def to_onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """``module`` as ONNX bytes (batch dimension dynamic); :class:`ExportError` if an op has no ONNX form."""
     buffer = io.BytesIO()
+    module, example = on_cpu(module), example.detach().cpu()  # exported from a copy on the CPU
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -313,18 +315,23 @@ def layer_precisions(model: Any) -> dict[str, int]:
 
 
 def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, sample: torch.Tensor, *,
-                 threads: int = 1, repeats: int = 20, batch_runs: int | None = None) -> dict[str, Any]:
+                 threads: int = 1, repeats: int = 20, batch_runs: int | None = None,
+                 float_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """ONNX Runtime latency of the exported file and of the float network, at batch 1 and
     ``len(sample)``, each pair timed round-robin in one run (:func:`automl.export.ort.best_ms`):
     the best of ``3 * repeats`` runs at batch 1 and of ``batch_runs`` (default the same) at
-    the full batch, whose runs take ~60x longer and whose minimum is steadier."""
+    the full batch, whose runs take far longer and whose minimum is steadier. ``float_path``:
+    where to write the float ONNX file that was timed, so that a user can compare the two files
+    with their own runtime."""
     import onnx
 
     from automl.export import ort
 
     exported = Path(onnx_path).read_bytes()
     baseline = float_onnx(float_model, sample)
-    x = sample.detach().numpy()
+    if float_path is not None:
+        write_bytes(float_path, baseline)
+    x = sample.detach().cpu().numpy()
     sessions = [ort.session(exported, threads), ort.session(baseline, threads)]
     ms = ort.best_ms([ort.runner(s, x[:1]) for s in sessions], repeats)
     runs = 3 * repeats if batch_runs is None else batch_runs
@@ -332,7 +339,8 @@ def measure_onnx(onnx_path: str | os.PathLike[str], float_model: nn.Module, samp
     return {"onnx_path": str(onnx_path), "onnx_bytes": len(exported), "float_onnx_bytes": len(baseline),
             "batch": len(x), "threads": threads, "layers": layer_precisions(onnx.load_from_string(exported)),
             "latency_b1_ms": ms[0], "float_latency_b1_ms": ms[1], "latency_batch_ms": ms[2],
-            "float_latency_batch_ms": ms[3], "speedup_b1": ms[1] / ms[0], "speedup_batch": ms[3] / ms[2]}
+            "float_latency_batch_ms": ms[3], "speedup_b1": ms[1] / ms[0], "speedup_batch": ms[3] / ms[2],
+            **({"float_onnx_path": str(float_path)} if float_path is not None else {})}
 
 
 def export_file(run: Path, fmt: str = "onnx", output: str | os.PathLike[str] | None = None) -> Path:
@@ -363,11 +371,12 @@ def export_run_onnx(ampq_path: Path, onnx_path: Path, float_model: nn.Module, sa
                     threads: int = 1) -> dict[str, Any]:
     """The search's final step: the ONNX file next to the ``.ampq`` one, timed against float
     (:func:`measure_onnx`); ``{"error": message}`` instead when the network has no ONNX form,
-    so that a long search still ends with its ``.ampq`` file and results. The full batch is
-    timed on the best of 6 runs, not 30: the same figures within ~2 % (a ResNet-20 winner: 44.9
-    vs 44.8 ms, 34.5 vs 34.5 ms float) for 2 s less of every search's final stage."""
+    so that a long search still ends with its ``.ampq`` file and results. The float network's ONNX
+    file, timed beside it, is written next to it as ``<name>.float.onnx``. The full batch is
+    timed on the best of 6 runs, not 30: the minimum of a long run is steady, so the figures stay
+    the same within noise and every search's final stage is shorter."""
     try:
         return measure_onnx(export_onnx(ampq_path, onnx_path), float_model, sample, threads=threads, repeats=10,
-                            batch_runs=6)
+                            batch_runs=6, float_path=Path(onnx_path).with_suffix(".float.onnx"))
     except ExportError as exc:
         return {"error": str(exc)}

@@ -1,7 +1,9 @@
 """A latency profile measured on ONNX Runtime, the runtime the exported ONNX file ships to.
 
 ``automl profile-hardware --runtime onnxruntime`` (or a budget naming ``ort-cpu`` /
-``ort-cpu-b<N>``) times every quantizable layer alone, rebuilt as a one-node ONNX graph of
+``ort-cpu-b<N>``; ``ort-cuda`` / ``ort-cuda-b<N>`` and ``ort-tensorrt`` / ``ort-tensorrt-b<N>``
+for ONNX Runtime's CUDA and TensorRT execution providers on the first GPU, where the installed
+onnxruntime has them, e.g. the ``onnxruntime-gpu`` package) times every quantizable layer alone, rebuilt as a one-node ONNX graph of
 exactly the form :mod:`automl.export.onnx` writes, on the grid of kept input/output
 fractions x kept output fractions, in two precisions:
 
@@ -24,8 +26,10 @@ width, exported to ONNX and timed, once the layer tables are scaled by one facto
 those same networks (:func:`layer_scale`); the largest relative error of the profile on those
 networks is its ``stated_error``.
 
-Profiles are cached in ``<user cache>/profiles`` under a key holding the CPU model, the
-thread count, the batch, the onnxruntime version and a digest of the model's layer shapes.
+Profiles are cached in ``<user cache>/profiles`` under a key holding the provider, the CPU
+model (or the GPU's name), the thread count, the batch, the onnxruntime version and a digest of
+the model's layer shapes. A profile's ``engine`` is the execution provider it was measured on and
+its description says what it prices.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ from automl.errors import ConfigError, ProfileError
 from automl.export.torch_profile import DEFAULT_WIDTHS, _grid_points, _uniform_policy, fit_overhead
 from search_spaces.network import LayerInfo, ModelAnalysis
 
-ORT_NAME = re.compile(r"^ort-cpu(?:-b(\d+))?$")
+ORT_NAME = re.compile(r"^ort-(cpu|cuda|tensorrt)(?:-b(\d+))?$")
+PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+             "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")}
 RUNTIME = "onnxruntime"
 CACHE_VERSION = 4  # bump when what a profile measures changes
 
@@ -65,21 +71,57 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def check_provider(provider: str) -> tuple[str, ...]:
+    """The ONNX Runtime execution providers, in order of preference, that ``provider`` stands for.
+
+    Raises:
+        ConfigError: ``provider`` is not ``cpu``, ``cuda`` or ``tensorrt``.
+        ProfileError: the installed onnxruntime lacks that provider (the message names the ones it has).
+    """
+    if provider not in PROVIDERS:
+        raise ConfigError(f"the ONNX Runtime provider must be one of {sorted(PROVIDERS)}, got {provider!r}; "
+                          "e.g. --provider cuda")
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    wanted = PROVIDERS[provider][0]
+    if wanted not in available:
+        hint = ("install the GPU build of ONNX Runtime (pip install onnxruntime-gpu, which replaces onnxruntime) "
+                "on a machine with an NVIDIA GPU and its CUDA libraries" if provider != "cpu" else "reinstall onnxruntime")
+        raise ProfileError(
+            f"ONNX Runtime provider {provider!r} ({wanted}) is not available in the installed onnxruntime "
+            f"{onnxruntime.__version__}; it has {', '.join(available) or 'none'}. Use --provider cpu, or {hint}."
+        )
+    return PROVIDERS[provider]
+
+
+def profile_name(provider: str, batch: int) -> str:
+    """The name a budget uses for the ONNX Runtime profile of ``provider`` at ``batch``: ``ort-cuda-b64``."""
+    return f"ort-{provider}" if batch == 1 else f"ort-{provider}-b{batch}"
+
+
+def gpu_model() -> str:
+    """The name of the first GPU, as torch reports it (``gpu`` when torch sees none)."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "gpu"
+
+
 def _digest(analysis: ModelAnalysis) -> str:
     shapes = [[lay.name, lay.kind, list(lay.in_shape), list(lay.out_shape), lay.groups, list(lay.kernel_size)]
               for lay in analysis.layers]
     return hashlib.sha1(json.dumps(shapes).encode()).hexdigest()[:10]
 
 
-def cache_path(analysis: ModelAnalysis, threads: int, batch: int, cache_dir: Path | None = None) -> Path:
-    """Where the profile of this model, CPU, thread count and batch is cached."""
+def cache_path(analysis: ModelAnalysis, threads: int, batch: int, cache_dir: Path | None = None,
+               provider: str = "cpu") -> Path:
+    """Where the profile of this model, provider, processor, thread count and batch is cached."""
     import onnxruntime
 
     from automl.paths import default_cache_dir
 
-    cpu = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
+    where = cpu_model() if provider == "cpu" else f"{provider}-{gpu_model()}"
+    where = re.sub(r"[^a-z0-9]+", "-", where.lower()).strip("-")[:40]
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "profiles"
-    return base / f"ort{onnxruntime.__version__}-{cpu}-{threads}t-b{batch}-{_digest(analysis)}-v{CACHE_VERSION}.yaml"
+    return base / f"ort{onnxruntime.__version__}-{where}-{threads}t-b{batch}-{_digest(analysis)}-v{CACHE_VERSION}.yaml"
 
 
 def fused_consumers(analysis: ModelAnalysis) -> dict[str, str]:
@@ -170,10 +212,14 @@ def _null_graph(shape: Sequence[int]) -> bytes:
 
 
 def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, widths: Sequence[float], batch: int,
-             threads: int, repeats: int, inner: int) -> tuple[tuple[MeasuredLayer, ...], list[float]]:
+             threads: int, repeats: int, inner: int,
+             providers: Sequence[str] = ("CPUExecutionProvider",)) -> tuple[tuple[MeasuredLayer, ...], list[float]]:
     from automl.analysis.prune import prune_model
     from automl.export import ort
     from automl.export.onnx import to_onnx_bytes
+
+    def call(blob: bytes, x: np.ndarray) -> Any:
+        return ort.runner(ort.session(blob, threads, providers), x)
 
     modules = dict(model.named_modules())
     fusable = fused_consumers(analysis)
@@ -187,20 +233,20 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, sample: torch.Tensor, wi
             x = np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32)
             for int8 in (False, True):
                 blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, int8)
-                calls.append(ort.runner(ort.session(blob, threads), x))
-            calls.append(ort.runner(ort.session(_null_graph(shape), threads), x))
+                calls.append(call(blob, x))
+            calls.append(call(_null_graph(shape), x))
             blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, float_weights=True)
-            calls.append(ort.runner(ort.session(blob, threads), x))
+            calls.append(call(blob, x))
             if layer.name in fusable:
                 blob = _layer_graph(layer, modules[layer.name], cin, cout, batch, True, fused=True)
-                calls.append(ort.runner(ort.session(blob, threads), x))
+                calls.append(call(blob, x))
                 out_shape = [batch, cout, *layer.out_shape[1:]]
                 y = np.random.default_rng(2).uniform(0, 1, out_shape).astype(np.float32)
-                calls.append(ort.runner(ort.session(_requant_graph(out_shape), threads), y))
-    x = sample[:1].expand(batch, *sample.shape[1:]).contiguous()
+                calls.append(call(_requant_graph(out_shape), y))
+    x = sample[:1].detach().cpu().expand(batch, *sample.shape[1:]).contiguous()
     for w in widths:
         net = model if w == 1.0 else prune_model(model, analysis, _uniform_policy(analysis, w))
-        calls.append(ort.runner(ort.session(to_onnx_bytes(net.eval(), x[:1]), threads), x.numpy()))
+        calls.append(call(to_onnx_bytes(net.eval(), x[:1]), x.numpy()))
     ms = ort.best_ms(calls, repeats, inner=inner)
     layers = []
     for layer, in_p, out_p in plans:
@@ -230,30 +276,41 @@ def measure_ort_profile(
     widths: Sequence[float] = DEFAULT_WIDTHS,
     repeats: int | None = None,
     name: str | None = None,
+    provider: str = "cpu",
 ) -> MeasuredProfile:
     """Measure ``model``'s layers in ONNX Runtime at ``batch`` samples per run (see the module docstring).
 
     ``repeats`` round-robin rounds (default 15 at batch 1, 3 above); at batch 1 each round
-    makes 3 calls per configuration, above it 2.
+    makes 3 calls per configuration, above it 2. ``provider`` is the execution provider timed:
+    ``cpu``, ``cuda`` or ``tensorrt`` (the first GPU; nodes it cannot run fall back to the CPU,
+    as they would in a deployment with the same providers).
+
+    Raises:
+        ConfigError: a bad batch, thread count, repeat count or provider name.
+        ProfileError: the installed onnxruntime lacks ``provider`` (the message names those it has).
     """
     widths = tuple(float(w) for w in widths)
     if batch < 1 or threads < 1 or (repeats is not None and repeats < 1):
         raise ConfigError(f"batch, threads and repeats must be >= 1, got batch={batch}, threads={threads}, repeats={repeats}")
+    providers = check_provider(provider)
     repeats = repeats or (15 if batch == 1 else 3)
     was_training = model.training
     model.eval()
     try:
-        layers, whole = _measure(model, analysis, sample_input, widths, batch, threads, repeats, 3 if batch == 1 else 2)
+        layers, whole = _measure(model, analysis, sample_input, widths, batch, threads, repeats, 3 if batch == 1 else 2,
+                                 providers)
     finally:
         model.train(was_training)
     alpha = layer_scale(analysis, layers, widths, whole)
     layers = tuple(_scaled(m, alpha) for m in layers)
     fixed, per_kelem = fit_overhead(analysis, layers, widths, whole)
+    where = (f"CPU provider on {cpu_model()}, {threads} thread(s)" if provider == "cpu" else
+             f"{providers[0]} on {gpu_model()} (inputs and outputs bound on the GPU; unsupported nodes on the CPU)")
     profile = MeasuredProfile(
-        name=name or ("ort-cpu" if batch == 1 else f"ort-cpu-b{batch}"), widths=widths, layers=layers,
-        overhead_ms=fixed, overhead_us_per_kelem=per_kelem, engine="CPUExecutionProvider", threads=threads,
+        name=name or profile_name(provider, batch), widths=widths, layers=layers,
+        overhead_ms=fixed, overhead_us_per_kelem=per_kelem, engine=providers[0], threads=threads,
         runtime=RUNTIME, batch=batch, int8_capped=False,
-        description=(f"ONNX Runtime CPU provider on {cpu_model()}, {threads} thread(s), batch {batch}: milliseconds per "
+        description=(f"ONNX Runtime {where}, batch {batch}: milliseconds per "
                      f"run of {batch} sample(s); int8 = the exporter's QDQ layer; best of {repeats} round-robin rounds; "
                      f"layer tables scaled by {alpha:.3f} to the whole networks timed in the same run"),
     )
@@ -307,15 +364,18 @@ def _uniform_error(profile: MeasuredProfile, analysis: ModelAnalysis, widths: Se
 
 def ort_profile(model: nn.Module, sample_input: torch.Tensor, analysis: ModelAnalysis, *, batch: int = 1,
                 threads: int = 1, force: bool = False, name: str | None = None, cache_dir: Path | None = None,
-                widths: Sequence[float] = DEFAULT_WIDTHS, repeats: int | None = None) -> tuple[MeasuredProfile, Path]:
-    """The cached ONNX Runtime profile of this model, CPU, thread count and batch; measured on a miss."""
-    path = cache_path(analysis, threads, batch, cache_dir)
+                widths: Sequence[float] = DEFAULT_WIDTHS, repeats: int | None = None,
+                provider: str = "cpu") -> tuple[MeasuredProfile, Path]:
+    """The cached ONNX Runtime profile of this model, provider, processor, thread count and batch;
+    measured on a miss (see :func:`measure_ort_profile`)."""
+    check_provider(provider)  # before a cache lookup: a cached GPU profile is no use where the provider is missing
+    path = cache_path(analysis, threads, batch, cache_dir, provider)
     if path.is_file() and not force:
         profile = load_profile(path)
         assert isinstance(profile, MeasuredProfile)
     else:
         profile = measure_ort_profile(model, sample_input, analysis, batch=batch, threads=threads, widths=widths,
-                                      repeats=repeats)
+                                      repeats=repeats, provider=provider)
         save_profile(profile, path)
     if name is not None and profile.name != name:
         profile = replace(profile, name=name)
@@ -325,13 +385,14 @@ def ort_profile(model: nn.Module, sample_input: torch.Tensor, analysis: ModelAna
 def resolve_profiles(refs: Iterable[str | Path], model: nn.Module, sample_input: torch.Tensor, analysis: ModelAnalysis,
                      threads: int = 1) -> tuple[HardwareProfile, ...]:
     """Load every profile reference; ``ort-cpu`` and ``ort-cpu-b<N>`` are this model's cached
-    ONNX Runtime profiles at batch 1 and ``N`` (measured on first use, a few seconds to a minute)."""
+    ONNX Runtime profiles at batch 1 and ``N`` (measured on first use, a few seconds to a minute),
+    ``ort-cuda[-b<N>]`` and ``ort-tensorrt[-b<N>]`` the same on a GPU provider."""
     out: list[HardwareProfile] = []
     for ref in dict.fromkeys(refs):
         match = ORT_NAME.match(str(ref))
         if match:
-            out.append(ort_profile(model, sample_input, analysis, batch=int(match.group(1) or 1), threads=threads,
-                                   name=str(ref))[0])
+            out.append(ort_profile(model, sample_input, analysis, batch=int(match.group(2) or 1), threads=threads,
+                                   name=str(ref), provider=match.group(1))[0])
         else:
             out.append(load_profile(ref))
     return tuple(out)
@@ -341,6 +402,7 @@ def describe(profile: MeasuredProfile) -> dict[str, Any]:
     """Summary figures of a measured profile: whole-network float vs int8 at full width."""
     fl = sum(np.asarray(m.float_ms)[-1, -1] for m in profile.layers)
     q8 = sum(np.asarray(m.int8_ms)[-1, -1] for m in profile.layers)
-    return {"name": profile.name, "runtime": profile.runtime, "batch": profile.batch, "threads": profile.threads,
+    return {"name": profile.name, "runtime": profile.runtime, "engine": profile.engine, "batch": profile.batch,
+            "threads": profile.threads,
             "layers_float_ms": float(fl), "layers_int8_ms": float(q8), "overhead_ms": profile.overhead_ms,
             "stated_error": profile.stated_error}

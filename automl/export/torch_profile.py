@@ -2,7 +2,10 @@
 
 Every quantizable layer is rebuilt alone at several kept fractions of its input features and
 output channels and timed at batch size 1, in float and in int8 (torch's quantized CPU
-kernels, on the first engine that really runs here). Dimensions that cannot be pruned (the
+kernels, on the first engine that really runs here). On a CUDA device (``device="cuda"``)
+the layers and networks run in float on the GPU, timed to the end of their kernels
+(``torch.cuda.synchronize``); torch has no int8 convolution kernels on CUDA, so the int8
+table there repeats the float one: the profile prices pruning, not bit-widths. Dimensions that cannot be pruned (the
 model's input, its output, unprunable groups) are timed at full width only and the row is
 repeated. The whole float network is timed too, uniformly pruned to every width
 (:func:`automl.analysis.prune.prune_model`); what it takes beyond its interpolated layers
@@ -13,6 +16,7 @@ YAML that latency budgets use by path.
 
 from __future__ import annotations
 
+import copy
 import platform
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +30,7 @@ from torch import nn
 from automl.analysis.prune import prune_model
 from automl.cost.profiles import MeasuredLayer, MeasuredProfile, interpolate, monotone_tables, save_profile
 from automl.errors import ConfigError, ProfileError
+from automl.quant.device import accelerator_name, on_cpu, resolve_device
 from search_spaces.network import LayerInfo, ModelAnalysis
 from search_spaces.policy import FLOAT_BITS, LayerPolicy, Policy
 
@@ -101,10 +106,29 @@ def _input(layer: LayerInfo, cin: int) -> torch.Tensor:
     return torch.randn(1, cin, *layer.in_shape[1:])
 
 
-def _layer_calls(layer: LayerInfo, mod: nn.Module, cin: int, cout: int) -> tuple[Callable[[], object], ...]:
-    """``(float call, int8 call)`` of the layer rebuilt with ``cin`` inputs and ``cout`` outputs."""
+def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` that returns once the device has finished its work (CUDA kernels run asynchronously)."""
+    if device.type != "cuda":
+        return fn
+
+    def call() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+def _layer_calls(layer: LayerInfo, mod: nn.Module, cin: int, cout: int,
+                 device: torch.device | None = None) -> tuple[Callable[[], object], ...]:
+    """``(float call, int8 call)`` of the layer rebuilt with ``cin`` inputs and ``cout`` outputs
+    (on a CUDA ``device`` both are the float layer there: torch has no CUDA int8 kernels)."""
     x = _input(layer, cin)
     fl = _float_layer(layer, mod, cin, cout)
+    if device is not None and device.type == "cuda":
+        x, fl = x.to(device), fl.to(device)
+        run = _synced(lambda: fl(x), device)
+        return run, run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q = _int8_layer(layer, mod, cin, cout)
@@ -159,14 +183,19 @@ def _uniform_features(analysis: ModelAnalysis, width: float) -> tuple[np.ndarray
 
 
 def measure_layers(
-    model: nn.Module, analysis: ModelAnalysis, widths: Sequence[float], repeats: int, sample: torch.Tensor
+    model: nn.Module, analysis: ModelAnalysis, widths: Sequence[float], repeats: int, sample: torch.Tensor,
+    device: torch.device | None = None,
 ) -> tuple[tuple[MeasuredLayer, ...], list[float]]:
     """Time every layer on the ``widths x widths`` grid (rows: input fraction, columns:
-    output) and the whole network uniformly pruned to each width, all round-robin.
+    output) and the whole network uniformly pruned to each width, all round-robin, on
+    ``device`` (default: the CPU; the networks are copies there, ``model`` stays where it is).
 
     Returns:
         The layers' tables and the whole network's milliseconds at each width.
     """
+    device = device or torch.device("cpu")
+    model = on_cpu(model)
+    sample = sample.detach().cpu()
     modules = dict(model.named_modules())
     plans = [(layer, *_grid_points(analysis, layer, widths)) for layer in analysis.layers]
     calls: list[Callable[[], object]] = []
@@ -174,9 +203,11 @@ def measure_layers(
     for layer, points, _, _ in plans:
         for (wi, wo), (cin, cout) in points.items():
             index[layer.name, wi, wo] = len(calls)
-            calls.extend(_layer_calls(layer, modules[layer.name], cin, cout))
+            calls.extend(_layer_calls(layer, modules[layer.name], cin, cout, device))
     nets = [model if w == 1.0 else prune_model(model, analysis, _uniform_policy(analysis, w)).eval() for w in widths]
-    calls.extend((lambda net=net: net(sample)) for net in nets)
+    if device.type != "cpu":
+        nets, sample = [copy.deepcopy(net).to(device) for net in nets], sample.to(device)
+    calls.extend(_synced(lambda net=net: net(sample), device) for net in nets)
     ms = interleaved_ms(calls, repeats)
     layers = []
     for layer, _, in_p, out_p in plans:
@@ -215,6 +246,7 @@ def profile_hardware(
     widths: Sequence[float] = DEFAULT_WIDTHS,
     repeats: int = 25,
     name: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Measure ``model``'s layers on this machine and write a measured profile YAML.
 
@@ -226,31 +258,40 @@ def profile_hardware(
         threads: torch intra-op threads while timing (pin it: latency depends on it).
         widths: kept fractions to time, increasing and ending at 1.0.
         repeats: round-robin rounds per configuration (see :func:`interleaved_ms`).
-        name: the profile's name (default ``measured-<host>-<threads>t``).
+        name: the profile's name (default ``measured-<host>-<threads>t``, ``measured-<host>-cuda`` on a GPU).
+        device: ``cpu`` (float and int8 kernels) or a CUDA device (``cuda``, ``cuda:N``, ``auto``):
+            float on that GPU, see the module docstring.
 
     Returns:
         ``out_path``. Use it as ``latency<=2ms@<out_path>`` in a budget.
+
+    Raises:
+        ConfigError: bad widths, threads or repeats, or a device this machine does not have.
     """
     widths = tuple(float(w) for w in widths)
     if len(widths) < 2 or list(widths) != sorted(set(widths)) or widths[-1] != 1.0 or widths[0] <= 0:
         raise ConfigError(f"widths must increase from above 0 to exactly 1.0 with at least two entries, got {widths}")
     if threads < 1 or repeats < 1:
         raise ConfigError(f"threads and repeats must be >= 1, got threads={threads}, repeats={repeats}")
+    where = resolve_device(device)
     previous_threads, previous_engine = torch.get_num_threads(), torch.backends.quantized.engine
-    engine = quantized_engine()
+    engine = quantized_engine() if where.type == "cpu" else f"cuda-float ({accelerator_name(where)})"
     torch.set_num_threads(threads)
-    torch.backends.quantized.engine = engine
+    if where.type == "cpu":
+        torch.backends.quantized.engine = engine
     was_training = model.training
     model.eval()
     try:
-        layers, whole = measure_layers(model, analysis, widths, repeats, sample_input[:1])
+        layers, whole = measure_layers(model, analysis, widths, repeats, sample_input[:1], where)
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.quantized.engine = previous_engine
         model.train(was_training)
     fixed, per_kelem = fit_overhead(analysis, layers, widths, whole)
+    on = (f"{platform.node()} ({platform.processor() or platform.machine()}), {threads} thread(s)" if where.type == "cpu"
+          else f"{accelerator_name(where)} ({where}) with torch CUDA float kernels (int8 table = float)")
     profile = MeasuredProfile(
-        name=name or f"measured-{platform.node() or 'host'}-{threads}t",
+        name=name or f"measured-{platform.node() or 'host'}-{threads}t" + ("" if where.type == "cpu" else "-cuda"),
         widths=widths,
         layers=layers,
         overhead_ms=fixed,
@@ -258,9 +299,8 @@ def profile_hardware(
         engine=engine,
         threads=threads,
         description=(
-            f"measured on {platform.node()} ({platform.processor() or platform.machine()}), {threads} thread(s), "
-            f"batch 1, torch {torch.__version__}, int8 engine {engine}, best of {repeats} round-robin rounds "
-            f"of {INNER} calls"
+            f"measured on {on}, batch 1, torch {torch.__version__}, int8 engine {engine}, best of {repeats} "
+            f"round-robin rounds of {INNER} calls"
         ),
     )
     return save_profile(profile, out_path)

@@ -269,7 +269,7 @@ def solve_ilp_detailed(
         max_rounds: solves allowed when the re-priced result must be tightened.
         table: the priced decisions from :func:`choice_table` for the same space, cost model,
             sensitivities and constrained metrics. A sweep over scaled limits builds it once:
-            pricing is ~70 % of a solve on ResNet-20 (0.5 of 0.7 s), and no limit enters it.
+            pricing is most of a solve, and no limit enters it.
     """
     sens = as_sensitivities(space, sensitivities)
     if table is None:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from automl.errors import ConfigError
+from automl.quant.device import device_generator, to_device
 from automl.quant.engine import QuantEngine, QuantLayer
 from automl.quant.fake import quantize_weight_ste
 
@@ -182,7 +183,7 @@ def _fit_layer(ql: QuantLayer, inp: torch.Tensor, target: torch.Tensor, cfg: Ada
     u = torch.nn.Parameter(ql.masked(ql.w_float / scale.view(shape)) * live.view(shape))
     db = torch.nn.Parameter(torch.zeros_like(ql.b_float))
     opt = torch.optim.Adam([u, db], lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = device_generator(inp.device, cfg.seed)
     n = inp.shape[0]
 
     def forward(idx: torch.Tensor | None) -> torch.Tensor:
@@ -192,7 +193,7 @@ def _fit_layer(ql: QuantLayer, inp: torch.Tensor, target: torch.Tensor, cfg: Ada
         return ql._run(x, w, b)
 
     for _ in range(cfg.steps):
-        idx = torch.randint(n, (min(cfg.batch, n),), generator=gen)
+        idx = torch.randint(n, (min(cfg.batch, n),), generator=gen, device=inp.device)
         loss = F.mse_loss(forward(idx), target[idx])
         opt.zero_grad()
         loss.backward()
@@ -226,7 +227,7 @@ def adaquant(engine: QuantEngine, calib: torch.Tensor, config: AdaQuantConfig | 
     """
     cfg = config or AdaQuantConfig()
     start = time.perf_counter()
-    x = calib[: cfg.samples]
+    x = to_device(calib[: cfg.samples], engine.device, "the AdaQuant calibration batch")
     order, targets = _float_io(engine, x)
     fits = []
     for name in dict.fromkeys(order):

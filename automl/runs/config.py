@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from automl.errors import ConfigError
 from automl.evaluation.config import EvalConfig, FinetuneConfig
+from automl.quant.device_names import check_device_spec, split_devices
 from automl.settings import Settings
 from search_spaces.space import SpaceConfig
 
@@ -97,6 +98,11 @@ class RunConfig(Settings):
         workers: worker processes sharing one Optuna study.
         output: directory of the run's files (journal, stores, exports).
         resume: a previous search's run directory, run name or MLflow run id to continue.
+        device: where every model-layer stage runs: ``auto`` (a GPU when CUDA is available, else
+            the CPU), ``cpu``, ``cuda`` or ``cuda:N``; exports are written from a CPU copy.
+        devices: the devices of local worker processes, comma-separated (``cuda:0,cuda:1``):
+            worker ``i`` takes entry ``i`` mod its length; empty = every worker on ``device``,
+            except ``auto``, which deals the workers round-robin over this machine's GPUs.
         allow_loose_budget: search even when the float model already meets the budget (it then
             constrains nothing; refused otherwise, see :func:`automl.runs.precheck.check_loose_budget`).
     """
@@ -107,15 +113,27 @@ class RunConfig(Settings):
     workers: int = Field(1, ge=1)
     output: str = "automl-runs"
     resume: str = ""
+    device: str = "auto"
+    devices: str = ""
     allow_loose_budget: bool = False
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> RunConfig:
+        check_device_spec(self.device)
+        if self.devices:
+            split_devices(self.devices)
+        return self
 
 
 class SearchConfig(Settings):
     """Every option of ``automl search`` (and of ``automl.search()``).
 
     Attributes:
-        task: ``reference:<arch>`` (see :mod:`automl.runs.loading`) or ``package.module:function``
-            returning an :class:`automl.Task`.
+        task: ``reference:<arch>``, ``reference:<dataset>/<arch>`` (see :mod:`automl.runs.loading`) or
+            ``package.module:function`` returning an :class:`automl.Task`.
+        data_dir: where a reference task's dataset is (Fashion-MNIST's IDX files, CIFAR-10 in the
+            ``cifar-10-batches-py`` or ``ImageFolder`` layout; :mod:`automl.data`); empty = the
+            dataset's own search order (its environment variable, then its default places).
         budget: constraints that must all hold, e.g. ``("size<=0.125x", "bitops<=0.5G")``.
         profiles: hardware profile names or YAML paths priced besides size, MACs and BitOps.
         space: the search space (:class:`~search_spaces.space.SpaceConfig`).
@@ -131,6 +149,7 @@ class SearchConfig(Settings):
     )
 
     task: str = DEFAULT_TASK
+    data_dir: str = ""
     budget: tuple[str, ...] = Field(DEFAULT_BUDGET, min_length=1)
     profiles: tuple[str, ...] = ()
     space: SpaceConfig = Field(default_factory=SpaceConfig)

@@ -19,10 +19,13 @@ from automl.errors import AutoMLError, TaskError
 if TYPE_CHECKING:
     from automl.evaluation.task import Task
 
-GRAMMAR = "'reference:resnet20', 'reference:resnet8' or 'package.module:function' (a function returning automl.Task)"
-# The reference tasks (automl.reference.models.REFERENCE_MODELS without plaincnn), named here so
-# that checking a task name needs no torch; tests/test_precheck.py keeps the two in step.
-REFERENCE_TASKS = ("resnet20", "resnet8")
+GRAMMAR = ("'reference:<arch>' (MNIST: resnet8, resnet20), 'reference:<dataset>/<arch>' (fashion_mnist/resnet8, "
+           "cifar10/resnet20, ...) or 'package.module:function' (a function returning automl.Task)")
+# The reference tasks (what reference_names() lists: automl.reference.models.REFERENCE_MODELS without
+# plaincnn, then automl.reference.recipes.RECIPES), named here so that checking a task name needs no
+# torch; tests/test_precheck.py keeps the two in step.
+REFERENCE_TASKS = ("resnet8", "resnet20", "fashion_mnist/resnet8", "fashion_mnist/resnet20", "cifar10/resnet20",
+                   "cifar10/mobilenetv2")
 _TASK_MODULE = "automl.evaluation.task"
 
 
@@ -111,19 +114,49 @@ def check_task_spec(spec: str) -> None:
         )
 
 
-def load_task(spec: str, threads: int | None = None) -> Task:
+def reference_names() -> list[str]:
+    """Every ``reference:...`` task name (imports torch; :data:`REFERENCE_TASKS` is the same list without it)."""
+    from automl.reference.models import REFERENCE_MODELS
+    from automl.reference.recipes import RECIPES
+
+    return [f"reference:{k}" for k in REFERENCE_MODELS if k != "plaincnn"] + [f"reference:{d}/{a}" for d, a in RECIPES]
+
+
+def check_task_data(spec: str, data_dir: str | None = None) -> None:
+    """A reference task's dataset is where it is looked for (cheap: no decoding, no torch work).
+
+    Raises:
+        DataError: the named directory does not exist, or the dataset is found nowhere.
+    """
+    module_name, _, attr = spec.partition(":")
+    dataset = attr.rpartition("/")[0] if module_name == "reference" else ""
+    if dataset == "cifar10":
+        from automl.data.cifar10 import find_source
+    elif dataset == "fashion_mnist":
+        from automl.data.fashion_mnist import find_source
+    else:
+        return
+    find_source(data_dir or None)
+
+
+def load_task(spec: str, threads: int | None = None, data_dir: str | None = None) -> Task:
     """Build the task named by ``spec``.
 
-    ``reference:<arch>`` is the built-in MNIST task (trained and cached on first use);
-    ``package.module:function`` imports ``function`` (the current directory is importable)
-    and calls it with no arguments; it must return an :class:`automl.Task`. A factory that
+    ``reference:<arch>`` is the built-in MNIST task, ``reference:<dataset>/<arch>`` a reference
+    network on Fashion-MNIST or CIFAR-10 (shipped, or trained and cached on first use; the data is
+    read from disk, see :mod:`automl.data`); ``package.module:function`` imports ``function`` (the
+    current directory is importable) and calls it with no arguments; it must return an
+    :class:`automl.Task`. ``data_dir`` is where a reference task's dataset is (``--data-dir``). A factory that
     returns something else is reported without importing torch when the factory did not.
     """
     module_name, attr = _split(spec)
     if module_name == "reference":
+        if spec not in reference_names():
+            raise TaskError(f"unknown reference task {spec!r}; known ones are {reference_names()}")
         from automl.reference.checkpoints import reference_task
 
-        return reference_task(attr, threads=threads)
+        dataset, _, arch = attr.rpartition("/")
+        return reference_task(arch, threads=threads, dataset=dataset or "mnist", data_dir=data_dir or None)
     _importable_cwd()
     try:
         module = importlib.import_module(module_name)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from automl.errors import ConfigError, LooseBudget, ProfileError, RunDirError
+from automl.errors import ConfigError, DataError, LooseBudget, ProfileError, RunDirError
 from automl.problem.budget import format_value
 from automl.runs.config import SearchConfig
 
@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     from automl.problem.budget import BoundBudget
 
 # The measured ONNX Runtime profiles (automl.export.ort_profile.ORT_NAME, which imports torch).
-ORT_NAME = re.compile(r"^ort-cpu(?:-b(\d+))?$")
+ORT_NAME = re.compile(r"^ort-(cpu|cuda|tensorrt)(?:-b(\d+))?$")
 
 
 def check_profile_ref(ref: str, where: str) -> None:
-    """A hardware profile reference: ``ort-cpu``/``ort-cpu-b<N>``, a shipped name or a readable profile YAML."""
+    """A hardware profile reference: ``ort-<provider>[-b<N>]``, a shipped name or a readable profile YAML."""
     if ORT_NAME.match(ref):
         return
     from automl.cost.profiles import load_profile, shipped_profiles
@@ -45,7 +45,7 @@ def check_profile_ref(ref: str, where: str) -> None:
                 else "no profile has that name")
         raise ProfileError(
             f"{where} names the hardware profile {ref!r}, but {what}. Expected ort-cpu or ort-cpu-b<N> (ONNX Runtime on "
-            f"this CPU, measured once and cached), a shipped model of an accelerator ({', '.join(shipped_profiles())}), "
+            f"this CPU, measured once and cached; ort-cuda, ort-tensorrt on a GPU), a shipped model of an accelerator ({', '.join(shipped_profiles())}), "
             "or the path of a profile YAML file (write one with `automl profile-hardware`)."
         ) from None
 
@@ -58,6 +58,18 @@ def check_output(output: str) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--output {output!r} is an existing file, not a directory; pass a directory for the run's files")
     check_writable(out / "runs" / "new")
+
+
+def check_data_dir(task: str, data_dir: str | None) -> None:
+    """A ``--data-dir`` given for a reference task on a dataset read from disk exists (torch-free; whether
+    the dataset is found there is checked by :func:`automl.runs.loading.check_task_data` before any store opens)."""
+    module_name, _, attr = task.partition(":")
+    if module_name != "reference" or "/" not in attr or not data_dir:
+        return
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DataError(f"--data-dir {data_dir!r} ({path.resolve()}) does not exist; expected the directory or archive "
+                        f"of the {attr.split('/')[0]} dataset for task {task!r} (see automl/data/).")
 
 
 def check_inputs(config: SearchConfig, *, resuming: bool | None = None, task: bool = True) -> None:
@@ -95,6 +107,7 @@ def check_inputs(config: SearchConfig, *, resuming: bool | None = None, task: bo
                 check_profile_ref(c.profile, f"the budget {c.text!r}")
         if task:
             check_task_spec(config.task)
+            check_data_dir(config.task, config.data_dir)
         check_workers(config)
     check_output(config.run.output)
     check_tracking_uri(config.tracking.uri or default_tracking_uri(config.run.output))

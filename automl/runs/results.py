@@ -165,6 +165,49 @@ def layer_chart(session: Session, best: dict[str, TrialRecord]):
     return png
 
 
+def deployment_table(onnx_report: dict[str, Any], export: ExportReport, float_test: float, test: float) -> str:
+    """Float against the exported winner, side by side: ONNX Runtime latency at batch 1 and at the
+    timed batch, file sizes and test accuracy (the winner's after its final fine-tune)."""
+    r = onnx_report
+
+    def ratio(f: float, e: float) -> str:
+        return f"{f / e:.2f}x faster" if e <= f else f"{e / f:.2f}x SLOWER"
+
+    rows = [
+        "| deployment | float | exported winner | |",
+        "|---|---|---|---|",
+        f"| ONNX Runtime ms, batch 1 ({r['threads']} thread(s)) | {r['float_latency_b1_ms']:.3f} | "
+        f"{r['latency_b1_ms']:.3f} | {ratio(r['float_latency_b1_ms'], r['latency_b1_ms'])} |",
+        f"| ONNX Runtime ms, batch {r['batch']} | {r['float_latency_batch_ms']:.2f} | {r['latency_batch_ms']:.2f} | "
+        f"{ratio(r['float_latency_batch_ms'], r['latency_batch_ms'])} |",
+        f"| ONNX file {SIZE_UNIT} | {kb(r['float_onnx_bytes']):.1f} | {kb(r['onnx_bytes']):.1f} | "
+        f"{r['float_onnx_bytes'] / max(1, r['onnx_bytes']):.2f}x smaller |",
+        f"| packed file {SIZE_UNIT} (float checkpoint / .ampq) | {kb(export.float_file_bytes):.1f} | "
+        f"{kb(export.file_bytes):.1f} | {export.float_file_bytes / max(1, export.file_bytes):.2f}x smaller |",
+        f"| test accuracy | {float_test:.4f} | {test:.4f} | {100 * (test - float_test):+.2f} points |",
+        f"files: {r['onnx_path']} and the float network as {r.get('float_onnx_path', '(not written)')}",
+    ]
+    return "\n".join(rows)
+
+
+def slower_reason(onnx_report: dict[str, Any], limits: dict[str, float]) -> str:
+    """Why the exported file is slower than float, when it is; empty when it is not."""
+    slower = [f"batch {b}" for b, key in ((1, "speedup_b1"), (onnx_report["batch"], "speedup_batch"))
+              if onnx_report[key] < 1.0]
+    if not slower:
+        return ""
+    latency = [m for m in limits if m.startswith("latency@")]
+    if latency:
+        return (f"note: the exported file is slower than float at {' and '.join(slower)} although the budget holds "
+                f"{', '.join(latency)}: the profile priced a different batch or machine load; re-measure the profile "
+                "(automl profile-hardware) on the deployment machine.")
+    return (f"note: the exported file is slower than float at {' and '.join(slower)}: the budget ({', '.join(limits)}) "
+            "limits size or operations only, and on a CPU without fast low-bit kernels (x86 without VNNI) the "
+            "quantize/dequantize steps cost more time than the smaller layers save; only pruned channels make it "
+            "faster. Add a latency budget priced on this runtime, for example --budget 'latency<=0.8x@ort-cpu', "
+            "to get a file that is both smaller and faster.")
+
+
 def _publish_child(session: Session, label: str, record: TrialRecord, run_id: str, test: float | None, tested: str) -> None:
     """A best child run: its test accuracy, a per-layer table (parameters, note, artifacts) and figure."""
     tracker = session.tracker
@@ -315,7 +358,13 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
     onnx_report: dict = {}
     timer = session.timer
     finalists = pick_finalist(session, result, best, recipe, quiet)
+    done: dict[int, tuple[float, Any, str]] = {}  # trial -> (test accuracy, fine-tune report, first label)
     for i, (label, r) in enumerate(best.items()):
+        if r.number in done:  # the same policy is best for several constraints: fine-tuned and scored once
+            test[label], tuned[label], first = done[r.number]
+            if not quiet:
+                print(f"trial {r.number} is also the best for {label}: its fine-tune for {first} is reused")
+            continue
         with stage(f"final fine-tune of trial {r.number} (best for {label}): up to {steps} steps, then the test split", quiet), \
                 timer.stage("finetune"):
             metrics, model = _final(ev, r, steps, recipe, speculation if i == 0 else None)
@@ -323,6 +372,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
             speculation.close()
         test[label] = metrics.accuracy
         tuned[label] = ev.last_finetune
+        done[r.number] = (test[label], tuned[label], label)
         if i == 0:  # the budget's winner becomes a deployable file, measured for real
             with stage(f"export of trial {r.number}: packing the weights and timing float and exported latency", quiet), \
                     timer.stage("export"):
@@ -368,32 +418,46 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                                                       "n_evaluations": result.n_evaluations,
                                                       "eval_seconds": result.eval_seconds, **overlap}, indent=1))
     if not quiet:
-        print(f"budget: {limits_text(dict(session.bound.limits))}")
-        print(table)
-        print(f"\n{search_line(result, earlier)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
-              f"({session.config.searcher.sensitivity}); results in {run_dir}")
-        print(f"time per stage: {timer.summary()}")
-        if tracker is not None and tracker.failures:
-            print(tracker.failure_summary())
-        for label, rep in tuned.items():
-            why = {"float": "validation reached the float model's", "patience": "no better checkpoint in "
-                   f"{session.config.finetune.patience} checks"}.get(rep.stop_reason, "all steps")
-            print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
-                  f"(best step {rep.best_step} of {rep.steps} taken; stopped: {why}; {rep.seconds:.0f} s)")
-        if speculation is not None:
-            print(overlap_line(speculation.report))
-        if export is not None:
-            print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
-                  f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "
-                  f"vs float {export.latency_float_ms:.2f} ms per batch of {EXPORT_TIMING_BATCH} in torch on "
-                  f"{export.threads} thread(s)")
-            if "error" in onnx_report:
-                print(f"no ONNX file: {onnx_report['error']}")
-            else:
-                print(f"exported the ONNX model to {onnx_report['onnx_path']} (ONNX Runtime): "
-                      f"{onnx_report['latency_b1_ms']:.3f} ms vs float ONNX {onnx_report['float_latency_b1_ms']:.3f} ms at "
-                      f"batch 1, {onnx_report['latency_batch_ms']:.2f} vs {onnx_report['float_latency_batch_ms']:.2f} ms at "
-                      f"batch {onnx_report['batch']}")
-        print(closing_lines(session))
-        sys.stdout.flush()
+        _print_summary(session, result, best, table, tuned, test, export, onnx_report, speculation, earlier)
     return best
+
+
+def _print_summary(session: Session, result: SearchResult, best: dict[str, TrialRecord], table: str,
+                   tuned: dict[str, Any], test: dict[str, float], export: ExportReport | None, onnx_report: dict,
+                   speculation: SpeculativeFinetune | None, earlier: Collection[int] = ()) -> None:
+    """The closing lines on the console: the table, what the search spent, the fine-tunes, the files."""
+    tracker, run_dir, timer = session.tracker, session.run_dir, session.timer
+    ev = session.evaluator.evaluator
+    print(f"budget: {limits_text(dict(session.bound.limits))}")
+    print(table)
+    print(f"\n{search_line(result, earlier)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
+          f"({session.config.searcher.sensitivity}); results in {run_dir}")
+    print(f"time per stage: {timer.summary()}")
+    if tracker is not None and tracker.failures:
+        print(tracker.failure_summary())
+    shown: set[int] = set()
+    for label, rep in tuned.items():
+        if id(rep) in shown:  # one fine-tune shared by several labels
+            continue
+        shown.add(id(rep))
+        why = {"float": "validation reached the float model's", "patience": "no better checkpoint in "
+               f"{session.config.finetune.patience} checks"}.get(rep.stop_reason, "all steps")
+        print(f"fine-tune of {label!r}: validation {rep.before.accuracy:.4f} -> {rep.after.accuracy:.4f} "
+              f"(best step {rep.best_step} of {rep.steps} taken; stopped: {why}; {rep.seconds:.0f} s)")
+    if speculation is not None:
+        print(overlap_line(speculation.report))
+    if export is not None:
+        print(f"exported the best policy to {export.path}: {kb(export.file_bytes):.1f} {SIZE_UNIT} on disk "
+              f"(float checkpoint {kb(export.float_file_bytes):.1f} {SIZE_UNIT}), {export.latency_exported_ms:.2f} ms "
+              f"vs float {export.latency_float_ms:.2f} ms per batch of {EXPORT_TIMING_BATCH} in torch on "
+              f"{export.threads} thread(s)")
+        if "error" in onnx_report:
+            print(f"no ONNX file: {onnx_report['error']}")
+        else:
+            first_label = next(iter(best))
+            print(deployment_table(onnx_report, export, ev.baseline("test").accuracy, test[first_label]))
+            why = slower_reason(onnx_report, dict(session.bound.limits))
+            if why:
+                print(why)
+    print(closing_lines(session))
+    sys.stdout.flush()

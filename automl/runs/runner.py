@@ -48,7 +48,7 @@ from automl.runs.lifecycle import (
     remove_owner,
     write_owner,
 )
-from automl.runs.loading import load_task
+from automl.runs.loading import check_task_data, load_task
 from automl.runs.overlap import SpeculativeFinetune, overlap_reason
 from automl.runs.resume import (
     CONFIG,
@@ -64,7 +64,7 @@ from automl.runs.resume import (
 )
 from automl.runs.searcher_options import check_searcher_options
 from automl.runs.uris import check_storage, check_tracking_uri, make_sqlite_parent
-from automl.runs.workers import check_workers, run_searcher, start_workers, stop_workers
+from automl.runs.workers import check_workers, local_devices, run_searcher, start_workers, stop_workers
 from automl.timing import StageTimer, pin_threads
 from automl.tracking.tracker import FAILURES_FILE, MlflowTracker, artifact_root, default_tracking_uri
 from automl.tracking.ui import repair_summary
@@ -250,6 +250,10 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     budget = Budget.parse(list(config.budget))
     check_searcher(config)
     check_workers(config)
+    from automl.quant.device import resolve_device
+
+    resolve_device(config.run.device)  # a GPU asked for on a machine without one: refused before any store opens
+    check_task_data(config.task, config.data_dir)  # a missing dataset likewise
     cwd = plan.state.get("cwd")
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
@@ -280,9 +284,9 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
 def _build_problem(config: SearchConfig, budget: Budget, task: Task | None,
                    timer: StageTimer) -> tuple[Problem, CostModel, BoundBudget]:
     with timer.stage("task"):  # for a reference task: load the shipped checkpoint (or train) and check it
-        task = task or load_task(config.task, threads=config.run.threads)
+        task = task or load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
     with timer.stage("analysis"):
-        problem = Problem.from_task(task, config.space)
+        problem = Problem.from_task(task, config.space, device=config.run.device)
     with timer.stage("cost_model"):
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
         profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.run.threads)
@@ -507,7 +511,7 @@ def _search(
 ) -> SearchResult:
     cfg, run_dir = session.config, session.run_dir
     # Local workers start first: their start-up overlaps the set-up below (automl.runs.workers).
-    started = start_workers(run_dir, cfg.run.workers) if cfg.run.workers > 1 else {}
+    started = start_workers(run_dir, cfg.run.workers, local_devices(cfg)) if cfg.run.workers > 1 else {}
     try:
         return _search_with(session, plan, state, callbacks, quiet, say, started)
     except BaseException:

@@ -103,8 +103,8 @@ def _fingerprint(ev: Any, space: SearchSpace, fidelity: int, method: str, extra:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     xs, ys, _ = ev._split("val")
     for x in xs:
-        h.update(x.contiguous().numpy().tobytes())
-    h.update(ys.numpy().tobytes())
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(ys.detach().cpu().numpy().tobytes())
     config = getattr(ev, "config", None)
     cfg = config.to_dict() if config is not None else {}
     cfg.pop("fidelity", None)

@@ -23,6 +23,7 @@ def add_worker_parser(sub: argparse._SubParsersAction, parents: Sequence[argpars
     w.add_argument("--study", help="study name (printed by the search; automl-<run dir name>)")
     w.add_argument("--output", default="automl-runs", help="where this worker keeps its evaluation cache (--storage)")
     w.add_argument("--threads", type=int, help="torch threads of this worker (default: the search's)")
+    w.add_argument("--device", help="where this worker evaluates: auto | cpu | cuda | cuda:N (default: the search's)")
     w.add_argument("--index", type=int, help="worker number: its sampler seed is the search's seed + 1000 (index + 1); "
                    "default: from the process id, so every worker proposes differently")
 
@@ -63,6 +64,8 @@ def worker_config(args: argparse.Namespace) -> tuple[SearchConfig, Path, str]:
         run_dir = Path(args.output).expanduser().resolve() / "workers" / study
     if args.threads:
         cfg = cfg.merged({"run.threads": args.threads})
+    if args.device:
+        cfg = cfg.merged({"run.device": args.device})
     check_workers(cfg.merged({"run.workers": 2}))
     return cfg, run_dir, study
 

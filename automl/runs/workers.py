@@ -12,7 +12,7 @@ Design (the simplest one that is correct with the stores the project already has
 - The parent process (``automl search --workers N``) evaluates nothing itself. It starts N
   subprocesses of ``python -m automl worker --join RUN_DIR`` as soon as the run directory
   holds its configuration, so that each worker's start-up (imports, task, model analysis,
-  evaluator: ~7 s on ResNet-20) overlaps the parent's own set-up (MLflow parent run, float
+  evaluator: seconds on ResNet-20) overlaps the parent's own set-up (MLflow parent run, float
   baseline, sensitivity tables, warm start); a worker that has built its evaluator waits for
   the parent's ``workers/ready`` marker (written once the study holds the warm start and
   the configuration) before it reads the sensitivity tables and asks for trials. The parent
@@ -176,14 +176,26 @@ def run_searcher(
     return coordinate(searcher, session.run_dir, cfg, callbacks, poll=poll, started=started)
 
 
-def start_workers(run_dir: Path, workers: int) -> dict[int, subprocess.Popen]:
+def start_workers(run_dir: Path, workers: int, devices: Sequence[str] = ()) -> dict[int, subprocess.Popen]:
     """Start the local workers early: they build their evaluators while the parent sets up,
     then wait for :func:`coordinate`'s ready marker. A marker left by an earlier (resumed)
-    run is removed first. Stop them with :func:`stop_workers` if the parent fails before
-    :func:`coordinate` takes them over."""
+    run is removed first. Worker ``i`` runs on ``devices[i]`` when given (else on the run's
+    device). Stop them with :func:`stop_workers` if the parent fails before :func:`coordinate`
+    takes them over."""
     (run_dir / "workers").mkdir(exist_ok=True)
     (run_dir / "workers" / READY).unlink(missing_ok=True)
-    return {i: _spawn(run_dir, i) for i in range(workers)}
+    return {i: _spawn(run_dir, i, devices[i] if devices else None) for i in range(workers)}
+
+
+def local_devices(config: SearchConfig) -> tuple[str, ...]:
+    """The device of each local worker: ``run.devices`` dealt round-robin, or, with ``run.device``
+    ``auto`` and several GPUs, one GPU per worker; ``()`` when every worker takes ``run.device``."""
+    run = config.run
+    if not run.devices and run.device != "auto":
+        return ()
+    from automl.quant.device import worker_devices
+
+    return worker_devices(run.workers, run.devices or "auto")
 
 
 def stop_workers(procs: dict[int, subprocess.Popen]) -> None:
@@ -207,11 +219,12 @@ def wait_ready(run_dir: Path, poll: float = 0.2) -> None:
         time.sleep(poll)
 
 
-def _spawn(run_dir: Path, index: int) -> subprocess.Popen:
+def _spawn(run_dir: Path, index: int, device: str | None = None) -> subprocess.Popen:
     logs = run_dir / "workers"
     logs.mkdir(exist_ok=True)
     log = (logs / f"worker-{index}.log").open("ab")
     cmd = [sys.executable, "-m", "automl", "worker", "--join", str(run_dir), "--index", str(index)]
+    cmd += ["--device", device] if device else []
     try:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:
@@ -246,7 +259,8 @@ def coordinate(
     print(f"{cfg.run.workers} workers on this host (logs in {run_dir / 'workers'}); more join with: automl worker --join "
           f"{run_dir}  or, from another host on a shared database: automl worker --storage <its URL> --study "
           f"{searcher.study_name}", file=sys.stderr, flush=True)
-    procs = dict(started) if started else start_workers(run_dir, cfg.run.workers)
+    devices = local_devices(cfg)
+    procs = dict(started) if started else start_workers(run_dir, cfg.run.workers, devices)
     if hasattr(searcher, "prime"):  # ilp_tpe: its sweep is queued before any worker asks
         searcher.prime(cfg.run.evaluations)
     (run_dir / "workers" / READY).write_text(searcher.study_name + "\n")
@@ -264,7 +278,8 @@ def coordinate(
                     raise ConfigError(f"worker {i} stopped on a bad input: {_tail(run_dir, i)}")
                 if rc != 0 and not _done(searcher, cfg.run.evaluations) and restarts < 2 * cfg.run.workers:
                     restarts += 1
-                    procs[next_index] = _spawn(run_dir, next_index)
+                    device = devices[i % len(devices)] if devices else None  # the replacement takes its place
+                    procs[next_index] = _spawn(run_dir, next_index, device)
                     next_index += 1
             fail_dead_trials(study, searcher.storage)
             if not _feed(searcher, seen, callbacks):
