@@ -7,9 +7,8 @@ Every error of the project's own hierarchy is printed as one paragraph with exit
 from __future__ import annotations
 
 import argparse
-import os
+import shlex
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -17,11 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from automl.errors import AutoMLError, ConfigError
+from automl.errors import AutoMLError, ConfigError, TrackingError
 from automl.runs.config import SearchConfig, dotted_keys, read_config_file
-from automl.runs.lifecycle import Terminated, handle_termination
+from automl.runs.lifecycle import Terminated
 
 EXIT_USAGE = 2
+DEFAULT_OUTPUT = "automl-runs"  # RunConfig.output's default
 _CONFIG_KEYS = ("task", "data_dir", "budget", "profiles")  # the top-level keys a flag sets; the others are dotted
 
 
@@ -60,6 +60,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", dest="tracking.experiment", help="MLflow experiment name")
     p.add_argument("--output", dest="run.output", help="run directory (journal, best policies as JSON, stores)")
     p.add_argument("--resume", dest="run.resume", help="continue a previous search: its run directory or MLflow run id")
+    p.add_argument("--allow-loose-budget", dest="run.allow_loose_budget", action="store_true", default=None,
+                   help="search even when the float model already meets the budget (refused otherwise: it constrains nothing)")
     p.add_argument("--profile", dest="profiles", action="append", help="hardware profile name or YAML path, repeatable")
     p.add_argument("--finetune-steps", dest="finetune.steps", type=int, help="steps of the final fine-tune (0 = off)")
     p.add_argument("--finetune-lr", dest="finetune.lr", type=float, help="peak learning rate of the final fine-tune")
@@ -119,21 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _pareto_parser(sub)
 
+    store = "the --output directory of `automl search` (default automl-runs); its store is <output>/mlflow.db"
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the run store", parents=[_debug_flag()])
-    ui.add_argument("--output", default="automl-runs")
-    ui.add_argument("--tracking-uri", dest="tracking_uri", default="")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--output", default=None, help=store + " (created when named explicitly)")
+    ui.add_argument("--tracking-uri", dest="tracking_uri", default="", help="an MLflow store URI instead of --output's")
+    ui.add_argument("--port", type=int, default=5000, help="TCP port on 127.0.0.1 (default 5000; a taken one is refused "
+                    "with a free one suggested)")
     ui.add_argument("--experiment", default="automl-mpq")
 
     best = sub.add_parser("best", help="print the best policies from the tracking store", parents=[_debug_flag()])
-    best.add_argument("--output", default="automl-runs")
-    best.add_argument("--tracking-uri", dest="tracking_uri", default="")
+    best.add_argument("--output", default=None, help=store)
+    best.add_argument("--tracking-uri", dest="tracking_uri", default="", help="an MLflow store URI instead of --output's")
     best.add_argument("--experiment", default="automl-mpq")
 
     show = sub.add_parser("show", help="print one evaluated policy layer by layer", parents=[_debug_flag()])
     show.add_argument("run_id")
-    show.add_argument("--output", default="automl-runs")
-    show.add_argument("--tracking-uri", dest="tracking_uri", default="")
+    show.add_argument("--output", default=None, help=store)
+    show.add_argument("--tracking-uri", dest="tracking_uri", default="", help="an MLflow store URI instead of --output's")
 
     tr = sub.add_parser("train-reference", help="train and cache a reference network", parents=[_debug_flag()])
     tr.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist", "cifar10"))
@@ -187,11 +191,39 @@ def _cmd_search(args: argparse.Namespace) -> int:
     config, data, overrides = _config_and_flags(args)
     config = config.merged(overrides)
     explicit = dotted_keys(data) | {k for k, v in overrides.items() if v is not None}
-    _check_cheaply(config)
+    from automl.runs.precheck import check_inputs
+
+    check_inputs(config)  # every name, without torch, MLflow or Optuna, and without writing anything
+    task, timer = None, None
+    if not config.run.resume:  # a resumed run loads its own task
+        _warm_import("mlflow")  # seconds of imports, overlapping the task's load
+        from automl.runs.loading import check_task_data, load_task
+
+        start = time.perf_counter()
+        if config.run.device not in ("auto", "cpu"):  # a GPU asked for on a machine without one: before the task
+            from automl.quant.device import resolve_device  # is built (torch; build_session checks "auto" too)
+
+            resolve_device(config.run.device)
+        check_task_data(config.task, config.data_dir)  # a missing dataset likewise (imports only for those tasks)
+        # a factory that returns no Task fails here
+        task = load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
+        from automl.timing import StageTimer
+
+        timer = StageTimer()
+        timer.started = start
+        timer.add("task", time.perf_counter() - start)
     from automl.runs.runner import run_search  # torch, Optuna, MLflow: only once the input is known to be sound
 
-    run_search(config, explicit=explicit)
+    run_search(config, task=task, explicit=explicit, timer=timer)
     return 0
+
+
+def _warm_import(module: str) -> None:
+    """Import ``module`` on a daemon thread (it writes nothing; a failing command does not wait for it)."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=(module,), name=f"import-{module}", daemon=True).start()
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
@@ -203,103 +235,62 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     config = config.merged(overrides)
     budgets = tuple(part for item in args.budgets or () for part in item.split(","))
     pareto = ParetoConfig(config, budgets, args.metric, args.levels)
-    _check_cheaply(config)
+    from automl.runs.precheck import check_inputs
+
+    check_inputs(config)
     from automl.pareto.sweep import run_pareto  # torch, Optuna, MLflow: only once the input is known to be sound
 
     run_pareto(pareto)
     return 0
 
 
-def _check_cheaply(config: SearchConfig) -> None:
-    """The checks that need no torch (searcher name, budget grammar), so a typo fails before torch is imported."""
-    from agents import SEARCHERS
-    from automl.problem.budget import Budget
-    if config.searcher.name not in SEARCHERS:
-        raise ConfigError(f"unknown searcher {config.searcher.name!r}; choose one of {sorted(SEARCHERS)}")
-    Budget.parse(list(config.budget))
-    from automl.runs.workers import check_workers
-
-    check_workers(config)
-
-
 def _tracking_uri(args: argparse.Namespace) -> str:
     from automl.tracking.tracker import default_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri(args.output)
+    return args.tracking_uri or default_tracking_uri(args.output or DEFAULT_OUTPUT)
+
+
+def _existing_store(args: argparse.Namespace) -> str:
+    """The tracking URI of ``--output``/``--tracking-uri``, refused when it names a SQLite store
+    that does not exist: reading commands create no store (checked before MLflow is imported)."""
+    from automl.tracking.tracker import sqlite_path
+
+    uri = _tracking_uri(args)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        given = f"--tracking-uri {args.tracking_uri}" if args.tracking_uri else (
+            f"--output {args.output}" if args.output else f"the default --output {DEFAULT_OUTPUT} (in {Path.cwd()})")
+        raise TrackingError(
+            f"no tracking store at {db} ({given}): no search has logged there. Expected the --output directory of an "
+            "`automl search` (it holds mlflow.db); pass --output <that directory>, or --tracking-uri of its store."
+        )
+    return uri
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from automl.runs.uris import check_tracking_uri
-    from automl.tracking.tracker import artifact_root
+    from automl.runs.ui_command import cmd_ui
 
-    uri = _tracking_uri(args)
-    check_tracking_uri(uri)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
-        artifact_root(args.output), "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1",
-    ]
-    # Its own session, so stopping it reaches the server's worker processes too.
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        with handle_termination():
-            return _serve(proc, args.port, uri, args.experiment)
-    except KeyboardInterrupt:
-        return 0
-    except Terminated as exc:
-        return 128 + exc.signum
-    finally:
-        _stop_server(proc)
-
-
-def _stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (its workers too), SIGKILL after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _serve(proc: subprocess.Popen, port: int, uri: str, experiment: str) -> int:
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                print(f"the MLflow server exited with code {proc.returncode}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-    from automl.tracking.ui import ui_banner
-
-    print(ui_banner(url, uri, experiment), flush=True)
-    return proc.wait()  # Ctrl-C and SIGTERM: the caller stops the server's process group
+    uri = _existing_store(args) if args.output is None and not args.tracking_uri else _tracking_uri(args)
+    return cmd_ui(uri, args.output or DEFAULT_OUTPUT, args.port, args.experiment)
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
+    uri = _existing_store(args)
+    from automl.runs.console import command_prefix
     from automl.runs.lifecycle import close_stale_in_store
     from automl.tracking.report import best_table
 
-    uri = _tracking_uri(args)
     for run_id in close_stale_in_store(uri):
         print(f"closed run {run_id} as KILLED: its search process is gone (killed without clean-up)", file=sys.stderr)
-    print(best_table(uri, args.experiment))
+    print(best_table(uri, args.experiment, f"{command_prefix()} search --resume"))
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    uri = _existing_store(args)
     from automl.tracking.report import show_run
 
-    print(show_run(_tracking_uri(args), args.run_id))
+    print(show_run(uri, args.run_id))
     return 0
 
 
@@ -339,6 +330,16 @@ def _cmd_profile_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if not (run / "best_model.ampq" if run.is_dir() else run).is_file():  # before torch and ONNX are imported
+        found = "a directory without best_model.ampq" if run.is_dir() else "no such file or directory"
+        from automl.errors import ExportError
+
+        raise ExportError(
+            f"cannot export {run}: expected a finished run directory (holding best_model.ampq, written when the search "
+            f"ends with a feasible policy) or an .ampq file, got {found}. Pass a run directory printed by `automl "
+            "search` (e.g. automl-runs/runs/<timestamp>)."
+        )
     from automl.export.onnx import export_file
 
     print(f"wrote {export_file(Path(args.run), args.format, args.output)}")
@@ -386,6 +387,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{what}; the sweep's MLflow runs are closed as KILLED, the journals of its levels stay in "
                   "<output>/pareto/<sweep>/level-*; a sweep does not resume, start it again.", file=sys.stderr)
             return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
-        print(f"{what}; every evaluated policy is saved. Continue with `{command_prefix()} search --resume <run dir>`.",
+        print(interrupted_message(what, args.command, getattr(exc, "automl_run_dir", None), command_prefix()),
               file=sys.stderr)
         return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def interrupted_message(what: str, command: str, run_dir: str | None, prefix: str) -> str:
+    """What an interrupted command left: a run to resume (with its path and how many policies it
+    holds) or nothing."""
+    if command != "search":
+        return f"{what}."
+    if run_dir is None:
+        return (f"{what} before the first evaluation; nothing was saved (no run directory, no MLflow run). "
+                "Start the search again with the same command.")
+    journal = Path(run_dir) / "trials.jsonl"
+    try:
+        done = sum(1 for line in journal.read_text().splitlines() if line.strip())
+    except OSError:
+        done = 0
+    return (f"{what}; the run {run_dir} is saved with {done} evaluated polic{'y' if done == 1 else 'ies'}. "
+            f"Continue with: {prefix} search --resume {shlex.quote(run_dir)}")

@@ -44,6 +44,10 @@ class InfeasibleBudget(BudgetError):
     """No policy in the search space meets the budget."""
 
 
+class LooseBudget(BudgetError):
+    """The float model already meets the budget, so it constrains nothing."""
+
+
 class ProfileError(AutoMLError, ValueError):
     """A hardware profile is missing a key or holds a bad value."""
 

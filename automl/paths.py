@@ -12,3 +12,22 @@ def default_cache_dir() -> Path:
         return Path(os.environ["AUTOML_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "automl-mpq"
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (Linux ``/proc``); elsewhere set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask): for files written aside with
+    :func:`tempfile.mkstemp` (always 0600) and renamed into place."""
+    return 0o666 & ~umask()

@@ -11,8 +11,21 @@ from automl.analysis import analyse
 from automl.cost import CostModel
 from automl.cost.units import cost_metrics, kb, limit_metrics
 from automl.problem.budget import Budget, format_value
-from automl.tracking.layer_report import HEADER, html_table, layer_figure, layer_rows, markdown_table
-from automl.tracking.ui import MAX_NOTE, ML_VIEW, child_note, experiment_path, parent_note, run_path, view_state
+from automl.tracking.layer_report import HEADER, html_table, layer_figure, layer_params, layer_rows, markdown_table
+from automl.tracking.ui import (
+    MAX_NOTE,
+    ML_VIEW,
+    RANK,
+    SEARCH_TAG,
+    child_note,
+    experiment_path,
+    parent_note,
+    run_path,
+    search_path,
+    search_view_key,
+    search_view_state,
+    view_state,
+)
 from search_spaces import SearchSpace
 
 
@@ -85,6 +98,32 @@ def test_links_open_the_machine_learning_view():
     state = json.loads(view_state(["bitserial"]))
     assert "metrics.`latency_ms.bitserial`" in state["selectedColumns"]
     assert state["selectedColumns"][0] == "metrics.`val_accuracy`" and state["orderByAsc"] is False
+    # Several searches in one experiment: the experiment's view groups runs by search.
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": SEARCH_TAG}]
+
+
+def test_a_search_view_lists_one_search_best_first():
+    assert search_path("7", "p1") == f"#/experiments/7/runs?viewStateShareKey={search_view_key('p1')}&{ML_VIEW}"
+    running = json.loads(search_view_state("tpe-20260101-000000"))
+    assert running["searchFilter"] == f"tags.`{SEARCH_TAG}` = 'tpe-20260101-000000'"
+    assert (running["orderByKey"], running["orderByAsc"]) == ("metrics.`val_accuracy`", False)
+    done = json.loads(search_view_state("tpe-20260101-000000", ["ort-cpu"], ranked=True))
+    assert (done["orderByKey"], done["orderByAsc"]) == (f"metrics.`{RANK}`", True)
+    assert done["selectedColumns"][0] == f"metrics.`{RANK}`" and "metrics.`latency_ms.ort-cpu`" in done["selectedColumns"]
+
+
+def test_layer_params_list_every_layer_in_network_order(priced):
+    space, cost_model = priced
+    rows = layer_rows(cost_model, space.uniform(4, 8))
+    params = layer_params(rows)
+    assert [k.split(": ", 1)[1] for k in params] == [r.name for r in rows]
+    assert list(params) == sorted(params)  # zero-padded: sorted is network order
+    first = next(iter(params.values()))
+    assert first.startswith("W ") and "| A 8 |" in first and "pruned 0/" in first
+    from mlflow.utils.validation import _validate_param_name
+
+    for key in params:
+        _validate_param_name(key)
 
 
 def _record(space, cost_model, number=3):
@@ -100,12 +139,17 @@ def test_notes_name_and_link_the_best_runs(priced):
     space, cost_model = priced
     record = _record(space, cost_model)
     limits = {"size": 4000.0}
-    note = parent_note("5", "tpe", 40, limits, {"budget: size<=0.2x": (record, "run42", 0.88)}, 0.95, 20_000.0)
+    note = parent_note("5", "tpe", 40, limits, {"budget: size<=0.2x": (record, "run42", 0.88, "fine-tuned, step 9 of 9")},
+                       0.95, 20_000.0, parent_id="p7")
     assert f"[trial 3]({run_path('5', 'run42')})" in note
-    assert "0.9100" in note and "0.8800" in note and "size <= 4 kB" in note and experiment_path("5") in note
+    assert "0.9100" in note and "0.8800" in note and "size <= 4 kB" in note and search_path("5", "p7") in note
+    assert "(fine-tuned, step 9 of 9)" in note
     table = markdown_table(layer_rows(cost_model, record.policy))
-    child = child_note(record, "budget: size<=0.2x", 0.88, table, limits)
+    child = child_note(record, "budget: size<=0.2x", 0.88, table, limits, "not fine-tuned: --finetune-steps 0")
     assert table in child and "trial 3" in child
+    assert "(not fine-tuned: --finetune-steps 0)" in child and "(fine-tuned" not in child
+    # MLflow shows a description's first 150 px: the pointer to the per-layer parameters comes before the budget.
+    assert child.index("**Parameters**") < child.index("Budget")
     long = child_note(record, "x", 0.88, table * 40, limits)
     assert len(long) <= MAX_NOTE and "layers.html" in long.splitlines()[-1]
 

@@ -114,7 +114,8 @@ def test_sigterm_ends_the_parent_killed(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
-    assert b"Traceback" not in err and b"terminated; every evaluated policy is saved" in err
+    assert b"Traceback" not in err and f"terminated; the run {run_dir} is saved with ".encode() in err
+    assert f"search --resume {run_dir}".encode() in err
     assert parent_statuses(tmp_path) == ["KILLED"]
     assert json.loads((run_dir / STATE).read_text())["status"] == "KILLED" and not (run_dir / OWNER).exists()
     assert len(read_journal(run_dir / JOURNAL)) >= 2

@@ -128,9 +128,9 @@ def test_bring_your_own_model_example_runs(tmp_path, monkeypatch):
     assert result.best.costs.size_bytes <= dict(result.limits)["size"]
 
 
-def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch):
-    """MLflow opens on its own thread while the problem is built; when the build fails, the
-    error is the build's and the tracker that opened anyway stops its writer thread."""
+def test_a_failing_build_opens_no_store_and_leaves_nothing(tmp_path, monkeypatch):
+    """Nothing is written until the problem (task, analysis, cost model, budget) is built: when the
+    build fails, the error is the build's, no MLflow thread is left and no file was made."""
     import threading
 
     from automl.errors import ConfigError
@@ -148,3 +148,4 @@ def test_the_store_opened_beside_a_failing_build_is_closed(tmp_path, monkeypatch
     while any(t.name == "mlflow-logger" or t.name.startswith("mlflow-open") for t in threading.enumerate()):
         assert time.time() < deadline, [t.name for t in threading.enumerate()]
         time.sleep(0.1)
+    assert list(tmp_path.iterdir()) == []  # no run directory, no mlflow.db

@@ -1,4 +1,4 @@
-"""The MLflow UI in a real headless browser: `automl ui` on a finished search, best child opened.
+"""The MLflow UI in a real headless browser: `automl ui` on two finished searches in one store.
 
 Needs Chromium (Debian: `apt-get install chromium`). Without it the test is skipped, unless
 the environment variable CI is set, where a missing browser is a failure.
@@ -7,6 +7,7 @@ the environment variable CI is set, where a missing browser is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import pytest
 from automl.runs.config import SearchConfig
 from automl.runs.runner import run_search
 from automl.tracking.tracker import default_tracking_uri
-from automl.tracking.ui import experiment_path, run_path
+from automl.tracking.ui import run_path, search_path
 
 pytestmark = pytest.mark.slow
 
@@ -95,17 +96,36 @@ def _render(browser: str, url: str, screenshot: Path | None = None) -> str:
     return dom
 
 
-def test_best_child_run_shows_its_per_layer_table_in_the_ml_view(tmp_path):
+def _search(tmp_path: Path, budget: str):
+    from tests.tasks import tiny
+
+    cfg = SearchConfig(task="tests.tasks:tiny", budget=(budget,), searcher={"name": "random"},
+                       run={"evaluations": 5, "output": str(tmp_path)}, finetune={"steps": 2})
+    return run_search(cfg, task=tiny(), quiet=True)
+
+
+def test_two_searches_each_self_contained_best_child_shows_its_layers(tmp_path):
+    """Two searches in one store: scripts/check_ui.py passes (each search's own view lists only its runs,
+    best first; the best trial's page lists its layers); the best child's page is the ML view with the
+    per-layer table in its parameters and description."""
     browser = _browser()
     from mlflow import MlflowClient
 
-    from tests.tasks import tiny
+    first = _search(tmp_path, "size<=0.25x")
+    second = _search(tmp_path, "size<=0.5x")
+    check = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "check_ui.py"),
+                            "--output", str(tmp_path), "--screenshots", str(tmp_path / "ui")],
+                           capture_output=True, text=True, timeout=900)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count("FINISHED") == 2 and "all checks passed" in check.stdout
 
-    cfg = SearchConfig(task="tests.tasks:tiny", searcher={"name": "random"}, run={"evaluations": 5, "output": str(tmp_path)}, finetune={"steps": 2})
-    result = run_search(cfg, task=tiny(), quiet=True)
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
     exp = client.get_experiment_by_name("automl-mpq")
-    (best,) = client.search_runs([exp.experiment_id], "tags.best = 'true'")
+    parents = client.search_runs([exp.experiment_id], "tags.`automl.kind` = 'search'", order_by=["attributes.start_time DESC"])
+    assert len(parents) == 2
+    best = client.search_runs([exp.experiment_id], f"tags.best = 'true' and tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(best) == 1
+    best = best[0]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "automl", "ui", "--output", str(tmp_path), "--port", str(port)],
@@ -113,23 +133,29 @@ def test_best_child_run_shows_its_per_layer_table_in_the_ml_view(tmp_path):
     try:
         _wait_healthy(url, proc)
         dom = _render(browser, f"{url}/{run_path(exp.experiment_id, best.info.run_id)}", tmp_path / "best_child.png")
-        runs_dom = _render(browser, f"{url}/{experiment_path(exp.experiment_id)}", tmp_path / "runs.png")
+        runs_dom = _render(browser, f"{url}/{search_path(exp.experiment_id, parents[0].info.run_id)}", tmp_path / "runs.png")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # automl ui and the MLflow server it started
         proc.wait(timeout=30)
-    assert f"trial-{result.best.number:04d}" in dom
+    assert f"trial-{second.best.number:04d}" in dom
+    # The per-layer table on the page itself: one `layer NN: <name>` parameter per layer, in network order.
+    names = [name for name, _ in second.best.policy]
+    positions = [dom.find(f": {name}<") for name in names]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), dict(zip(names, positions, strict=True))
+    for name, (_, lp) in zip(names, second.best.policy, strict=True):
+        act = "fp32" if lp.act_bits == 32 else lp.act_bits
+        assert re.search(rf"\| A {act} \| pruned \d+/{len(lp.weight_bits)} \|", dom), name
+    # ... and in full in the description (below "Show more").
     parser = _Tables()
     parser.feed(dom)
     layer_tables = [t for t in parser.tables if t and "W bits per channel group" in t[0]]
     assert layer_tables, f"no per-layer table on the best child's page ({len(parser.tables)} tables)"
     header, *rows = layer_tables[0]
     assert header == ["layer", "W bits per channel group", "A bits", "pruned channels", "size kB", "size share"]
-    assert [r[0] for r in rows] == [name for name, _ in result.best.policy]
-    for row, (_, lp) in zip(rows, result.best.policy, strict=True):
-        assert row[2] == str(lp.act_bits)
-        assert row[3].endswith(f"/{len(lp.weight_bits)}")
+    assert [r[0] for r in rows] == names
     # The classic machine-learning view (model registry in the side bar), not the GenAI one (judges, prompts).
     assert "Model registry" in dom and "Judges" not in dom
-    # The runs table opens on the shared view: the compared metrics are columns.
-    for column in ("val_accuracy", "test_accuracy", "size_kB", "bitops_M"):
+    # The search's view: its own runs, ranked, with the compared metrics as columns; not the first search's.
+    for column in ("rank", "val_accuracy", "test_accuracy", "size_kB", "bitops_M"):
         assert column in runs_dom, column
+    assert first.best is not None and parents[1].info.run_name not in runs_dom

@@ -62,6 +62,7 @@ from torch import fx, nn
 from automl.analysis.graph import trace
 from automl.analysis.prune import in_keep_mask, keep_masks, prune_model
 from automl.errors import ExportError, PolicyError
+from automl.paths import new_file_mode
 from automl.quant.device import on_cpu
 from automl.quant.engine import QuantEngine, QuantLayer
 from automl.quant.fake import FLOAT_BITS, weight_qmax
@@ -434,6 +435,7 @@ def _write(path: Path, header: dict[str, Any], tensors: dict[str, np.ndarray]) -
     # the oldest version that holds the file, so that dense files stay readable by older releases
     version = FORMAT_VERSION if any("nm" in spec for spec in header["modules"].values()) else 2
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the file reads like any other the user writes
     with os.fdopen(fd, "wb") as f:  # written aside and renamed: a crash never leaves half a file
         f.write(_PREFIX.pack(MAGIC, version, len(head)) + head + data)
     os.replace(tmp, path)
@@ -600,6 +602,8 @@ class ExportReport:
         agreement: fraction of samples whose outputs agree within ``AGREE_TOL``; the rest
             hit an activation rounding tie that float rounding tipped the other way.
         latency_*_ms: median forward time on the sample batch with ``threads`` threads.
+        prediction_agreement: fraction of samples whose top class (argmax) is the same for the
+            file and the in-memory model; ``None`` when the output is not one score per class.
     """
 
     path: str
@@ -617,6 +621,7 @@ class ExportReport:
     latency_exported_ms: float
     latency_float_ms: float
     threads: int
+    prediction_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus ``real_over_predicted``, ``size_ratio`` and ``latency_ratio`` (over float)."""
@@ -676,7 +681,10 @@ def export_policy(
     header_bytes, payload_bytes = _write(path, *_encode_network(qmodel, analysis, policy))
     loaded = load_exported(path)
     with torch.no_grad():
-        diff = (loaded(sample_input) - qmodel(sample_input)).abs().reshape(len(sample_input), -1).amax(dim=1)
+        from_file, in_memory = loaded(sample_input), qmodel(sample_input)
+    diff = (from_file - in_memory).abs().reshape(len(sample_input), -1).amax(dim=1)
+    scores = from_file.ndim == 2 and from_file.shape[1] > 1
+    same_class = float((from_file.argmax(1) == in_memory.argmax(1)).float().mean()) if scores else None
     buffer = io.BytesIO()
     torch.save(float_model.state_dict(), buffer)
     baseline = copy.deepcopy(float_model).eval()
@@ -697,4 +705,5 @@ def export_policy(
         latency_exported_ms=exported_ms,
         latency_float_ms=float_ms,
         threads=threads,
+        prediction_agreement=same_class,
     )

@@ -60,6 +60,7 @@ from torch import fx, nn
 from automl.analysis.canonical import attention_softmax
 from automl.errors import ExportError
 from automl.export.ampq import fake_quantize, load_exported, read_export, stored_rows
+from automl.paths import new_file_mode
 from automl.quant.device import on_cpu
 from automl.quant.engine import INTEGER_MAX_CODE
 
@@ -271,12 +272,18 @@ def _fold_weight_quantizers(model: Any) -> int:
     for node in drop:
         graph.node.remove(node)
     onnx.checker.check_model(model)  # before pruning unused constants, which refer only to removed nodes
+    drop_unused(graph)
+    return folded
+
+
+def drop_unused(graph: Any) -> None:
+    """Remove initializers and ``Constant`` nodes no node reads: ONNX Runtime warns about each
+    (``Removing initializer ...``) when it loads a file that holds one."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     for t in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(t)
     for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
         graph.node.remove(n)
-    return folded
 
 
 def onnx_copy(node: Any) -> Any:
@@ -453,6 +460,7 @@ def ampq_to_onnx(ampq_path: str | os.PathLike[str], *, int8_kernels: bool = Fals
     if not int8_kernels:
         _float_dequantize(model)
         _int8_codes(model)
+    drop_unused(model.graph)  # the bounds of the clips that moved onto the codes
     bits = {n: tensors[f"{n}.bits"].astype(int).tolist() for n, s in header["modules"].items() if s.get("quantized")}
     meta = {"automl-mpq.policy_key": header["policy_key"], "automl-mpq.kept_channel_bits": str(bits),
             "automl-mpq.source": "automl.export.onnx.ampq_to_onnx"}
@@ -469,6 +477,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the file reads like any other the user writes
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -37,8 +37,8 @@ GRAMMAR = """budget grammar: <metric> <= <limit>[@<profile>], several separated 
            size, peak_act: B, kB (= KB), MB, GB (x1000) or KiB, MiB, GiB (x1024); default B
            macs, bitops:   K, M, G, T (x1000); default none
            latency:        us, ms, s; default ms
-  profile: a shipped profile name (bitserial, bitserial_shift, accel_roofline, sparse_accel: models of hypothetical accelerators), ort-cpu / ort-cpu-b<N> (measured on ONNX Runtime) or the path of a profile YAML
-  examples: size<=0.125x   size<=0.2MB   bitops<=0.5G   macs<=0.6x   latency<=2ms@bitserial"""
+  profile: ort-cpu / ort-cpu-b<N> (ONNX Runtime on this CPU, measured once), a shipped model of a hypothetical accelerator (bitserial, bitserial_shift, accel_roofline, sparse_accel) or the path of a profile YAML
+  examples: size<=0.125x   size<=0.2MB   bitops<=0.5G   macs<=0.6x   latency<=0.5x@ort-cpu   latency<=2ms@bitserial"""
 
 _METRICS = ("size", "macs", "bitops", "peak_act", "latency")
 _BYTES = {"": 1, "B": 1, "KB": 1e3, "kB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
@@ -88,7 +88,8 @@ class Constraint:
             raise _malformed(text, "the profile is given twice")
         profile = m["p1"] or m["p2"]
         if metric == "latency" and not profile:
-            raise _malformed(text, "a latency limit needs a profile, e.g. latency<=2ms@bitserial")
+            raise _malformed(text, "a latency limit needs a profile: latency<=2ms@ort-cpu (ONNX Runtime on this CPU, measured "
+                                   "once) or a modelled accelerator such as latency<=2ms@bitserial")
         if metric != "latency" and profile:
             raise _malformed(text, f"only latency takes a profile, not {metric}")
         value, unit = float(m["num"]), m["unit"].lower()

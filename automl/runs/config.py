@@ -103,6 +103,8 @@ class RunConfig(Settings):
         devices: the devices of local worker processes, comma-separated (``cuda:0,cuda:1``):
             worker ``i`` takes entry ``i`` mod its length; empty = every worker on ``device``,
             except ``auto``, which deals the workers round-robin over this machine's GPUs.
+        allow_loose_budget: search even when the float model already meets the budget (it then
+            constrains nothing; refused otherwise, see :func:`automl.runs.precheck.check_loose_budget`).
     """
 
     evaluations: int = Field(DEFAULT_EVALUATIONS, ge=1, le=10**7)
@@ -113,6 +115,7 @@ class RunConfig(Settings):
     resume: str = ""
     device: str = "auto"
     devices: str = ""
+    allow_loose_budget: bool = False
 
     @model_validator(mode="after")
     def _check_devices(self) -> RunConfig:

@@ -63,14 +63,23 @@ def stage(label: str, quiet: bool = False) -> Iterator[None]:
 
 def closing_lines(session: Session) -> str:
     """The last lines of a search: the absolute budget, what to open, commands that work as printed."""
+    from automl.tracking.ui import search_path
+
     cmd = command_prefix()
     out = shlex.quote(session.config.run.output)
     run_dir = session.run_dir
+    tracker = session.tracker
+    uri = session.config.tracking.uri
+    server = uri.startswith(("http://", "https://"))
+    page = uri.rstrip("/") if server else "http://127.0.0.1:5000"
+    if tracker is not None and tracker.parent_id is not None:  # this search alone, best trial first
+        page += f"/{search_path(tracker.experiment_id, tracker.parent_id)}"
+    ui = f"the MLflow server {uri}" if server else f"{cmd} ui --output {out}" + (f" --tracking-uri {uri}" if uri else "")
     return "\n".join([
         f"budget: {budget_line(session.bound)}",
         f"open: {run_dir / 'best_policies.md'} (table), {run_dir / 'pareto_front.png'} (accuracy vs cost), "
-        f"{run_dir / 'best_model.ampq'} (the exported model)",
-        f"MLflow UI:   {cmd} ui --output {out}    (then http://127.0.0.1:5000)",
+        f"{run_dir / 'best_model.onnx'} and {run_dir / 'best_model.ampq'} (the exported model)",
+        f"MLflow UI:   {ui}, then this search: {page}",
         f"best table:  {cmd} best --output {out}",
         f"continue:    {cmd} search --resume {shlex.quote(str(run_dir))} --evaluations N",
     ])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 OWNER = "owner.json"
-RUN_DIR_TAG = "automl.run_dir"
+RUN_DIR_TAG = "automl.run_dir"  # = automl.tracking.tracker.RUN_DIR_TAG (not imported: this module loads with the CLI)
 
 
 class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error

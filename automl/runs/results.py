@@ -10,6 +10,7 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -26,8 +27,9 @@ from automl.export.ampq import ExportReport, export_policy  # noqa: E402
 from automl.export.onnx import export_run_onnx  # noqa: E402
 from automl.problem.budget import format_value  # noqa: E402
 from automl.runs.console import closing_lines, stage  # noqa: E402
+from automl.runs.export_notes import with_notes  # noqa: E402
 from automl.runs.overlap import SpeculativeFinetune, overlap_line  # noqa: E402
-from automl.tracking.layer_report import html_table, layer_figure, layer_rows, markdown_table  # noqa: E402
+from automl.tracking.layer_report import html_table, layer_figure, layer_params, layer_rows, markdown_table  # noqa: E402
 from automl.tracking.ui import child_note, limits_text, parent_note  # noqa: E402
 
 if TYPE_CHECKING:
@@ -39,12 +41,31 @@ if TYPE_CHECKING:
 EXPORT_TIMING_BATCH = 32
 EXPORT_TIMING_REPEATS = 7
 
-def search_line(result: SearchResult) -> str:
-    """One line on what the search spent: distinct evaluations, cache hits, early stops, seconds."""
+def search_line(result: SearchResult, earlier: Collection[int] = ()) -> str:
+    """One line on what the search spent: distinct evaluations, cache hits, early stops, seconds.
+
+    ``earlier``: the trial numbers of the sessions before a resume. The wall time is this
+    session's, so a resumed search counts the evaluating seconds of this session beside it and
+    those of every session apart."""
     line = (f"{result.n_evaluations} distinct evaluations ({result.n_cache_hits} cache hits, "
-            f"{result.n_stopped_early} stopped early) in {result.wall_seconds:.0f} s, "
-            f"{result.eval_seconds:.0f} s of them evaluating")
+            f"{result.n_stopped_early} stopped early)")
+    new = [r for r in result.records if r.number not in earlier and not r.cache_hit]
+    if earlier:
+        line += (f"; this session: {len(new)} in {result.wall_seconds:.0f} s, {sum(r.metrics.seconds for r in new):.0f} s "
+                 f"of them evaluating; all sessions: {result.eval_seconds:.0f} s evaluating")
+    else:
+        line += f" in {result.wall_seconds:.0f} s, {result.eval_seconds:.0f} s of them evaluating"
     return line + (f"; stopped: {result.stop_reason}" if result.stop_reason else "")
+
+
+def model_tested(report: Any, steps: int) -> str:
+    """Which model a test accuracy is of: the fine-tuned one, or the searched policy as it was
+    (no fine-tune asked, or none of its checkpoints validated better than step 0)."""
+    if report is None or steps == 0 or report.steps == 0:
+        return "not fine-tuned: --finetune-steps 0"
+    if report.best_step == 0:
+        return f"not fine-tuned: no step of {report.steps} beat the searched policy on validation"
+    return f"fine-tuned, step {report.best_step} of {report.steps}"
 
 
 def best_per_budget(session: Session, result: SearchResult) -> dict[str, TrialRecord]:
@@ -61,14 +82,17 @@ def best_per_budget(session: Session, result: SearchResult) -> dict[str, TrialRe
     return out
 
 
-def summary_table(result: SearchResult, best: dict[str, TrialRecord], test: dict[str, float]) -> str:
+def summary_table(result: SearchResult, best: dict[str, TrialRecord], test: dict[str, float],
+                  tested: dict[str, str] | None = None) -> str:
+    tested = tested or {}
     rows = [
-        f"| best for | trial | val accuracy | test accuracy (fine-tuned) | size {SIZE_UNIT} | MBitOps | mean bits | sparsity | repaired |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| best for | trial | val accuracy | test accuracy | tested model | size {SIZE_UNIT} | MBitOps | mean bits | sparsity | "
+        "repaired |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in best.items():
         rows.append(
-            f"| {label} | {r.number} | {r.accuracy:.4f} | {test.get(label, float('nan')):.4f} | "
+            f"| {label} | {r.number} | {r.accuracy:.4f} | {test.get(label, float('nan')):.4f} | {tested.get(label, '?')} | "
             f"{kb(r.costs.size_bytes):.2f} | {r.costs.bitops / 1e6:.4g} | "
             f"{r.policy.mean_weight_bits():.2f} | {r.policy.channel_sparsity():.1%} | {r.repaired} |"
         )
@@ -184,8 +208,8 @@ def slower_reason(onnx_report: dict[str, Any], limits: dict[str, float]) -> str:
             "to get a file that is both smaller and faster.")
 
 
-def _publish_child(session: Session, label: str, record: TrialRecord, run_id: str, test: float | None) -> None:
-    """A best child run: its test accuracy, a per-layer table (note + artifacts) and figure."""
+def _publish_child(session: Session, label: str, record: TrialRecord, run_id: str, test: float | None, tested: str) -> None:
+    """A best child run: its test accuracy, a per-layer table (parameters, note, artifacts) and figure."""
     tracker = session.tracker
     assert tracker is not None
     rows = layer_rows(session.cost_model, record.policy)
@@ -199,18 +223,32 @@ def _publish_child(session: Session, label: str, record: TrialRecord, run_id: st
     layer_figure(rows, folder / "layers.png", title)
     for name in ("layers.md", "layers.html", "layers.json", "layers.png"):
         tracker.log_run_file(run_id, folder / name)
+    tracker.log_params(run_id, layer_params(rows))  # shown in full on the run's page, unlike a long description
     if test is not None:
         tracker.log_run_metrics(run_id, {"test_accuracy": test})
-    tracker.set_note(run_id, child_note(record, label, test, table, dict(session.bound.limits)))
+    tracker.set_note(run_id, child_note(record, label, test, table, dict(session.bound.limits), tested))
+
+
+def ranking(result: SearchResult, best: dict[str, TrialRecord]) -> list[int]:
+    """Trial numbers best first: the policy the search returns and the other best-for rows, then
+    the feasible policies (accuracy, then smaller size), then the infeasible ones (accuracy)."""
+    order = list(dict.fromkeys(r.number for r in best.values()))
+    rest = sorted((r for r in result.records if r.number not in order and not r.cache_hit),
+                  key=lambda r: (not r.feasible, -r.accuracy if r.accuracy == r.accuracy else float("inf"),
+                                 r.costs.size_bytes, r.number))
+    return order + list(dict.fromkeys(r.number for r in rest))
 
 
 def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord], test: dict[str, float],
-            export: ExportReport | None, artifacts: list, extra_metrics: dict[str, float] | None = None) -> None:
-    """Log the results to MLflow: parent artifacts, metrics and description; the best children.
+            export: ExportReport | None, artifacts: list, extra_metrics: dict[str, float] | None = None,
+            tested: dict[str, str] | None = None) -> None:
+    """Log the results to MLflow: parent artifacts, metrics and description; the best children;
+    every child's ``rank`` and the search's view ordered by it.
 
     ``extra_metrics`` (the sensitivity stage, the fine-tune, the ONNX export) go to the parent too."""
     tracker = session.tracker
     assert tracker is not None
+    tested = tested or {}
     tracker.flush()
     for path in artifacts:
         tracker.log_parent_file(path)
@@ -218,11 +256,12 @@ def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord]
     labels: dict[int, list[str]] = {}  # one trial can be best for several labels
     for label, r in best.items():
         labels.setdefault(r.number, []).append(label)
-    winners = {r.number: (r, test.get(label)) for label, r in reversed(best.items())}
+    winners = {r.number: (r, test.get(label), tested.get(label, "fine-tuned")) for label, r in reversed(best.items())}
     tracker.tag_best({"; ".join(labels[n]): runs[n] for n in labels if n in runs})
-    for n, (r, test_accuracy) in winners.items():
+    for n, (r, test_accuracy, how) in winners.items():
         if n in runs:
-            _publish_child(session, "; ".join(labels[n]), r, runs[n], test_accuracy)
+            _publish_child(session, "; ".join(labels[n]), r, runs[n], test_accuracy, how)
+    tracker.log_ranks({runs[n]: i for i, n in enumerate((n for n in ranking(result, best) if n in runs), start=1)})
     tracker.set_view([name for name, _ in session.cost_model.float_costs().latency_ms])
     metrics = {"n_evaluations": float(result.n_evaluations), "wall_seconds": result.wall_seconds,
                "mlflow_log_seconds": tracker.log_seconds, **limit_metrics(session.bound.limits)}
@@ -239,8 +278,8 @@ def publish(session: Session, result: SearchResult, best: dict[str, TrialRecord]
     base = ev.baseline("val").accuracy
     note = parent_note(
         tracker.experiment_id, result.searcher, result.n_evaluations, dict(session.bound.limits),
-        {label: (r, runs.get(r.number), test.get(label)) for label, r in best.items()},
-        base, session.cost_model.float_costs().size_bytes,
+        {label: (r, runs.get(r.number), test.get(label), tested.get(label, "fine-tuned")) for label, r in best.items()},
+        base, session.cost_model.float_costs().size_bytes, parent_id=tracker.parent_id,
     )
     assert tracker.parent_id is not None
     tracker.set_note(tracker.parent_id, note)
@@ -301,11 +340,12 @@ def _final(ev: Any, r: TrialRecord, steps: int, recipe: FinetuneConfig,
 
 
 def finish_search(session: Session, result: SearchResult, quiet: bool = False,
-                  speculation: SpeculativeFinetune | None = None) -> dict[str, TrialRecord]:
+                  speculation: SpeculativeFinetune | None = None, earlier: Collection[int] = ()) -> dict[str, TrialRecord]:
     """Write and log the results of a finished search; returns the best records.
 
     ``speculation``: the search's speculative fine-tunes; the budget's winner takes its
-    fine-tune from there when the last one was of its policy."""
+    fine-tune from there when the last one was of its policy. ``earlier``: the trial numbers
+    that sessions before a resume evaluated."""
     tracker = session.tracker
     run_dir = session.run_dir
     best = best_per_budget(session, result)
@@ -338,7 +378,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                     timer.stage("export"):
                 export = export_policy(
                     model, session.problem.analysis, r.policy, run_dir / "best_model.ampq",
-                    sample_input=next(iter(session.problem.task.val_loader))[0][:EXPORT_TIMING_BATCH],
+                    sample_input=(compared := next(iter(session.problem.task.val_loader))[0][:EXPORT_TIMING_BATCH]),
                     float_model=ev.float_model, cost_model=session.cost_model, threads=session.config.run.threads,
                     repeats=EXPORT_TIMING_REPEATS,
                 )
@@ -354,10 +394,12 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                             **({"finalists": [f.to_dict() for f in finalists]} if i == 0 and finalists else {})}
                     for i, (label, r) in enumerate(best.items())}, indent=1)
     )
-    table = summary_table(result, best, test)
+    tested = {label: model_tested(tuned.get(label), steps) for label in best}
+    table = summary_table(result, best, test, tested)
     (run_dir / "best_policies.md").write_text(table + "\n")
     if export is not None:
-        (run_dir / "export_report.json").write_text(json.dumps({**export.to_dict(), "onnx": onnx_report}, indent=1, default=str))
+        report = with_notes({**export.to_dict(), "compared_samples": len(compared), "onnx": onnx_report})
+        (run_dir / "export_report.json").write_text(json.dumps(report, indent=1, default=str))
     with timer.stage("charts"):
         artifacts = [*pareto_artifacts(session, result), run_dir / "best_policies.md", run_dir / "best_policies.json"]
         if export is not None:
@@ -368,7 +410,7 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
     if tracker is not None:
         mlflow_start = time.perf_counter()
         extra = _parent_extras(result, best, tuned, finalists, onnx_report, speculation)
-        publish(session, result, best, test, export, artifacts, extra)
+        publish(session, result, best, test, export, artifacts, extra, tested)
         timer.add("mlflow", time.perf_counter() - mlflow_start)
         tracker.log_parent_metrics(timer.metrics())
     overlap = {"overlap": speculation.report.to_dict()} if speculation is not None else {}
@@ -376,19 +418,19 @@ def finish_search(session: Session, result: SearchResult, quiet: bool = False,
                                                       "n_evaluations": result.n_evaluations,
                                                       "eval_seconds": result.eval_seconds, **overlap}, indent=1))
     if not quiet:
-        _print_summary(session, result, best, table, tuned, test, export, onnx_report, speculation)
+        _print_summary(session, result, best, table, tuned, test, export, onnx_report, speculation, earlier)
     return best
 
 
 def _print_summary(session: Session, result: SearchResult, best: dict[str, TrialRecord], table: str,
                    tuned: dict[str, Any], test: dict[str, float], export: ExportReport | None, onnx_report: dict,
-                   speculation: SpeculativeFinetune | None) -> None:
+                   speculation: SpeculativeFinetune | None, earlier: Collection[int] = ()) -> None:
     """The closing lines on the console: the table, what the search spent, the fine-tunes, the files."""
     tracker, run_dir, timer = session.tracker, session.run_dir, session.timer
     ev = session.evaluator.evaluator
-    print(f"budget: {limits_text(dict(session.bound.limits))}  ({SIZE_UNIT} = 1000 B)")
+    print(f"budget: {limits_text(dict(session.bound.limits))}")
     print(table)
-    print(f"\n{search_line(result)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
+    print(f"\n{search_line(result, earlier)} after {result.sensitivity_evaluations} evaluations' worth of sensitivities "
           f"({session.config.searcher.sensitivity}); results in {run_dir}")
     print(f"time per stage: {timer.summary()}")
     if tracker is not None and tracker.failures:

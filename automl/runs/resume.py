@@ -26,7 +26,7 @@ from automl.runs.config import SearchConfig, dotted_keys
 
 JOURNAL, STATE, CONFIG = "trials.jsonl", "state.json", "config.json"
 # What a resume may change: how much more to search, with what resources, and the final stage.
-RESUMABLE = ("run.evaluations", "run.threads", "run.workers", "run.resume", "run.output")
+RESUMABLE = ("run.evaluations", "run.threads", "run.workers", "run.resume", "run.output", "run.allow_loose_budget")
 RESUMABLE_PREFIXES = ("finetune.",)
 
 

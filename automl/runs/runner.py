@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
+import importlib
 import json
 import os
+import shutil
 import sys
-from collections.abc import Collection, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +63,7 @@ from automl.runs.resume import (
     repair_torn_tail,
 )
 from automl.runs.searcher_options import check_searcher_options
-from automl.runs.uris import check_storage, check_tracking_uri
+from automl.runs.uris import check_storage, check_tracking_uri, make_sqlite_parent
 from automl.runs.workers import check_workers, local_devices, run_searcher, start_workers, stop_workers
 from automl.timing import StageTimer, pin_threads
 from automl.tracking.tracker import FAILURES_FILE, MlflowTracker, artifact_root, default_tracking_uri
@@ -83,6 +87,7 @@ def make_searcher(name: str, objective: Objective, config: SearchConfig, run_dir
     cls = searcher_class(name)
     kwargs: dict[str, Any] = dict(config.searcher.options)
     if issubclass(cls, OptunaSearcher):
+        make_sqlite_parent(config.searcher.storage)  # checked before the set-up, created only now
         kwargs["storage"] = config.searcher.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
         kwargs["study_name"] = f"automl-{run_dir.name}"
         kwargs["stage_fidelity"] = config.searcher.stage_fidelity or None
@@ -251,8 +256,15 @@ class Session:
     timer: StageTimer
 
 
-def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, timer: StageTimer | None = None) -> Session:
-    """Check everything a user can get wrong, cheapest first, then build the problem."""
+def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, timer: StageTimer | None = None,
+                  budget_check: Callable[[BoundBudget, CostModel], None] | None = None) -> Session:
+    """Check everything a user can get wrong, cheapest first, then build the problem.
+
+    Nothing is written until the budget is bound (and ``budget_check`` passed): a bad task,
+    profile or budget leaves no run directory and no tracking store behind. The evaluator is
+    built before the budget is bound (its engine prices the ``.ampq`` header); then the run
+    directory is made, the MLflow store opens and the evaluation cache is attached.
+    """
     timer = timer or StageTimer()
     config, run_dir = plan.config, plan.run_dir
     uri = config.tracking.uri or default_tracking_uri(config.run.output)
@@ -272,13 +284,19 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     if isinstance(cwd, str) and cwd not in sys.path:
         sys.path.insert(0, cwd)  # a task module importable where the run started stays importable on resume
     pin_threads(config.run.threads)
-    # MLflow's import and store set-up (seconds on a new SQLite store) overlap the task, analysis and evaluator.
+    if track:  # MLflow's import (seconds) overlaps the task and the analysis; it writes nothing
+        threading.Thread(target=importlib.import_module, args=("mlflow",), name="mlflow-import", daemon=True).start()
+    problem, cost_model, bound, inner = _build_problem(config, budget, task, timer)
+    if budget_check is not None:
+        budget_check(bound, cost_model)
+    run_dir.mkdir(parents=True, exist_ok=True)
     opening = _open_tracker(uri, config, run_dir) if track else None
     try:
-        problem, cost_model, bound, evaluator = _build_problem(config, budget, task, run_dir, timer)
+        evaluator = CachedEvaluator(inner, path=run_dir / "cache.sqlite")
     except BaseException:
-        if opening is not None:
-            opening.add_done_callback(_close_unused)
+        if opening is not None:  # wait for it: a store left half-created (a new SQLite file mid-migration) is worse
+            concurrent.futures.wait([opening])
+            _close_unused(opening)
         raise
     objective = Objective(evaluator, cost_model, bound, widen_activations=config.searcher.widen_activations)
     with timer.stage("mlflow"):  # what is left of opening the store once the problem is built
@@ -286,8 +304,9 @@ def build_session(plan: RunPlan, task: Task | None = None, track: bool = True, t
     return Session(config, run_dir, problem, cost_model, bound, evaluator, objective, tracker, timer)
 
 
-def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_dir: Path,
-                   timer: StageTimer) -> tuple[Problem, CostModel, BoundBudget, CachedEvaluator]:
+def _build_problem(config: SearchConfig, budget: Budget, task: Task | None,
+                   timer: StageTimer) -> tuple[Problem, CostModel, BoundBudget, Evaluator]:
+    """The task, its analysis, the evaluator (whose engine prices the .ampq header) and the bound budget."""
     with timer.stage("task"):  # for a reference task: load the shipped checkpoint (or train) and check it
         task = task or load_task(config.task, threads=config.run.threads, data_dir=config.data_dir)
     with timer.stage("analysis"):
@@ -297,12 +316,11 @@ def _build_problem(config: SearchConfig, budget: Budget, task: Task | None, run_
         refs = tuple(dict.fromkeys([*config.profiles, *budget.profile_refs]))  # ort-cpu*: measured on ONNX Runtime, cached
         profiles = resolve_profiles(refs, task.model, task.sample_input, problem.analysis, config.run.threads)
         check_profile_scales(profiles, config.evaluation.power_of_two)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace
-        evaluator = CachedEvaluator(Evaluator(problem, config.evaluation, seed=config.run.seed), path=run_dir / "cache.sqlite")
+    with timer.stage("evaluator"):  # BatchNorm folding, weight banks, calibration, the staged trace (writes nothing)
+        evaluator = Evaluator(problem, config.evaluation, seed=config.run.seed)
     with timer.stage("cost_model"):  # the .ampq header, priced in size, written by the evaluator's engine
         container = container_bytes(task.model, problem.analysis, problem.space, task.sample_input,
-                                    power_of_two=config.evaluation.power_of_two, engine=evaluator.evaluator.engine)
+                                    power_of_two=config.evaluation.power_of_two, engine=evaluator.engine)
         cost_model = CostModel(problem.analysis, problem.space, profiles, container)
         bound = budget.bind(cost_model)
     return problem, cost_model, bound, evaluator
@@ -406,6 +424,8 @@ def _close(session: Session, status: str, state: dict[str, Any]) -> None:
     status is reported (``automl best`` or a resume closes the parent later), and a full
     disk that cannot take ``state.json`` leaves the owner file to tell the run was cut."""
     tracker = session.tracker
+    if tracker is not None and tracker.parent_id is not None:
+        state.setdefault("parent_run_id", tracker.parent_id)  # a stop right after the parent was made
     try:
         if tracker is not None:
             try:
@@ -427,14 +447,19 @@ def _close(session: Session, status: str, state: dict[str, Any]) -> None:
 
 def run_search(
     config: SearchConfig, task: Task | None = None, callbacks: Sequence[Callback] = (), quiet: bool = False,
-    explicit: Collection[str] | None = None,
+    explicit: Collection[str] | None = None, timer: StageTimer | None = None,
 ) -> SearchResult:
     """Run (or resume) one search and return its result; see :class:`SearchConfig`.
 
     ``explicit`` names the keys the user set (a resume keeps the run's own value of every
-    other key); ``None`` takes those that differ from the defaults. The parent run ends
-    FINISHED, FAILED, or KILLED (Ctrl-C, SIGTERM).
+    other key); ``None`` takes those that differ from the defaults. ``timer`` times the stages
+    (one that already timed the task's load, for instance). The parent run ends FINISHED,
+    FAILED, or KILLED (Ctrl-C, SIGTERM); a search stopped before its parent run exists leaves
+    no run directory (see :func:`_keep_or_discard`).
     """
+    from automl.runs.precheck import check_inputs, check_loose_budget
+
+    check_inputs(config, task=task is None)  # every name, before any set-up; writes nothing
     if config.run.resume:  # a parent a kill -9 left RUNNING is closed first, even if this resume fails
         close_if_stale(find_run_dir(config.run.resume, config.run.output))
     plan = plan_run(config, explicit)
@@ -455,28 +480,57 @@ def run_search(
             say(f"the run is FINISHED with {finished.n_evaluations} evaluations; nothing to add "
                 f"(pass --evaluations N with N > {finished.n_evaluations} to add trials)")
             return finished
-    session = build_session(plan, task)
-    state = dict(plan.state)
+    session: Session | None = None
     try:
-        (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
-        write_owner(run_dir)
-    except OSError as exc:
-        raise disk_error(exc, run_dir / CONFIG, run_dir, "the run configuration") from None
-    with handle_termination():
-        status = "FAILED"
+        with handle_termination():
+            check = None if plan.resuming else functools.partial(check_loose_budget, allow=cfg.run.allow_loose_budget,
+                                                                  say=say)
+            session = build_session(plan, task, timer=timer, budget_check=check)
+            return _run(session, plan, callbacks, quiet, say)
+    except BaseException as exc:
+        kept = _keep_or_discard(plan, session)
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            exc.automl_run_dir = str(run_dir) if kept else None  # type: ignore[union-attr] - read by the CLI's message
+        raise
+
+
+def _keep_or_discard(plan: RunPlan, session: Session | None) -> bool:
+    """After a search ended early: keep its run directory when it can be resumed (its MLflow
+    parent run exists, so it holds the configuration and every record), else remove what this
+    process created, so that an interrupted or failed set-up leaves nothing. Returns whether kept."""
+    run_dir = plan.run_dir
+    if plan.resuming:
+        return True
+    tracker = session.tracker if session is not None else None
+    if tracker is not None and tracker.parent_id is not None:
+        return run_dir.is_dir()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return False
+
+
+def _run(session: Session, plan: RunPlan, callbacks: Sequence[Callback], quiet: bool, say: Callable[[str], None]) -> SearchResult:
+    """The search of a built session, with its run's files and MLflow parent closed whatever ends it."""
+    cfg, run_dir = plan.config, plan.run_dir
+    state = dict(plan.state)
+    status = "FAILED"
+    try:
         try:
-            result = _search(session, plan, state, callbacks, quiet, say)
-            status = "FINISHED"
-        except TrackingError as exc:
-            raise TrackingError(
-                f"{exc}. The journal {run_dir / JOURNAL} keeps every evaluated policy; once the tracking store "
-                f"answers, continue with: {command_prefix()} search --resume {run_dir}"
-            ) from exc
-        except (KeyboardInterrupt, Terminated):
-            status = "KILLED"
-            raise
-        finally:
-            _close(session, status, state)
+            (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+            write_owner(run_dir)
+        except OSError as exc:
+            raise disk_error(exc, run_dir / CONFIG, run_dir, "the run configuration") from None
+        result = _search(session, plan, state, callbacks, quiet, say)
+        status = "FINISHED"
+    except TrackingError as exc:
+        raise TrackingError(
+            f"{exc}. The journal {run_dir / JOURNAL} keeps every evaluated policy; once the tracking store "
+            f"answers, continue with: {command_prefix()} search --resume {run_dir}"
+        ) from exc
+    except (KeyboardInterrupt, Terminated):
+        status = "KILLED"
+        raise
+    finally:
+        _close(session, status, state)
     return result
 
 
@@ -541,7 +595,7 @@ def _search_with(
             tracker.flush()
         from automl.runs.results import finish_search
 
-        finish_search(session, result, quiet=quiet, speculation=speculation)
+        finish_search(session, result, quiet=quiet, speculation=speculation, earlier={r.number for r in plan.journal})
     finally:
         if speculation is not None:
             speculation.close()

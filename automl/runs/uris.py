@@ -8,6 +8,7 @@ a database server, open and close one connection with a short timeout.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from automl.errors import ConfigError, TrackingError
@@ -42,7 +43,7 @@ def connect_test(url: str, what: str, error: type[Exception]) -> None:
     if backend == "sqlite":
         db = parsed.database
         if db and db != ":memory:":
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _check_creatable(Path(db).expanduser(), url, what, error)
         return
     if backend not in SERVER_DIALECTS:
         raise error(f"{what} {url!r} names the database {backend!r}, which is not supported; use sqlite or postgresql")
@@ -66,6 +67,26 @@ def connect_test(url: str, what: str, error: type[Exception]) -> None:
         raise error(f"cannot connect to the {what} {url!r}: {first}. Check that the server runs and accepts connections.") from None
 
 
+def _check_creatable(path: Path, url: str, what: str, error: type[Exception]) -> None:
+    """A SQLite file can be opened or created at ``path``; checked without creating anything
+    (its folders are made when it is opened: :func:`make_sqlite_parent`)."""
+    if path.is_file():
+        return
+    if path.exists():
+        raise error(f"{what} {url!r}: {str(path)!r} exists and is not a file; pass the path of a database file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{what} {url!r} cannot be created: {str(folder)!r} is not a writable directory; pass a path you can write")
+
+
+def make_sqlite_parent(url: str) -> None:
+    """Create the folder of a ``sqlite:///`` file URL (checked earlier by :func:`connect_test`)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
 def _postgres_driver() -> str:
     """SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3; fall back to psycopg2."""
     import importlib.util
@@ -77,10 +98,10 @@ def _postgres_driver() -> str:
 
 def check_storage(url: str) -> None:
     """Check an Optuna storage URL (see :func:`agents.storage.open_storage` for the grammar)."""
-    from agents.storage import JOURNAL_SUFFIXES
-
     if not url or url in (":memory:", "memory"):
         return
+    from agents.storage import JOURNAL_SUFFIXES  # imports Optuna's models: only for a storage given
+
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         path = Path(url.removeprefix("journal:")).expanduser()
         if path.exists() and not path.is_file():
@@ -141,6 +162,6 @@ def check_tracking_uri(uri: str) -> None:
     """Check an MLflow tracking URI: HTTP servers answer ``/health``; databases connect."""
     from automl.tracking.tracker import check_tracking
 
-    check_tracking(uri)
-    if "://" in uri and not uri.startswith(("http://", "https://", "file:", "databricks")):
+    check_tracking(uri)  # a sqlite:/// file: checked there without SQLAlchemy, which takes a while to import
+    if "://" in uri and not uri.startswith(("http://", "https://", "file:", "databricks", "sqlite:///")):
         connect_test(uri, "MLflow tracking store", TrackingError)

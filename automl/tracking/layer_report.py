@@ -9,6 +9,7 @@ cost model prices) and the layer's share of the model's size.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from automl.cost import CostModel
 from automl.cost.units import SIZE_UNIT, kb
 from search_spaces.policy import FLOAT_BITS, Policy
 
+_PARAM_UNSAFE = re.compile(r"[^\w./ -]")
 HEADER = ("layer", "W bits per channel group", "A bits", "pruned channels", f"size {SIZE_UNIT}", "size share")
 
 
@@ -88,6 +90,20 @@ def _cells(row: LayerRow) -> tuple[str, ...]:
         row.name, " · ".join(_group_text(g) for g in row.group_bits), _bits(row.act_bits),
         f"{row.pruned}/{row.channels}", f"{kb(row.size_bytes):.3f}", f"{row.size_share:.1%}",
     )
+
+
+def layer_params(rows: Sequence[LayerRow]) -> dict[str, str]:
+    """One MLflow parameter per layer, in network order: ``layer 03: layer1.0.conv2`` ->
+    ``W 4/0 · 4 · 2 | A 8 | pruned 3/16 | 0.410 kB (12.3%)`` (weight bits per channel group,
+    input activation bits, pruned output channels, size and share of the model)."""
+    width = max(2, len(str(len(rows) - 1)))
+    out = {}
+    for i, row in enumerate(rows):
+        name, groups, act, pruned, size, share = _cells(row)
+        safe = _PARAM_UNSAFE.sub("_", name)  # MLflow keys: letters, digits, _ - . / space
+        key = f"layer {i:0{width}d}: {safe}"[:250]
+        out[key] = f"W {groups} | A {act} | pruned {pruned} | {size} {SIZE_UNIT} ({share})"
+    return out
 
 
 def markdown_table(rows: Sequence[LayerRow]) -> str:

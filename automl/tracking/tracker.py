@@ -33,10 +33,22 @@ from typing import Any
 from automl import faults
 from automl.cost.units import shown
 from automl.errors import TrackingError
-from automl.tracking.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG, view_state
+from automl.tracking.ui import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    RANK,
+    SEARCH_TAG,
+    VIEW_PREFIX,
+    VIEW_TAG,
+    search_view_key,
+    search_view_state,
+    view_state,
+)
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "automl.trial"
+RUN_DIR_TAG = "automl.run_dir"  # a search parent's run directory (automl.runs.lifecycle names it too)
 BEST_TAG = "best"
 FAILURES_TAG = "mlflow_write_failures"
 FAILURES_FILE = "mlflow_write_failures.jsonl"
@@ -70,9 +82,31 @@ def check_tracking(uri: str, timeout: float = 3.0) -> None:
                 "--tracking-uri, or leave --tracking-uri empty to log to the local SQLite store."
             ) from exc
     elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        _check_creatable(sqlite_path(uri), uri)
     elif not uri.startswith(("file:", "postgresql", "mysql", "databricks")):
         raise TrackingError(f"tracking URI {uri!r} is not understood; use sqlite:///path.db, http://host:port or a file: URI")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else ``None``."""
+    return Path(uri[len("sqlite:///") :]).expanduser() if uri.startswith("sqlite:///") else None
+
+
+def _check_creatable(path: Path | None, uri: str) -> None:
+    """A SQLite store can be opened or created at ``path``: checked without creating anything
+    (the folders are made when the store is opened, see :class:`MlflowTracker`)."""
+    if path is None or path.is_file():
+        return
+    if path.exists():
+        raise TrackingError(f"tracking store {uri!r}: {str(path)!r} exists and is not a file; pass a database file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingError(
+            f"tracking store {uri!r} cannot be created: {str(folder)!r} is not a writable directory. Pass a writable "
+            "--output (the store is <output>/mlflow.db) or another --tracking-uri."
+        )
 
 
 def _quiet_mlflow() -> None:
@@ -148,6 +182,9 @@ class MlflowTracker:
     ) -> None:
         _quiet_mlflow()
         check_tracking(uri)
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -170,6 +207,7 @@ class MlflowTracker:
         except Exception as exc:  # noqa: BLE001 - any store failure is reported the same way
             raise TrackingError(f"cannot open MLflow experiment {experiment!r} at {uri}: {exc}") from exc
         self.parent_id: str | None = None
+        self.search_name = ""  # the parent run's name: every run of the search carries it (SEARCH_TAG)
         self._queue: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
         self.failures: list[dict[str, str]] = []
         self._worker = threading.Thread(target=self._drain, name="mlflow-logger", daemon=True)
@@ -240,8 +278,10 @@ class MlflowTracker:
     def start_parent(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, SEARCH_TAG: name})
         self.parent_id = run.info.run_id
+        self.search_name = name
+        self._set_search_view()
         flat: dict[str, str] = {}
         _flatten("", params, flat)
         items = [Param(k, v) for k, v in flat.items()]
@@ -253,6 +293,9 @@ class MlflowTracker:
         """Continue logging into an existing parent run (resume)."""
         run = self.client.get_run(run_id)
         self.parent_id = run.info.run_id
+        self.search_name = run.data.tags.get(SEARCH_TAG) or run.info.run_name
+        if SEARCH_TAG not in run.data.tags:  # a search begun by an earlier version
+            self.client.set_tag(run_id, SEARCH_TAG, self.search_name)
         self.client.update_run(run_id, status="RUNNING")
         self._tag_failures()  # failures of an earlier session, now that the store answers
 
@@ -269,8 +312,32 @@ class MlflowTracker:
         self.client.log_artifact(self.parent_id, str(path), artifact_path)
 
     def set_view(self, latency_profiles: list[str] | tuple[str, ...] = ()) -> None:
-        """The experiment's shared runs-table view (columns, order); see :mod:`automl.tracking.ui`."""
+        """The experiment's shared runs-table view (grouped by search) and this search's own view,
+        now ordered by ``rank``; see :mod:`automl.tracking.ui`."""
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, view_state(latency_profiles))
+        self._set_search_view(latency_profiles, ranked=True)
+
+    def _set_search_view(self, latency_profiles: list[str] | tuple[str, ...] = (), ranked: bool = False) -> None:
+        assert self.parent_id is not None
+        self.client.set_experiment_tag(self.experiment_id, VIEW_PREFIX + search_view_key(self.parent_id),
+                                       search_view_state(self.search_name, latency_profiles, ranked))
+
+    def log_ranks(self, ranks: Mapping[str, int]) -> None:
+        """The metric ``rank`` on each child run (run id -> rank, 1 = best), which the search's view sorts by."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for run_id, rank in ranks.items():
+            self.client.log_batch(run_id, metrics=[Metric(RANK, float(rank), now, 0)])
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        """Parameters of a finished run; those it already holds (a resume) are left as they are."""
+        from mlflow.entities import Param
+
+        held = self.client.get_run(run_id).data.params
+        items = [Param(k, v) for k, v in params.items() if k not in held]
+        for i in range(0, len(items), 90):
+            self.client.log_batch(run_id, params=items[i : i + 90])
 
     def set_note(self, run_id: str, markdown: str) -> None:
         """A run's description, shown (rendered as Markdown) at the top of its page."""
@@ -317,12 +384,13 @@ class MlflowTracker:
         """Queue one child run (metrics, params, tags and the policy as a JSON artifact)."""
         from mlflow.entities import Metric, Param, RunTag
 
-        parent = self.parent_id
+        parent, search = self.parent_id, self.search_name
         assert parent is not None
 
         def job() -> None:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{number:04d}", tags={PARENT_TAG: parent, TRIAL_TAG: str(number)}
+                self.experiment_id, run_name=f"trial-{number:04d}",
+                tags={PARENT_TAG: parent, TRIAL_TAG: str(number), SEARCH_TAG: search},
             )
             rid = run.info.run_id
             faults.point("mlflow-write")

@@ -1,15 +1,30 @@
-"""What makes a search readable in the MLflow UI: the view it opens in, run descriptions, links.
+"""What makes a search readable in the MLflow UI: the views it opens in, run descriptions, links.
 
-MLflow 3.17's UI chooses between its GenAI and its classic machine-learning views from a
+MLflow 3.18's UI chooses between its GenAI and its classic machine-learning views from a
 ``workflowType`` switch kept in the browser (a ``?workflowType=machine_learning`` query
 parameter sets it; the default is GenAI), not from the experiment. Earlier MLflow 3
 releases read the experiment tag ``mlflow.experimentKind``, which also stops the UI from
 asking for the experiment's type. So the experiment carries the tag and every link we
 print or write carries the query parameter.
 
-The runs table opens on a shared view (the experiment tag ``mlflow.sharedViewState.<key>``,
-selected by ``?viewStateShareKey=<key>``): the metric columns a user compares, sorted by
-validation accuracy. Run descriptions are the ``mlflow.note.content`` tag (Markdown).
+Several searches share one experiment. MLflow's runs table nests child runs under their
+parent only while it is sorted by start time without a filter, so a table sorted by accuracy
+mixes the trials of every search. So each run carries the tag ``automl.search`` (its search's
+parent run name) and the runs table opens on shared views (the experiment tags
+``mlflow.sharedViewState.<key>``, selected by ``?viewStateShareKey=<key>``):
+
+* ``automl``: every run grouped by ``automl.search``, one collapsible group per search;
+* ``search-<parent run id>``: one search's runs alone (a filter on its tag), best first. While
+  it runs, by validation accuracy; once it has finished, by the metric ``rank`` written then
+  (1 = the policy it returns, then the other best-for rows, the feasible policies by accuracy,
+  the infeasible ones), because an accuracy sort can put an over-budget trial, or a tie
+  broken otherwise, above the policy the search returns.
+
+One experiment per search would also separate them, but would split ``automl best`` and the
+``--experiment`` option across experiments; the shared views give the same table per search.
+Run descriptions are the ``mlflow.note.content`` tag (Markdown); MLflow shows only their first
+150 pixels on a run's page, so a best trial's per-layer table is also in its Parameters
+(``layer NN: <name>``), which the page shows in full.
 """
 
 from __future__ import annotations
@@ -28,16 +43,28 @@ if TYPE_CHECKING:
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
+VIEW_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "automl"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_TAG = f"{VIEW_PREFIX}{VIEW_KEY}"
+SEARCH_TAG = "automl.search"  # every run of a search carries its parent run's name: the views filter and group by it
+RANK = "rank"
 ML_VIEW = "workflowType=machine_learning"
 MAX_NOTE = 7900  # MLflow caps a tag value at 8000 characters
 COLUMNS = ("val_accuracy", "test_accuracy", "size_kB", "bitops_M", "macs_M", "mean_bits", "sparsity", "feasible", "repaired")
 
 
 def experiment_path(experiment_id: str) -> str:
-    """The runs table of the experiment, on our shared view, in the machine-learning UI."""
+    """The runs table of the experiment, grouped by search, in the machine-learning UI."""
     return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{ML_VIEW}"
+
+
+def search_view_key(parent_id: str) -> str:
+    return f"search-{parent_id}"
+
+
+def search_path(experiment_id: str, parent_id: str) -> str:
+    """The runs of one search alone, best first, in the machine-learning UI."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={search_view_key(parent_id)}&{ML_VIEW}"
 
 
 def run_path(experiment_id: str, run_id: str) -> str:
@@ -45,12 +72,27 @@ def run_path(experiment_id: str, run_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
 
 
+def _columns(latency_profiles: Sequence[str], first: Sequence[str] = ()) -> list[str]:
+    metrics = [*first, *COLUMNS[:4], *(f"latency_ms.{p}" for p in latency_profiles), *COLUMNS[4:]]
+    return [f"metrics.`{m}`" for m in metrics] + ["tags.`best_for`"]
+
+
 def view_state(latency_profiles: Sequence[str] = ()) -> str:
-    """The shared view's JSON: metric columns (and a tag) shown, best validation accuracy first."""
-    metrics = [*COLUMNS[:4], *(f"latency_ms.{p}" for p in latency_profiles), *COLUMNS[4:]]
-    columns = [f"metrics.`{m}`" for m in metrics] + ["tags.`best_for`"]
+    """The experiment's view: runs grouped by search, best validation accuracy first within each."""
+    columns = _columns(latency_profiles)
     return json.dumps({"selectedColumns": columns, "columnOrder": columns, "orderByKey": "metrics.`val_accuracy`",
-                       "orderByAsc": False})
+                       "orderByAsc": False,
+                       "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": SEARCH_TAG}]}})
+
+
+def search_view_state(search: str, latency_profiles: Sequence[str] = (), ranked: bool = False) -> str:
+    """One search's view: its runs only; by ``rank`` once it has finished, else by validation accuracy."""
+    columns = _columns(latency_profiles, (RANK,) if ranked else ())
+    order = {"orderByKey": f"metrics.`{RANK}`", "orderByAsc": True} if ranked else {
+        "orderByKey": "metrics.`val_accuracy`", "orderByAsc": False}
+    quoted = search.replace("'", "\\'")
+    return json.dumps({"selectedColumns": columns, "columnOrder": columns, **order,
+                       "searchFilter": f"tags.`{SEARCH_TAG}` = '{quoted}'"})
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -83,24 +125,34 @@ def _repair_text(record: TrialRecord) -> str:
 
 
 def limits_text(limits: Mapping[str, float]) -> str:
-    """Absolute budget limits, e.g. ``size <= 138.6 kB``."""
-    return ", ".join(f"{m} <= {format_value(m.split('@')[0], v)}" for m, v in limits.items())
+    """Absolute budget limits, e.g. ``size <= 138.6 kB (kB = 1000 B)``; the unit note only where a limit is in bytes."""
+    text = ", ".join(f"{m} <= {format_value(m.split('@')[0], v)}" for m, v in limits.items())
+    return text + unit_note(limits)
 
 
-def _headline(record: TrialRecord, test_accuracy: float | None) -> str:
-    return (f"val accuracy {_fmt(record.accuracy)}, test accuracy {_fmt(test_accuracy)} (fine-tuned), "
-            f"{_costs_text(record)}")
+def unit_note(limits: Mapping[str, float] | Sequence[str]) -> str:
+    """`` (kB = 1000 B)`` when a limit is a size in bytes (size, peak_act), else empty."""
+    return f" ({SIZE_UNIT} = 1000 B)" if any(m.split("@")[0] in ("size", "peak_act") for m in limits) else ""
 
 
-def child_note(record: TrialRecord, label: str, test_accuracy: float | None, table: str, limits: Mapping[str, float]) -> str:
-    """Description of a best child run: what it is best for, its numbers, then its layers."""
+def _headline(record: TrialRecord, test_accuracy: float | None, tested: str) -> str:
+    return f"val accuracy {_fmt(record.accuracy)}, test accuracy {_fmt(test_accuracy)} ({tested}), {_costs_text(record)}"
+
+
+def child_note(record: TrialRecord, label: str, test_accuracy: float | None, table: str, limits: Mapping[str, float],
+               tested: str = "fine-tuned") -> str:
+    """Description of a best child run: what it is best for, its numbers, where its layers are, then the layers.
+
+    ``tested`` says which model the test accuracy is of (see :func:`automl.runs.results.model_tested`)."""
     text = "\n".join([
-        f"**Best for {label}: trial {record.number}.** {_headline(record, test_accuracy)}.",
+        f"**Best for {label}: trial {record.number}.** {_headline(record, test_accuracy, tested)}.",
         "",
-        f"Budget {limits_text(limits)} ({SIZE_UNIT} = 1000 B). Mean weight bits {record.policy.mean_weight_bits():.2f}, "
+        "**Per layer**: the **Parameters** table below (`layer NN: <name>`: weight bits per channel group, input "
+        "activation bits, pruned channels, size), the table at the end of this description, and the artifacts "
+        "`layers.html`, `layers.png`, `layers.md`, `layers.json`.",
+        "",
+        f"Budget {limits_text(limits)}. Mean weight bits {record.policy.mean_weight_bits():.2f}, "
         f"channel sparsity {record.policy.channel_sparsity():.1%}; {_repair_text(record)}.",
-        "",
-        "**Per layer** (also the artifacts `layers.html`, `layers.png`, `layers.md`, `layers.json`):",
         "",
         table,
     ])
@@ -111,48 +163,53 @@ def child_note(record: TrialRecord, label: str, test_accuracy: float | None, tab
 
 def parent_note(
     experiment_id: str, searcher: str, n_evaluations: int, limits: Mapping[str, float],
-    best: Mapping[str, tuple[TrialRecord, str | None, float | None]], float_val: float | None, float_size_bytes: float | None,
+    best: Mapping[str, tuple[TrialRecord, str | None, float | None, str]], float_val: float | None,
+    float_size_bytes: float | None, parent_id: str | None = None,
 ) -> str:
     """Description of the search's parent run: its best child runs (linked) and the budget.
 
-    ``best`` maps a label (``budget: size<=0.125x``) to (record, child run id, test accuracy);
-    the first label is the whole budget.
+    ``best`` maps a label (``budget: size<=0.125x``) to (record, child run id, test accuracy,
+    which model was tested); the first label is the whole budget. With ``parent_id``, the link
+    to the runs opens this search's own view.
     """
     def link(r: TrialRecord, run_id: str | None) -> str:
         return f"[trial {r.number}]({run_path(experiment_id, run_id)})" if run_id else f"trial {r.number}"
 
+    runs = search_path(experiment_id, parent_id) if parent_id else experiment_path(experiment_id)
     items = list(best.items())
     if items:
-        label, (r, run_id, test) = items[0]
-        lines = [f"**Best policy: {link(r, run_id)}** ({label}): {_headline(r, test)}; repaired: {repair_summary(r.repair)}."]
+        label, (r, run_id, test, tested) = items[0]
+        lines = [f"**Best policy: {link(r, run_id)}** ({label}): {_headline(r, test, tested)}; "
+                 f"repaired: {repair_summary(r.repair)}."]
     else:
         lines = ["**No evaluated policy met the budget.**"]
     lines += [
         "",
-        f"Budget {limits_text(limits)} ({SIZE_UNIT} = 1000 B). Float model: validation accuracy {_fmt(float_val)}"
-        + (f", size {kb(float_size_bytes):.2f} {SIZE_UNIT}" if float_size_bytes else "")
-        + f". {searcher}, {n_evaluations} policies evaluated: [all runs, best first]({experiment_path(experiment_id)}).",
+        f"{searcher}, {n_evaluations} policies evaluated: [this search's runs, best first]({runs}). "
+        f"Budget {limits_text(limits)}. Float model: validation accuracy {_fmt(float_val)}"
+        + (f", size {kb(float_size_bytes):.2f} {SIZE_UNIT}" if float_size_bytes else "") + ".",
     ]
     if len(items) > 1:
-        lines += ["", "| best for | run | val accuracy | test accuracy (fine-tuned) | size kB | MBitOps | repaired |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, (r, run_id, test) in items:
-            lines.append(f"| {label} | {link(r, run_id)} | {_fmt(r.accuracy)} | {_fmt(test)} | {kb(r.costs.size_bytes):.2f} | "
-                         f"{r.costs.bitops / 1e6:.4g} | {'yes' if r.repaired else 'no'} |")
+        lines += ["", "| best for | run | val accuracy | test accuracy | tested model | size kB | MBitOps | repaired |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, (r, run_id, test, tested) in items:
+            lines.append(f"| {label} | {link(r, run_id)} | {_fmt(r.accuracy)} | {_fmt(test)} | {tested} | "
+                         f"{kb(r.costs.size_bytes):.2f} | {r.costs.bitops / 1e6:.4g} | {'yes' if r.repaired else 'no'} |")
     lines += ["", "Artifacts: `pareto_front.png` (accuracy against cost, with the budget line), `best_policies.md`, "
-              "`best_policies_layers.png`, `best_model.ampq` (the exported budget winner)."]
+              "`best_policies_layers.png`, `best_model.ampq` and `best_model.onnx` (the exported budget winner), "
+              "`export_report.json` (what the exported files are; its `notes` explain every figure)."]
     return "\n".join(lines)[:MAX_NOTE]
 
 
-def ui_banner(url: str, uri: str, experiment: str) -> str:
-    """What ``automl ui`` prints once the server answers: the address to open."""
-    line = f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)"
-    try:
-        from mlflow import MlflowClient
+def ui_banner(url: str, experiment: str, experiment_id: str | None, searches: Sequence[Mapping[str, str]] = ()) -> str:
+    """What ``automl ui`` prints once the server answers: where to look.
 
-        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
-    except Exception:  # noqa: BLE001 - the banner must not stop the server
-        exp = None
-    if exp is None:
-        return f"{line}\nno experiment {experiment!r} in this store yet; open {url}/#/experiments?{ML_VIEW}"
-    return f"{line}\nopen {url}/{experiment_path(exp.experiment_id)}  (runs of {experiment!r}, best first)"
+    ``searches`` are the newest search parent runs (``run_id``, ``name``, ``status``, ``budget``)."""
+    if experiment_id is None:
+        return f"no experiment {experiment!r} in this store yet; open {url}/#/experiments?{ML_VIEW}"
+    lines = [f"all searches of {experiment!r}, grouped by search: {url}/{experiment_path(experiment_id)}"]
+    if searches:
+        lines.append("each search alone, best trial first (newest first):")
+        lines += [f"  {s['name']} ({s['status']}, budget {s.get('budget', '?')}): "
+                  f"{url}/{search_path(experiment_id, s['run_id'])}" for s in searches]
+    return "\n".join(lines)
