@@ -31,3 +31,18 @@ def new_file_mode() -> int:
     """The mode ``open()`` gives a new file (0666 less the umask): for files written aside with
     :func:`tempfile.mkstemp` (always 0600) and renamed into place."""
     return 0o666 & ~umask()
+
+
+def check_sqlite_creatable(path: Path, what: str, error: type[Exception], not_a_file: str, not_writable: str) -> None:
+    """A SQLite database can be opened or created at ``path``, checked without creating anything (its
+    folders are made when it is opened). ``what`` names the store in the message (``"tracking store
+    'sqlite:///x.db'"``); ``not_a_file`` / ``not_writable`` say how to fix each case."""
+    if path.is_file():
+        return
+    if path.exists():
+        raise error(f"{what}: {str(path)!r} exists and is not a file; {not_a_file}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{what} cannot be created: {str(folder)!r} is not a writable directory{not_writable}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from agents.base import Callback
 from agents.objective import Objective
 from automl.analysis import analyse
 from automl.cost import CostModel
@@ -109,3 +110,16 @@ if __name__ == "__main__":
     storage_url, name, count, worker_seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     objective_calls = worker(storage_url, name, count, worker_seed)
     print(json.dumps(objective_calls))
+
+
+class StopAfter(Callback):
+    """Ctrl-C (a ``KeyboardInterrupt``) when the ``n``-th trial is reported."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def on_trial(self, record) -> bool:  # noqa: ANN001
+        self.seen += 1
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+        return True

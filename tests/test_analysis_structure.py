@@ -62,6 +62,27 @@ def _task(model: nn.Module) -> Task:
     return Task(model, torch.zeros(1, 1, 12, 12), loader, loader, loader, loader)
 
 
+def _exports_and_prices(model, problem, pruned, x, tmp_path) -> None:
+    """The pruned policy's .ampq file computes the quantized model, and its bytes are what the cost model prices."""
+    ev = Evaluator(problem, EvalConfig())
+    qmodel = ev.engine.apply(pruned)
+    export_policy(qmodel, problem.analysis, pruned, tmp_path / "m.ampq", sample_input=x, float_model=ev.float_model,
+                  repeats=1)
+    with torch.no_grad():
+        assert (load_exported(tmp_path / "m.ampq")(x) - qmodel(x)).abs().max() <= 1e-4
+    # priced: the split BatchNorms' bytes shrink with their segments, and at full width are all there
+    from automl.cost.model import CostModel
+    from automl.quant.engine import fold_batchnorm
+
+    cm = CostModel(problem.analysis, problem.space)
+    folded, _ = fold_batchnorm(model, problem.analysis)
+    real = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
+    assert cm.float_costs().size_bytes == pytest.approx(real + sum(lay.out_channels for lay in problem.analysis.layers))
+    report = export_policy(qmodel, problem.analysis, pruned, tmp_path / "p.ampq", sample_input=x,
+                           float_model=ev.float_model, cost_model=cm, repeats=1)
+    assert abs(report.payload_bytes - report.predicted_bytes) <= 8 * len(problem.analysis.split_followers)
+
+
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid", "hard_sigmoid_arithmetic"])
 def test_se_gated_channels_prune_with_the_excite_layers_channel(gate, tmp_path):
     """A pruned channel of the gated map is zero whatever its gate, so the gated group is prunable
@@ -82,24 +103,7 @@ def test_se_gated_channels_prune_with_the_excite_layers_channel(gate, tmp_path):
             assert (small(x) - masked(x)).abs().max() <= 1e-5
     pruned = space.resolve(space.uniform(8, 8, sparsity=0.5))
     assert prune_model(model, a, pruned).se.fc2.out_channels < 16
-    problem = Problem.from_task(_task(model))
-    ev = Evaluator(problem, EvalConfig())
-    qmodel = ev.engine.apply(pruned)
-    export_policy(qmodel, problem.analysis, pruned, tmp_path / "m.ampq", sample_input=x, float_model=ev.float_model,
-                  repeats=1)
-    with torch.no_grad():
-        assert (load_exported(tmp_path / "m.ampq")(x) - qmodel(x)).abs().max() <= 1e-4
-    # priced: the split BatchNorms' bytes shrink with their segments, and at full width are all there
-    from automl.cost.model import CostModel
-    from automl.quant.engine import fold_batchnorm
-
-    cm = CostModel(problem.analysis, problem.space)
-    folded, _ = fold_batchnorm(model, problem.analysis)
-    real = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
-    assert cm.float_costs().size_bytes == pytest.approx(real + sum(lay.out_channels for lay in problem.analysis.layers))
-    report = export_policy(qmodel, problem.analysis, pruned, tmp_path / "p.ampq", sample_input=x,
-                           float_model=ev.float_model, cost_model=cm, repeats=1)
-    assert abs(report.payload_bytes - report.predicted_bytes) <= 8 * len(problem.analysis.split_followers)
+    _exports_and_prices(model, Problem.from_task(_task(model)), pruned, x, tmp_path)
 
 
 class Gated(nn.Module):
@@ -183,21 +187,5 @@ def test_batchnorm_on_a_concatenation_is_split_into_its_segments(tmp_path):
             assert (small(x) - masked(x)).abs().max() <= 1e-5
     pruned = space.resolve(space.uniform(8, 8, sparsity=0.5))
     assert prune_model(model, a, pruned).final.num_features < 18
-    problem = Problem.from_task(_task(model), SpaceConfig(max_sparsity=0.5, pin_first_last=False))
-    ev = Evaluator(problem, EvalConfig())
-    qmodel = ev.engine.apply(pruned)
-    export_policy(qmodel, problem.analysis, pruned, tmp_path / "m.ampq", sample_input=x, float_model=ev.float_model,
-                  repeats=1)
-    with torch.no_grad():
-        assert (load_exported(tmp_path / "m.ampq")(x) - qmodel(x)).abs().max() <= 1e-4
-    # priced: the split BatchNorms' bytes shrink with their segments, and at full width are all there
-    from automl.cost.model import CostModel
-    from automl.quant.engine import fold_batchnorm
-
-    cm = CostModel(problem.analysis, problem.space)
-    folded, _ = fold_batchnorm(model, problem.analysis)
-    real = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
-    assert cm.float_costs().size_bytes == pytest.approx(real + sum(lay.out_channels for lay in problem.analysis.layers))
-    report = export_policy(qmodel, problem.analysis, pruned, tmp_path / "p.ampq", sample_input=x,
-                           float_model=ev.float_model, cost_model=cm, repeats=1)
-    assert abs(report.payload_bytes - report.predicted_bytes) <= 8 * len(problem.analysis.split_followers)
+    _exports_and_prices(model, Problem.from_task(_task(model), SpaceConfig(max_sparsity=0.5, pin_first_last=False)),
+                        pruned, x, tmp_path)

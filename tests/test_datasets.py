@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -185,8 +186,11 @@ def test_a_non_idx_file_is_named():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not cifar10.SHARED_ARCHIVE.is_file(), reason="the project's CIFAR-10 copy is not beside the checkout")
 def test_the_projects_cifar10_copy_gives_the_documented_split():
+    if not cifar10.SHARED_ARCHIVE.is_file():
+        if os.environ.get("CI"):  # CI runs beside ../shared: a missing copy is a broken set-up, not a skip
+            raise AssertionError(f"the project's CIFAR-10 copy is missing: {cifar10.SHARED_ARCHIVE}")
+        pytest.skip("the project's CIFAR-10 copy is not beside the checkout")
     splits = cifar10.cifar10_splits()
     assert {k: len(v) for k, v in splits.labels.items()} == {"calib": 1000, "val": 4000, "train": 45000, "test": 10000}
     assert splits.source_sha256 == "020fb0fc2aef77947ebb847ccfa35b2ff9f8fa45da6d0b51a286e30df8a4bc2d"  # shared/datasets/README.md

@@ -15,6 +15,7 @@ import pytest
 from agents.base import Callback
 from automl.cli import main
 from automl.runs.resume import JOURNAL, read_journal
+from tests.agents_support import StopAfter
 from tests.test_cli_errors import TINY, parent_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,18 +26,6 @@ SAVED = re.compile(r"interrupted; the run (\S+) is saved with (\d+) evaluated po
 def _raise(*args, **kwargs):
     raise KeyboardInterrupt
 
-
-class _InterruptAt(Callback):
-    """Ctrl-C when the ``n``-th trial is reported."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def on_trial(self, record) -> bool:  # noqa: ANN001
-        self.seen += 1
-        if self.seen >= self.n:
-            raise KeyboardInterrupt
-        return True
 
 
 def _search(out: Path, evaluations: int = 4) -> list[str]:
@@ -155,7 +144,7 @@ def test_ctrl_c_during_the_search_names_the_run_and_best_lists_it(capsys, tmp_pa
     from automl.runs import runner
 
     out = tmp_path / "out"
-    stop = _InterruptAt(2)
+    stop = StopAfter(2)
     with monkeypatch.context() as m:
         m.setattr(runner.MlflowLogging, "on_trial", lambda self, record: stop.on_trial(record))
         assert main(_search(out, evaluations=5)) == 128 + signal.SIGINT

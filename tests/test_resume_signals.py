@@ -14,26 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from agents.base import Callback
 from automl.cli import main
 from automl.runs.config import SearchConfig
 from automl.runs.lifecycle import OWNER
 from automl.runs.resume import JOURNAL, STATE, read_journal
 from automl.runs.runner import run_search
+from tests.agents_support import StopAfter
 from tests.test_cli_errors import TINY, parent_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-class StopAfter(Callback):
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def on_trial(self, record) -> bool:  # noqa: ANN001
-        self.seen += 1
-        if self.seen >= self.n:
-            raise KeyboardInterrupt
-        return True
 
 
 def _interrupted_run(where: Path, evaluations: int = 5) -> Path:

@@ -8,10 +8,10 @@ a database server, open and close one connection with a short timeout.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from automl.errors import ConfigError, TrackingError
+from automl.paths import check_sqlite_creatable
 
 CONNECT_TIMEOUT = 5
 SERVER_DIALECTS = ("postgresql", "mysql", "mssql", "oracle")
@@ -68,17 +68,9 @@ def connect_test(url: str, what: str, error: type[Exception]) -> None:
 
 
 def _check_creatable(path: Path, url: str, what: str, error: type[Exception]) -> None:
-    """A SQLite file can be opened or created at ``path``; checked without creating anything
-    (its folders are made when it is opened: :func:`make_sqlite_parent`)."""
-    if path.is_file():
-        return
-    if path.exists():
-        raise error(f"{what} {url!r}: {str(path)!r} exists and is not a file; pass the path of a database file")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise error(f"{what} {url!r} cannot be created: {str(folder)!r} is not a writable directory; pass a path you can write")
+    """A SQLite file can be opened or created at ``path`` (see :func:`automl.paths.check_sqlite_creatable`;
+    its folders are made when it is opened: :func:`make_sqlite_parent`)."""
+    check_sqlite_creatable(path, f"{what} {url!r}", error, "pass the path of a database file", "; pass a path you can write")
 
 
 def make_sqlite_parent(url: str) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from automl import faults
 from automl.cost.units import shown
 from automl.errors import TrackingError
+from automl.paths import check_sqlite_creatable
 from automl.tracking.ui import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -93,20 +94,10 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def _check_creatable(path: Path | None, uri: str) -> None:
-    """A SQLite store can be opened or created at ``path``: checked without creating anything
-    (the folders are made when the store is opened, see :class:`MlflowTracker`)."""
-    if path is None or path.is_file():
-        return
-    if path.exists():
-        raise TrackingError(f"tracking store {uri!r}: {str(path)!r} exists and is not a file; pass a database file path")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise TrackingError(
-            f"tracking store {uri!r} cannot be created: {str(folder)!r} is not a writable directory. Pass a writable "
-            "--output (the store is <output>/mlflow.db) or another --tracking-uri."
-        )
+    """A SQLite store can be opened or created at ``path`` (see :func:`automl.paths.check_sqlite_creatable`)."""
+    if path is not None:
+        check_sqlite_creatable(path, f"tracking store {uri!r}", TrackingError, "pass a database file path",
+                               ". Pass a writable --output (the store is <output>/mlflow.db) or another --tracking-uri.")
 
 
 def _quiet_mlflow() -> None:
